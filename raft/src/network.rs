@@ -1,0 +1,304 @@
+//! The Raft transport over tonic: openraft's RPCs, encoded with bincode, in a
+//! bounded gRPC envelope that names the sender's cluster.
+//!
+//! Error mapping: a peer that cannot be reached (refused, reset, timed out)
+//! is openraft's `Unreachable`, which makes openraft back off; a request too
+//! large for the envelope is `PayloadTooLarge` with a smaller entry count, so
+//! openraft splits the batch; an error the remote Raft returned is a
+//! `RemoteError`, a reply rather than a transport failure.
+
+use std::error::Error;
+use std::time::Duration;
+
+use docklock_proto::v1::raft_client::RaftClient;
+use docklock_proto::v1::raft_server;
+use docklock_proto::v1::RaftMessage;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::types::{Node, NodeId, Raft, TypeConfig};
+
+/// Largest Raft message on the wire, in bytes. openraft's snapshot chunks and
+/// append batches are sized below it; a larger append batch is split.
+pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Snapshot chunk size handed to openraft, in bytes.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+/// Pause before retrying an unreachable peer.
+const UNREACHABLE_BACKOFF_MS: u64 = 200;
+/// Time to connect to a peer.
+const CONNECT_TIMEOUT_MS: u64 = 1_000;
+
+/// Creates a [`PeerClient`] per target; openraft calls it per replication stream.
+#[derive(Clone, Debug)]
+pub struct NetworkFactory {
+    cluster_id: String,
+    self_id: NodeId,
+}
+
+impl NetworkFactory {
+    /// Transport for node `self_id` of cluster `cluster_id`.
+    pub fn new(cluster_id: String, self_id: NodeId) -> Self {
+        Self {
+            cluster_id,
+            self_id,
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
+        let channel = Endpoint::from_shared(format!("http://{}", node.addr)).map(|endpoint| {
+            endpoint
+                .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+                .tcp_nodelay(true)
+                .connect_lazy()
+        });
+        PeerClient {
+            target,
+            node: node.clone(),
+            channel: channel.map_err(|e| e.to_string()),
+            cluster_id: self.cluster_id.clone(),
+            self_id: self.self_id,
+        }
+    }
+}
+
+/// A connection to one peer.
+pub struct PeerClient {
+    target: NodeId,
+    node: Node,
+    channel: Result<Channel, String>,
+    cluster_id: String,
+    self_id: NodeId,
+}
+
+/// Why a call to a peer failed before the peer's Raft answered.
+#[derive(Debug, thiserror::Error)]
+enum TransportError {
+    #[error("peer {addr}: {status}")]
+    Status { addr: String, status: Status },
+    #[error("peer address {addr} is invalid: {reason}")]
+    BadAddress { addr: String, reason: String },
+    #[error("message codec: {0}")]
+    Codec(#[from] bincode::Error),
+}
+
+enum Method {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl PeerClient {
+    async fn send<Req, Resp, E>(
+        &mut self,
+        method: Method,
+        rpc: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: Error + DeserializeOwned,
+    {
+        let payload =
+            bincode::serialize(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if payload.len() > RAFT_MESSAGE_BYTES_MAX {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(1),
+            ));
+        }
+        let reply = self
+            .call(method, payload, option.hard_ttl())
+            .await
+            .map_err(|error| match &error {
+                TransportError::Status { status, .. }
+                    if status.code() == Code::ResourceExhausted =>
+                {
+                    RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(1))
+                }
+                TransportError::Status { status, .. }
+                    if status.code() == Code::FailedPrecondition =>
+                {
+                    RPCError::Network(NetworkError::new(&error))
+                }
+                _ => RPCError::Unreachable(Unreachable::new(&error)),
+            })?;
+        let decoded: Result<Resp, RaftError<NodeId, E>> =
+            bincode::deserialize(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        decoded.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
+    }
+
+    async fn call(
+        &mut self,
+        method: Method,
+        payload: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
+        let addr = self.node.addr.clone();
+        let channel = self
+            .channel
+            .as_ref()
+            .map_err(|reason| TransportError::BadAddress {
+                addr: addr.clone(),
+                reason: reason.clone(),
+            })?
+            .clone();
+        let mut client = RaftClient::new(channel)
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX + 1024);
+        let mut request = Request::new(RaftMessage {
+            cluster_id: self.cluster_id.clone(),
+            from: self.self_id,
+            payload,
+        });
+        request.set_timeout(ttl);
+        let reply = match method {
+            Method::AppendEntries => client.append_entries(request).await,
+            Method::Vote => client.vote(request).await,
+            Method::InstallSnapshot => client.install_snapshot(request).await,
+        };
+        let reply = reply.map_err(|status| TransportError::Status { addr, status })?;
+        Ok(reply.into_inner().payload)
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        let entries = rpc.entries.len() as u64;
+        match self.send(Method::AppendEntries, &rpc, &option).await {
+            // Halve the batch rather than give up: openraft retries with fewer.
+            Err(RPCError::PayloadTooLarge(_)) if entries > 1 => Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(entries / 2),
+            )),
+            other => other,
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.send(Method::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.send(Method::Vote, &rpc, &option).await
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(
+            UNREACHABLE_BACKOFF_MS,
+        )))
+    }
+}
+
+/// The server side of the transport: hands RPCs to the local Raft.
+#[derive(Clone)]
+pub struct RaftService {
+    raft: Raft,
+    cluster_id: String,
+    self_id: NodeId,
+}
+
+impl RaftService {
+    /// Serve `raft`, node `self_id`, for peers of `cluster_id`.
+    pub fn new(raft: Raft, cluster_id: String, self_id: NodeId) -> Self {
+        Self {
+            raft,
+            cluster_id,
+            self_id,
+        }
+    }
+
+    /// The tonic server for this service, with its message bound.
+    pub fn into_server(self) -> raft_server::RaftServer<Self> {
+        raft_server::RaftServer::new(self)
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX + 1024)
+            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+    }
+
+    fn open<T: DeserializeOwned>(&self, request: Request<RaftMessage>) -> Result<T, Status> {
+        let message = request.into_inner();
+        if message.cluster_id != self.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "raft message from node {} of cluster {:?}; this node belongs to cluster {:?}",
+                message.from, message.cluster_id, self.cluster_id
+            )));
+        }
+        bincode::deserialize(&message.payload).map_err(|e| {
+            Status::invalid_argument(format!(
+                "undecodable raft message from node {}: {e}",
+                message.from
+            ))
+        })
+    }
+
+    fn seal<T: Serialize>(&self, reply: &T) -> Result<tonic::Response<RaftMessage>, Status> {
+        let payload = bincode::serialize(reply)
+            .map_err(|e| Status::internal(format!("encode raft reply: {e}")))?;
+        Ok(tonic::Response::new(RaftMessage {
+            cluster_id: self.cluster_id.clone(),
+            from: self.self_id,
+            payload,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<tonic::Response<RaftMessage>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = self.open(request)?;
+        self.seal(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<tonic::Response<RaftMessage>, Status> {
+        let rpc: VoteRequest<NodeId> = self.open(request)?;
+        self.seal(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<tonic::Response<RaftMessage>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = self.open(request)?;
+        self.seal(&self.raft.install_snapshot(rpc).await)
+    }
+}

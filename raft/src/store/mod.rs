@@ -1,0 +1,193 @@
+//! Persistent Raft storage on sled: the log store and the state machine.
+//!
+//! One sled database per node, with four trees:
+//! - `log`: entries keyed by big-endian index;
+//! - `meta`: vote, committed id, last purged id, the node's identity;
+//! - `state`: registry rows plus the applied id and membership, always written
+//!   in one atomic batch with the rows they describe;
+//! - `snapshot`: the current snapshot (meta and data in one value).
+//!
+//! Durability: appends, votes and truncations are acknowledged only after a
+//! flush (through the single [`Flusher`]). State machine writes are not
+//! flushed on apply: after a crash the state is an earlier consistent prefix
+//! and openraft re-applies the log from the stored applied id. A snapshot is
+//! flushed before it is used, and the log is purged only up to a snapshot, so
+//! no entry that the durable state still needs is ever purged.
+
+mod flusher;
+mod log_store;
+mod state_machine;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub use flusher::Flusher;
+pub use log_store::LogStore;
+pub use state_machine::{StateMachine, StateView};
+
+use crate::types::StorageError;
+
+/// Tag stored at first open; a database written by another format is refused.
+const FORMAT: &[u8] = b"docklock-store-v1";
+const FORMAT_KEY: &[u8] = b"format";
+const IDENTITY_KEY: &[u8] = b"identity";
+/// How long `open` retries while a previous handle still holds the file lock.
+const OPEN_RETRY_MS: u64 = 5_000;
+
+/// Storage settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// sled page cache, in bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Who this data directory belongs to, fixed at first start.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The cluster the data belongs to.
+    pub cluster_id: String,
+    /// The node id the data was written as.
+    pub node_id: u64,
+}
+
+/// Errors opening the store.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// sled failed to open or read.
+    #[error("cannot open sled database at {path}: {source}")]
+    Sled {
+        /// Database path.
+        path: String,
+        /// The cause.
+        source: sled::Error,
+    },
+    /// The directory holds data of another format.
+    #[error("data directory {path} holds an unknown store format {found:?}")]
+    Format {
+        /// Database path.
+        path: String,
+        /// The format tag found.
+        found: String,
+    },
+    /// The stored state does not decode.
+    #[error("data directory {path} holds corrupt state: {reason}")]
+    Corrupt {
+        /// Database path.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The flusher thread could not start.
+    #[error("cannot start the flusher thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// An open store: both halves share one sled database.
+pub struct Store {
+    db: sled::Db,
+    /// The log half, handed to openraft.
+    pub log: LogStore,
+    /// The state machine half, handed to openraft.
+    pub state_machine: StateMachine,
+}
+
+impl Store {
+    /// Open (or create) the store in `dir`.
+    pub fn open(dir: &Path, config: &StoreConfig) -> Result<Self, OpenError> {
+        let path = dir.display().to_string();
+        let sled_error = |source| OpenError::Sled {
+            path: path.clone(),
+            source,
+        };
+        let db = open_with_retry(dir, config).map_err(sled_error)?;
+        let meta = db.open_tree("meta").map_err(sled_error)?;
+        match meta.get(FORMAT_KEY).map_err(sled_error)? {
+            Some(found) if found.as_ref() != FORMAT => {
+                return Err(OpenError::Format {
+                    path,
+                    found: String::from_utf8_lossy(&found).into_owned(),
+                })
+            }
+            Some(_) => {}
+            None => {
+                meta.insert(FORMAT_KEY, FORMAT).map_err(sled_error)?;
+                db.flush().map_err(sled_error)?;
+            }
+        }
+        let flusher = Flusher::start(db.clone())?;
+        let log = LogStore::new(
+            db.open_tree("log").map_err(sled_error)?,
+            meta,
+            flusher.clone(),
+        );
+        let state_machine = StateMachine::open(
+            db.open_tree("state").map_err(sled_error)?,
+            db.open_tree("snapshot").map_err(sled_error)?,
+            flusher,
+        )
+        .map_err(|error| OpenError::Corrupt {
+            path: path.clone(),
+            reason: error.to_string(),
+        })?;
+        Ok(Self {
+            db,
+            log,
+            state_machine,
+        })
+    }
+
+    /// The identity this data directory was stamped with, if any.
+    pub fn identity(&self) -> Result<Option<Identity>, StorageError> {
+        self.log.read_meta(IDENTITY_KEY)
+    }
+
+    /// Stamp the data directory with its identity, durably.
+    pub async fn set_identity(&self, identity: &Identity) -> Result<(), StorageError> {
+        self.log.write_meta_durably(IDENTITY_KEY, identity).await
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+fn open_with_retry(dir: &Path, config: &StoreConfig) -> Result<sled::Db, sled::Error> {
+    let deadline = Instant::now() + Duration::from_millis(OPEN_RETRY_MS);
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .cache_capacity(config.cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            // Only the Flusher flushes (see its docs).
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            // A dropped Db releases its file lock asynchronously; a quick
+            // restart in the same process can see it still held.
+            Err(sled::Error::Io(error)) if is_lock_busy(&error) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// sled reports a held file lock as an `Other` error wrapping `WouldBlock`.
+fn is_lock_busy(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::WouldBlock
+        || error.to_string().contains("could not acquire lock")
+}
+
+#[cfg(test)]
+mod tests;

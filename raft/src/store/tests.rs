@@ -1,0 +1,112 @@
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::testing::{log_id, StoreBuilder, Suite};
+use openraft::{EntryPayload, RaftSnapshotBuilder};
+
+use super::*;
+use crate::types::{Command, Entry, Request, TypeConfig};
+
+/// Builds a fresh store in its own temporary directory; the directory lives
+/// as long as the suite's test does.
+struct TempStoreBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for TempStoreBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Store::open(dir.path(), &StoreConfig::default()).expect("open store");
+        Ok((dir, store.log, store.state_machine))
+    }
+}
+
+/// The sled store meets every requirement openraft's storage suite checks.
+#[test]
+fn passes_openraft_storage_suite() {
+    Suite::test_all(TempStoreBuilder).expect("storage suite");
+}
+
+fn put_entry(index: u64, key: &str, value: &str) -> Entry {
+    Entry {
+        log_id: log_id(1, 1, index),
+        payload: EntryPayload::Normal(Request {
+            session: None,
+            command: Command::Put {
+                key: key.into(),
+                value: value.as_bytes().to_vec(),
+            },
+        }),
+    }
+}
+
+async fn apply_some(machine: &mut StateMachine, count: u64) {
+    let entries: Vec<_> = (1..=count)
+        .map(|i| put_entry(i, &format!("key/{}", i % 7), &format!("v{i}")))
+        .collect();
+    machine.apply(entries).await.expect("apply");
+}
+
+/// A state machine restored from a snapshot equals the one that built it.
+#[tokio::test]
+async fn snapshot_restores_an_equal_state_machine() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut original = Store::open(dir_a.path(), &StoreConfig::default())
+        .unwrap()
+        .state_machine;
+    apply_some(&mut original, 40).await;
+    let snapshot = original.build_snapshot().await.unwrap();
+
+    let mut restored = Store::open(dir_b.path(), &StoreConfig::default())
+        .unwrap()
+        .state_machine;
+    restored
+        .install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        original.view().read().registry.to_state(),
+        restored.view().read().registry.to_state()
+    );
+    assert_eq!(
+        restored.applied_state().await.unwrap(),
+        original.applied_state().await.unwrap()
+    );
+    assert_eq!(restored.view().read().registry.variables_count(), 7);
+}
+
+/// Applied state and its position survive closing and reopening the store.
+#[tokio::test]
+async fn applied_state_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, position) = {
+        let mut machine = Store::open(dir.path(), &StoreConfig::default())
+            .unwrap()
+            .state_machine;
+        apply_some(&mut machine, 25).await;
+        machine.shared.flusher.flush().await.unwrap();
+        let state = machine.view().read().registry.to_state();
+        (state, machine.applied_state().await.unwrap())
+    };
+    let mut reopened = Store::open(dir.path(), &StoreConfig::default())
+        .unwrap()
+        .state_machine;
+    assert_eq!(reopened.view().read().registry.to_state(), state);
+    assert_eq!(reopened.applied_state().await.unwrap(), position);
+}
+
+/// The identity stamp is durable and read back as written.
+#[tokio::test]
+async fn identity_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = Identity {
+        cluster_id: "c-1".into(),
+        node_id: 3,
+    };
+    {
+        let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
+        assert_eq!(store.identity().unwrap(), None);
+        store.set_identity(&identity).await.unwrap();
+    }
+    let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
+    assert_eq!(store.identity().unwrap(), Some(identity));
+    let mut log = store.log.clone();
+    assert_eq!(log.get_log_state().await.unwrap().last_log_id, None);
+}

@@ -1,0 +1,153 @@
+//! The openraft type configuration and the commands the registry applies.
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+/// A node's id in the Raft group. Chosen by the operator (`--id N`), never
+/// reused for a different machine's data.
+pub type NodeId = u64;
+
+/// A member's address as openraft stores it in the membership config.
+pub type Node = openraft::BasicNode;
+
+openraft::declare_raft_types!(
+    /// DockLock's Raft types: registry commands in, registry outcomes out.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = Node,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The running Raft instance.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// A log entry.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// A log id.
+pub type LogId = openraft::LogId<NodeId>;
+/// Membership as stored with the state it belongs to.
+pub type StoredMembership = openraft::StoredMembership<NodeId, Node>;
+/// Snapshot metadata.
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
+/// A storage error as openraft wants it.
+pub type StorageError = openraft::StorageError<NodeId>;
+
+/// Identifies one client write so that a retry is applied once (Raft thesis
+/// §6.3). `serial` increases per client; the registry keeps the outcome of the
+/// most recent serials of each client.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct WriteSession {
+    /// Opaque id chosen by the client, unique per client process.
+    pub client_id: String,
+    /// Per-client sequence number of the write.
+    pub serial: u64,
+}
+
+/// One proposal to the registry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Present for client writes that want at-most-once application.
+    pub session: Option<WriteSession>,
+    /// What to do.
+    pub command: Command,
+}
+
+/// A registry state change.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Create or overwrite a variable.
+    Put {
+        /// Variable name.
+        key: String,
+        /// New value.
+        value: Vec<u8>,
+    },
+    /// Remove a variable; removing a missing one is not an error.
+    Delete {
+        /// Variable name.
+        key: String,
+    },
+    /// Write `value` only if the current state of `key` matches `expect`.
+    Cas {
+        /// Variable name.
+        key: String,
+        /// The precondition.
+        expect: Expect,
+        /// New value.
+        value: Vec<u8>,
+    },
+}
+
+/// The precondition of a compare-and-set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// The key exists with exactly this value.
+    Value(Vec<u8>),
+    /// The key exists with exactly this version.
+    Version(u64),
+    /// The key does not exist.
+    Absent,
+}
+
+/// A variable and its history counters, as etcd reports them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Variable {
+    /// Current value.
+    pub value: Vec<u8>,
+    /// Writes since creation; 1 after the creating write.
+    pub version: u64,
+    /// Log index of the creating write.
+    pub create_revision: u64,
+    /// Log index of the latest write.
+    pub mod_revision: u64,
+}
+
+/// The result of applying one entry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Response {
+    /// Log index the entry was applied at.
+    pub revision: u64,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// What applying an entry did. Deterministic refusals are outcomes too: they
+/// are the same on every node and a retry must see them again.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub enum Outcome {
+    /// Blank or membership entry: nothing for the client.
+    #[default]
+    None,
+    /// The key now holds `current`; `prev` is what it held before.
+    Written {
+        /// The variable after the write.
+        current: Variable,
+        /// The variable before the write, if it existed.
+        prev: Option<Variable>,
+    },
+    /// The key was deleted (`prev` is `None` if it did not exist).
+    Deleted {
+        /// The variable before the delete, if it existed.
+        prev: Option<Variable>,
+    },
+    /// A compare-and-set whose expectation did not hold; nothing changed.
+    CasMismatch {
+        /// The variable as it is, if it exists.
+        current: Option<Variable>,
+    },
+    /// The write would exceed a registry bound; nothing changed.
+    LimitExceeded {
+        /// Which bound, in words.
+        reason: String,
+    },
+    /// The write's serial is older than the retained window of its client, so
+    /// its first outcome is no longer known; nothing changed.
+    SessionExpired {
+        /// Oldest serial still remembered for that client.
+        oldest_retained_serial: u64,
+    },
+}
