@@ -1,0 +1,355 @@
+//! `docklock agent`: one node of the registry.
+//!
+//! Start-up order: open the store and check that the data directory belongs
+//! to this node and cluster; start Raft; bind and serve gRPC; then either
+//! initialize the cluster (initial members, once) or join it (learner, then
+//! voter). Restarting with the same flags is always safe.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use docklock_proto::client::{Client, ClientOptions};
+use docklock_raft::network::{NetworkFactory, RaftService};
+use docklock_raft::store::{Identity, Store, StoreConfig};
+use docklock_raft::types::{Node, NodeId, Raft};
+use docklock_raft::RaftSettings;
+use sha3::{Digest, Sha3_256};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::{ApiLimits, ClusterService, NodeContext, VariablesService};
+
+/// How a node finds its cluster.
+#[derive(Debug, Clone)]
+pub enum Bootstrap {
+    /// One of the static initial members (`id -> address`).
+    Initial(BTreeMap<NodeId, String>),
+    /// A new node joining through the member at this address.
+    Join(String),
+}
+
+/// Everything an agent needs, after flags, environment and file are merged.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// This node's id (1 or more).
+    pub id: NodeId,
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Address peers and clients use to reach this node.
+    pub advertise: String,
+    /// Where the node keeps its data.
+    pub data_dir: PathBuf,
+    /// Cluster name; part of the cluster id.
+    pub cluster_name: String,
+    /// Initial cluster or join target.
+    pub bootstrap: Bootstrap,
+    /// Raft timing and compaction.
+    pub raft: RaftSettings,
+    /// API size bounds.
+    pub limits: ApiLimits,
+    /// Storage settings.
+    pub store: StoreConfig,
+}
+
+/// The cluster id of a statically bootstrapped cluster: derived from its name
+/// and initial members, so every initial member computes the same id and a
+/// node started with another member list is recognised as foreign.
+pub fn cluster_id_for(name: &str, members: &BTreeMap<NodeId, String>) -> String {
+    let mut hasher = Sha3_256::new();
+    hasher.update(b"docklock-cluster-v1\0");
+    hasher.update(name.as_bytes());
+    for (id, addr) in members {
+        hasher.update(format!("\0{id}={addr}").as_bytes());
+    }
+    hex::encode(&hasher.finalize()[..12])
+}
+
+/// Parse `1=HOST:PORT,2=HOST:PORT,...`.
+pub fn parse_initial_cluster(text: &str) -> anyhow::Result<BTreeMap<NodeId, String>> {
+    let mut members = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .with_context(|| format!("{part:?} is not ID=HOST:PORT"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .with_context(|| format!("{id:?} is not a node id"))?;
+        if id == 0 {
+            bail!("node id 0 is reserved; ids start at 1");
+        }
+        addr.trim()
+            .parse::<SocketAddr>()
+            .with_context(|| format!("{addr:?} is not HOST:PORT"))?;
+        if members.insert(id, addr.trim().to_owned()).is_some() {
+            bail!("node id {id} appears twice in the initial cluster");
+        }
+    }
+    if members.is_empty() {
+        bail!("the initial cluster lists no members");
+    }
+    Ok(members)
+}
+
+/// A running agent.
+pub struct Agent {
+    /// The node's shared context.
+    pub node: Arc<NodeContext>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Agent {
+    /// Start the node; it serves until [`Agent::stop`].
+    pub async fn start(config: AgentConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create data directory {}", config.data_dir.display())
+        })?;
+        let store = Store::open(&config.data_dir.join("registry"), &config.store)?;
+        let identity = settle_identity(&config, &store).await?;
+        tracing::info!(node = config.id, cluster = %identity.cluster_id, "store opened");
+
+        let raft_config = docklock_raft::raft_config(&config.cluster_name, &config.raft)?;
+        let network = NetworkFactory::new(identity.cluster_id.clone(), config.id);
+        let state = store.state_machine.view();
+        let raft = Raft::new(
+            config.id,
+            raft_config,
+            network,
+            store.log.clone(),
+            store.state_machine.clone(),
+        )
+        .await
+        .context("cannot start raft")?;
+        let node = NodeContext::new(
+            config.id,
+            identity.cluster_id.clone(),
+            raft.clone(),
+            state,
+            config.limits.clone(),
+        );
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(node.clone(), listener, stopped));
+
+        match &config.bootstrap {
+            Bootstrap::Initial(members) => initialize(&raft, members).await?,
+            Bootstrap::Join(target) => {
+                tokio::spawn(join(node.clone(), target.clone(), config.advertise.clone()));
+            }
+        }
+        Ok(Self {
+            node,
+            server,
+            shutdown,
+        })
+    }
+
+    /// Stop serving and shut Raft down.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(());
+        self.node.raft.shutdown().await.context("raft shutdown")?;
+        self.server.await??;
+        Ok(())
+    }
+}
+
+/// Check the data directory belongs to this node and cluster; stamp it at
+/// first start.
+async fn settle_identity(config: &AgentConfig, store: &Store) -> anyhow::Result<Identity> {
+    let stored = store.identity()?;
+    if let Some(stored) = &stored {
+        if stored.node_id != config.id {
+            bail!(
+                "data directory {} belongs to node {}, not node {}; use that node's id or another directory",
+                config.data_dir.display(),
+                stored.node_id,
+                config.id
+            );
+        }
+    }
+    let cluster_id = match &config.bootstrap {
+        Bootstrap::Initial(members) => {
+            if !members.contains_key(&config.id) {
+                bail!(
+                    "node {} is not in the initial cluster; use --join to add a new node",
+                    config.id
+                );
+            }
+            cluster_id_for(&config.cluster_name, members)
+        }
+        Bootstrap::Join(target) => match &stored {
+            Some(stored) => stored.cluster_id.clone(),
+            None => {
+                let client = Client::new(vec![target.clone()], ClientOptions::default())?;
+                client
+                    .status()
+                    .await
+                    .with_context(|| format!("cannot reach {target} to join"))?
+                    .cluster_id
+            }
+        },
+    };
+    match stored {
+        Some(stored) if stored.cluster_id != cluster_id => bail!(
+            "data directory {} belongs to cluster {}, but these flags describe cluster {}; \
+             check --initial-cluster and --cluster-name, or use another directory",
+            config.data_dir.display(),
+            stored.cluster_id,
+            cluster_id
+        ),
+        Some(stored) => Ok(stored),
+        None => {
+            let identity = Identity {
+                cluster_id,
+                node_id: config.id,
+            };
+            store.set_identity(&identity).await?;
+            Ok(identity)
+        }
+    }
+}
+
+/// Initialize a fresh initial member. Every initial member does this with
+/// the same member list, which openraft documents as safe; a node that has
+/// any log or vote is already initialized and skips it.
+async fn initialize(raft: &Raft, members: &BTreeMap<NodeId, String>) -> anyhow::Result<()> {
+    if raft.is_initialized().await? {
+        return Ok(());
+    }
+    let nodes: BTreeMap<NodeId, Node> = members
+        .iter()
+        .map(|(id, addr)| (*id, Node::new(addr.clone())))
+        .collect();
+    match raft.initialize(nodes).await {
+        Ok(()) => Ok(()),
+        Err(openraft::error::RaftError::APIError(
+            openraft::error::InitializeError::NotAllowed(_),
+        )) => Ok(()),
+        Err(error) => Err(error).context("cannot initialize the cluster"),
+    }
+}
+
+/// Attempts to join before giving up (with backoff).
+const JOIN_ATTEMPTS_MAX: u32 = 30;
+
+/// Join as a learner, wait to catch up, then become a voter.
+async fn join(node: Arc<NodeContext>, target: String, advertise: String) {
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(120),
+        ..ClientOptions::default()
+    };
+    let Ok(client) = Client::new(vec![target.clone()], options) else {
+        return;
+    };
+    for attempt in 1..=JOIN_ATTEMPTS_MAX {
+        let membership = node.raft.metrics().borrow().membership_config.clone();
+        let is_voter = membership.membership().voter_ids().any(|id| id == node.id);
+        if is_voter {
+            tracing::info!(node = node.id, "member of the cluster as a voter");
+            return;
+        }
+        let result = async {
+            if membership.membership().get_node(&node.id).is_none() {
+                client
+                    .add_learner(node.id, &advertise, &node.cluster_id)
+                    .await?;
+                tracing::info!(node = node.id, "joined as a learner and caught up");
+            }
+            client.promote(node.id).await
+        }
+        .await;
+        match result {
+            Ok(_) => {
+                tracing::info!(node = node.id, "promoted to voter");
+                return;
+            }
+            Err(status) => {
+                tracing::warn!(node = node.id, attempt, %status, "join attempt failed");
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt.min(6)))).await;
+            }
+        }
+    }
+    tracing::error!(
+        node = node.id,
+        "gave up joining after {JOIN_ATTEMPTS_MAX} attempts"
+    );
+}
+
+async fn serve(
+    node: Arc<NodeContext>,
+    listener: TcpListener,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(report_health(node.clone(), health));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(docklock_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor sets are valid");
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            RaftService::new(node.raft.clone(), node.cluster_id.clone(), node.id).into_server(),
+        )
+        .add_service(ClusterService::server(node.clone()))
+        .add_service(VariablesService::server(node.clone()))
+        .add_service(health_service)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stopped.await;
+        })
+        .await
+}
+
+/// Health: the process is live as soon as it serves (service ""); the
+/// registry services are ready only while a leader is known.
+async fn report_health(node: Arc<NodeContext>, health: tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus;
+    health.set_service_status("", ServingStatus::Serving).await;
+    let mut metrics = node.raft.metrics();
+    loop {
+        let ready = metrics.borrow().current_leader.is_some();
+        let status = if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for service in ["docklock.v1.Variables", "docklock.v1.Cluster"] {
+            health.set_service_status(service, status).await;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Member lists parse strictly and the cluster id depends on them.
+    #[test]
+    fn initial_cluster_parsing_and_identity() {
+        let members = parse_initial_cluster("1=127.0.0.1:7001, 2=127.0.0.1:7002").unwrap();
+        assert_eq!(members.len(), 2);
+        assert!(parse_initial_cluster("1=127.0.0.1:7001,1=127.0.0.1:7002").is_err());
+        assert!(parse_initial_cluster("0=127.0.0.1:7001").is_err());
+        assert!(parse_initial_cluster("1=nowhere").is_err());
+        let other = parse_initial_cluster("1=127.0.0.1:7001,2=127.0.0.1:7003").unwrap();
+        assert_ne!(cluster_id_for("c", &members), cluster_id_for("c", &other));
+        assert_ne!(cluster_id_for("c", &members), cluster_id_for("d", &members));
+        assert_eq!(
+            cluster_id_for("c", &members),
+            cluster_id_for("c", &members.clone())
+        );
+    }
+}

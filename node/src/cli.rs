@@ -1,0 +1,628 @@
+//! Command-line parsing and the client commands.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use docklock_proto::client::{Client, ClientOptions};
+use docklock_proto::v1::{self, cas_request, MemberRole};
+use docklock_raft::store::StoreConfig;
+use docklock_raft::RaftSettings;
+use serde::Deserialize;
+use serde_json::json;
+use tonic::Code;
+
+use crate::agent::{parse_initial_cluster, Agent, AgentConfig, Bootstrap};
+use crate::api::ApiLimits;
+
+/// DockLock: run signed workloads deterministically and prove what ran.
+#[derive(Parser, Debug)]
+#[command(name = "docklock", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node.
+    Agent(Box<AgentArgs>),
+    /// Inspect and change cluster membership.
+    Cluster {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Read and write variables.
+    Kv {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: KvCommand,
+    },
+    /// Start an embedded 3-node cluster on loopback and show it working.
+    Demo(crate::demo::DemoArgs),
+}
+
+/// Output format of read commands.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Human-readable text.
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+/// How client commands reach the cluster.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Cluster endpoints, HOST:PORT, comma separated; tried in turn.
+    #[arg(
+        long,
+        env = "DOCKLOCK_ENDPOINTS",
+        default_value = "127.0.0.1:7001",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub endpoints: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub output: Output,
+    /// Time one call may take, all retries included, in milliseconds.
+    #[arg(
+        long,
+        env = "DOCKLOCK_TIMEOUT_MS",
+        default_value_t = 15_000,
+        global = true
+    )]
+    pub timeout_ms: u64,
+}
+
+impl ClientArgs {
+    fn client(&self) -> anyhow::Result<Client> {
+        let options = ClientOptions {
+            deadline: Duration::from_millis(self.timeout_ms),
+            ..ClientOptions::default()
+        };
+        Ok(Client::new(self.endpoints.clone(), options)?)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Leader, term and every member's role and log position.
+    Status,
+    /// Add a node as a learner (it must be running).
+    AddLearner {
+        /// Node id.
+        id: u64,
+        /// Its address, HOST:PORT.
+        addr: String,
+    },
+    /// Promote a learner to voter.
+    Promote {
+        /// Node id.
+        id: u64,
+    },
+    /// Remove a member.
+    Remove {
+        /// Node id.
+        id: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KvCommand {
+    /// Write a value.
+    Put {
+        /// Variable name.
+        key: String,
+        /// Value (UTF-8 text).
+        value: String,
+    },
+    /// Read a value (linearizable unless --stale).
+    Get {
+        /// Variable name.
+        key: String,
+        /// Answer from the contacted node's local state.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Delete a variable.
+    Delete {
+        /// Variable name.
+        key: String,
+    },
+    /// List variables by prefix.
+    List {
+        /// Name prefix (empty lists everything).
+        #[arg(default_value = "")]
+        prefix: String,
+        /// At most this many (0 lists all, page by page).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// Answer from the contacted node's local state.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Compare-and-set: write NEW only if the current value is --expect
+    /// (or the version is --expect-version, or the key is absent).
+    Cas {
+        /// Variable name.
+        key: String,
+        /// New value.
+        new: String,
+        /// Expected current value.
+        #[arg(long, group = "expectation")]
+        expect: Option<String>,
+        /// Expected current version.
+        #[arg(long, group = "expectation")]
+        expect_version: Option<u64>,
+        /// Expect the key not to exist.
+        #[arg(long, group = "expectation")]
+        expect_absent: bool,
+    },
+}
+
+/// `docklock agent` flags. Every flag may also come from the environment
+/// (`DOCKLOCK_*`) or a TOML file (`--config`), in that order of precedence.
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// TOML file with any of these settings (snake_case names).
+    #[arg(long, env = "DOCKLOCK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Node id, 1 or more.
+    #[arg(long, env = "DOCKLOCK_ID")]
+    id: Option<u64>,
+    /// Address to listen on, HOST:PORT.
+    #[arg(long, env = "DOCKLOCK_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Address others reach this node at (default: --listen).
+    #[arg(long, env = "DOCKLOCK_ADVERTISE")]
+    advertise: Option<String>,
+    /// Data directory.
+    #[arg(long, env = "DOCKLOCK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Static initial members: 1=HOST:PORT,2=HOST:PORT,...
+    #[arg(long, env = "DOCKLOCK_INITIAL_CLUSTER", conflicts_with = "join")]
+    initial_cluster: Option<String>,
+    /// Join a running cluster through this member, HOST:PORT.
+    #[arg(long, env = "DOCKLOCK_JOIN")]
+    join: Option<String>,
+    /// Cluster name (part of the cluster id).
+    #[arg(long, env = "DOCKLOCK_CLUSTER_NAME")]
+    cluster_name: Option<String>,
+    /// Largest variable value, in bytes (default 1 MiB).
+    #[arg(long, env = "DOCKLOCK_VALUE_BYTES_MAX")]
+    value_bytes_max: Option<usize>,
+    /// Leader heartbeat period, in milliseconds.
+    #[arg(long, env = "DOCKLOCK_HEARTBEAT_MS")]
+    heartbeat_ms: Option<u64>,
+    /// Minimum election timeout, in milliseconds.
+    #[arg(long, env = "DOCKLOCK_ELECTION_TIMEOUT_MS")]
+    election_timeout_ms: Option<u64>,
+    /// Entries between snapshots.
+    #[arg(long, env = "DOCKLOCK_SNAPSHOT_ENTRIES")]
+    snapshot_entries: Option<u64>,
+    /// Entries kept in the log behind a snapshot.
+    #[arg(long, env = "DOCKLOCK_LOG_ENTRIES_KEPT")]
+    log_entries_kept: Option<u64>,
+    /// sled page cache, in bytes.
+    #[arg(long, env = "DOCKLOCK_CACHE_BYTES")]
+    cache_bytes: Option<u64>,
+    /// Log filter (tracing env-filter syntax); RUST_LOG overrides it.
+    #[arg(
+        long,
+        env = "DOCKLOCK_LOG",
+        default_value = "info,openraft=warn,sled=warn,h2=warn,tower=warn"
+    )]
+    log: String,
+}
+
+/// The same settings read from a TOML file.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct AgentFile {
+    id: Option<u64>,
+    listen: Option<SocketAddr>,
+    advertise: Option<String>,
+    data_dir: Option<PathBuf>,
+    initial_cluster: Option<String>,
+    join: Option<String>,
+    cluster_name: Option<String>,
+    value_bytes_max: Option<usize>,
+    heartbeat_ms: Option<u64>,
+    election_timeout_ms: Option<u64>,
+    snapshot_entries: Option<u64>,
+    log_entries_kept: Option<u64>,
+    cache_bytes: Option<u64>,
+}
+
+impl AgentArgs {
+    fn resolve(self) -> anyhow::Result<AgentConfig> {
+        let file: AgentFile = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => AgentFile::default(),
+        };
+        let id = self.id.or(file.id).context("--id is required")?;
+        if id == 0 {
+            bail!("node id 0 is reserved; ids start at 1");
+        }
+        let listen = self
+            .listen
+            .or(file.listen)
+            .context("--listen is required")?;
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .context("--data-dir is required")?;
+        let advertise = self
+            .advertise
+            .or(file.advertise)
+            .unwrap_or_else(|| listen.to_string());
+        let bootstrap = match (
+            self.initial_cluster.or(file.initial_cluster),
+            self.join.or(file.join),
+        ) {
+            (Some(members), None) => Bootstrap::Initial(parse_initial_cluster(&members)?),
+            (None, Some(target)) => Bootstrap::Join(target),
+            (Some(_), Some(_)) => bail!("give either --initial-cluster or --join, not both"),
+            (None, None) => {
+                bail!("give --initial-cluster (a new cluster) or --join (an existing one)")
+            }
+        };
+        if let Bootstrap::Initial(members) = &bootstrap {
+            if members.get(&id).is_some_and(|addr| *addr != advertise) {
+                bail!(
+                    "node {id} is listed at {} in the initial cluster but advertises {advertise}",
+                    members[&id]
+                );
+            }
+        }
+        let defaults = RaftSettings::default();
+        let raft = RaftSettings {
+            heartbeat_ms: self
+                .heartbeat_ms
+                .or(file.heartbeat_ms)
+                .unwrap_or(defaults.heartbeat_ms),
+            election_timeout_ms: self
+                .election_timeout_ms
+                .or(file.election_timeout_ms)
+                .unwrap_or(defaults.election_timeout_ms),
+            snapshot_entries: self
+                .snapshot_entries
+                .or(file.snapshot_entries)
+                .unwrap_or(defaults.snapshot_entries),
+            log_entries_kept: self
+                .log_entries_kept
+                .or(file.log_entries_kept)
+                .unwrap_or(defaults.log_entries_kept),
+        };
+        let mut limits = ApiLimits::default();
+        if let Some(bytes) = self.value_bytes_max.or(file.value_bytes_max) {
+            if bytes == 0 || bytes > docklock_raft::registry::VALUE_BYTES_MAX {
+                bail!(
+                    "--value-bytes-max must be between 1 and {}",
+                    docklock_raft::registry::VALUE_BYTES_MAX
+                );
+            }
+            limits.value_bytes_max = bytes;
+        }
+        let mut store = StoreConfig::default();
+        if let Some(bytes) = self.cache_bytes.or(file.cache_bytes) {
+            store.cache_bytes = bytes;
+        }
+        Ok(AgentConfig {
+            id,
+            listen,
+            advertise,
+            data_dir,
+            cluster_name: self
+                .cluster_name
+                .or(file.cluster_name)
+                .unwrap_or_else(|| "docklock".to_owned()),
+            bootstrap,
+            raft,
+            limits,
+            store,
+        })
+    }
+}
+
+/// Run a parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Agent(args) => run_agent(*args).await,
+        Command::Cluster { client, command } => cluster(&client, command).await,
+        Command::Kv { client, command } => kv(&client, command).await,
+        Command::Demo(args) => crate::demo::run(args).await,
+    }
+}
+
+async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log))
+        .context("invalid --log filter")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let config = args.resolve()?;
+    let agent = Agent::start(config).await?;
+    tracing::info!(node = agent.node.id, "serving");
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    agent.stop().await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn role_name(role: i32) -> &'static str {
+    match MemberRole::try_from(role) {
+        Ok(MemberRole::Voter) => "voter",
+        Ok(MemberRole::Learner) => "learner",
+        _ => "unknown",
+    }
+}
+
+async fn cluster(args: &ClientArgs, command: ClusterCommand) -> anyhow::Result<()> {
+    let client = args.client()?;
+    match command {
+        ClusterCommand::Status => cluster_status(&client, args.output).await,
+        ClusterCommand::AddLearner { id, addr } => {
+            print_membership(&client.add_learner(id, &addr, "").await?)
+        }
+        ClusterCommand::Promote { id } => print_membership(&client.promote(id).await?),
+        ClusterCommand::Remove { id } => print_membership(&client.remove(id).await?),
+    }
+}
+
+fn print_membership(response: &v1::MembershipResponse) -> anyhow::Result<()> {
+    println!("membership changed at log index {}", response.index);
+    for member in &response.members {
+        println!(
+            "  node {} {} {}",
+            member.id,
+            member.addr,
+            role_name(member.role)
+        );
+    }
+    Ok(())
+}
+
+/// Ask one node for the membership, then every member for its own state.
+async fn cluster_status(client: &Client, output: Output) -> anyhow::Result<()> {
+    let first = client.status().await?;
+    let mut rows = Vec::new();
+    for member in &first.members {
+        let own = client.status_of(&member.addr).await;
+        rows.push((member.clone(), own));
+    }
+    if output == Output::Json {
+        let members: Vec<_> = rows
+            .iter()
+            .map(|(member, own)| {
+                let mut row = json!({
+                    "id": member.id,
+                    "addr": member.addr,
+                    "role": role_name(member.role),
+                    "reachable": own.is_ok(),
+                });
+                if let Ok(own) = own {
+                    row["state"] = json!(own.state);
+                    row["term"] = json!(own.term);
+                    row["last_log_index"] = json!(own.last_log_index);
+                    row["last_applied_index"] = json!(own.last_applied_index);
+                    row["snapshot_index"] = json!(own.snapshot_index);
+                }
+                if let Err(status) = own {
+                    row["error"] = json!(status.message());
+                }
+                row
+            })
+            .collect();
+        let document = json!({
+            "cluster_id": first.cluster_id,
+            "leader_id": first.leader_id,
+            "leader_addr": first.leader_addr,
+            "term": first.term,
+            "members": members,
+        });
+        println!("{}", serde_json::to_string_pretty(&document)?);
+        return Ok(());
+    }
+    println!("cluster {}", first.cluster_id);
+    match first.leader_id {
+        Some(leader) => println!(
+            "leader  node {leader} at {} (term {})",
+            first.leader_addr, first.term
+        ),
+        None => println!("leader  none known (term {})", first.term),
+    }
+    println!(
+        "{:<6} {:<22} {:<8} {:<10} {:>10} {:>12}",
+        "ID", "ADDRESS", "ROLE", "STATE", "LAST LOG", "LAST APPLIED"
+    );
+    for (member, own) in rows {
+        match own {
+            Ok(own) => println!(
+                "{:<6} {:<22} {:<8} {:<10} {:>10} {:>12}",
+                member.id,
+                member.addr,
+                role_name(member.role),
+                own.state,
+                own.last_log_index,
+                own.last_applied_index
+            ),
+            Err(status) => println!(
+                "{:<6} {:<22} {:<8} unreachable: {}",
+                member.id,
+                member.addr,
+                role_name(member.role),
+                status.message()
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn kv_json(kv: &v1::KeyValue) -> serde_json::Value {
+    let mut document = json!({
+        "key": kv.key,
+        "version": kv.version,
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+    });
+    match std::str::from_utf8(&kv.value) {
+        Ok(text) => document["value"] = json!(text),
+        Err(_) => document["value_hex"] = json!(hex::encode(&kv.value)),
+    }
+    document
+}
+
+async fn kv(args: &ClientArgs, command: KvCommand) -> anyhow::Result<()> {
+    let client = args.client()?;
+    let json_output = args.output == Output::Json;
+    match command {
+        KvCommand::Put { key, value } => {
+            let response = client.put(&key, value.into_bytes()).await?;
+            let kv = response.kv.unwrap_or_default();
+            if json_output {
+                println!("{}", kv_json(&kv));
+            } else {
+                println!("OK revision {} version {}", response.revision, kv.version);
+            }
+        }
+        KvCommand::Get { key, stale } => {
+            let kv = client.get(&key, stale).await?;
+            if json_output {
+                println!("{}", kv_json(&kv));
+            } else {
+                println!("{}", String::from_utf8_lossy(&kv.value));
+            }
+        }
+        KvCommand::Delete { key } => {
+            let response = client.delete(&key).await?;
+            match (json_output, &response.prev) {
+                (true, _) => println!(
+                    "{}",
+                    json!({"deleted": response.prev.is_some(), "revision": response.revision})
+                ),
+                (false, Some(_)) => println!("deleted {key}"),
+                (false, None) => println!("{key} did not exist"),
+            }
+        }
+        KvCommand::List {
+            prefix,
+            limit,
+            stale,
+        } => kv_list(&client, &prefix, limit, stale, json_output).await?,
+        KvCommand::Cas {
+            key,
+            new,
+            expect,
+            expect_version,
+            expect_absent,
+        } => {
+            let expectation = match (expect, expect_version, expect_absent) {
+                (Some(value), None, false) => cas_request::Expect::ExpectValue(value.into_bytes()),
+                (None, Some(version), false) => cas_request::Expect::ExpectVersion(version),
+                (None, None, true) => cas_request::Expect::ExpectAbsent(true),
+                _ => bail!("give one of --expect, --expect-version or --expect-absent"),
+            };
+            let response = client.cas(&key, expectation, new.into_bytes()).await?;
+            let kv = response.kv.unwrap_or_default();
+            if json_output {
+                println!("{}", kv_json(&kv));
+            } else {
+                println!("OK revision {} version {}", response.revision, kv.version);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn kv_list(
+    client: &Client,
+    prefix: &str,
+    limit: usize,
+    stale: bool,
+    json_output: bool,
+) -> anyhow::Result<()> {
+    let mut start_after = String::new();
+    let mut listed = Vec::new();
+    loop {
+        let want = if limit == 0 {
+            1_000
+        } else {
+            (limit - listed.len()).min(1_000)
+        };
+        let page = client
+            .list(prefix, &start_after, u32::try_from(want)?, stale)
+            .await?;
+        if let Some(last) = page.kvs.last() {
+            start_after.clone_from(&last.key);
+        }
+        listed.extend(page.kvs);
+        if !page.more || (limit != 0 && listed.len() >= limit) {
+            break;
+        }
+    }
+    if json_output {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&listed.iter().map(kv_json).collect::<Vec<_>>())?
+        );
+    } else {
+        for kv in &listed {
+            println!("{}\t{}", kv.key, String::from_utf8_lossy(&kv.value));
+        }
+    }
+    Ok(())
+}
+
+/// The error and its causes on one line.
+pub fn one_line(error: &anyhow::Error) -> String {
+    if let Some(status) = error.downcast_ref::<tonic::Status>() {
+        return format!("{} ({:?})", status.message(), status.code());
+    }
+    error
+        .chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// The documented exit code for `error`.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    match error
+        .downcast_ref::<tonic::Status>()
+        .map(tonic::Status::code)
+    {
+        Some(Code::NotFound) => 3,
+        Some(Code::FailedPrecondition) => 4,
+        Some(Code::InvalidArgument) => 2,
+        _ => 1,
+    }
+}

@@ -1,0 +1,267 @@
+//! Local multi-process clusters: each node a real `docklock agent` process on
+//! its own loopback port with its own data directory. Used by `docklock demo`
+//! and the integration tests. Every child is killed when the cluster drops.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use docklock_proto::client::{Client, ClientOptions};
+
+/// One node of a [`LocalCluster`].
+#[derive(Debug)]
+pub struct LocalNode {
+    /// Node id.
+    pub id: u64,
+    /// Its address.
+    pub addr: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Where its stderr goes.
+    pub log_path: PathBuf,
+    child: Option<Child>,
+    joined: bool,
+}
+
+impl LocalNode {
+    /// Whether its process is running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// Its process id, if running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// A cluster of local agent processes.
+#[derive(Debug)]
+pub struct LocalCluster {
+    binary: PathBuf,
+    dir: PathBuf,
+    initial_cluster: String,
+    extra_args: Vec<String>,
+    /// The nodes by id.
+    pub nodes: BTreeMap<u64, LocalNode>,
+}
+
+/// A free loopback port. The port is released before use, so another process
+/// could take it in between; tests tolerate that rare race by failing loudly.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Timing flags that keep elections quick on a loaded two-core machine.
+pub const FAST_TIMING: [&str; 4] = ["--heartbeat-ms", "100", "--election-timeout-ms", "600"];
+
+impl LocalCluster {
+    /// Describe (without starting) a cluster of `size` initial members under
+    /// `dir`, run from `binary`, each agent given `extra_args`.
+    pub fn new(binary: &Path, dir: &Path, size: u64, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let mut nodes = BTreeMap::new();
+        for id in 1..=size {
+            let addr = format!("127.0.0.1:{}", free_port()?);
+            nodes.insert(id, Self::describe(dir, id, addr));
+        }
+        let initial_cluster = nodes
+            .values()
+            .map(|node| format!("{}={}", node.id, node.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(Self {
+            binary: binary.to_owned(),
+            dir: dir.to_owned(),
+            initial_cluster,
+            extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            nodes,
+        })
+    }
+
+    fn describe(dir: &Path, id: u64, addr: String) -> LocalNode {
+        LocalNode {
+            id,
+            addr,
+            data_dir: dir.join(format!("node-{id}")),
+            log_path: dir.join(format!("node-{id}.log")),
+            child: None,
+            joined: false,
+        }
+    }
+
+    /// Start every node.
+    pub fn start_all(&mut self) -> anyhow::Result<()> {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.start(id)?;
+        }
+        Ok(())
+    }
+
+    /// Start (or restart) node `id` with its original flags.
+    pub fn start(&mut self, id: u64) -> anyhow::Result<()> {
+        let node = self
+            .nodes
+            .get(&id)
+            .with_context(|| format!("no node {id}"))?;
+        let bootstrap = if node.joined {
+            let target = self
+                .nodes
+                .values()
+                .find(|n| n.id != id)
+                .context("no other node to join through")?;
+            vec!["--join".to_owned(), target.addr.clone()]
+        } else {
+            vec!["--initial-cluster".to_owned(), self.initial_cluster.clone()]
+        };
+        let child = self.spawn(id, &bootstrap)?;
+        self.nodes.get_mut(&id).expect("checked above").child = Some(child);
+        Ok(())
+    }
+
+    fn spawn(&self, id: u64, bootstrap: &[String]) -> anyhow::Result<Child> {
+        let node = &self.nodes[&id];
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)
+            .with_context(|| format!("cannot open {}", node.log_path.display()))?;
+        Command::new(&self.binary)
+            .arg("agent")
+            .args(["--id", &id.to_string(), "--listen", &node.addr])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(bootstrap)
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.binary.display()))
+    }
+
+    /// Add and start a new node that joins through the existing members.
+    pub fn add_joining_node(&mut self, id: u64) -> anyhow::Result<()> {
+        if self.nodes.contains_key(&id) {
+            bail!("node {id} exists");
+        }
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let mut node = Self::describe(&self.dir, id, addr);
+        node.joined = true;
+        self.nodes.insert(id, node);
+        self.start(id)
+    }
+
+    /// kill -9 node `id` and reap it.
+    pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .with_context(|| format!("no node {id}"))?;
+        if let Some(mut child) = node.child.take() {
+            child.kill().ok();
+            child.wait().context("reap killed node")?;
+        }
+        Ok(())
+    }
+
+    /// Every node's address.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.values().map(|node| node.addr.clone()).collect()
+    }
+
+    /// Address of node `id`.
+    pub fn addr(&self, id: u64) -> &str {
+        &self.nodes[&id].addr
+    }
+
+    /// A client of every node.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(self.endpoints(), ClientOptions::default())?)
+    }
+
+    /// A client of node `id` alone.
+    pub fn client_of(&self, id: u64) -> anyhow::Result<Client> {
+        Ok(Client::new(
+            vec![self.addr(id).to_owned()],
+            ClientOptions::default(),
+        )?)
+    }
+
+    /// Wait until the running nodes agree on one leader among `candidates`
+    /// (any node if empty), and return its id.
+    pub async fn wait_for_leader(&mut self, timeout: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + timeout;
+        let probe = Client::new(self.endpoints(), ClientOptions::default())?;
+        loop {
+            let mut seen = Vec::new();
+            let running: Vec<String> = self
+                .nodes
+                .values_mut()
+                .filter_map(|n| n.is_running().then(|| n.addr.clone()))
+                .collect();
+            for addr in &running {
+                if let Ok(status) = probe.status_of(addr).await {
+                    seen.push(status.leader_id);
+                }
+            }
+            if let Some(Some(leader)) = seen.first() {
+                let agreed =
+                    seen.len() == running.len() && seen.iter().all(|s| *s == Some(*leader));
+                if agreed && running.contains(&self.nodes[leader].addr) {
+                    return Ok(*leader);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no agreed leader within {timeout:?}; nodes report {seen:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Wait until node `id` has applied at least `index`.
+    pub async fn wait_for_applied(
+        &self,
+        id: u64,
+        index: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let probe = self.client_of(id)?;
+        loop {
+            let applied = probe
+                .status_of(self.addr(id))
+                .await
+                .map(|s| s.last_applied_index);
+            if matches!(applied, Ok(applied) if applied >= index) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("node {id} did not apply index {index} within {timeout:?} (at {applied:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The tail of node `id`'s log, for failure messages.
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.nodes[&id].log_path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                child.kill().ok();
+                child.wait().ok();
+            }
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The DockLock node: the `docklock` agent daemon and command-line client.
+//!
+//! Owns: argument and config parsing (`cli`), the public gRPC services
+//! (`api`), the mapping of errors to gRPC statuses (`status`, the only place
+//! that does it), the agent's start-up and bootstrap (`agent`), a launcher
+//! for local multi-process clusters (`launcher`, used by the demo and the
+//! integration tests) and the embedded demo (`demo`).
+//!
+//! Must not: hold registry logic (that is `docklock-raft`) or wire types
+//! (that is `docklock-proto`).
+//!
+//! Entry points: [`cli::run`], [`agent::Agent::start`],
+//! [`launcher::LocalCluster`].
+
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod demo;
+pub mod launcher;
+pub mod status;
