@@ -55,6 +55,30 @@ pub struct AgentConfig {
     pub store: StoreConfig,
 }
 
+impl AgentConfig {
+    /// Refuse settings that cannot describe a node, before touching any data.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.id == 0 {
+            bail!("node id 0 is reserved; ids start at 1");
+        }
+        if let Bootstrap::Initial(members) = &self.bootstrap {
+            match members.get(&self.id) {
+                None => bail!(
+                    "node {} is not in the initial cluster; use --join to add a new node",
+                    self.id
+                ),
+                Some(addr) if *addr != self.advertise => bail!(
+                    "node {} is listed at {addr} in the initial cluster but advertises {}",
+                    self.id,
+                    self.advertise
+                ),
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The cluster id of a statically bootstrapped cluster: derived from its name
 /// and initial members, so every initial member computes the same id and a
 /// node started with another member list is recognised as foreign.
@@ -106,6 +130,7 @@ pub struct Agent {
 impl Agent {
     /// Start the node; it serves until [`Agent::stop`].
     pub async fn start(config: AgentConfig) -> anyhow::Result<Self> {
+        config.validate()?;
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("cannot create data directory {}", config.data_dir.display())
         })?;

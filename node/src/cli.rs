@@ -253,9 +253,6 @@ impl AgentArgs {
             None => AgentFile::default(),
         };
         let id = self.id.or(file.id).context("--id is required")?;
-        if id == 0 {
-            bail!("node id 0 is reserved; ids start at 1");
-        }
         let listen = self
             .listen
             .or(file.listen)
@@ -320,7 +317,7 @@ impl AgentArgs {
         if let Some(bytes) = self.cache_bytes.or(file.cache_bytes) {
             store.cache_bytes = bytes;
         }
-        Ok(AgentConfig {
+        let config = AgentConfig {
             id,
             listen,
             advertise,
@@ -333,7 +330,9 @@ impl AgentArgs {
             raft,
             limits,
             store,
-        })
+        };
+        config.validate()?;
+        Ok(config)
     }
 }
 
@@ -355,7 +354,9 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let config = args.resolve()?;
+    let config = args
+        .resolve()
+        .map_err(|error| UsageError(one_line(&error)))?;
     let agent = Agent::start(config).await?;
     tracing::info!(node = agent.node.id, "serving");
     wait_for_signal().await;
@@ -614,8 +615,16 @@ pub fn one_line(error: &anyhow::Error) -> String {
         .join(": ")
 }
 
+/// Flags or configuration that cannot work; exits 2 like clap's own errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// The documented exit code for `error`.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.is::<UsageError>() {
+        return 2;
+    }
     match error
         .downcast_ref::<tonic::Status>()
         .map(tonic::Status::code)

@@ -59,7 +59,7 @@ pub fn raft_config(
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_entries),
         snapshot_max_chunk_size: network::SNAPSHOT_CHUNK_BYTES,
         max_in_snapshot_log_to_keep: settings.log_entries_kept,
-        purge_batch_size: 256,
+        purge_batch_size: 64,
         install_snapshot_timeout: 5_000,
         ..Default::default()
     };

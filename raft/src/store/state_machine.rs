@@ -299,7 +299,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for entry in entries {
             let index = entry.log_id.index;
             assert!(
-                applied.last_applied.map_or(true, |last| last.index < index),
+                applied.last_applied.is_none_or(|last| last.index < index),
                 "entries applied out of order"
             );
             let response = match &entry.payload {
