@@ -322,6 +322,9 @@ async fn serve(
         .expect("the embedded descriptor sets are valid");
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(tower::util::MapResponseLayer::new(
+            crate::status::size_limit_as_resource_exhausted::<tonic::body::Body>,
+        ))
         .add_service(
             RaftService::new(node.raft.clone(), node.cluster_id.clone(), node.id).into_server(),
         )

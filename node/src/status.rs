@@ -5,6 +5,7 @@ use docklock_raft::types::{Node, NodeId, Outcome};
 use openraft::error::{
     ChangeMembershipError, CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError,
 };
+use tonic::codegen::http;
 use tonic::metadata::MetadataValue;
 use tonic::Status;
 
@@ -129,4 +130,23 @@ pub fn refusal(outcome: &Outcome, key: &str) -> Option<Status> {
         ))),
         Outcome::None | Outcome::Written { .. } | Outcome::Deleted { .. } => None,
     }
+}
+
+/// tonic refuses a request over the decode bound with `OUT_OF_RANGE`
+/// ("decoded message length too large"); DockLock's contract for every size
+/// bound is `RESOURCE_EXHAUSTED`. This response map, installed on the server,
+/// rewrites exactly that status and leaves every other response alone.
+pub fn size_limit_as_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let out_of_range = headers.get("grpc-status").is_some_and(|code| code == "11");
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|message| message.to_str().ok())
+        .is_some_and(|message| {
+            message.contains("length%20too%20large") || message.contains("length too large")
+        });
+    if out_of_range && too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
 }
