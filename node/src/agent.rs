@@ -63,10 +63,7 @@ impl AgentConfig {
         }
         if let Bootstrap::Initial(members) = &self.bootstrap {
             match members.get(&self.id) {
-                None => bail!(
-                    "node {} is not in the initial cluster; use --join to add a new node",
-                    self.id
-                ),
+                None => bail!("node {} is not in the initial cluster; use --join to add a new node", self.id),
                 Some(addr) if *addr != self.advertise => bail!(
                     "node {} is listed at {addr} in the initial cluster but advertises {}",
                     self.id,
@@ -96,19 +93,12 @@ pub fn cluster_id_for(name: &str, members: &BTreeMap<NodeId, String>) -> String 
 pub fn parse_initial_cluster(text: &str) -> anyhow::Result<BTreeMap<NodeId, String>> {
     let mut members = BTreeMap::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part
-            .split_once('=')
-            .with_context(|| format!("{part:?} is not ID=HOST:PORT"))?;
-        let id: NodeId = id
-            .trim()
-            .parse()
-            .with_context(|| format!("{id:?} is not a node id"))?;
+        let (id, addr) = part.split_once('=').with_context(|| format!("{part:?} is not ID=HOST:PORT"))?;
+        let id: NodeId = id.trim().parse().with_context(|| format!("{id:?} is not a node id"))?;
         if id == 0 {
             bail!("node id 0 is reserved; ids start at 1");
         }
-        addr.trim()
-            .parse::<SocketAddr>()
-            .with_context(|| format!("{addr:?} is not HOST:PORT"))?;
+        addr.trim().parse::<SocketAddr>().with_context(|| format!("{addr:?} is not HOST:PORT"))?;
         if members.insert(id, addr.trim().to_owned()).is_some() {
             bail!("node id {id} appears twice in the initial cluster");
         }
@@ -131,9 +121,8 @@ impl Agent {
     /// Start the node; it serves until [`Agent::stop`].
     pub async fn start(config: AgentConfig) -> anyhow::Result<Self> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!("cannot create data directory {}", config.data_dir.display())
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
         let store = Store::open(&config.data_dir.join("registry"), &config.store)?;
         let identity = settle_identity(&config, &store).await?;
         tracing::info!(node = config.id, cluster = %identity.cluster_id, "store opened");
@@ -141,26 +130,13 @@ impl Agent {
         let raft_config = docklock_raft::raft_config(&config.cluster_name, &config.raft)?;
         let network = NetworkFactory::new(identity.cluster_id.clone(), config.id);
         let state = store.state_machine.view();
-        let raft = Raft::new(
-            config.id,
-            raft_config,
-            network,
-            store.log.clone(),
-            store.state_machine.clone(),
-        )
-        .await
-        .context("cannot start raft")?;
-        let node = NodeContext::new(
-            config.id,
-            identity.cluster_id.clone(),
-            raft.clone(),
-            state,
-            config.limits.clone(),
-        );
-
-        let listener = TcpListener::bind(config.listen)
+        let raft = Raft::new(config.id, raft_config, network, store.log.clone(), store.state_machine.clone())
             .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+            .context("cannot start raft")?;
+        let node = NodeContext::new(config.id, identity.cluster_id.clone(), raft.clone(), state, config.limits.clone());
+
+        let listener =
+            TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(node.clone(), listener, stopped));
 
@@ -170,11 +146,7 @@ impl Agent {
                 tokio::spawn(join(node.clone(), target.clone(), config.advertise.clone()));
             }
         }
-        Ok(Self {
-            node,
-            server,
-            shutdown,
-        })
+        Ok(Self { node, server, shutdown })
     }
 
     /// Stop serving and shut Raft down.
@@ -203,10 +175,7 @@ async fn settle_identity(config: &AgentConfig, store: &Store) -> anyhow::Result<
     let cluster_id = match &config.bootstrap {
         Bootstrap::Initial(members) => {
             if !members.contains_key(&config.id) {
-                bail!(
-                    "node {} is not in the initial cluster; use --join to add a new node",
-                    config.id
-                );
+                bail!("node {} is not in the initial cluster; use --join to add a new node", config.id);
             }
             cluster_id_for(&config.cluster_name, members)
         }
@@ -214,11 +183,7 @@ async fn settle_identity(config: &AgentConfig, store: &Store) -> anyhow::Result<
             Some(stored) => stored.cluster_id.clone(),
             None => {
                 let client = Client::new(vec![target.clone()], ClientOptions::default())?;
-                client
-                    .status()
-                    .await
-                    .with_context(|| format!("cannot reach {target} to join"))?
-                    .cluster_id
+                client.status().await.with_context(|| format!("cannot reach {target} to join"))?.cluster_id
             }
         },
     };
@@ -232,10 +197,7 @@ async fn settle_identity(config: &AgentConfig, store: &Store) -> anyhow::Result<
         ),
         Some(stored) => Ok(stored),
         None => {
-            let identity = Identity {
-                cluster_id,
-                node_id: config.id,
-            };
+            let identity = Identity { cluster_id, node_id: config.id };
             store.set_identity(&identity).await?;
             Ok(identity)
         }
@@ -249,15 +211,10 @@ async fn initialize(raft: &Raft, members: &BTreeMap<NodeId, String>) -> anyhow::
     if raft.is_initialized().await? {
         return Ok(());
     }
-    let nodes: BTreeMap<NodeId, Node> = members
-        .iter()
-        .map(|(id, addr)| (*id, Node::new(addr.clone())))
-        .collect();
+    let nodes: BTreeMap<NodeId, Node> = members.iter().map(|(id, addr)| (*id, Node::new(addr.clone()))).collect();
     match raft.initialize(nodes).await {
         Ok(()) => Ok(()),
-        Err(openraft::error::RaftError::APIError(
-            openraft::error::InitializeError::NotAllowed(_),
-        )) => Ok(()),
+        Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
         Err(error) => Err(error).context("cannot initialize the cluster"),
     }
 }
@@ -267,10 +224,7 @@ const JOIN_ATTEMPTS_MAX: u32 = 30;
 
 /// Join as a learner, wait to catch up, then become a voter.
 async fn join(node: Arc<NodeContext>, target: String, advertise: String) {
-    let options = ClientOptions {
-        request_timeout: Duration::from_secs(120),
-        ..ClientOptions::default()
-    };
+    let options = ClientOptions { request_timeout: Duration::from_secs(120), ..ClientOptions::default() };
     let Ok(client) = Client::new(vec![target.clone()], options) else {
         return;
     };
@@ -283,9 +237,7 @@ async fn join(node: Arc<NodeContext>, target: String, advertise: String) {
         }
         let result = async {
             if membership.membership().get_node(&node.id).is_none() {
-                client
-                    .add_learner(node.id, &advertise, &node.cluster_id)
-                    .await?;
+                client.add_learner(node.id, &advertise, &node.cluster_id).await?;
                 tracing::info!(node = node.id, "joined as a learner and caught up");
             }
             client.promote(node.id).await
@@ -302,10 +254,7 @@ async fn join(node: Arc<NodeContext>, target: String, advertise: String) {
             }
         }
     }
-    tracing::error!(
-        node = node.id,
-        "gave up joining after {JOIN_ATTEMPTS_MAX} attempts"
-    );
+    tracing::error!(node = node.id, "gave up joining after {JOIN_ATTEMPTS_MAX} attempts");
 }
 
 async fn serve(
@@ -322,12 +271,8 @@ async fn serve(
         .expect("the embedded descriptor sets are valid");
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .layer(tower::util::MapResponseLayer::new(
-            crate::status::size_limit_as_resource_exhausted::<tonic::body::Body>,
-        ))
-        .add_service(
-            RaftService::new(node.raft.clone(), node.cluster_id.clone(), node.id).into_server(),
-        )
+        .layer(tower::util::MapResponseLayer::new(crate::status::size_limit_as_resource_exhausted::<tonic::body::Body>))
+        .add_service(RaftService::new(node.raft.clone(), node.cluster_id.clone(), node.id).into_server())
         .add_service(ClusterService::server(node.clone()))
         .add_service(VariablesService::server(node.clone()))
         .add_service(health_service)
@@ -346,11 +291,7 @@ async fn report_health(node: Arc<NodeContext>, health: tonic_health::server::Hea
     let mut metrics = node.raft.metrics();
     loop {
         let ready = metrics.borrow().current_leader.is_some();
-        let status = if ready {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
+        let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
         for service in ["docklock.v1.Variables", "docklock.v1.Cluster"] {
             health.set_service_status(service, status).await;
         }
@@ -375,9 +316,6 @@ mod tests {
         let other = parse_initial_cluster("1=127.0.0.1:7001,2=127.0.0.1:7003").unwrap();
         assert_ne!(cluster_id_for("c", &members), cluster_id_for("c", &other));
         assert_ne!(cluster_id_for("c", &members), cluster_id_for("d", &members));
-        assert_eq!(
-            cluster_id_for("c", &members),
-            cluster_id_for("c", &members.clone())
-        );
+        assert_eq!(cluster_id_for("c", &members), cluster_id_for("c", &members.clone()));
     }
 }

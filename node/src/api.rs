@@ -12,15 +12,12 @@ use std::time::Duration;
 
 use docklock_proto::v1::cluster_client::ClusterClient;
 use docklock_proto::v1::variables_client::VariablesClient;
-use docklock_proto::v1::{
-    self, cas_request, cluster_server, variables_server, MemberRole, ReadConsistency,
-};
+use docklock_proto::v1::{self, cas_request, cluster_server, variables_server, MemberRole, ReadConsistency};
 use docklock_proto::FORWARDED_METADATA_KEY;
 use docklock_raft::registry::KEY_BYTES_MAX;
+use docklock_raft::sessions::invalid_client_id;
 use docklock_raft::store::StateView;
-use docklock_raft::types::{
-    Command, Expect, Node, NodeId, Outcome, Raft, Request, Response, Variable, WriteSession,
-};
+use docklock_raft::types::{Command, Expect, Node, NodeId, Outcome, Raft, Request, Response, Variable, WriteSession};
 use openraft::{ChangeMembers, ServerState};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
@@ -83,21 +80,8 @@ pub struct NodeContext {
 
 impl NodeContext {
     /// Context for node `id` of `cluster_id`.
-    pub fn new(
-        id: NodeId,
-        cluster_id: String,
-        raft: Raft,
-        state: StateView,
-        limits: ApiLimits,
-    ) -> Arc<Self> {
-        Arc::new(Self {
-            id,
-            cluster_id,
-            raft,
-            state,
-            limits,
-            channels: Mutex::new(BTreeMap::new()),
-        })
+    pub fn new(id: NodeId, cluster_id: String, raft: Raft, state: StateView, limits: ApiLimits) -> Arc<Self> {
+        Arc::new(Self { id, cluster_id, raft, state, limits, channels: Mutex::new(BTreeMap::new()) })
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, Status> {
@@ -117,20 +101,13 @@ impl NodeContext {
 
     /// Propose a registry command and wait for its outcome.
     pub async fn write(&self, request: Request) -> Result<Response, RegistryError> {
-        let written = self
-            .raft
-            .client_write(request)
-            .await
-            .map_err(status::write_error)?;
+        let written = self.raft.client_write(request).await.map_err(status::write_error)?;
         Ok(written.data)
     }
 
     /// Wait until a read of local state is linearizable.
     pub async fn read_barrier(&self) -> Result<(), RegistryError> {
-        self.raft
-            .ensure_linearizable()
-            .await
-            .map_err(status::read_error)?;
+        self.raft.ensure_linearizable().await.map_err(status::read_error)?;
         Ok(())
     }
 
@@ -149,16 +126,13 @@ impl NodeContext {
     {
         match local().await {
             Ok(reply) => Ok(tonic::Response::new(reply)),
-            Err(RegistryError::NotLeader(NotLeader {
-                leader: Some((leader_id, addr)),
-            })) if !forwarded && leader_id != self.id => {
+            Err(RegistryError::NotLeader(NotLeader { leader: Some((leader_id, addr)) }))
+                if !forwarded && leader_id != self.id =>
+            {
                 remote(self.channel(&addr)?).await.map_err(|status| {
                     tracing::debug!(%status, leader = leader_id, "forwarding to the leader failed");
                     if status.code() == tonic::Code::Unavailable {
-                        NotLeader {
-                            leader: Some((leader_id, addr)),
-                        }
-                        .into_status()
+                        NotLeader { leader: Some((leader_id, addr)) }.into_status()
                     } else {
                         status
                     }
@@ -174,10 +148,7 @@ impl NodeContext {
         }
         let bound = self.limits.key_bytes_max.min(KEY_BYTES_MAX);
         if key.len() > bound {
-            return Err(Status::resource_exhausted(format!(
-                "key is {} bytes; the limit is {bound}",
-                key.len()
-            )));
+            return Err(Status::resource_exhausted(format!("key is {} bytes; the limit is {bound}", key.len())));
         }
         Ok(())
     }
@@ -204,23 +175,16 @@ fn is_forwarded<T>(request: &tonic::Request<T>) -> bool {
 
 fn mark_forwarded<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert(FORWARDED_METADATA_KEY, MetadataValue::from_static("1"));
+    request.metadata_mut().insert(FORWARDED_METADATA_KEY, MetadataValue::from_static("1"));
     request
 }
 
 fn session(session: Option<v1::WriteSession>) -> Result<Option<WriteSession>, Status> {
-    match session {
-        None => Ok(None),
-        Some(s) if s.client_id.is_empty() || s.client_id.len() > 128 => Err(
-            Status::invalid_argument("write session client_id must be 1 to 128 bytes"),
-        ),
-        Some(s) => Ok(Some(WriteSession {
-            client_id: s.client_id,
-            serial: s.serial,
-        })),
+    let Some(session) = session else { return Ok(None) };
+    if let Some(reason) = invalid_client_id(&session.client_id) {
+        return Err(Status::invalid_argument(reason));
     }
+    Ok(Some(WriteSession { client_id: session.client_id, serial: session.serial }))
 }
 
 fn key_value(key: &str, variable: Variable) -> v1::KeyValue {
@@ -253,11 +217,7 @@ impl VariablesService {
             .max_encoding_message_size(limits.request_bytes_max() + limits.list_bytes_max)
     }
 
-    async fn write_outcome(
-        &self,
-        key: &str,
-        request: Request,
-    ) -> Result<(u64, Outcome), RegistryError> {
+    async fn write_outcome(&self, key: &str, request: Request) -> Result<(u64, Outcome), RegistryError> {
         let response = self.node.write(request).await?;
         if let Some(refused) = status::refusal(&response.outcome, key) {
             return Err(refused.into());
@@ -270,10 +230,7 @@ impl VariablesService {
         match ReadConsistency::try_from(consistency) {
             Ok(ReadConsistency::Stale) => Ok(()),
             Ok(ReadConsistency::Linearizable) => self.node.read_barrier().await,
-            Err(_) => Err(Status::invalid_argument(format!(
-                "unknown read consistency {consistency}"
-            ))
-            .into()),
+            Err(_) => Err(Status::invalid_argument(format!("unknown read consistency {consistency}")).into()),
         }
     }
 
@@ -284,20 +241,14 @@ impl VariablesService {
 
 #[tonic::async_trait]
 impl variables_server::Variables for VariablesService {
-    async fn put(
-        &self,
-        request: tonic::Request<v1::PutRequest>,
-    ) -> Result<tonic::Response<v1::PutResponse>, Status> {
+    async fn put(&self, request: tonic::Request<v1::PutRequest>) -> Result<tonic::Response<v1::PutResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
         self.node.check_key(&message.key)?;
         self.node.check_value(&message.value)?;
         let proposal = Request {
             session: session(message.session.clone())?,
-            command: Command::Put {
-                key: message.key.clone(),
-                value: message.value.clone(),
-            },
+            command: Command::Put { key: message.key.clone(), value: message.value.clone() },
         };
         let key = message.key.clone();
         self.node
@@ -324,10 +275,7 @@ impl variables_server::Variables for VariablesService {
             .await
     }
 
-    async fn get(
-        &self,
-        request: tonic::Request<v1::GetRequest>,
-    ) -> Result<tonic::Response<v1::GetResponse>, Status> {
+    async fn get(&self, request: tonic::Request<v1::GetRequest>) -> Result<tonic::Response<v1::GetResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
         self.node.check_key(&message.key)?;
@@ -367,9 +315,7 @@ impl variables_server::Variables for VariablesService {
         self.node.check_key(&message.key)?;
         let proposal = Request {
             session: session(message.session.clone())?,
-            command: Command::Delete {
-                key: message.key.clone(),
-            },
+            command: Command::Delete { key: message.key.clone() },
         };
         let key = message.key.clone();
         self.node
@@ -402,12 +348,8 @@ impl variables_server::Variables for VariablesService {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
         let limits = &self.node.limits;
-        if message.prefix.len() > limits.key_bytes_max
-            || message.start_after.len() > limits.key_bytes_max
-        {
-            return Err(Status::resource_exhausted(
-                "prefix or start_after longer than the key limit",
-            ));
+        if message.prefix.len() > limits.key_bytes_max || message.start_after.len() > limits.key_bytes_max {
+            return Err(Status::resource_exhausted("prefix or start_after longer than the key limit"));
         }
         let page = match message.limit as usize {
             0 => limits.list_page_default,
@@ -419,19 +361,15 @@ impl variables_server::Variables for VariablesService {
             }
             n => n,
         };
-        let (prefix, start_after, consistency) = (
-            message.prefix.clone(),
-            message.start_after.clone(),
-            message.consistency,
-        );
+        let (prefix, start_after, consistency) =
+            (message.prefix.clone(), message.start_after.clone(), message.consistency);
         self.node
             .serve_or_forward(
                 forwarded,
                 || async move {
                     self.read_point(consistency).await?;
                     let applied = self.node.state.read();
-                    let (entries, mut more) =
-                        applied.registry.list_variables(&prefix, &start_after, page);
+                    let (entries, mut more) = applied.registry.list_variables(&prefix, &start_after, page);
                     let mut kvs = Vec::with_capacity(entries.len());
                     let mut bytes = 0;
                     for (key, variable) in entries {
@@ -442,25 +380,14 @@ impl variables_server::Variables for VariablesService {
                         }
                         kvs.push(key_value(&key, variable));
                     }
-                    Ok(v1::ListResponse {
-                        kvs,
-                        more,
-                        revision: self.revision(),
-                    })
+                    Ok(v1::ListResponse { kvs, more, revision: self.revision() })
                 },
-                |channel| async move {
-                    variables_client(channel, limits)
-                        .list(mark_forwarded(message))
-                        .await
-                },
+                |channel| async move { variables_client(channel, limits).list(mark_forwarded(message)).await },
             )
             .await
     }
 
-    async fn cas(
-        &self,
-        request: tonic::Request<v1::CasRequest>,
-    ) -> Result<tonic::Response<v1::CasResponse>, Status> {
+    async fn cas(&self, request: tonic::Request<v1::CasRequest>) -> Result<tonic::Response<v1::CasResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
         self.node.check_key(&message.key)?;
@@ -473,18 +400,12 @@ impl variables_server::Variables for VariablesService {
             Some(cas_request::Expect::ExpectVersion(version)) => Expect::Version(version),
             Some(cas_request::Expect::ExpectAbsent(true)) => Expect::Absent,
             Some(cas_request::Expect::ExpectAbsent(false)) | None => {
-                return Err(Status::invalid_argument(
-                    "compare-and-set needs an expectation: value, version or absent",
-                ))
+                return Err(Status::invalid_argument("compare-and-set needs an expectation: value, version or absent"))
             }
         };
         let proposal = Request {
             session: session(message.session.clone())?,
-            command: Command::Cas {
-                key: message.key.clone(),
-                expect,
-                value: message.value.clone(),
-            },
+            command: Command::Cas { key: message.key.clone(), expect, value: message.value.clone() },
         };
         let key = message.key.clone();
         self.node
@@ -528,27 +449,14 @@ impl ClusterService {
 
     fn check_node_id(id: u64) -> Result<(), Status> {
         if id == 0 {
-            return Err(Status::invalid_argument(
-                "node id 0 is reserved; ids start at 1",
-            ));
+            return Err(Status::invalid_argument("node id 0 is reserved; ids start at 1"));
         }
         Ok(())
     }
 
-    async fn change(
-        &self,
-        change: ChangeMembers<NodeId, Node>,
-    ) -> Result<v1::MembershipResponse, RegistryError> {
-        let written = self
-            .node
-            .raft
-            .change_membership(change, false)
-            .await
-            .map_err(status::write_error)?;
-        Ok(v1::MembershipResponse {
-            index: written.log_id.index,
-            members: self.members(),
-        })
+    async fn change(&self, change: ChangeMembers<NodeId, Node>) -> Result<v1::MembershipResponse, RegistryError> {
+        let written = self.node.raft.change_membership(change, false).await.map_err(status::write_error)?;
+        Ok(v1::MembershipResponse { index: written.log_id.index, members: self.members() })
     }
 }
 
@@ -561,11 +469,7 @@ pub fn members_of(metrics: &openraft::RaftMetrics<NodeId, Node>) -> Vec<v1::Memb
         .map(|(id, node)| v1::Member {
             id: *id,
             addr: node.addr.clone(),
-            role: if voters.contains(id) {
-                MemberRole::Voter
-            } else {
-                MemberRole::Learner
-            } as i32,
+            role: if voters.contains(id) { MemberRole::Voter } else { MemberRole::Learner } as i32,
             matched_index: metrics
                 .replication
                 .as_ref()
@@ -620,14 +524,9 @@ impl cluster_server::Cluster for ClusterService {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
         Self::check_node_id(message.id)?;
-        if message.addr.is_empty()
-            || message.addr.len() > 256
-            || message.addr.parse::<std::net::SocketAddr>().is_err()
+        if message.addr.is_empty() || message.addr.len() > 256 || message.addr.parse::<std::net::SocketAddr>().is_err()
         {
-            return Err(Status::invalid_argument(format!(
-                "learner address {:?} is not HOST:PORT",
-                message.addr
-            )));
+            return Err(Status::invalid_argument(format!("learner address {:?} is not HOST:PORT", message.addr)));
         }
         if !message.cluster_id.is_empty() && message.cluster_id != self.node.cluster_id {
             return Err(Status::failed_precondition(format!(
@@ -650,22 +549,10 @@ impl cluster_server::Cluster for ClusterService {
             .serve_or_forward(
                 forwarded,
                 || async move {
-                    let written = self
-                        .node
-                        .raft
-                        .add_learner(id, node, true)
-                        .await
-                        .map_err(status::write_error)?;
-                    Ok(v1::MembershipResponse {
-                        index: written.log_id.index,
-                        members: self.members(),
-                    })
+                    let written = self.node.raft.add_learner(id, node, true).await.map_err(status::write_error)?;
+                    Ok(v1::MembershipResponse { index: written.log_id.index, members: self.members() })
                 },
-                |channel| async move {
-                    ClusterClient::new(channel)
-                        .add_learner(mark_forwarded(message))
-                        .await
-                },
+                |channel| async move { ClusterClient::new(channel).add_learner(mark_forwarded(message)).await },
             )
             .await
     }
@@ -680,21 +567,14 @@ impl cluster_server::Cluster for ClusterService {
         let metrics = self.node.metrics();
         let membership = metrics.membership_config.membership();
         if membership.get_node(&message.id).is_none() {
-            return Err(Status::not_found(format!(
-                "node {} is not a member; add it as a learner first",
-                message.id
-            )));
+            return Err(Status::not_found(format!("node {} is not a member; add it as a learner first", message.id)));
         }
         let id = message.id;
         self.node
             .serve_or_forward(
                 forwarded,
                 || self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id]))),
-                |channel| async move {
-                    ClusterClient::new(channel)
-                        .promote(mark_forwarded(message))
-                        .await
-                },
+                |channel| async move { ClusterClient::new(channel).promote(mark_forwarded(message)).await },
             )
             .await
     }
@@ -709,10 +589,7 @@ impl cluster_server::Cluster for ClusterService {
         let metrics = self.node.metrics();
         let membership = metrics.membership_config.membership();
         if membership.get_node(&message.id).is_none() {
-            return Err(Status::not_found(format!(
-                "node {} is not a member of this cluster",
-                message.id
-            )));
+            return Err(Status::not_found(format!("node {} is not a member of this cluster", message.id)));
         }
         let is_voter = membership.voter_ids().any(|voter| voter == message.id);
         let id = message.id;
@@ -725,11 +602,7 @@ impl cluster_server::Cluster for ClusterService {
             .serve_or_forward(
                 forwarded,
                 || self.change(change),
-                |channel| async move {
-                    ClusterClient::new(channel)
-                        .remove(mark_forwarded(message))
-                        .await
-                },
+                |channel| async move { ClusterClient::new(channel).remove(mark_forwarded(message)).await },
             )
             .await
     }

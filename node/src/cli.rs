@@ -60,33 +60,19 @@ pub enum Output {
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
     /// Cluster endpoints, HOST:PORT, comma separated; tried in turn.
-    #[arg(
-        long,
-        env = "DOCKLOCK_ENDPOINTS",
-        default_value = "127.0.0.1:7001",
-        value_delimiter = ',',
-        global = true
-    )]
+    #[arg(long, env = "DOCKLOCK_ENDPOINTS", default_value = "127.0.0.1:7001", value_delimiter = ',', global = true)]
     pub endpoints: Vec<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text", global = true)]
     pub output: Output,
     /// Time one call may take, all retries included, in milliseconds.
-    #[arg(
-        long,
-        env = "DOCKLOCK_TIMEOUT_MS",
-        default_value_t = 15_000,
-        global = true
-    )]
+    #[arg(long, env = "DOCKLOCK_TIMEOUT_MS", default_value_t = 15_000, global = true)]
     pub timeout_ms: u64,
 }
 
 impl ClientArgs {
     fn client(&self) -> anyhow::Result<Client> {
-        let options = ClientOptions {
-            deadline: Duration::from_millis(self.timeout_ms),
-            ..ClientOptions::default()
-        };
+        let options = ClientOptions { deadline: Duration::from_millis(self.timeout_ms), ..ClientOptions::default() };
         Ok(Client::new(self.endpoints.clone(), options)?)
     }
 }
@@ -214,11 +200,7 @@ pub struct AgentArgs {
     #[arg(long, env = "DOCKLOCK_CACHE_BYTES")]
     cache_bytes: Option<u64>,
     /// Log filter (tracing env-filter syntax); RUST_LOG overrides it.
-    #[arg(
-        long,
-        env = "DOCKLOCK_LOG",
-        default_value = "info,openraft=warn,sled=warn,h2=warn,tower=warn"
-    )]
+    #[arg(long, env = "DOCKLOCK_LOG", default_value = "info,openraft=warn,sled=warn,h2=warn,tower=warn")]
     log: String,
 }
 
@@ -245,30 +227,16 @@ impl AgentArgs {
     fn resolve(self) -> anyhow::Result<AgentConfig> {
         let file: AgentFile = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("invalid config file {}", path.display()))?
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?
             }
             None => AgentFile::default(),
         };
         let id = self.id.or(file.id).context("--id is required")?;
-        let listen = self
-            .listen
-            .or(file.listen)
-            .context("--listen is required")?;
-        let data_dir = self
-            .data_dir
-            .or(file.data_dir)
-            .context("--data-dir is required")?;
-        let advertise = self
-            .advertise
-            .or(file.advertise)
-            .unwrap_or_else(|| listen.to_string());
-        let bootstrap = match (
-            self.initial_cluster.or(file.initial_cluster),
-            self.join.or(file.join),
-        ) {
+        let listen = self.listen.or(file.listen).context("--listen is required")?;
+        let data_dir = self.data_dir.or(file.data_dir).context("--data-dir is required")?;
+        let advertise = self.advertise.or(file.advertise).unwrap_or_else(|| listen.to_string());
+        let bootstrap = match (self.initial_cluster.or(file.initial_cluster), self.join.or(file.join)) {
             (Some(members), None) => Bootstrap::Initial(parse_initial_cluster(&members)?),
             (None, Some(target)) => Bootstrap::Join(target),
             (Some(_), Some(_)) => bail!("give either --initial-cluster or --join, not both"),
@@ -278,38 +246,23 @@ impl AgentArgs {
         };
         if let Bootstrap::Initial(members) = &bootstrap {
             if members.get(&id).is_some_and(|addr| *addr != advertise) {
-                bail!(
-                    "node {id} is listed at {} in the initial cluster but advertises {advertise}",
-                    members[&id]
-                );
+                bail!("node {id} is listed at {} in the initial cluster but advertises {advertise}", members[&id]);
             }
         }
         let defaults = RaftSettings::default();
         let raft = RaftSettings {
-            heartbeat_ms: self
-                .heartbeat_ms
-                .or(file.heartbeat_ms)
-                .unwrap_or(defaults.heartbeat_ms),
+            heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(defaults.heartbeat_ms),
             election_timeout_ms: self
                 .election_timeout_ms
                 .or(file.election_timeout_ms)
                 .unwrap_or(defaults.election_timeout_ms),
-            snapshot_entries: self
-                .snapshot_entries
-                .or(file.snapshot_entries)
-                .unwrap_or(defaults.snapshot_entries),
-            log_entries_kept: self
-                .log_entries_kept
-                .or(file.log_entries_kept)
-                .unwrap_or(defaults.log_entries_kept),
+            snapshot_entries: self.snapshot_entries.or(file.snapshot_entries).unwrap_or(defaults.snapshot_entries),
+            log_entries_kept: self.log_entries_kept.or(file.log_entries_kept).unwrap_or(defaults.log_entries_kept),
         };
         let mut limits = ApiLimits::default();
         if let Some(bytes) = self.value_bytes_max.or(file.value_bytes_max) {
             if bytes == 0 || bytes > docklock_raft::registry::VALUE_BYTES_MAX {
-                bail!(
-                    "--value-bytes-max must be between 1 and {}",
-                    docklock_raft::registry::VALUE_BYTES_MAX
-                );
+                bail!("--value-bytes-max must be between 1 and {}", docklock_raft::registry::VALUE_BYTES_MAX);
             }
             limits.value_bytes_max = bytes;
         }
@@ -322,10 +275,7 @@ impl AgentArgs {
             listen,
             advertise,
             data_dir,
-            cluster_name: self
-                .cluster_name
-                .or(file.cluster_name)
-                .unwrap_or_else(|| "docklock".to_owned()),
+            cluster_name: self.cluster_name.or(file.cluster_name).unwrap_or_else(|| "docklock".to_owned()),
             bootstrap,
             raft,
             limits,
@@ -350,13 +300,8 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log))
         .context("invalid --log filter")?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let config = args
-        .resolve()
-        .map_err(|error| UsageError(one_line(&error)))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let config = args.resolve().map_err(|error| UsageError(one_line(&error)))?;
     let agent = Agent::start(config).await?;
     tracing::info!(node = agent.node.id, "serving");
     wait_for_signal().await;
@@ -391,9 +336,7 @@ async fn cluster(args: &ClientArgs, command: ClusterCommand) -> anyhow::Result<(
     let client = args.client()?;
     match command {
         ClusterCommand::Status => cluster_status(&client, args.output).await,
-        ClusterCommand::AddLearner { id, addr } => {
-            print_membership(&client.add_learner(id, &addr, "").await?)
-        }
+        ClusterCommand::AddLearner { id, addr } => print_membership(&client.add_learner(id, &addr, "").await?),
         ClusterCommand::Promote { id } => print_membership(&client.promote(id).await?),
         ClusterCommand::Remove { id } => print_membership(&client.remove(id).await?),
     }
@@ -402,12 +345,7 @@ async fn cluster(args: &ClientArgs, command: ClusterCommand) -> anyhow::Result<(
 fn print_membership(response: &v1::MembershipResponse) -> anyhow::Result<()> {
     println!("membership changed at log index {}", response.index);
     for member in &response.members {
-        println!(
-            "  node {} {} {}",
-            member.id,
-            member.addr,
-            role_name(member.role)
-        );
+        println!("  node {} {} {}", member.id, member.addr, role_name(member.role));
     }
     Ok(())
 }
@@ -455,16 +393,10 @@ async fn cluster_status(client: &Client, output: Output) -> anyhow::Result<()> {
     }
     println!("cluster {}", first.cluster_id);
     match first.leader_id {
-        Some(leader) => println!(
-            "leader  node {leader} at {} (term {})",
-            first.leader_addr, first.term
-        ),
+        Some(leader) => println!("leader  node {leader} at {} (term {})", first.leader_addr, first.term),
         None => println!("leader  none known (term {})", first.term),
     }
-    println!(
-        "{:<6} {:<22} {:<8} {:<10} {:>10} {:>12}",
-        "ID", "ADDRESS", "ROLE", "STATE", "LAST LOG", "LAST APPLIED"
-    );
+    println!("{:<6} {:<22} {:<8} {:<10} {:>10} {:>12}", "ID", "ADDRESS", "ROLE", "STATE", "LAST LOG", "LAST APPLIED");
     for (member, own) in rows {
         match own {
             Ok(own) => println!(
@@ -526,26 +458,13 @@ async fn kv(args: &ClientArgs, command: KvCommand) -> anyhow::Result<()> {
         KvCommand::Delete { key } => {
             let response = client.delete(&key).await?;
             match (json_output, &response.prev) {
-                (true, _) => println!(
-                    "{}",
-                    json!({"deleted": response.prev.is_some(), "revision": response.revision})
-                ),
+                (true, _) => println!("{}", json!({"deleted": response.prev.is_some(), "revision": response.revision})),
                 (false, Some(_)) => println!("deleted {key}"),
                 (false, None) => println!("{key} did not exist"),
             }
         }
-        KvCommand::List {
-            prefix,
-            limit,
-            stale,
-        } => kv_list(&client, &prefix, limit, stale, json_output).await?,
-        KvCommand::Cas {
-            key,
-            new,
-            expect,
-            expect_version,
-            expect_absent,
-        } => {
+        KvCommand::List { prefix, limit, stale } => kv_list(&client, &prefix, limit, stale, json_output).await?,
+        KvCommand::Cas { key, new, expect, expect_version, expect_absent } => {
             let expectation = match (expect, expect_version, expect_absent) {
                 (Some(value), None, false) => cas_request::Expect::ExpectValue(value.into_bytes()),
                 (None, Some(version), false) => cas_request::Expect::ExpectVersion(version),
@@ -564,24 +483,12 @@ async fn kv(args: &ClientArgs, command: KvCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn kv_list(
-    client: &Client,
-    prefix: &str,
-    limit: usize,
-    stale: bool,
-    json_output: bool,
-) -> anyhow::Result<()> {
+async fn kv_list(client: &Client, prefix: &str, limit: usize, stale: bool, json_output: bool) -> anyhow::Result<()> {
     let mut start_after = String::new();
     let mut listed = Vec::new();
     loop {
-        let want = if limit == 0 {
-            1_000
-        } else {
-            (limit - listed.len()).min(1_000)
-        };
-        let page = client
-            .list(prefix, &start_after, u32::try_from(want)?, stale)
-            .await?;
+        let want = if limit == 0 { 1_000 } else { (limit - listed.len()).min(1_000) };
+        let page = client.list(prefix, &start_after, u32::try_from(want)?, stale).await?;
         if let Some(last) = page.kvs.last() {
             start_after.clone_from(&last.key);
         }
@@ -591,10 +498,7 @@ async fn kv_list(
         }
     }
     if json_output {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&listed.iter().map(kv_json).collect::<Vec<_>>())?
-        );
+        println!("{}", serde_json::to_string_pretty(&listed.iter().map(kv_json).collect::<Vec<_>>())?);
     } else {
         for kv in &listed {
             println!("{}\t{}", kv.key, String::from_utf8_lossy(&kv.value));
@@ -608,11 +512,7 @@ pub fn one_line(error: &anyhow::Error) -> String {
     if let Some(status) = error.downcast_ref::<tonic::Status>() {
         return format!("{} ({:?})", status.message(), status.code());
     }
-    error
-        .chain()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
+    error.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ")
 }
 
 /// Flags or configuration that cannot work; exits 2 like clap's own errors.
@@ -625,10 +525,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     if error.is::<UsageError>() {
         return 2;
     }
-    match error
-        .downcast_ref::<tonic::Status>()
-        .map(tonic::Status::code)
-    {
+    match error.downcast_ref::<tonic::Status>().map(tonic::Status::code) {
         Some(Code::NotFound) => 3,
         Some(Code::FailedPrecondition) => 4,
         Some(Code::InvalidArgument) => 2,

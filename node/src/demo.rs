@@ -34,39 +34,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let binary = std::env::current_exe().context("cannot find the docklock binary")?;
     let mut cluster = LocalCluster::new(&binary, &dir, 3, &FAST_TIMING)?;
 
-    step(
-        1,
-        &format!("starting 3 agents on loopback (data in {})", dir.display()),
-    );
+    step(1, &format!("starting 3 agents on loopback (data in {})", dir.display()));
     cluster.start_all()?;
-    let leader = cluster
-        .wait_for_leader(WAIT)
-        .await
-        .context("step 1: the cluster elected no leader")?;
+    let leader = cluster.wait_for_leader(WAIT).await.context("step 1: the cluster elected no leader")?;
     for node in cluster.nodes.values() {
-        println!(
-            "    node {} at {}{}",
-            node.id,
-            node.addr,
-            if node.id == leader { "  (leader)" } else { "" }
-        );
+        println!("    node {} at {}{}", node.id, node.addr, if node.id == leader { "  (leader)" } else { "" });
     }
 
-    step(
-        2,
-        &format!(
-            "writing {KEYS} variables through every node in turn (followers forward to the leader)"
-        ),
-    );
+    step(2, &format!("writing {KEYS} variables through every node in turn (followers forward to the leader)"));
     let mut last_revision = 0;
     for i in 0..KEYS {
         let id = (i as u64 % 3) + 1;
         let response = cluster
             .client_of(id)?
-            .put(
-                &format!("demo/key-{i:02}"),
-                format!("value-{i}").into_bytes(),
-            )
+            .put(&format!("demo/key-{i:02}"), format!("value-{i}").into_bytes())
             .await
             .with_context(|| format!("step 2: put through node {id}"))?;
         last_revision = response.revision;
@@ -85,39 +66,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         cas.revision.max(last_revision)
     );
 
-    step(
-        3,
-        "reading every variable back from every node with linearizable reads",
-    );
+    step(3, "reading every variable back from every node with linearizable reads");
     for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
-        check_all(&cluster, id, false)
-            .await
-            .with_context(|| format!("step 3: reading through node {id}"))?;
+        check_all(&cluster, id, false).await.with_context(|| format!("step 3: reading through node {id}"))?;
     }
     println!("    all {} reads agree", KEYS * 3);
 
     step(4, &format!("kill -9 the leader (node {leader})"));
     cluster.kill(leader)?;
-    let new_leader = cluster
-        .wait_for_leader(WAIT)
-        .await
-        .context("step 4: no new leader after the kill")?;
+    let new_leader = cluster.wait_for_leader(WAIT).await.context("step 4: no new leader after the kill")?;
     if new_leader == leader {
         bail!("step 4: the killed node is still reported as leader");
     }
     println!("    node {new_leader} was elected leader");
     let after = cluster
         .client()?
-        .put(
-            "demo/after-failover",
-            b"written while node was down".to_vec(),
-        )
+        .put("demo/after-failover", b"written while node was down".to_vec())
         .await
         .context("step 4: write after failover")?;
-    println!(
-        "    a write after failover committed at log index {}",
-        after.revision
-    );
+    println!("    a write after failover committed at log index {}", after.revision);
 
     step(5, &format!("restart node {leader} from its data directory"));
     cluster.start(leader)?;
@@ -125,13 +92,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .wait_for_applied(leader, after.revision, WAIT)
         .await
         .context("step 5: the restarted node did not catch up")?;
-    check_all(&cluster, leader, true)
-        .await
-        .context("step 5: the restarted node's own state")?;
-    let failover = cluster
-        .client_of(leader)?
-        .get("demo/after-failover", true)
-        .await?;
+    check_all(&cluster, leader, true).await.context("step 5: the restarted node's own state")?;
+    let failover = cluster.client_of(leader)?.get("demo/after-failover", true).await?;
     println!(
         "    node {leader} caught up to index {}; its local state has all {KEYS} variables and {:?}",
         after.revision,
@@ -150,16 +112,9 @@ async fn check_all(cluster: &LocalCluster, id: u64, stale: bool) -> anyhow::Resu
     let client = cluster.client_of(id)?;
     for i in 0..KEYS {
         let kv = client.get(&format!("demo/key-{i:02}"), stale).await?;
-        let expected = if i == 0 {
-            "swapped".to_owned()
-        } else {
-            format!("value-{i}")
-        };
+        let expected = if i == 0 { "swapped".to_owned() } else { format!("value-{i}") };
         if kv.value != expected.as_bytes() {
-            bail!(
-                "key-{i:02} reads {:?}, expected {expected:?}",
-                String::from_utf8_lossy(&kv.value)
-            );
+            bail!("key-{i:02} reads {:?}, expected {expected:?}", String::from_utf8_lossy(&kv.value));
         }
     }
     Ok(())

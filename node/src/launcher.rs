@@ -68,11 +68,8 @@ impl LocalCluster {
             let addr = format!("127.0.0.1:{}", free_port()?);
             nodes.insert(id, Self::describe(dir, id, addr));
         }
-        let initial_cluster = nodes
-            .values()
-            .map(|node| format!("{}={}", node.id, node.addr))
-            .collect::<Vec<_>>()
-            .join(",");
+        let initial_cluster =
+            nodes.values().map(|node| format!("{}={}", node.id, node.addr)).collect::<Vec<_>>().join(",");
         Ok(Self {
             binary: binary.to_owned(),
             dir: dir.to_owned(),
@@ -104,16 +101,9 @@ impl LocalCluster {
 
     /// Start (or restart) node `id` with its original flags.
     pub fn start(&mut self, id: u64) -> anyhow::Result<()> {
-        let node = self
-            .nodes
-            .get(&id)
-            .with_context(|| format!("no node {id}"))?;
+        let node = self.nodes.get(&id).with_context(|| format!("no node {id}"))?;
         let bootstrap = if node.joined {
-            let target = self
-                .nodes
-                .values()
-                .find(|n| n.id != id)
-                .context("no other node to join through")?;
+            let target = self.nodes.values().find(|n| n.id != id).context("no other node to join through")?;
             vec!["--join".to_owned(), target.addr.clone()]
         } else {
             vec!["--initial-cluster".to_owned(), self.initial_cluster.clone()]
@@ -158,10 +148,7 @@ impl LocalCluster {
 
     /// kill -9 node `id` and reap it.
     pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
-        let node = self
-            .nodes
-            .get_mut(&id)
-            .with_context(|| format!("no node {id}"))?;
+        let node = self.nodes.get_mut(&id).with_context(|| format!("no node {id}"))?;
         if let Some(mut child) = node.child.take() {
             child.kill().ok();
             child.wait().context("reap killed node")?;
@@ -186,10 +173,7 @@ impl LocalCluster {
 
     /// A client of node `id` alone.
     pub fn client_of(&self, id: u64) -> anyhow::Result<Client> {
-        Ok(Client::new(
-            vec![self.addr(id).to_owned()],
-            ClientOptions::default(),
-        )?)
+        Ok(Client::new(vec![self.addr(id).to_owned()], ClientOptions::default())?)
     }
 
     /// Wait until the running nodes agree on one leader among `candidates`
@@ -199,19 +183,15 @@ impl LocalCluster {
         let probe = Client::new(self.endpoints(), ClientOptions::default())?;
         loop {
             let mut seen = Vec::new();
-            let running: Vec<String> = self
-                .nodes
-                .values_mut()
-                .filter_map(|n| n.is_running().then(|| n.addr.clone()))
-                .collect();
+            let running: Vec<String> =
+                self.nodes.values_mut().filter_map(|n| n.is_running().then(|| n.addr.clone())).collect();
             for addr in &running {
                 if let Ok(status) = probe.status_of(addr).await {
                     seen.push(status.leader_id);
                 }
             }
             if let Some(Some(leader)) = seen.first() {
-                let agreed =
-                    seen.len() == running.len() && seen.iter().all(|s| *s == Some(*leader));
+                let agreed = seen.len() == running.len() && seen.iter().all(|s| *s == Some(*leader));
                 if agreed && running.contains(&self.nodes[leader].addr) {
                     return Ok(*leader);
                 }
@@ -224,19 +204,11 @@ impl LocalCluster {
     }
 
     /// Wait until node `id` has applied at least `index`.
-    pub async fn wait_for_applied(
-        &self,
-        id: u64,
-        index: u64,
-        timeout: Duration,
-    ) -> anyhow::Result<()> {
+    pub async fn wait_for_applied(&self, id: u64, index: u64, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         let probe = self.client_of(id)?;
         loop {
-            let applied = probe
-                .status_of(self.addr(id))
-                .await
-                .map(|s| s.last_applied_index);
+            let applied = probe.status_of(self.addr(id)).await.map(|s| s.last_applied_index);
             if matches!(applied, Ok(applied) if applied >= index) {
                 return Ok(());
             }

@@ -2,9 +2,7 @@
 
 use docklock_proto::LEADER_METADATA_KEY;
 use docklock_raft::types::{Node, NodeId, Outcome};
-use openraft::error::{
-    ChangeMembershipError, CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError,
-};
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use tonic::codegen::http;
 use tonic::metadata::MetadataValue;
 use tonic::Status;
@@ -29,17 +27,13 @@ impl NotLeader {
     pub fn into_status(self) -> Status {
         match self.leader {
             Some((id, addr)) => {
-                let mut status = Status::unavailable(format!(
-                    "not the leader; the leader is node {id} at {addr}"
-                ));
+                let mut status = Status::unavailable(format!("not the leader; the leader is node {id} at {addr}"));
                 if let Ok(value) = MetadataValue::try_from(addr.as_str()) {
                     status.metadata_mut().insert(LEADER_METADATA_KEY, value);
                 }
                 status
             }
-            None => Status::unavailable(
-                "no leader is known (election in progress or quorum lost); retry shortly",
-            ),
+            None => Status::unavailable("no leader is known (election in progress or quorum lost); retry shortly"),
         }
     }
 }
@@ -92,9 +86,9 @@ pub fn read_error(error: RaftError<NodeId, CheckIsLeaderError<NodeId, Node>>) ->
         RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)) => {
             RegistryError::NotLeader(NotLeader::from_forward(&forward))
         }
-        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error)) => RegistryError::Status(
-            Status::unavailable(format!("cannot confirm leadership: {error}")),
-        ),
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error)) => {
+            RegistryError::Status(Status::unavailable(format!("cannot confirm leadership: {error}")))
+        }
         RaftError::Fatal(error) => RegistryError::Status(fatal(&error)),
     }
 }
@@ -107,9 +101,9 @@ fn membership_error(error: &ChangeMembershipError<NodeId>) -> Status {
         ChangeMembershipError::LearnerNotFound(_) => {
             Status::failed_precondition(format!("{error}; add the node as a learner first"))
         }
-        ChangeMembershipError::EmptyMembership(_) => Status::failed_precondition(format!(
-            "refused: {error}; a cluster needs at least one voter"
-        )),
+        ChangeMembershipError::EmptyMembership(_) => {
+            Status::failed_precondition(format!("refused: {error}; a cluster needs at least one voter"))
+        }
     }
 }
 
@@ -123,6 +117,7 @@ pub fn refusal(outcome: &Outcome, key: &str) -> Option<Status> {
             "compare-and-set refused: key {key:?} is at version {} and its value differs from the expectation",
             current.version
         ))),
+        Outcome::Invalid { reason } => Some(Status::invalid_argument(reason.clone())),
         Outcome::LimitExceeded { reason } => Some(Status::resource_exhausted(format!("write refused: {reason}"))),
         Outcome::SessionExpired { oldest_retained_serial } => Some(Status::failed_precondition(format!(
             "write session serial is older than the oldest remembered ({oldest_retained_serial}); \
@@ -142,9 +137,7 @@ pub fn size_limit_as_resource_exhausted<B>(mut response: http::Response<B>) -> h
     let too_large = headers
         .get("grpc-message")
         .and_then(|message| message.to_str().ok())
-        .is_some_and(|message| {
-            message.contains("length%20too%20large") || message.contains("length too large")
-        });
+        .is_some_and(|message| message.contains("length%20too%20large") || message.contains("length too large"));
     if out_of_range && too_large {
         headers.insert("grpc-status", http::HeaderValue::from_static("8"));
     }

@@ -5,58 +5,17 @@
 use std::process::Command;
 
 fn docklock(args: &[&str]) -> (i32, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_docklock"))
-        .args(args)
-        .output()
-        .expect("run docklock");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let output = Command::new(env!("CARGO_BIN_EXE_docklock")).args(args).output().expect("run docklock");
+    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 /// Agent flags that cannot describe a node are refused as usage errors.
 #[test]
 fn agent_flag_errors_exit_2() {
     let cases: [(&[&str], &str); 5] = [
-        (
-            &[
-                "agent",
-                "--listen",
-                "127.0.0.1:1",
-                "--data-dir",
-                "/tmp/x",
-                "--join",
-                "127.0.0.1:2",
-            ],
-            "--id is required",
-        ),
-        (
-            &[
-                "agent",
-                "--id",
-                "0",
-                "--listen",
-                "127.0.0.1:1",
-                "--data-dir",
-                "/tmp/x",
-                "--join",
-                "a:1",
-            ],
-            "reserved",
-        ),
-        (
-            &[
-                "agent",
-                "--id",
-                "1",
-                "--listen",
-                "127.0.0.1:1",
-                "--data-dir",
-                "/tmp/x",
-            ],
-            "--initial-cluster",
-        ),
+        (&["agent", "--listen", "127.0.0.1:1", "--data-dir", "/tmp/x", "--join", "127.0.0.1:2"], "--id is required"),
+        (&["agent", "--id", "0", "--listen", "127.0.0.1:1", "--data-dir", "/tmp/x", "--join", "a:1"], "reserved"),
+        (&["agent", "--id", "1", "--listen", "127.0.0.1:1", "--data-dir", "/tmp/x"], "--initial-cluster"),
         (
             &[
                 "agent",
@@ -89,10 +48,7 @@ fn agent_flag_errors_exit_2() {
     for (args, reason) in cases {
         let (code, stderr) = docklock(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
-        assert!(
-            stderr.contains(reason),
-            "{args:?} should say {reason:?}: {stderr}"
-        );
+        assert!(stderr.contains(reason), "{args:?} should say {reason:?}: {stderr}");
     }
 }
 

@@ -79,11 +79,7 @@ impl Client {
         if endpoints.is_empty() {
             return Err(Status::invalid_argument("no endpoints given"));
         }
-        let client_id = format!(
-            "{:016x}{:016x}",
-            rand::random::<u64>(),
-            rand::random::<u64>()
-        );
+        let client_id = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
         Ok(Self {
             endpoints,
             options,
@@ -101,10 +97,7 @@ impl Client {
 
     /// A fresh write session; reuse it to retry the same write.
     pub fn next_session(&self) -> v1::WriteSession {
-        v1::WriteSession {
-            client_id: self.client_id.clone(),
-            serial: self.serial.fetch_add(1, Ordering::Relaxed),
-        }
+        v1::WriteSession { client_id: self.client_id.clone(), serial: self.serial.fetch_add(1, Ordering::Relaxed) }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, Status> {
@@ -179,11 +172,7 @@ impl Client {
 
     /// Write `value` under `key`.
     pub async fn put(&self, key: &str, value: Vec<u8>) -> Result<v1::PutResponse, Status> {
-        let request = v1::PutRequest {
-            key: key.into(),
-            value,
-            session: Some(self.next_session()),
-        };
+        let request = v1::PutRequest { key: key.into(), value, session: Some(self.next_session()) };
         self.call(|ch| {
             let request = request.clone();
             async move { Self::variables(ch).put(request).await }
@@ -193,27 +182,19 @@ impl Client {
 
     /// Read `key`; `stale` allows an answer from any node's local state.
     pub async fn get(&self, key: &str, stale: bool) -> Result<v1::KeyValue, Status> {
-        let request = v1::GetRequest {
-            key: key.into(),
-            consistency: consistency(stale) as i32,
-        };
+        let request = v1::GetRequest { key: key.into(), consistency: consistency(stale) as i32 };
         let response = self
             .call(|ch| {
                 let request = request.clone();
                 async move { Self::variables(ch).get(request).await }
             })
             .await?;
-        response
-            .kv
-            .ok_or_else(|| Status::internal("server answered a get without a value"))
+        response.kv.ok_or_else(|| Status::internal("server answered a get without a value"))
     }
 
     /// Delete `key`; returns what it held, if anything.
     pub async fn delete(&self, key: &str) -> Result<v1::DeleteResponse, Status> {
-        let request = v1::DeleteRequest {
-            key: key.into(),
-            session: Some(self.next_session()),
-        };
+        let request = v1::DeleteRequest { key: key.into(), session: Some(self.next_session()) };
         self.call(|ch| {
             let request = request.clone();
             async move { Self::variables(ch).delete(request).await }
@@ -243,18 +224,9 @@ impl Client {
     }
 
     /// Compare-and-set `key` to `value` if `expect` holds.
-    pub async fn cas(
-        &self,
-        key: &str,
-        expect: cas_request::Expect,
-        value: Vec<u8>,
-    ) -> Result<v1::CasResponse, Status> {
-        let request = v1::CasRequest {
-            key: key.into(),
-            expect: Some(expect),
-            value,
-            session: Some(self.next_session()),
-        };
+    pub async fn cas(&self, key: &str, expect: cas_request::Expect, value: Vec<u8>) -> Result<v1::CasResponse, Status> {
+        let request =
+            v1::CasRequest { key: key.into(), expect: Some(expect), value, session: Some(self.next_session()) };
         self.call(|ch| {
             let request = request.clone();
             async move { Self::variables(ch).cas(request).await }
@@ -264,30 +236,17 @@ impl Client {
 
     /// Status as seen by the first endpoint that answers.
     pub async fn status(&self) -> Result<v1::StatusResponse, Status> {
-        self.call(|ch| async move { Self::cluster(ch).status(v1::StatusRequest {}).await })
-            .await
+        self.call(|ch| async move { Self::cluster(ch).status(v1::StatusRequest {}).await }).await
     }
 
     /// Status of the node at `addr` itself, with no retry elsewhere.
     pub async fn status_of(&self, addr: &str) -> Result<v1::StatusResponse, Status> {
-        Ok(Self::cluster(self.channel(addr)?)
-            .status(v1::StatusRequest {})
-            .await?
-            .into_inner())
+        Ok(Self::cluster(self.channel(addr)?).status(v1::StatusRequest {}).await?.into_inner())
     }
 
     /// Add a learner and wait until it has caught up.
-    pub async fn add_learner(
-        &self,
-        id: u64,
-        addr: &str,
-        cluster_id: &str,
-    ) -> Result<v1::MembershipResponse, Status> {
-        let request = v1::AddLearnerRequest {
-            id,
-            addr: addr.into(),
-            cluster_id: cluster_id.into(),
-        };
+    pub async fn add_learner(&self, id: u64, addr: &str, cluster_id: &str) -> Result<v1::MembershipResponse, Status> {
+        let request = v1::AddLearnerRequest { id, addr: addr.into(), cluster_id: cluster_id.into() };
         self.call(|ch| {
             let request = request.clone();
             async move { Self::cluster(ch).add_learner(request).await }
@@ -297,14 +256,12 @@ impl Client {
 
     /// Promote a learner to voter.
     pub async fn promote(&self, id: u64) -> Result<v1::MembershipResponse, Status> {
-        self.call(|ch| async move { Self::cluster(ch).promote(v1::PromoteRequest { id }).await })
-            .await
+        self.call(|ch| async move { Self::cluster(ch).promote(v1::PromoteRequest { id }).await }).await
     }
 
     /// Remove a member.
     pub async fn remove(&self, id: u64) -> Result<v1::MembershipResponse, Status> {
-        self.call(|ch| async move { Self::cluster(ch).remove(v1::RemoveRequest { id }).await })
-            .await
+        self.call(|ch| async move { Self::cluster(ch).remove(v1::RemoveRequest { id }).await }).await
     }
 }
 
@@ -319,10 +276,7 @@ fn consistency(stale: bool) -> ReadConsistency {
 /// Errors after which another attempt, possibly elsewhere, may succeed. Writes
 /// are safe to retry because their session makes them idempotent.
 fn retryable(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
-    )
+    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled)
 }
 
 /// The leader address a node put in an error, if any.

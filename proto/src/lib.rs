@@ -18,8 +18,7 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of every DockLock proto, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/docklock_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/docklock_descriptor.bin"));
 
 /// Metadata key carrying the current leader's address on `UNAVAILABLE` errors.
 pub const LEADER_METADATA_KEY: &str = "x-docklock-leader";

@@ -13,7 +13,9 @@
 
 pub mod network;
 pub mod registry;
+pub mod sessions;
 pub mod store;
+pub mod table;
 pub mod types;
 
 use std::sync::Arc;
@@ -33,12 +35,7 @@ pub struct RaftSettings {
 
 impl Default for RaftSettings {
     fn default() -> Self {
-        Self {
-            heartbeat_ms: 100,
-            election_timeout_ms: 800,
-            snapshot_entries: 10_000,
-            log_entries_kept: 1_000,
-        }
+        Self { heartbeat_ms: 100, election_timeout_ms: 800, snapshot_entries: 10_000, log_entries_kept: 1_000 }
     }
 }
 

@@ -14,13 +14,12 @@ use docklock_proto::v1::raft_client::RaftClient;
 use docklock_proto::v1::raft_server;
 use docklock_proto::v1::RaftMessage;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
-    Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -49,10 +48,7 @@ pub struct NetworkFactory {
 impl NetworkFactory {
     /// Transport for node `self_id` of cluster `cluster_id`.
     pub fn new(cluster_id: String, self_id: NodeId) -> Self {
-        Self {
-            cluster_id,
-            self_id,
-        }
+        Self { cluster_id, self_id }
     }
 }
 
@@ -61,10 +57,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
         let channel = Endpoint::from_shared(format!("http://{}", node.addr)).map(|endpoint| {
-            endpoint
-                .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-                .tcp_nodelay(true)
-                .connect_lazy()
+            endpoint.connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS)).tcp_nodelay(true).connect_lazy()
         });
         PeerClient {
             target,
@@ -114,63 +107,36 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: Error + DeserializeOwned,
     {
-        let payload =
-            bincode::serialize(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload = bincode::serialize(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         if payload.len() > RAFT_MESSAGE_BYTES_MAX {
-            return Err(RPCError::PayloadTooLarge(
-                PayloadTooLarge::new_entries_hint(1),
-            ));
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(1)));
         }
-        let reply = self
-            .call(method, payload, option.hard_ttl())
-            .await
-            .map_err(|error| match &error {
-                TransportError::Status { status, .. }
-                    if status.code() == Code::ResourceExhausted =>
-                {
-                    RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(1))
-                }
-                TransportError::Status { status, .. }
-                    if status.code() == Code::FailedPrecondition =>
-                {
-                    RPCError::Network(NetworkError::new(&error))
-                }
-                _ => RPCError::Unreachable(Unreachable::new(&error)),
-            })?;
+        let reply = self.call(method, payload, option.hard_ttl()).await.map_err(|error| match &error {
+            TransportError::Status { status, .. } if status.code() == Code::ResourceExhausted => {
+                RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(1))
+            }
+            TransportError::Status { status, .. } if status.code() == Code::FailedPrecondition => {
+                RPCError::Network(NetworkError::new(&error))
+            }
+            _ => RPCError::Unreachable(Unreachable::new(&error)),
+        })?;
         let decoded: Result<Resp, RaftError<NodeId, E>> =
             bincode::deserialize(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        decoded.map_err(|e| {
-            RPCError::RemoteError(RemoteError::new_with_node(
-                self.target,
-                self.node.clone(),
-                e,
-            ))
-        })
+        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
     }
 
-    async fn call(
-        &mut self,
-        method: Method,
-        payload: Vec<u8>,
-        ttl: Duration,
-    ) -> Result<Vec<u8>, TransportError> {
+    async fn call(&mut self, method: Method, payload: Vec<u8>, ttl: Duration) -> Result<Vec<u8>, TransportError> {
         let addr = self.node.addr.clone();
         let channel = self
             .channel
             .as_ref()
-            .map_err(|reason| TransportError::BadAddress {
-                addr: addr.clone(),
-                reason: reason.clone(),
-            })?
+            .map_err(|reason| TransportError::BadAddress { addr: addr.clone(), reason: reason.clone() })?
             .clone();
         let mut client = RaftClient::new(channel)
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX + 1024);
-        let mut request = Request::new(RaftMessage {
-            cluster_id: self.cluster_id.clone(),
-            from: self.self_id,
-            payload,
-        });
+        let mut request =
+            Request::new(RaftMessage { cluster_id: self.cluster_id.clone(), from: self.self_id, payload });
         request.set_timeout(ttl);
         let reply = match method {
             Method::AppendEntries => client.append_entries(request).await,
@@ -191,9 +157,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let entries = rpc.entries.len() as u64;
         match self.send(Method::AppendEntries, &rpc, &option).await {
             // Halve the batch rather than give up: openraft retries with fewer.
-            Err(RPCError::PayloadTooLarge(_)) if entries > 1 => Err(RPCError::PayloadTooLarge(
-                PayloadTooLarge::new_entries_hint(entries / 2),
-            )),
+            Err(RPCError::PayloadTooLarge(_)) if entries > 1 => {
+                Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries / 2)))
+            }
             other => other,
         }
     }
@@ -202,10 +168,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
-    > {
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>> {
         self.send(Method::InstallSnapshot, &rpc, &option).await
     }
 
@@ -218,9 +181,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 
     fn backoff(&self) -> openraft::network::Backoff {
-        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(
-            UNREACHABLE_BACKOFF_MS,
-        )))
+        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(UNREACHABLE_BACKOFF_MS)))
     }
 }
 
@@ -235,11 +196,7 @@ pub struct RaftService {
 impl RaftService {
     /// Serve `raft`, node `self_id`, for peers of `cluster_id`.
     pub fn new(raft: Raft, cluster_id: String, self_id: NodeId) -> Self {
-        Self {
-            raft,
-            cluster_id,
-            self_id,
-        }
+        Self { raft, cluster_id, self_id }
     }
 
     /// The tonic server for this service, with its message bound.
@@ -257,47 +214,29 @@ impl RaftService {
                 message.from, message.cluster_id, self.cluster_id
             )));
         }
-        bincode::deserialize(&message.payload).map_err(|e| {
-            Status::invalid_argument(format!(
-                "undecodable raft message from node {}: {e}",
-                message.from
-            ))
-        })
+        bincode::deserialize(&message.payload)
+            .map_err(|e| Status::invalid_argument(format!("undecodable raft message from node {}: {e}", message.from)))
     }
 
     fn seal<T: Serialize>(&self, reply: &T) -> Result<tonic::Response<RaftMessage>, Status> {
-        let payload = bincode::serialize(reply)
-            .map_err(|e| Status::internal(format!("encode raft reply: {e}")))?;
-        Ok(tonic::Response::new(RaftMessage {
-            cluster_id: self.cluster_id.clone(),
-            from: self.self_id,
-            payload,
-        }))
+        let payload = bincode::serialize(reply).map_err(|e| Status::internal(format!("encode raft reply: {e}")))?;
+        Ok(tonic::Response::new(RaftMessage { cluster_id: self.cluster_id.clone(), from: self.self_id, payload }))
     }
 }
 
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
-    async fn append_entries(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<tonic::Response<RaftMessage>, Status> {
+    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = self.open(request)?;
         self.seal(&self.raft.append_entries(rpc).await)
     }
 
-    async fn vote(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<tonic::Response<RaftMessage>, Status> {
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
         let rpc: VoteRequest<NodeId> = self.open(request)?;
         self.seal(&self.raft.vote(rpc).await)
     }
 
-    async fn install_snapshot(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<tonic::Response<RaftMessage>, Status> {
+    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = self.open(request)?;
         self.seal(&self.raft.install_snapshot(rpc).await)
     }

@@ -144,6 +144,11 @@ pub enum Outcome {
         /// Which bound, in words.
         reason: String,
     },
+    /// The request is malformed in a way only `apply` can judge; nothing changed.
+    Invalid {
+        /// What is wrong, in words.
+        reason: String,
+    },
     /// The write's serial is older than the retained window of its client, so
     /// its first outcome is no longer known; nothing changed.
     SessionExpired {

@@ -20,10 +20,7 @@ pub fn binary() -> PathBuf {
     }
     let test_exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/docklock
-    let profile_dir = test_exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile> directory");
+    let profile_dir = test_exe.parent().and_then(|deps| deps.parent()).expect("target/<profile> directory");
     let binary = profile_dir.join("docklock");
     assert!(
         binary.exists(),
@@ -35,10 +32,7 @@ pub fn binary() -> PathBuf {
 
 /// A cluster of `size` initial members in a fresh temporary directory, with
 /// fast timing plus `extra_args`; started, with a leader elected.
-pub async fn started_cluster(
-    size: u64,
-    extra_args: &[&str],
-) -> anyhow::Result<(tempfile::TempDir, LocalCluster)> {
+pub async fn started_cluster(size: u64, extra_args: &[&str]) -> anyhow::Result<(tempfile::TempDir, LocalCluster)> {
     let dir = tempfile::tempdir()?;
     let mut args: Vec<&str> = FAST_TIMING.to_vec();
     args.extend_from_slice(extra_args);
@@ -50,10 +44,7 @@ pub async fn started_cluster(
 
 /// Run the docklock CLI with `args` and return (exit code, stdout, stderr).
 pub fn cli(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(binary())
-        .args(args)
-        .output()
-        .expect("run docklock");
+    let output = Command::new(binary()).args(args).output().expect("run docklock");
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -21,10 +21,7 @@ impl WriteLoad {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
         for writer in 0..writers {
-            let options = ClientOptions {
-                deadline: Duration::from_secs(3),
-                ..ClientOptions::default()
-            };
+            let options = ClientOptions { deadline: Duration::from_secs(3), ..ClientOptions::default() };
             let client = Client::new(cluster.endpoints(), options)?;
             let acknowledged = acknowledged.clone();
             let stopped = stopped.clone();
@@ -43,11 +40,7 @@ impl WriteLoad {
                 }
             }));
         }
-        Ok(Self {
-            acknowledged,
-            stop,
-            tasks,
-        })
+        Ok(Self { acknowledged, stop, tasks })
     }
 
     fn count(&self) -> usize {
@@ -57,11 +50,7 @@ impl WriteLoad {
     async fn wait_for_count(&self, count: usize) {
         let deadline = tokio::time::Instant::now() + WAIT;
         while self.count() < count {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {} of {count} writes acknowledged",
-                self.count()
-            );
+            assert!(tokio::time::Instant::now() < deadline, "only {} of {count} writes acknowledged", self.count());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -71,29 +60,16 @@ impl WriteLoad {
         for task in self.tasks {
             task.await.expect("writer task");
         }
-        Arc::try_unwrap(self.acknowledged)
-            .unwrap()
-            .into_inner()
-            .unwrap()
+        Arc::try_unwrap(self.acknowledged).unwrap().into_inner().unwrap()
     }
 }
 
 /// Every acknowledged write is readable, linearizably, from the cluster.
-async fn assert_all_present(
-    cluster: &LocalCluster,
-    acknowledged: &BTreeMap<String, String>,
-) -> anyhow::Result<()> {
+async fn assert_all_present(cluster: &LocalCluster, acknowledged: &BTreeMap<String, String>) -> anyhow::Result<()> {
     let client = cluster.client()?;
     for (key, value) in acknowledged {
-        let kv = client
-            .get(key, false)
-            .await
-            .map_err(|s| anyhow::anyhow!("acknowledged {key} lost: {s}"))?;
-        assert_eq!(
-            kv.value,
-            value.as_bytes(),
-            "acknowledged {key} has the wrong value"
-        );
+        let kv = client.get(key, false).await.map_err(|s| anyhow::anyhow!("acknowledged {key} lost: {s}"))?;
+        assert_eq!(kv.value, value.as_bytes(), "acknowledged {key} has the wrong value");
     }
     Ok(())
 }
@@ -116,21 +92,13 @@ async fn leader_kill_loses_no_acknowledged_write() -> anyhow::Result<()> {
     let acknowledged = load.finish().await;
 
     cluster.start(old_leader)?;
-    let revision = cluster
-        .client()?
-        .put("marker", b"end".to_vec())
-        .await?
-        .revision;
+    let revision = cluster.client()?.put("marker", b"end".to_vec()).await?.revision;
     cluster.wait_for_applied(old_leader, revision, WAIT).await?;
     assert_all_present(&cluster, &acknowledged).await?;
     // The restarted node's own state holds every acknowledged write.
     let local = cluster.client_of(old_leader)?;
     for (key, value) in &acknowledged {
-        assert_eq!(
-            local.get(key, true).await?.value,
-            value.as_bytes(),
-            "{key} on the restarted node"
-        );
+        assert_eq!(local.get(key, true).await?.value, value.as_bytes(), "{key} on the restarted node");
     }
     Ok(())
 }
@@ -169,20 +137,10 @@ async fn lost_quorum_is_unavailable_then_recovers() -> anyhow::Result<()> {
     };
     let lonely = Client::new(vec![cluster.addr(1).to_owned()], options)?;
     let write = lonely.put("during", b"2".to_vec()).await.unwrap_err();
-    assert!(
-        matches!(write.code(), Code::Unavailable | Code::DeadlineExceeded),
-        "write: {write:?}"
-    );
+    assert!(matches!(write.code(), Code::Unavailable | Code::DeadlineExceeded), "write: {write:?}");
     let read = lonely.get("before", false).await.unwrap_err();
-    assert!(
-        matches!(read.code(), Code::Unavailable | Code::DeadlineExceeded),
-        "read: {read:?}"
-    );
-    assert_eq!(
-        lonely.get("before", true).await?.value,
-        b"1",
-        "a stale read still answers locally"
-    );
+    assert!(matches!(read.code(), Code::Unavailable | Code::DeadlineExceeded), "read: {read:?}");
+    assert_eq!(lonely.get("before", true).await?.value, b"1", "a stale read still answers locally");
 
     cluster.start(2)?;
     cluster.start(3)?;

@@ -6,8 +6,7 @@ use docklock_tests::{binary, cli, started_cluster, WAIT};
 /// catches up through a snapshot.
 #[tokio::test(flavor = "multi_thread")]
 async fn lagging_node_catches_up_through_a_snapshot() -> anyhow::Result<()> {
-    let (_dir, mut cluster) =
-        started_cluster(3, &["--snapshot-entries", "50", "--log-entries-kept", "5"]).await?;
+    let (_dir, mut cluster) = started_cluster(3, &["--snapshot-entries", "50", "--log-entries-kept", "5"]).await?;
     let leader = cluster.wait_for_leader(WAIT).await?;
     let lagging = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
     cluster.kill(lagging)?;
@@ -15,30 +14,18 @@ async fn lagging_node_catches_up_through_a_snapshot() -> anyhow::Result<()> {
     let client = cluster.client()?;
     let mut revision = 0;
     for i in 0..400 {
-        revision = client
-            .put(&format!("snap/{i:03}"), format!("{i}").into_bytes())
-            .await?
-            .revision;
+        revision = client.put(&format!("snap/{i:03}"), format!("{i}").into_bytes()).await?.revision;
     }
     let leader_status = client.status_of(cluster.addr(leader)).await?;
-    assert!(
-        leader_status.purged_index > 10,
-        "the leader purged its log: {leader_status:?}"
-    );
+    assert!(leader_status.purged_index > 10, "the leader purged its log: {leader_status:?}");
 
     cluster.start(lagging)?;
     cluster.wait_for_applied(lagging, revision, WAIT).await?;
     let status = client.status_of(cluster.addr(lagging)).await?;
-    assert!(
-        status.snapshot_index > 0,
-        "the lagging node installed a snapshot: {status:?}"
-    );
+    assert!(status.snapshot_index > 0, "the lagging node installed a snapshot: {status:?}");
     let local = cluster.client_of(lagging)?;
     for i in 0..400 {
-        assert_eq!(
-            local.get(&format!("snap/{i:03}"), true).await?.value,
-            format!("{i}").as_bytes()
-        );
+        assert_eq!(local.get(&format!("snap/{i:03}"), true).await?.value, format!("{i}").as_bytes());
     }
     Ok(())
 }
@@ -56,38 +43,19 @@ async fn node_joins_is_promoted_and_member_is_removed() -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let status = client.status().await?;
-        let voter = status
-            .members
-            .iter()
-            .any(|m| m.id == 4 && m.role == docklock_proto::v1::MemberRole::Voter as i32);
+        let voter = status.members.iter().any(|m| m.id == 4 && m.role == docklock_proto::v1::MemberRole::Voter as i32);
         if voter {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node 4 not promoted: {status:?}\n{}",
-            cluster.log_tail(4, 30)
-        );
+        assert!(tokio::time::Instant::now() < deadline, "node 4 not promoted: {status:?}\n{}", cluster.log_tail(4, 30));
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let fourth = cluster.client_of(4)?;
-    assert_eq!(
-        fourth.get("m/19", false).await?.value,
-        b"x",
-        "linearizable read through node 4"
-    );
-    assert_eq!(
-        fourth.get("m/19", true).await?.value,
-        b"x",
-        "node 4's own state"
-    );
+    assert_eq!(fourth.get("m/19", false).await?.value, b"x", "linearizable read through node 4");
+    assert_eq!(fourth.get("m/19", true).await?.value, b"x", "node 4's own state");
 
     let leader = cluster.wait_for_leader(WAIT).await?;
-    let removed = *cluster
-        .nodes
-        .keys()
-        .find(|id| **id != leader && **id != 4)
-        .unwrap();
+    let removed = *cluster.nodes.keys().find(|id| **id != leader && **id != 4).unwrap();
     client.remove(removed).await?;
     cluster.kill(removed)?;
     let status = client.status().await?;
@@ -108,43 +76,21 @@ async fn foreign_data_directory_is_refused() -> anyhow::Result<()> {
     let addr = cluster.addr(1).to_owned();
 
     let initial = format!("5={addr}");
-    let (code, _, err) = cli(&[
-        "agent",
-        "--id",
-        "5",
-        "--listen",
-        &addr,
-        "--data-dir",
-        &data_dir,
-        "--initial-cluster",
-        &initial,
-    ]);
+    let (code, _, err) =
+        cli(&["agent", "--id", "5", "--listen", &addr, "--data-dir", &data_dir, "--initial-cluster", &initial]);
     assert_ne!(code, 0);
     assert!(err.contains("belongs to node 1"), "{err}");
 
     let other = format!("1={addr}");
-    let (code, _, err) = cli(&[
-        "agent",
-        "--id",
-        "1",
-        "--listen",
-        &addr,
-        "--data-dir",
-        &data_dir,
-        "--initial-cluster",
-        &other,
-    ]);
+    let (code, _, err) =
+        cli(&["agent", "--id", "1", "--listen", &addr, "--data-dir", &data_dir, "--initial-cluster", &other]);
     assert_ne!(code, 0);
     assert!(err.contains("belongs to cluster"), "{err}");
 
     // The refused starts changed nothing: node 1 restarts with its own flags.
     cluster.start(1)?;
     cluster.wait_for_leader(WAIT).await?;
-    let revision = cluster
-        .client()?
-        .put("still", b"ok".to_vec())
-        .await?
-        .revision;
+    let revision = cluster.client()?.put("still", b"ok".to_vec()).await?.revision;
     cluster.wait_for_applied(1, revision, WAIT).await?;
     drop(dir);
     let _ = binary();

@@ -12,17 +12,10 @@ async fn writes_on_any_node_are_readable_on_every_node() -> anyhow::Result<()> {
     let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
     for (round, writer) in ids.iter().enumerate() {
         let key = format!("k/{round}");
-        cluster
-            .client_of(*writer)?
-            .put(&key, format!("from-{writer}").into_bytes())
-            .await?;
+        cluster.client_of(*writer)?.put(&key, format!("from-{writer}").into_bytes()).await?;
         for reader in &ids {
             let kv = cluster.client_of(*reader)?.get(&key, false).await?;
-            assert_eq!(
-                kv.value,
-                format!("from-{writer}").as_bytes(),
-                "node {reader} read {key}"
-            );
+            assert_eq!(kv.value, format!("from-{writer}").as_bytes(), "node {reader} read {key}");
         }
     }
     Ok(())
@@ -35,17 +28,9 @@ async fn retried_write_applies_once() -> anyhow::Result<()> {
     let (_dir, cluster) = started_cluster(3, &[]).await?;
     let leader = cluster.nodes.keys().next().copied().unwrap();
     let mut raw = VariablesClient::connect(format!("http://{}", cluster.addr(leader))).await?;
-    let session = |serial| {
-        Some(v1::WriteSession {
-            client_id: "retrying-client".into(),
-            serial,
-        })
-    };
-    let put = |value: &str, serial| v1::PutRequest {
-        key: "once".into(),
-        value: value.into(),
-        session: session(serial),
-    };
+    let session = |serial| Some(v1::WriteSession { client_id: "retrying-client".into(), serial });
+    let put =
+        |value: &str, serial| v1::PutRequest { key: "once".into(), value: value.into(), session: session(serial) };
 
     let first = raw.put(put("a", 1)).await?.into_inner();
     raw.put(put("b", 2)).await?;
@@ -53,10 +38,7 @@ async fn retried_write_applies_once() -> anyhow::Result<()> {
     assert_eq!(retried, first, "a retry returns the first outcome");
 
     let kv = cluster.client()?.get("once", false).await?;
-    assert_eq!(
-        kv.value, b"b",
-        "the retry did not overwrite the later write"
-    );
+    assert_eq!(kv.value, b"b", "the retry did not overwrite the later write");
     assert_eq!(kv.version, 2, "exactly two writes were applied");
     Ok(())
 }
@@ -74,99 +56,42 @@ async fn bad_input_gets_precise_statuses() -> anyhow::Result<()> {
     let client = cluster.client()?;
     client.put("kept", b"safe".to_vec()).await?;
 
-    assert_eq!(
-        code(client.put("big", vec![7; 1024 * 1024 + 1]).await),
-        Code::ResourceExhausted
-    );
-    assert_eq!(
-        code(client.put("", b"x".to_vec()).await),
-        Code::InvalidArgument
-    );
-    assert_eq!(
-        code(client.put(&"k".repeat(5000), b"x".to_vec()).await),
-        Code::ResourceExhausted
-    );
+    assert_eq!(code(client.put("big", vec![7; 1024 * 1024 + 1]).await), Code::ResourceExhausted);
+    assert_eq!(code(client.put("", b"x".to_vec()).await), Code::InvalidArgument);
+    assert_eq!(code(client.put(&"k".repeat(5000), b"x".to_vec()).await), Code::ResourceExhausted);
     assert_eq!(code(client.get("missing", false).await), Code::NotFound);
     assert_eq!(
-        code(
-            client
-                .cas(
-                    "missing",
-                    cas_request::Expect::ExpectValue(b"x".to_vec()),
-                    b"y".to_vec()
-                )
-                .await
-        ),
+        code(client.cas("missing", cas_request::Expect::ExpectValue(b"x".to_vec()), b"y".to_vec()).await),
         Code::NotFound
     );
     assert_eq!(
-        code(
-            client
-                .cas(
-                    "kept",
-                    cas_request::Expect::ExpectValue(b"other".to_vec()),
-                    b"y".to_vec()
-                )
-                .await
-        ),
+        code(client.cas("kept", cas_request::Expect::ExpectValue(b"other".to_vec()), b"y".to_vec()).await),
         Code::FailedPrecondition
     );
     assert_eq!(
-        code(
-            client
-                .cas("kept", cas_request::Expect::ExpectVersion(7), b"y".to_vec())
-                .await
-        ),
+        code(client.cas("kept", cas_request::Expect::ExpectVersion(7), b"y".to_vec()).await),
         Code::FailedPrecondition
     );
-    assert_eq!(
-        code(client.list("", "", 1_000_000, false).await),
-        Code::InvalidArgument
-    );
+    assert_eq!(code(client.list("", "", 1_000_000, false).await), Code::InvalidArgument);
     assert_eq!(code(client.remove(42).await), Code::NotFound);
     assert_eq!(code(client.promote(42).await), Code::NotFound);
-    assert_eq!(
-        code(client.add_learner(9, "not-an-address", "").await),
-        Code::InvalidArgument
-    );
-    assert_eq!(
-        code(client.add_learner(0, "127.0.0.1:1", "").await),
-        Code::InvalidArgument
-    );
-    assert_eq!(
-        code(client.add_learner(9, "127.0.0.1:1", "other-cluster").await),
-        Code::FailedPrecondition
-    );
+    assert_eq!(code(client.add_learner(9, "not-an-address", "").await), Code::InvalidArgument);
+    assert_eq!(code(client.add_learner(0, "127.0.0.1:1", "").await), Code::InvalidArgument);
+    assert_eq!(code(client.add_learner(9, "127.0.0.1:1", "other-cluster").await), Code::FailedPrecondition);
 
     // A message far over the decode bound is refused before it is read.
     let mut raw = VariablesClient::connect(format!("http://{}", cluster.addr(1)))
         .await?
         .max_encoding_message_size(64 * 1024 * 1024);
-    let huge = v1::PutRequest {
-        key: "huge".into(),
-        value: vec![1; 8 * 1024 * 1024],
-        session: None,
-    };
-    assert_eq!(
-        raw.put(huge).await.unwrap_err().code(),
-        Code::ResourceExhausted
-    );
+    let huge = v1::PutRequest { key: "huge".into(), value: vec![1; 8 * 1024 * 1024], session: None };
+    assert_eq!(raw.put(huge).await.unwrap_err().code(), Code::ResourceExhausted);
 
-    let bad_consistency = v1::GetRequest {
-        key: "kept".into(),
-        consistency: 99,
-    };
-    assert_eq!(
-        raw.get(bad_consistency).await.unwrap_err().code(),
-        Code::InvalidArgument
-    );
+    let bad_consistency = v1::GetRequest { key: "kept".into(), consistency: 99 };
+    assert_eq!(raw.get(bad_consistency).await.unwrap_err().code(), Code::InvalidArgument);
 
     assert_eq!(client.get("kept", false).await?.value, b"safe");
     for id in cluster.nodes.keys() {
-        assert!(
-            cluster.client_of(*id)?.status().await.is_ok(),
-            "node {id} still serves"
-        );
+        assert!(cluster.client_of(*id)?.status().await.is_ok(), "node {id} still serves");
     }
     Ok(())
 }
@@ -203,44 +128,23 @@ async fn cli_commands_and_exit_codes() -> anyhow::Result<()> {
 
     let (code, _, err) = kv(&["get", "app/missing"]);
     assert_eq!(code, 3, "a missing key exits 3");
-    assert!(
-        err.starts_with("error: ") && err.trim().lines().count() == 1,
-        "one-line reason: {err}"
-    );
+    assert!(err.starts_with("error: ") && err.trim().lines().count() == 1, "one-line reason: {err}");
 
     kv(&["put", "app/size", "xl"]);
     let (code, out, _) = kv(&["list", "app/"]);
     assert_eq!(code, 0);
-    assert_eq!(
-        out.lines().collect::<Vec<_>>(),
-        ["app/colour\tred", "app/size\txl"]
-    );
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["app/colour\tred", "app/size\txl"]);
 
     let (code, out, _) = kv(&["delete", "app/size"]);
     assert_eq!((code, out.trim()), (0, "deleted app/size"));
 
-    let (code, out, err) = cli(&[
-        "cluster",
-        "status",
-        "--output",
-        "json",
-        "--endpoints",
-        &endpoints,
-    ]);
+    let (code, out, err) = cli(&["cluster", "status", "--output", "json", "--endpoints", &endpoints]);
     assert_eq!(code, 0, "{err}");
     let status: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
     assert!(status["leader_id"].as_u64().is_some());
 
-    let (code, _, err) = cli(&[
-        "kv",
-        "get",
-        "x",
-        "--endpoints",
-        "127.0.0.1:1",
-        "--timeout-ms",
-        "500",
-    ]);
+    let (code, _, err) = cli(&["kv", "get", "x", "--endpoints", "127.0.0.1:1", "--timeout-ms", "500"]);
     assert_eq!(code, 1, "an unreachable cluster exits 1");
     assert!(err.starts_with("error: "), "{err}");
     Ok(())

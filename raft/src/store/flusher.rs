@@ -25,9 +25,7 @@ impl Flusher {
     /// Start the flusher thread for `db`.
     pub fn start(db: sled::Db) -> io::Result<Self> {
         let (requests, queue) = mpsc::sync_channel::<FlushDone>(FLUSH_QUEUE_MAX);
-        thread::Builder::new()
-            .name("sled-flusher".into())
-            .spawn(move || run(&db, &queue))?;
+        thread::Builder::new().name("sled-flusher".into()).spawn(move || run(&db, &queue))?;
         Ok(Self { requests })
     }
 
@@ -46,9 +44,7 @@ impl Flusher {
             // The waiter may have been cancelled; then nobody needs the result.
             let _ = sender.send(result);
         }));
-        receiver
-            .await
-            .map_err(|_| io::Error::other("sled flusher dropped a request"))?
+        receiver.await.map_err(|_| io::Error::other("sled flusher dropped a request"))?
     }
 }
 

@@ -41,10 +41,7 @@ impl LogStore {
         Self { log, meta, flusher }
     }
 
-    pub(super) fn read_meta<T: DeserializeOwned>(
-        &self,
-        key: &[u8],
-    ) -> Result<Option<T>, StorageError> {
+    pub(super) fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
         let Some(bytes) = self.meta.get(key).map_err(read_error)? else {
             return Ok(None);
         };
@@ -57,11 +54,7 @@ impl LogStore {
         Ok(())
     }
 
-    pub(super) async fn write_meta_durably<T: Serialize>(
-        &self,
-        key: &[u8],
-        value: &T,
-    ) -> Result<(), StorageError> {
+    pub(super) async fn write_meta_durably<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
         self.write_meta(key, value)?;
         self.flusher.flush().await.map_err(write_error)
     }
@@ -93,11 +86,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             // Check after read: the log has no holes.
             if let Some(previous) = entries.last() {
                 let previous: &Entry = previous;
-                assert_eq!(
-                    previous.log_id.index + 1,
-                    entry.log_id.index,
-                    "hole in the raft log"
-                );
+                assert_eq!(previous.log_id.index + 1, entry.log_id.index, "hole in the raft log");
             }
             entries.push(entry);
         }
@@ -111,17 +100,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id = self.last_purged()?;
         let last_log_id = match self.log.last().map_err(read_error)? {
-            Some((_, bytes)) => Some(
-                bincode::deserialize::<Entry>(&bytes)
-                    .map_err(read_error)?
-                    .log_id,
-            ),
+            Some((_, bytes)) => Some(bincode::deserialize::<Entry>(&bytes).map_err(read_error)?.log_id),
             None => last_purged_log_id,
         };
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
-        })
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -130,10 +112,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         self.write_meta(VOTE_KEY, vote)?;
-        self.flusher
-            .flush()
-            .await
-            .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
+        self.flusher.flush().await.map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -150,11 +129,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.read_meta::<Option<LogId>>(COMMITTED_KEY)?.flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -167,8 +142,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.log.apply_batch(batch).map_err(write_error)?;
         // The entries are readable now; openraft counts them as persisted
         // only when the flusher calls back.
-        self.flusher
-            .request(Box::new(move |result| callback.log_io_completed(result)));
+        self.flusher.request(Box::new(move |result| callback.log_io_completed(result)));
         Ok(())
     }
 

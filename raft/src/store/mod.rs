@@ -45,9 +45,7 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self {
-            cache_bytes: 64 * 1024 * 1024,
-        }
+        Self { cache_bytes: 64 * 1024 * 1024 }
     }
 }
 
@@ -105,18 +103,12 @@ impl Store {
     /// Open (or create) the store in `dir`.
     pub fn open(dir: &Path, config: &StoreConfig) -> Result<Self, OpenError> {
         let path = dir.display().to_string();
-        let sled_error = |source| OpenError::Sled {
-            path: path.clone(),
-            source,
-        };
+        let sled_error = |source| OpenError::Sled { path: path.clone(), source };
         let db = open_with_retry(dir, config).map_err(sled_error)?;
         let meta = db.open_tree("meta").map_err(sled_error)?;
         match meta.get(FORMAT_KEY).map_err(sled_error)? {
             Some(found) if found.as_ref() != FORMAT => {
-                return Err(OpenError::Format {
-                    path,
-                    found: String::from_utf8_lossy(&found).into_owned(),
-                })
+                return Err(OpenError::Format { path, found: String::from_utf8_lossy(&found).into_owned() })
             }
             Some(_) => {}
             None => {
@@ -125,25 +117,14 @@ impl Store {
             }
         }
         let flusher = Flusher::start(db.clone())?;
-        let log = LogStore::new(
-            db.open_tree("log").map_err(sled_error)?,
-            meta,
-            flusher.clone(),
-        );
+        let log = LogStore::new(db.open_tree("log").map_err(sled_error)?, meta, flusher.clone());
         let state_machine = StateMachine::open(
             db.open_tree("state").map_err(sled_error)?,
             db.open_tree("snapshot").map_err(sled_error)?,
             flusher,
         )
-        .map_err(|error| OpenError::Corrupt {
-            path: path.clone(),
-            reason: error.to_string(),
-        })?;
-        Ok(Self {
-            db,
-            log,
-            state_machine,
-        })
+        .map_err(|error| OpenError::Corrupt { path: path.clone(), reason: error.to_string() })?;
+        Ok(Self { db, log, state_machine })
     }
 
     /// The identity this data directory was stamped with, if any.
@@ -185,8 +166,7 @@ fn open_with_retry(dir: &Path, config: &StoreConfig) -> Result<sled::Db, sled::E
 
 /// sled reports a held file lock as an `Other` error wrapping `WouldBlock`.
 fn is_lock_busy(error: &std::io::Error) -> bool {
-    error.kind() == std::io::ErrorKind::WouldBlock
-        || error.to_string().contains("could not acquire lock")
+    error.kind() == std::io::ErrorKind::WouldBlock || error.to_string().contains("could not acquire lock")
 }
 
 #[cfg(test)]

@@ -8,10 +8,9 @@ use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 
 use super::Flusher;
-use crate::registry::{Registry, RegistryState, RowChange};
-use crate::types::{
-    Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
-};
+use crate::registry::{Registry, RegistryState};
+use crate::table::RowChange;
+use crate::types::{Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 /// State rows whose key starts with this byte are the machine's own metadata;
 /// all other rows belong to the registry.
@@ -82,10 +81,7 @@ fn sm_write_error(error: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_state_machine(AnyError::new(&error)).into()
 }
 
-fn snapshot_write_error(
-    meta: &SnapshotMeta,
-    error: impl std::error::Error + 'static,
-) -> StorageError {
+fn snapshot_write_error(meta: &SnapshotMeta, error: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&error)).into()
 }
 
@@ -101,28 +97,20 @@ impl StateMachine {
         for item in state_tree.iter() {
             let (key, value) = item.map_err(sm_read_error)?;
             match key.as_ref() {
-                APPLIED_KEY => {
-                    last_applied = bincode::deserialize(&value).map_err(sm_read_error)?
-                }
-                MEMBERSHIP_KEY => {
-                    membership = bincode::deserialize(&value).map_err(sm_read_error)?
-                }
+                APPLIED_KEY => last_applied = bincode::deserialize(&value).map_err(sm_read_error)?,
+                MEMBERSHIP_KEY => membership = bincode::deserialize(&value).map_err(sm_read_error)?,
                 other if other.first() == Some(&META_ROW) => {}
                 _ => rows.push((key, value)),
             }
         }
-        let registry = Registry::from_rows(rows.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))
-            .map_err(sm_read_error)?;
+        let registry =
+            Registry::from_rows(rows.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))).map_err(sm_read_error)?;
         let machine = Self {
             shared: Arc::new(Shared {
                 state_tree,
                 snapshot_tree,
                 flusher,
-                applied: RwLock::new(Applied {
-                    registry,
-                    last_applied,
-                    membership,
-                }),
+                applied: RwLock::new(Applied { registry, last_applied, membership }),
             }),
         };
         machine.catch_up_with_stored_snapshot()?;
@@ -131,9 +119,7 @@ impl StateMachine {
 
     /// A handle for reads.
     pub fn view(&self) -> StateView {
-        StateView {
-            shared: self.shared.clone(),
-        }
+        StateView { shared: self.shared.clone() }
     }
 
     /// Snapshots are flushed before the log is purged, so a stored snapshot
@@ -152,25 +138,13 @@ impl StateMachine {
     }
 
     fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
-        let Some(bytes) = self
-            .shared
-            .snapshot_tree
-            .get(SNAPSHOT_KEY)
-            .map_err(sm_read_error)?
-        else {
+        let Some(bytes) = self.shared.snapshot_tree.get(SNAPSHOT_KEY).map_err(sm_read_error)? else {
             return Ok(None);
         };
-        bincode::deserialize(&bytes)
-            .map(Some)
-            .map_err(sm_read_error)
+        bincode::deserialize(&bytes).map(Some).map_err(sm_read_error)
     }
 
-    fn write_rows(
-        &self,
-        changes: Vec<RowChange>,
-        applied: &Applied,
-        clear: bool,
-    ) -> Result<(), StorageError> {
+    fn write_rows(&self, changes: Vec<RowChange>, applied: &Applied, clear: bool) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
         if clear {
             for item in self.shared.state_tree.iter().keys() {
@@ -183,28 +157,15 @@ impl StateMachine {
                 None => batch.remove(change.key),
             }
         }
-        batch.insert(
-            APPLIED_KEY,
-            bincode::serialize(&applied.last_applied).map_err(sm_write_error)?,
-        );
-        batch.insert(
-            MEMBERSHIP_KEY,
-            bincode::serialize(&applied.membership).map_err(sm_write_error)?,
-        );
+        batch.insert(APPLIED_KEY, bincode::serialize(&applied.last_applied).map_err(sm_write_error)?);
+        batch.insert(MEMBERSHIP_KEY, bincode::serialize(&applied.membership).map_err(sm_write_error)?);
         // One batch: the rows and the position they describe land together.
-        self.shared
-            .state_tree
-            .apply_batch(batch)
-            .map_err(sm_write_error)
+        self.shared.state_tree.apply_batch(batch).map_err(sm_write_error)
     }
 
     fn restore(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let decoded: SnapshotData =
-            bincode::deserialize(data).map_err(|e| snapshot_write_error(meta, e))?;
-        assert_eq!(
-            decoded.last_applied, meta.last_log_id,
-            "snapshot data and meta disagree"
-        );
+        let decoded: SnapshotData = bincode::deserialize(data).map_err(|e| snapshot_write_error(meta, e))?;
+        assert_eq!(decoded.last_applied, meta.last_log_id, "snapshot data and meta disagree");
         let mut applied = self.shared.applied.write().expect("state lock poisoned");
         *applied = Applied {
             registry: Registry::from_state(decoded.state),
@@ -216,20 +177,10 @@ impl StateMachine {
     }
 
     async fn store_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: data.to_vec(),
-        };
+        let stored = StoredSnapshot { meta: meta.clone(), data: data.to_vec() };
         let bytes = bincode::serialize(&stored).map_err(|e| snapshot_write_error(meta, e))?;
-        self.shared
-            .snapshot_tree
-            .insert(SNAPSHOT_KEY, bytes)
-            .map_err(|e| snapshot_write_error(meta, e))?;
-        self.shared
-            .flusher
-            .flush()
-            .await
-            .map_err(|e| snapshot_write_error(meta, e))
+        self.shared.snapshot_tree.insert(SNAPSHOT_KEY, bytes).map_err(|e| snapshot_write_error(meta, e))?;
+        self.shared.flusher.flush().await.map_err(|e| snapshot_write_error(meta, e))
     }
 }
 
@@ -243,41 +194,23 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let snapshot_id = match last_applied {
             // The state at an index is the same on every node, so the index
             // names the snapshot's content.
-            Some(id) => format!(
-                "{}-{}-{}",
-                id.leader_id.term, id.leader_id.node_id, id.index
-            ),
+            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.leader_id.node_id, id.index),
             None => "empty".to_owned(),
         };
-        let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership: membership.clone(),
-            snapshot_id,
-        };
-        let data = SnapshotData {
-            last_applied,
-            membership,
-            state,
-        };
+        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership.clone(), snapshot_id };
+        let data = SnapshotData { last_applied, membership, state };
         let encoded = tokio::task::spawn_blocking(move || bincode::serialize(&data))
             .await
             .map_err(|e| snapshot_write_error(&meta, e))?
             .map_err(|e| snapshot_write_error(&meta, e))?;
         self.store_snapshot(&meta, &encoded).await?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(encoded)),
-        })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(encoded)) })
     }
 }
 
 impl Applied {
     fn to_owned_parts(&self) -> (Option<LogId>, StoredMembership, RegistryState) {
-        (
-            self.last_applied,
-            self.membership.clone(),
-            self.registry.to_state(),
-        )
+        (self.last_applied, self.membership.clone(), self.registry.to_state())
     }
 }
 
@@ -298,23 +231,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut responses = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
-            assert!(
-                applied.last_applied.is_none_or(|last| last.index < index),
-                "entries applied out of order"
-            );
+            assert!(applied.last_applied.is_none_or(|last| last.index < index), "entries applied out of order");
             let response = match &entry.payload {
-                EntryPayload::Blank => Response {
-                    revision: index,
-                    ..Response::default()
-                },
+                EntryPayload::Blank => Response { revision: index, ..Response::default() },
                 EntryPayload::Normal(request) => applied.registry.apply(index, request),
                 EntryPayload::Membership(membership) => {
-                    applied.membership =
-                        StoredMembership::new(Some(entry.log_id), membership.clone());
-                    Response {
-                        revision: index,
-                        ..Response::default()
-                    }
+                    applied.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+                    Response { revision: index, ..Response::default() }
                 }
             };
             applied.last_applied = Some(entry.log_id);
@@ -344,10 +267,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self.stored_snapshot()?.map(|stored| Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        }))
+        Ok(self
+            .stored_snapshot()?
+            .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
     }
 }
 

@@ -28,18 +28,13 @@ fn put_entry(index: u64, key: &str, value: &str) -> Entry {
         log_id: log_id(1, 1, index),
         payload: EntryPayload::Normal(Request {
             session: None,
-            command: Command::Put {
-                key: key.into(),
-                value: value.as_bytes().to_vec(),
-            },
+            command: Command::Put { key: key.into(), value: value.as_bytes().to_vec() },
         }),
     }
 }
 
 async fn apply_some(machine: &mut StateMachine, count: u64) {
-    let entries: Vec<_> = (1..=count)
-        .map(|i| put_entry(i, &format!("key/{}", i % 7), &format!("v{i}")))
-        .collect();
+    let entries: Vec<_> = (1..=count).map(|i| put_entry(i, &format!("key/{}", i % 7), &format!("v{i}"))).collect();
     machine.apply(entries).await.expect("apply");
 }
 
@@ -47,28 +42,15 @@ async fn apply_some(machine: &mut StateMachine, count: u64) {
 #[tokio::test]
 async fn snapshot_restores_an_equal_state_machine() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut original = Store::open(dir_a.path(), &StoreConfig::default())
-        .unwrap()
-        .state_machine;
+    let mut original = Store::open(dir_a.path(), &StoreConfig::default()).unwrap().state_machine;
     apply_some(&mut original, 40).await;
     let snapshot = original.build_snapshot().await.unwrap();
 
-    let mut restored = Store::open(dir_b.path(), &StoreConfig::default())
-        .unwrap()
-        .state_machine;
-    restored
-        .install_snapshot(&snapshot.meta, snapshot.snapshot)
-        .await
-        .unwrap();
+    let mut restored = Store::open(dir_b.path(), &StoreConfig::default()).unwrap().state_machine;
+    restored.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
 
-    assert_eq!(
-        original.view().read().registry.to_state(),
-        restored.view().read().registry.to_state()
-    );
-    assert_eq!(
-        restored.applied_state().await.unwrap(),
-        original.applied_state().await.unwrap()
-    );
+    assert_eq!(original.view().read().registry.to_state(), restored.view().read().registry.to_state());
+    assert_eq!(restored.applied_state().await.unwrap(), original.applied_state().await.unwrap());
     assert_eq!(restored.view().read().registry.variables_count(), 7);
 }
 
@@ -77,17 +59,13 @@ async fn snapshot_restores_an_equal_state_machine() {
 async fn applied_state_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let (state, position) = {
-        let mut machine = Store::open(dir.path(), &StoreConfig::default())
-            .unwrap()
-            .state_machine;
+        let mut machine = Store::open(dir.path(), &StoreConfig::default()).unwrap().state_machine;
         apply_some(&mut machine, 25).await;
         machine.shared.flusher.flush().await.unwrap();
         let state = machine.view().read().registry.to_state();
         (state, machine.applied_state().await.unwrap())
     };
-    let mut reopened = Store::open(dir.path(), &StoreConfig::default())
-        .unwrap()
-        .state_machine;
+    let mut reopened = Store::open(dir.path(), &StoreConfig::default()).unwrap().state_machine;
     assert_eq!(reopened.view().read().registry.to_state(), state);
     assert_eq!(reopened.applied_state().await.unwrap(), position);
 }
@@ -96,10 +74,7 @@ async fn applied_state_survives_reopen() {
 #[tokio::test]
 async fn identity_is_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let identity = Identity {
-        cluster_id: "c-1".into(),
-        node_id: 3,
-    };
+    let identity = Identity { cluster_id: "c-1".into(), node_id: 3 };
     {
         let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
         assert_eq!(store.identity().unwrap(), None);
