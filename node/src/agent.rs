@@ -19,7 +19,7 @@ use docklock_raft::types::{Node, NodeId, Raft};
 use docklock_raft::RaftSettings;
 use sha3::{Digest, Sha3_256};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::{ApiLimits, ClusterService, NodeContext, VariablesService};
 
@@ -277,7 +277,10 @@ async fn serve(
         .add_service(VariablesService::server(node.clone()))
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        // Accepted sockets need TCP_NODELAY set here: the builder's own
+        // nodelay applies only to listeners tonic binds itself, and without
+        // it small responses wait on delayed ACKs (~40 ms per request).
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
             let _ = stopped.await;
         })
         .await

@@ -23,6 +23,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
+use crate::read_barrier::ReadBarrier;
 use crate::status::{self, NotLeader, RegistryError};
 
 /// Size bounds of the public API.
@@ -75,13 +76,15 @@ pub struct NodeContext {
     pub state: StateView,
     /// API size bounds.
     pub limits: ApiLimits,
+    reads: ReadBarrier,
     channels: Mutex<BTreeMap<String, Channel>>,
 }
 
 impl NodeContext {
     /// Context for node `id` of `cluster_id`.
     pub fn new(id: NodeId, cluster_id: String, raft: Raft, state: StateView, limits: ApiLimits) -> Arc<Self> {
-        Arc::new(Self { id, cluster_id, raft, state, limits, channels: Mutex::new(BTreeMap::new()) })
+        let reads = ReadBarrier::new(raft.clone());
+        Arc::new(Self { id, cluster_id, raft, state, limits, reads, channels: Mutex::new(BTreeMap::new()) })
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, Status> {
@@ -107,8 +110,7 @@ impl NodeContext {
 
     /// Wait until a read of local state is linearizable.
     pub async fn read_barrier(&self) -> Result<(), RegistryError> {
-        self.raft.ensure_linearizable().await.map_err(status::read_error)?;
-        Ok(())
+        self.reads.wait().await
     }
 
     /// Run `local`; if another node leads, forward with `remote` once.

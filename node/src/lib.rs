@@ -17,4 +17,5 @@ pub mod api;
 pub mod cli;
 pub mod demo;
 pub mod launcher;
+pub mod read_barrier;
 pub mod status;

@@ -39,7 +39,7 @@ impl NotLeader {
 }
 
 /// Why a registry operation failed on this node.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum RegistryError {
     /// Another node must serve it.
     NotLeader(NotLeader),

@@ -15,6 +15,9 @@ pub type FlushDone = Box<dyn FnOnce(io::Result<()>) + Send>;
 /// Most flush requests waiting at once; a sender blocks past it.
 pub const FLUSH_QUEUE_MAX: usize = 4096;
 
+/// Time to gather more flush requests once load is concurrent, in µs.
+const GATHER_US: u64 = 300;
+
 /// Handle to the flusher thread. The thread ends when every handle is dropped.
 #[derive(Clone, Debug)]
 pub struct Flusher {
@@ -49,7 +52,15 @@ impl Flusher {
 }
 
 fn run(db: &sled::Db, queue: &mpsc::Receiver<FlushDone>) {
+    let mut previous_batch = 1;
     while let Ok(first) = queue.recv() {
+        // Under concurrent load, wait a moment for more requests so that one
+        // flush serves them all: every sled flush seals an IO buffer and
+        // wakes sled's whole IO thread pool, so fewer, larger flushes cost
+        // far less CPU. A lone request (sequential load) is not delayed.
+        if previous_batch > 1 {
+            thread::sleep(std::time::Duration::from_micros(GATHER_US));
+        }
         let mut batch = vec![first];
         while batch.len() < FLUSH_QUEUE_MAX {
             match queue.try_recv() {
@@ -57,6 +68,7 @@ fn run(db: &sled::Db, queue: &mpsc::Receiver<FlushDone>) {
                 Err(_) => break,
             }
         }
+        previous_batch = batch.len();
         let outcome = db.flush().map(drop).map_err(|error| error.to_string());
         for done in batch {
             done(outcome.clone().map_err(io::Error::other));

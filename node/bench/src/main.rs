@@ -1,0 +1,391 @@
+//! `docklock-bench kv`: one load generator, two systems.
+//!
+//! Drives a DockLock cluster (`docklock.v1.Variables`) and an etcd cluster
+//! (etcd v3 gRPC through `etcd-client`) with the same worker loop, the same
+//! connection count and the same value size, interleaving the two at each
+//! concurrency level so that machine noise hits both alike. Requests go to
+//! each system's leader. Reports throughput and p50/p99 latency per level and
+//! the DockLock/etcd ratios.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use docklock_proto::v1::cluster_client::ClusterClient;
+use docklock_proto::v1::variables_client::VariablesClient;
+use docklock_proto::v1::{self, ReadConsistency};
+use serde_json::json;
+use tonic::transport::Channel;
+
+#[derive(Parser, Debug)]
+#[command(name = "docklock-bench")]
+enum Cli {
+    /// Puts and linearizable gets at several concurrency levels.
+    Kv(KvArgs),
+    /// Write N keys to a DockLock cluster (for memory measurements).
+    Fill(FillArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct KvArgs {
+    /// DockLock endpoints (any member; the leader is found).
+    #[arg(long, value_delimiter = ',')]
+    docklock: Vec<String>,
+    /// etcd client endpoints, http://HOST:PORT (empty skips etcd).
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Concurrency levels for puts.
+    #[arg(long, value_delimiter = ',', default_value = "1,64,256")]
+    put_levels: Vec<usize>,
+    /// Concurrency levels for linearizable gets.
+    #[arg(long, value_delimiter = ',', default_value = "1,64,256")]
+    get_levels: Vec<usize>,
+    /// Measured seconds per level (after one second of warm-up).
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    value_bytes: usize,
+    /// Most connections per system; workers share them round-robin.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Write the results here as JSON.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct FillArgs {
+    /// DockLock endpoints.
+    #[arg(long, value_delimiter = ',')]
+    docklock: Vec<String>,
+    /// Keys to write.
+    #[arg(long, default_value_t = 100_000)]
+    keys: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    value_bytes: usize,
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+}
+
+/// The keys gets read; written before the get phases.
+const GET_KEYS: usize = 1_000;
+/// Keys each put worker cycles through.
+const PUT_KEYS_PER_WORKER: usize = 1_000;
+/// Most latency samples kept per worker (bounds memory on fast runs).
+const SAMPLES_PER_WORKER_MAX: usize = 1_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Put,
+    Get,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::Get => "get",
+        }
+    }
+}
+
+/// One connection to one system.
+#[derive(Clone)]
+enum Conn {
+    DockLock(VariablesClient<Channel>),
+    Etcd(etcd_client::KvClient),
+}
+
+impl Conn {
+    async fn run(&mut self, op: Op, worker: &str, i: u64, value: &[u8]) -> anyhow::Result<()> {
+        match (self, op) {
+            (Conn::DockLock(client), Op::Put) => {
+                let request = v1::PutRequest {
+                    key: format!("bench/{worker}/{}", i as usize % PUT_KEYS_PER_WORKER),
+                    value: value.to_vec(),
+                    // The SDK's default: every write carries a session.
+                    session: Some(v1::WriteSession { client_id: worker.to_owned(), serial: i }),
+                };
+                client.put(request).await?;
+            }
+            (Conn::DockLock(client), Op::Get) => {
+                let request = v1::GetRequest {
+                    key: format!("bench/get/{}", i as usize % GET_KEYS),
+                    consistency: ReadConsistency::Linearizable as i32,
+                };
+                client.get(request).await?;
+            }
+            (Conn::Etcd(client), Op::Put) => {
+                client.put(format!("bench/{worker}/{}", i as usize % PUT_KEYS_PER_WORKER), value, None).await?;
+            }
+            (Conn::Etcd(client), Op::Get) => {
+                // etcd range requests are linearizable unless serializable is set.
+                client.get(format!("bench/get/{}", i as usize % GET_KEYS), None).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct System {
+    name: &'static str,
+    conns: Vec<Conn>,
+}
+
+async fn docklock_system(endpoints: &[String], connections: usize) -> anyhow::Result<System> {
+    let first = endpoints.first().context("no docklock endpoint")?;
+    let status = ClusterClient::connect(format!("http://{first}")).await?.status(v1::StatusRequest {}).await?;
+    let leader = status.into_inner().leader_addr;
+    if leader.is_empty() {
+        bail!("the docklock cluster has no leader");
+    }
+    let mut conns = Vec::new();
+    for _ in 0..connections {
+        let channel = Channel::from_shared(format!("http://{leader}"))?.tcp_nodelay(true).connect().await?;
+        conns.push(Conn::DockLock(VariablesClient::new(channel)));
+    }
+    Ok(System { name: "docklock", conns })
+}
+
+async fn etcd_system(endpoints: &[String], connections: usize) -> anyhow::Result<System> {
+    let mut probe = etcd_client::Client::connect(endpoints, None).await?;
+    let leader_id = probe.status().await?.leader();
+    let members = probe.member_list().await?;
+    let leader = members
+        .members()
+        .iter()
+        .find(|member| member.id() == leader_id)
+        .and_then(|member| member.client_urls().first().cloned())
+        .context("etcd leader has no client url")?;
+    let mut conns = Vec::new();
+    for _ in 0..connections {
+        conns.push(Conn::Etcd(etcd_client::Client::connect([leader.clone()], None).await?.kv_client()));
+    }
+    Ok(System { name: "etcd", conns })
+}
+
+#[derive(Debug, Clone)]
+struct Measurement {
+    system: &'static str,
+    op: Op,
+    concurrency: usize,
+    ops: usize,
+    errors: usize,
+    seconds: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl Measurement {
+    fn throughput(&self) -> f64 {
+        self.ops as f64 / self.seconds
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank].as_secs_f64() * 1000.0
+}
+
+/// Run `op` with `concurrency` workers for warm-up plus `seconds`.
+/// `run` names the measurement so that write sessions never repeat a
+/// (client id, serial) pair of an earlier level.
+async fn measure(
+    system: &System,
+    run: usize,
+    op: Op,
+    concurrency: usize,
+    seconds: u64,
+    value: Arc<Vec<u8>>,
+) -> Measurement {
+    let warmup_end = Instant::now() + Duration::from_secs(1);
+    let end = warmup_end + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let mut conn = system.conns[worker % system.conns.len()].clone();
+        let value = value.clone();
+        let worker = format!("bench-{run}-{worker}");
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut errors = 0usize;
+            let mut i = 0u64;
+            loop {
+                let started = Instant::now();
+                if started >= end {
+                    break;
+                }
+                i += 1;
+                let result = conn.run(op, &worker, i, &value).await;
+                if started >= warmup_end && samples.len() < SAMPLES_PER_WORKER_MAX {
+                    match result {
+                        Ok(()) => samples.push(started.elapsed()),
+                        Err(_) => errors += 1,
+                    }
+                }
+            }
+            (samples, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (samples, task_errors) = task.await.expect("worker task");
+        all.extend(samples);
+        errors += task_errors;
+    }
+    all.sort_unstable();
+    Measurement {
+        system: system.name,
+        op,
+        concurrency,
+        ops: all.len(),
+        errors,
+        seconds: seconds as f64,
+        p50_ms: percentile(&all, 0.50),
+        p99_ms: percentile(&all, 0.99),
+    }
+}
+
+async fn prepare_gets(system: &System, value: &[u8]) -> anyhow::Result<()> {
+    let mut conn = system.conns[0].clone();
+    for i in 0..GET_KEYS {
+        match &mut conn {
+            Conn::DockLock(client) => {
+                let request = v1::PutRequest { key: format!("bench/get/{i}"), value: value.to_vec(), session: None };
+                client.put(request).await?;
+            }
+            Conn::Etcd(client) => {
+                client.put(format!("bench/get/{i}"), value, None).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn kv(args: KvArgs) -> anyhow::Result<()> {
+    let value = Arc::new(vec![b'x'; args.value_bytes]);
+    let mut systems = Vec::new();
+    if !args.docklock.is_empty() {
+        systems.push(docklock_system(&args.docklock, args.connections).await.context("connect to docklock")?);
+    }
+    if !args.etcd.is_empty() {
+        systems.push(etcd_system(&args.etcd, args.connections).await.context("connect to etcd")?);
+    }
+    for system in &systems {
+        prepare_gets(system, &value).await.with_context(|| format!("prepare {}", system.name))?;
+    }
+    let plan: Vec<(Op, usize)> = args
+        .put_levels
+        .iter()
+        .map(|level| (Op::Put, *level))
+        .chain(args.get_levels.iter().map(|level| (Op::Get, *level)))
+        .collect();
+    let mut results = Vec::new();
+    for (run, (op, level)) in plan.into_iter().enumerate() {
+        // Interleave: each system runs this level before the next level.
+        for system in &systems {
+            let measurement = measure(system, run, op, level, args.seconds, value.clone()).await;
+            eprintln!(
+                "{:<9} {:<4} c={:<4} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
+                measurement.system,
+                op.name(),
+                level,
+                measurement.throughput(),
+                measurement.p50_ms,
+                measurement.p99_ms,
+                measurement.errors
+            );
+            results.push(measurement);
+        }
+    }
+    print_table(&results);
+    if let Some(path) = args.json {
+        let rows: Vec<_> = results
+            .iter()
+            .map(|m| {
+                json!({
+                    "system": m.system, "op": m.op.name(), "concurrency": m.concurrency,
+                    "ops": m.ops, "errors": m.errors, "seconds": m.seconds,
+                    "throughput": m.throughput(), "p50_ms": m.p50_ms, "p99_ms": m.p99_ms,
+                })
+            })
+            .collect();
+        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+    }
+    Ok(())
+}
+
+fn print_table(results: &[Measurement]) {
+    println!("| op | clients | DockLock ops/s | etcd ops/s | ratio | DockLock p50 ms | etcd p50 ms | DockLock p99 ms | etcd p99 ms |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let find = |system: &str, op: Op, level: usize| {
+        results.iter().find(|m| m.system == system && m.op == op && m.concurrency == level)
+    };
+    let mut seen = Vec::new();
+    for m in results {
+        if seen.contains(&(m.op, m.concurrency)) {
+            continue;
+        }
+        seen.push((m.op, m.concurrency));
+        let (d, e) = (find("docklock", m.op, m.concurrency), find("etcd", m.op, m.concurrency));
+        let cell = |m: Option<&Measurement>, f: fn(&Measurement) -> f64, digits: usize| {
+            m.map_or("-".to_owned(), |m| format!("{:.*}", digits, f(m)))
+        };
+        let ratio = match (d, e) {
+            (Some(d), Some(e)) => format!("{:.2}x", d.throughput() / e.throughput()),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            m.op.name(),
+            m.concurrency,
+            cell(d, Measurement::throughput, 0),
+            cell(e, Measurement::throughput, 0),
+            ratio,
+            cell(d, |m| m.p50_ms, 2),
+            cell(e, |m| m.p50_ms, 2),
+            cell(d, |m| m.p99_ms, 2),
+            cell(e, |m| m.p99_ms, 2),
+        );
+    }
+}
+
+async fn fill(args: FillArgs) -> anyhow::Result<()> {
+    let system = docklock_system(&args.docklock, args.concurrency.min(16)).await?;
+    let value = vec![b'v'; args.value_bytes];
+    let per_worker = args.keys.div_ceil(args.concurrency);
+    let mut tasks = Vec::new();
+    for worker in 0..args.concurrency {
+        let mut conn = system.conns[worker % system.conns.len()].clone();
+        let value = value.clone();
+        let keys = args.keys;
+        tasks.push(tokio::spawn(async move {
+            let Conn::DockLock(client) = &mut conn else { unreachable!("docklock system") };
+            for i in worker * per_worker..((worker + 1) * per_worker).min(keys) {
+                let request = v1::PutRequest { key: format!("fill/{i:08}"), value: value.clone(), session: None };
+                client.put(request).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    println!("wrote {} keys of {} bytes", args.keys, args.value_bytes);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse() {
+        Cli::Kv(args) => kv(args).await,
+        Cli::Fill(args) => fill(args).await,
+    }
+}
