@@ -139,6 +139,7 @@ impl Agent {
             TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(node.clone(), listener, stopped));
+        tokio::spawn(snapshot_by_requests(node.clone(), config.raft.snapshot_requests));
 
         match &config.bootstrap {
             Bootstrap::Initial(members) => initialize(&raft, members).await?,
@@ -255,6 +256,20 @@ async fn join(node: Arc<NodeContext>, target: String, advertise: String) {
         }
     }
     tracing::error!(node = node.id, "gave up joining after {JOIN_ATTEMPTS_MAX} attempts");
+}
+
+/// How often the request-count snapshot policy is checked.
+const SNAPSHOT_CHECK_MS: u64 = 1_000;
+
+/// Trigger a snapshot once `threshold` requests were applied since the last.
+async fn snapshot_by_requests(node: Arc<NodeContext>, threshold: u64) {
+    let mut ticks = tokio::time::interval(Duration::from_millis(SNAPSHOT_CHECK_MS));
+    loop {
+        ticks.tick().await;
+        if node.state.requests_since_snapshot() >= threshold && node.raft.trigger().snapshot().await.is_err() {
+            return; // raft stopped
+        }
+    }
 }
 
 async fn serve(

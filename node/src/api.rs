@@ -14,6 +14,7 @@ use docklock_proto::v1::cluster_client::ClusterClient;
 use docklock_proto::v1::variables_client::VariablesClient;
 use docklock_proto::v1::{self, cas_request, cluster_server, variables_server, MemberRole, ReadConsistency};
 use docklock_proto::FORWARDED_METADATA_KEY;
+use docklock_raft::proposer::Proposer;
 use docklock_raft::registry::KEY_BYTES_MAX;
 use docklock_raft::sessions::invalid_client_id;
 use docklock_raft::store::StateView;
@@ -77,6 +78,7 @@ pub struct NodeContext {
     /// API size bounds.
     pub limits: ApiLimits,
     reads: ReadBarrier,
+    proposer: Proposer,
     channels: Mutex<BTreeMap<String, Channel>>,
 }
 
@@ -84,7 +86,8 @@ impl NodeContext {
     /// Context for node `id` of `cluster_id`.
     pub fn new(id: NodeId, cluster_id: String, raft: Raft, state: StateView, limits: ApiLimits) -> Arc<Self> {
         let reads = ReadBarrier::new(raft.clone());
-        Arc::new(Self { id, cluster_id, raft, state, limits, reads, channels: Mutex::new(BTreeMap::new()) })
+        let proposer = Proposer::start(raft.clone());
+        Arc::new(Self { id, cluster_id, raft, state, limits, reads, proposer, channels: Mutex::new(BTreeMap::new()) })
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, Status> {
@@ -104,8 +107,7 @@ impl NodeContext {
 
     /// Propose a registry command and wait for its outcome.
     pub async fn write(&self, request: Request) -> Result<Response, RegistryError> {
-        let written = self.raft.client_write(request).await.map_err(status::write_error)?;
-        Ok(written.data)
+        self.proposer.propose(request).await.map_err(status::propose_error)
     }
 
     /// Wait until a read of local state is linearizable.
@@ -234,10 +236,6 @@ impl VariablesService {
             Ok(ReadConsistency::Linearizable) => self.node.read_barrier().await,
             Err(_) => Err(Status::invalid_argument(format!("unknown read consistency {consistency}")).into()),
         }
-    }
-
-    fn revision(&self) -> u64 {
-        self.node.state.read().last_applied.map_or(0, |id| id.index)
     }
 }
 
@@ -382,7 +380,7 @@ impl variables_server::Variables for VariablesService {
                         }
                         kvs.push(key_value(&key, variable));
                     }
-                    Ok(v1::ListResponse { kvs, more, revision: self.revision() })
+                    Ok(v1::ListResponse { kvs, more, revision: applied.registry.revision() })
                 },
                 |channel| async move { variables_client(channel, limits).list(mark_forwarded(message)).await },
             )
@@ -516,6 +514,7 @@ impl cluster_server::Cluster for ClusterService {
             purged_index: metrics.purged.map_or(0, |id| id.index),
             members: members_of(&metrics),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            revision: self.node.state.read().registry.revision(),
         }))
     }
 

@@ -193,6 +193,9 @@ pub struct AgentArgs {
     /// Entries between snapshots.
     #[arg(long, env = "DOCKLOCK_SNAPSHOT_ENTRIES")]
     snapshot_entries: Option<u64>,
+    /// Applied requests between snapshots.
+    #[arg(long, env = "DOCKLOCK_SNAPSHOT_REQUESTS")]
+    snapshot_requests: Option<u64>,
     /// Entries kept in the log behind a snapshot.
     #[arg(long, env = "DOCKLOCK_LOG_ENTRIES_KEPT")]
     log_entries_kept: Option<u64>,
@@ -219,6 +222,7 @@ struct AgentFile {
     heartbeat_ms: Option<u64>,
     election_timeout_ms: Option<u64>,
     snapshot_entries: Option<u64>,
+    snapshot_requests: Option<u64>,
     log_entries_kept: Option<u64>,
     cache_bytes: Option<u64>,
 }
@@ -257,6 +261,7 @@ impl AgentArgs {
                 .or(file.election_timeout_ms)
                 .unwrap_or(defaults.election_timeout_ms),
             snapshot_entries: self.snapshot_entries.or(file.snapshot_entries).unwrap_or(defaults.snapshot_entries),
+            snapshot_requests: self.snapshot_requests.or(file.snapshot_requests).unwrap_or(defaults.snapshot_requests),
             log_entries_kept: self.log_entries_kept.or(file.log_entries_kept).unwrap_or(defaults.log_entries_kept),
         };
         let mut limits = ApiLimits::default();

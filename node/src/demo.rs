@@ -84,18 +84,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .put("demo/after-failover", b"written while node was down".to_vec())
         .await
         .context("step 4: write after failover")?;
-    println!("    a write after failover committed at log index {}", after.revision);
+    println!("    a write after failover committed at revision {}", after.revision);
 
     step(5, &format!("restart node {leader} from its data directory"));
     cluster.start(leader)?;
     cluster
-        .wait_for_applied(leader, after.revision, WAIT)
+        .wait_for_revision(leader, after.revision, WAIT)
         .await
         .context("step 5: the restarted node did not catch up")?;
     check_all(&cluster, leader, true).await.context("step 5: the restarted node's own state")?;
     let failover = cluster.client_of(leader)?.get("demo/after-failover", true).await?;
     println!(
-        "    node {leader} caught up to index {}; its local state has all {KEYS} variables and {:?}",
+        "    node {leader} caught up to revision {}; its local state has all {KEYS} variables and {:?}",
         after.revision,
         String::from_utf8_lossy(&failover.value)
     );

@@ -203,17 +203,17 @@ impl LocalCluster {
         }
     }
 
-    /// Wait until node `id` has applied at least `index`.
-    pub async fn wait_for_applied(&self, id: u64, index: u64, timeout: Duration) -> anyhow::Result<()> {
+    /// Wait until node `id` has applied registry revision `revision`.
+    pub async fn wait_for_revision(&self, id: u64, revision: u64, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         let probe = self.client_of(id)?;
         loop {
-            let applied = probe.status_of(self.addr(id)).await.map(|s| s.last_applied_index);
-            if matches!(applied, Ok(applied) if applied >= index) {
+            let applied = probe.status_of(self.addr(id)).await.map(|s| s.revision);
+            if matches!(applied, Ok(applied) if applied >= revision) {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("node {id} did not apply index {index} within {timeout:?} (at {applied:?})");
+                bail!("node {id} did not reach revision {revision} within {timeout:?} (at {applied:?})");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -1,6 +1,7 @@
 //! The one place where errors become gRPC statuses.
 
 use docklock_proto::LEADER_METADATA_KEY;
+use docklock_raft::proposer::ProposeError;
 use docklock_raft::types::{Node, NodeId, Outcome};
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use tonic::codegen::http;
@@ -77,6 +78,15 @@ pub fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> 
             RegistryError::Status(membership_error(&error))
         }
         RaftError::Fatal(error) => RegistryError::Status(fatal(&error)),
+    }
+}
+
+/// Map a failed proposal.
+pub fn propose_error(error: ProposeError) -> RegistryError {
+    match error {
+        ProposeError::Raft(error) => write_error(error),
+        ProposeError::Overloaded => RegistryError::Status(Status::resource_exhausted(format!("{error}; retry later"))),
+        ProposeError::Stopped => RegistryError::Status(Status::unavailable("this node is shutting down")),
     }
 }
 

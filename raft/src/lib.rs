@@ -12,10 +12,10 @@
 //! [`network::NetworkFactory`], [`network::RaftService`].
 
 pub mod network;
+pub mod proposer;
 pub mod registry;
 pub mod sessions;
 pub mod store;
-pub mod table;
 pub mod types;
 
 use std::sync::Arc;
@@ -29,13 +29,22 @@ pub struct RaftSettings {
     pub election_timeout_ms: u64,
     /// Build a snapshot after this many entries since the last one.
     pub snapshot_entries: u64,
+    /// Also build one after this many applied requests (an entry holds up
+    /// to a proposal's worth), so a restart replays a bounded log.
+    pub snapshot_requests: u64,
     /// Entries kept in the log behind a snapshot, for slow followers.
     pub log_entries_kept: u64,
 }
 
 impl Default for RaftSettings {
     fn default() -> Self {
-        Self { heartbeat_ms: 100, election_timeout_ms: 800, snapshot_entries: 10_000, log_entries_kept: 1_000 }
+        Self {
+            heartbeat_ms: 100,
+            election_timeout_ms: 800,
+            snapshot_entries: 10_000,
+            snapshot_requests: 200_000,
+            log_entries_kept: 1_000,
+        }
     }
 }
 

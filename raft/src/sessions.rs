@@ -9,14 +9,13 @@
 //! - at most [`CLIENTS_MAX`] clients, the least recently writing forgotten;
 //! - at most [`OUTCOME_BYTES_MAX`] of remembered outcomes, likewise.
 //!
-//! Each outcome is its own row (`client \0 serial`), so a write persists one
-//! small row rather than rewriting the client's whole history.
+//! Outcomes are keyed `client \0 serial` in one ordered map, so a client's
+//! outcomes are a contiguous range in serial order.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::table::{DecodeError, RowChange, Table};
 use crate::types::{Outcome, Response, WriteSession};
 
 /// Most clients remembered.
@@ -28,35 +27,38 @@ pub const OUTCOME_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Longest client id, in bytes.
 pub const CLIENT_ID_BYTES_MAX: usize = 128;
 
-const CLIENT_ROW: u8 = b'c';
-const OUTCOME_ROW: u8 = b'o';
-
 /// What is remembered of one client besides its outcomes.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct ClientRecord {
-    /// Log index of the client's latest write; orders eviction.
-    pub last_index: u64,
+    /// Request sequence number of the client's latest write; orders eviction.
+    pub last_sequence: u64,
     /// Outcomes retained.
     pub retained: u32,
     /// Their size, as counted by [`outcome_bytes`].
     pub bytes: u64,
 }
 
-/// The session cache.
-#[derive(Debug, Clone)]
-pub struct Sessions {
-    clients: Table<ClientRecord>,
-    outcomes: Table<Response>,
-    /// Derived, never persisted: clients by `last_index`, for eviction.
-    by_index: BTreeMap<u64, String>,
-    /// Derived: sum of every client's `bytes`.
-    bytes_total: u64,
+/// A write whose session was seen before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// A retry: its first response.
+    Repeat(Response),
+    /// Its serial is older than every retained one: its outcome is unknown.
+    Expired {
+        /// The oldest serial still retained.
+        oldest_retained_serial: u64,
+    },
 }
 
-impl Default for Sessions {
-    fn default() -> Self {
-        Self::from_tables(Table::new(CLIENT_ROW), Table::new(OUTCOME_ROW))
-    }
+/// The session cache.
+#[derive(Debug, Clone, Default)]
+pub struct Sessions {
+    clients: BTreeMap<String, ClientRecord>,
+    outcomes: BTreeMap<String, Response>,
+    /// Derived, never persisted: clients by `last_sequence`, for eviction.
+    by_sequence: BTreeMap<u64, String>,
+    /// Derived: sum of every client's `bytes`.
+    bytes_total: u64,
 }
 
 /// A plain copy of the cache, for snapshots.
@@ -98,47 +100,16 @@ pub fn invalid_client_id(client_id: &str) -> Option<String> {
 }
 
 impl Sessions {
-    fn from_tables(clients: Table<ClientRecord>, outcomes: Table<Response>) -> Self {
-        let by_index = clients.rows().iter().map(|(client, record)| (record.last_index, client.clone())).collect();
-        let bytes_total = clients.rows().values().map(|record| record.bytes).sum();
-        Self { clients, outcomes, by_index, bytes_total }
-    }
-
-    /// Rebuild from a snapshot copy.
+    /// Rebuild from a snapshot copy, recomputing the derived indexes.
     pub fn from_state(state: SessionsState) -> Self {
-        Self::from_tables(Table::with_rows(CLIENT_ROW, state.clients), Table::with_rows(OUTCOME_ROW, state.outcomes))
+        let by_sequence = state.clients.iter().map(|(client, record)| (record.last_sequence, client.clone())).collect();
+        let bytes_total = state.clients.values().map(|record| record.bytes).sum();
+        Self { clients: state.clients, outcomes: state.outcomes, by_sequence, bytes_total }
     }
 
     /// A plain copy, for snapshots.
     pub fn to_state(&self) -> SessionsState {
-        SessionsState { clients: self.clients.rows().clone(), outcomes: self.outcomes.rows().clone() }
-    }
-
-    /// Load one persisted row; `Ok(false)` if the prefix is not this cache's.
-    pub fn load_row(&mut self, prefix: u8, key: String, value: &[u8]) -> Result<bool, DecodeError> {
-        match prefix {
-            CLIENT_ROW => self.clients.load_row(key, value)?,
-            OUTCOME_ROW => self.outcomes.load_row(key, value)?,
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-
-    /// Recompute the derived indexes after loading rows.
-    pub fn reindex(&mut self) {
-        *self = Self::from_tables(self.clients.clone(), self.outcomes.clone());
-    }
-
-    /// Append changed rows to `out`.
-    pub fn drain_changes(&mut self, out: &mut Vec<RowChange>) {
-        self.clients.drain_changes(out);
-        self.outcomes.drain_changes(out);
-    }
-
-    /// Append every row to `out`.
-    pub fn all_rows(&self, out: &mut Vec<RowChange>) {
-        self.clients.all_rows(out);
-        self.outcomes.all_rows(out);
+        SessionsState { clients: self.clients.clone(), outcomes: self.outcomes.clone() }
     }
 
     /// Number of clients remembered.
@@ -146,37 +117,34 @@ impl Sessions {
         self.clients.len()
     }
 
-    /// The first outcome of a retried write, or a refusal for a serial too
-    /// old to know; `None` if the write is new.
-    pub fn deduplicate(&self, session: &WriteSession) -> Option<Response> {
+    /// What is known of a write's session: `None` if the write is new.
+    pub fn deduplicate(&self, session: &WriteSession) -> Option<Seen> {
         let record = self.clients.get(&session.client_id)?;
         if let Some(first) = self.outcomes.get(&outcome_key(&session.client_id, session.serial)) {
-            return Some(first.clone());
+            return Some(Seen::Repeat(first.clone()));
         }
         let oldest = self.oldest_serial(&session.client_id)?;
         if record.retained >= SERIALS_RETAINED && session.serial < oldest {
-            return Some(Response {
-                revision: record.last_index,
-                outcome: Outcome::SessionExpired { oldest_retained_serial: oldest },
-            });
+            return Some(Seen::Expired { oldest_retained_serial: oldest });
         }
         None
     }
 
     fn oldest_serial(&self, client: &str) -> Option<u64> {
         let (start, end) = client_range(client);
-        self.outcomes.rows().range(start..end).next().map(|(key, _)| serial_of(key))
+        self.outcomes.range(start..end).next().map(|(key, _)| serial_of(key))
     }
 
-    /// Remember `response` as the outcome of `session`, applied at `index`.
-    pub fn remember(&mut self, index: u64, session: &WriteSession, response: &Response) {
+    /// Remember `response` as the outcome of `session`, the registry's
+    /// `sequence`-th request.
+    pub fn remember(&mut self, sequence: u64, session: &WriteSession, response: &Response) {
         let client = &session.client_id;
         let mut record = self.clients.get(client).cloned().unwrap_or_default();
-        if record.last_index != 0 {
-            self.by_index.remove(&record.last_index);
+        if record.last_sequence != 0 {
+            self.by_sequence.remove(&record.last_sequence);
         }
         let size = outcome_bytes(response);
-        self.outcomes.insert(&outcome_key(client, session.serial), response.clone());
+        self.outcomes.insert(outcome_key(client, session.serial), response.clone());
         record.retained += 1;
         record.bytes += size;
         self.bytes_total += size;
@@ -188,11 +156,11 @@ impl Sessions {
             record.bytes -= dropped_size;
             self.bytes_total -= dropped_size;
         }
-        record.last_index = index;
-        self.clients.insert(client, record);
-        self.by_index.insert(index, client.clone());
+        record.last_sequence = sequence;
+        self.clients.insert(client.clone(), record);
+        self.by_sequence.insert(sequence, client.clone());
         while self.clients.len() > CLIENTS_MAX || self.bytes_total > OUTCOME_BYTES_MAX {
-            let (_, oldest_client) = self.by_index.pop_first().expect("by_index matches clients");
+            let (_, oldest_client) = self.by_sequence.pop_first().expect("by_sequence matches clients");
             self.forget(&oldest_client);
         }
         self.check();
@@ -201,7 +169,7 @@ impl Sessions {
     fn forget(&mut self, client: &str) {
         let record = self.clients.remove(client).expect("forgotten client exists");
         let (start, end) = client_range(client);
-        let keys: Vec<String> = self.outcomes.rows().range(start..end).map(|(key, _)| key.clone()).collect();
+        let keys: Vec<String> = self.outcomes.range(start..end).map(|(key, _)| key.clone()).collect();
         for key in keys {
             self.outcomes.remove(&key);
         }
@@ -211,7 +179,7 @@ impl Sessions {
     fn check(&self) {
         assert!(self.clients.len() <= CLIENTS_MAX, "session clients bound broken");
         assert!(self.bytes_total <= OUTCOME_BYTES_MAX, "session bytes bound broken");
-        assert_eq!(self.clients.len(), self.by_index.len(), "session index out of step");
+        assert_eq!(self.clients.len(), self.by_sequence.len(), "session index out of step");
     }
 }
 
@@ -237,10 +205,7 @@ mod tests {
         for serial in 1..=u64::from(SERIALS_RETAINED) + 1 {
             sessions.remember(serial, &session("c", serial), &written(1));
         }
-        assert!(matches!(
-            sessions.deduplicate(&session("c", 1)).unwrap().outcome,
-            Outcome::SessionExpired { oldest_retained_serial: 2 }
-        ));
+        assert_eq!(sessions.deduplicate(&session("c", 1)), Some(Seen::Expired { oldest_retained_serial: 2 }));
         assert!(sessions.deduplicate(&session("c", 2)).is_some());
         assert!(sessions.deduplicate(&session("c", 100)).is_none());
     }
@@ -278,7 +243,7 @@ mod tests {
             sessions.remember(i, &session(&format!("c{}", i % 5), i), &written(10));
         }
         let rebuilt = Sessions::from_state(sessions.to_state());
-        assert_eq!(rebuilt.by_index, sessions.by_index);
+        assert_eq!(rebuilt.by_sequence, sessions.by_sequence);
         assert_eq!(rebuilt.bytes_total, sessions.bytes_total);
     }
 

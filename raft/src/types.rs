@@ -12,10 +12,11 @@ pub type NodeId = u64;
 pub type Node = openraft::BasicNode;
 
 openraft::declare_raft_types!(
-    /// DockLock's Raft types: registry commands in, registry outcomes out.
+    /// DockLock's Raft types: a proposal of registry requests in, one
+    /// response per request out.
     pub TypeConfig:
-        D = Request,
-        R = Response,
+        D = Proposal,
+        R = ProposalResult,
         NodeId = NodeId,
         Node = Node,
         Entry = openraft::Entry<TypeConfig>,
@@ -47,7 +48,24 @@ pub struct WriteSession {
     pub serial: u64,
 }
 
-/// One proposal to the registry.
+/// The payload of one log entry: requests applied in order. The proposer
+/// gathers concurrent writes into one proposal, so one append and one flush
+/// serve them all (openraft 0.9 flushes each entry before taking the next).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Proposal {
+    /// The requests, applied in this order.
+    pub requests: Vec<Request>,
+}
+
+/// What applying one entry did: one response per request of its proposal
+/// (none for blank and membership entries).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct ProposalResult {
+    /// Responses, in the order of the proposal's requests.
+    pub responses: Vec<Response>,
+}
+
+/// One request to the registry.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     /// Present for client writes that want at-most-once application.
@@ -93,7 +111,8 @@ pub enum Expect {
     Absent,
 }
 
-/// A variable and its history counters, as etcd reports them.
+/// A variable and its history counters, as etcd reports them. Revisions
+/// count the registry's state changes (see [`Response::revision`]).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Variable {
     /// Current value.
@@ -106,10 +125,12 @@ pub struct Variable {
     pub mod_revision: u64,
 }
 
-/// The result of applying one entry.
+/// The result of applying one request.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct Response {
-    /// Log index the entry was applied at.
+    /// The registry's revision after the request: a counter of state changes,
+    /// increased by one by every write that changed something (as etcd's
+    /// revision), unchanged by refusals.
     pub revision: u64,
     /// What happened.
     pub outcome: Outcome,
@@ -119,7 +140,7 @@ pub struct Response {
 /// are the same on every node and a retry must see them again.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub enum Outcome {
-    /// Blank or membership entry: nothing for the client.
+    /// Nothing for the client.
     #[default]
     None,
     /// The key now holds `current`; `prev` is what it held before.

@@ -93,7 +93,7 @@ async fn leader_kill_loses_no_acknowledged_write() -> anyhow::Result<()> {
 
     cluster.start(old_leader)?;
     let revision = cluster.client()?.put("marker", b"end".to_vec()).await?.revision;
-    cluster.wait_for_applied(old_leader, revision, WAIT).await?;
+    cluster.wait_for_revision(old_leader, revision, WAIT).await?;
     assert_all_present(&cluster, &acknowledged).await?;
     // The restarted node's own state holds every acknowledged write.
     let local = cluster.client_of(old_leader)?;

@@ -20,7 +20,7 @@ async fn lagging_node_catches_up_through_a_snapshot() -> anyhow::Result<()> {
     assert!(leader_status.purged_index > 10, "the leader purged its log: {leader_status:?}");
 
     cluster.start(lagging)?;
-    cluster.wait_for_applied(lagging, revision, WAIT).await?;
+    cluster.wait_for_revision(lagging, revision, WAIT).await?;
     let status = client.status_of(cluster.addr(lagging)).await?;
     assert!(status.snapshot_index > 0, "the lagging node installed a snapshot: {status:?}");
     let local = cluster.client_of(lagging)?;
@@ -62,7 +62,7 @@ async fn node_joins_is_promoted_and_member_is_removed() -> anyhow::Result<()> {
     assert_eq!(status.members.len(), 3, "{status:?}");
     assert!(status.members.iter().all(|m| m.id != removed));
     let revision = client.put("after-remove", b"y".to_vec()).await?.revision;
-    cluster.wait_for_applied(4, revision, WAIT).await?;
+    cluster.wait_for_revision(4, revision, WAIT).await?;
     Ok(())
 }
 
@@ -91,7 +91,7 @@ async fn foreign_data_directory_is_refused() -> anyhow::Result<()> {
     cluster.start(1)?;
     cluster.wait_for_leader(WAIT).await?;
     let revision = cluster.client()?.put("still", b"ok".to_vec()).await?.revision;
-    cluster.wait_for_applied(1, revision, WAIT).await?;
+    cluster.wait_for_revision(1, revision, WAIT).await?;
     drop(dir);
     let _ = binary();
     Ok(())

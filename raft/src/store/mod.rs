@@ -1,18 +1,17 @@
 //! Persistent Raft storage on sled: the log store and the state machine.
 //!
-//! One sled database per node, with four trees:
+//! One sled database per node, with three trees:
 //! - `log`: entries keyed by big-endian index;
 //! - `meta`: vote, committed id, last purged id, the node's identity;
-//! - `state`: registry rows plus the applied id and membership, always written
-//!   in one atomic batch with the rows they describe;
-//! - `snapshot`: the current snapshot (meta and data in one value).
+//! - `snapshot`: the current snapshot: registry state, applied id and
+//!   membership in one value, so they are always consistent.
 //!
 //! Durability: appends, votes and truncations are acknowledged only after a
-//! flush (through the single [`Flusher`]). State machine writes are not
-//! flushed on apply: after a crash the state is an earlier consistent prefix
-//! and openraft re-applies the log from the stored applied id. A snapshot is
-//! flushed before it is used, and the log is purged only up to a snapshot, so
-//! no entry that the durable state still needs is ever purged.
+//! flush (through the single [`Flusher`]). The state machine is in memory and
+//! restored from the snapshot at start; openraft re-applies the committed log
+//! after it (the committed id is saved). A snapshot is flushed before openraft
+//! may purge the log behind it, so no entry the restored state needs is ever
+//! purged.
 
 mod flusher;
 mod log_store;
@@ -118,12 +117,8 @@ impl Store {
         }
         let flusher = Flusher::start(db.clone())?;
         let log = LogStore::new(db.open_tree("log").map_err(sled_error)?, meta, flusher.clone());
-        let state_machine = StateMachine::open(
-            db.open_tree("state").map_err(sled_error)?,
-            db.open_tree("snapshot").map_err(sled_error)?,
-            flusher,
-        )
-        .map_err(|error| OpenError::Corrupt { path: path.clone(), reason: error.to_string() })?;
+        let state_machine = StateMachine::open(db.open_tree("snapshot").map_err(sled_error)?, flusher)
+            .map_err(|error| OpenError::Corrupt { path: path.clone(), reason: error.to_string() })?;
         Ok(Self { db, log, state_machine })
     }
 

@@ -3,7 +3,7 @@ use openraft::testing::{log_id, StoreBuilder, Suite};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
 
 use super::*;
-use crate::types::{Command, Entry, Request, TypeConfig};
+use crate::types::{Command, Entry, Proposal, Request, TypeConfig};
 
 /// Builds a fresh store in its own temporary directory; the directory lives
 /// as long as the suite's test does.
@@ -26,9 +26,11 @@ fn passes_openraft_storage_suite() {
 fn put_entry(index: u64, key: &str, value: &str) -> Entry {
     Entry {
         log_id: log_id(1, 1, index),
-        payload: EntryPayload::Normal(Request {
-            session: None,
-            command: Command::Put { key: key.into(), value: value.as_bytes().to_vec() },
+        payload: EntryPayload::Normal(Proposal {
+            requests: vec![Request {
+                session: None,
+                command: Command::Put { key: key.into(), value: value.as_bytes().to_vec() },
+            }],
         }),
     }
 }
@@ -54,20 +56,23 @@ async fn snapshot_restores_an_equal_state_machine() {
     assert_eq!(restored.view().read().registry.variables_count(), 7);
 }
 
-/// Applied state and its position survive closing and reopening the store.
+/// After a restart the state is the stored snapshot's, and the log entries
+/// after it are still there for openraft to re-apply.
 #[tokio::test]
-async fn applied_state_survives_reopen() {
+async fn restart_restores_the_snapshot_and_keeps_the_log_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let (state, position) = {
-        let mut machine = Store::open(dir.path(), &StoreConfig::default()).unwrap().state_machine;
+        let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
+        let mut machine = store.state_machine.clone();
         apply_some(&mut machine, 25).await;
-        machine.shared.flusher.flush().await.unwrap();
+        machine.build_snapshot().await.unwrap();
         let state = machine.view().read().registry.to_state();
         (state, machine.applied_state().await.unwrap())
     };
     let mut reopened = Store::open(dir.path(), &StoreConfig::default()).unwrap().state_machine;
     assert_eq!(reopened.view().read().registry.to_state(), state);
     assert_eq!(reopened.applied_state().await.unwrap(), position);
+    assert_eq!(reopened.view().requests_since_snapshot(), 0);
 }
 
 /// The identity stamp is durable and read back as written.
