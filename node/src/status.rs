@@ -84,7 +84,7 @@ pub fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> 
 /// Map a failed proposal.
 pub fn propose_error(error: ProposeError) -> RegistryError {
     match error {
-        ProposeError::Raft(error) => write_error(error),
+        ProposeError::Raft(error) => write_error(*error),
         ProposeError::Overloaded => RegistryError::Status(Status::resource_exhausted(format!("{error}; retry later"))),
         ProposeError::Stopped => RegistryError::Status(Status::unavailable("this node is shutting down")),
     }

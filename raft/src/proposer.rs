@@ -28,7 +28,7 @@ pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4;
 pub enum ProposeError {
     /// Raft refused or failed the proposal (not the leader, stopped, ...).
     #[error(transparent)]
-    Raft(#[from] RaftError<NodeId, ClientWriteError<NodeId, Node>>),
+    Raft(Box<RaftError<NodeId, ClientWriteError<NodeId, Node>>>),
     /// More writes are waiting than the queue holds.
     #[error("{QUEUE_MAX} writes are already waiting to be proposed")]
     Overloaded,
@@ -105,7 +105,7 @@ async fn run(raft: Raft, mut pending: mpsc::Receiver<Pending>) {
                     }
                 }
                 Err(error) => {
-                    let error = ProposeError::Raft(error);
+                    let error = ProposeError::Raft(Box::new(error));
                     for reply in replies {
                         let _ = reply.send(Err(error.clone()));
                     }
