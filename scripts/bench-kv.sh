@@ -66,9 +66,24 @@ mkdir -p bench-results
     --etcd http://127.0.0.1:12379,http://127.0.0.1:22379,http://127.0.0.1:32379 \
     --seconds "$seconds" --json bench-results/kv.json
 
+# Memory on a fresh DockLock cluster (the throughput run above leaves
+# hundreds of thousands of keys behind).
+for pid in "${docklock_pids[@]}"; do kill "$pid"; done
+wait "${docklock_pids[@]}" 2>/dev/null || true
+rm -rf "$work"/dl?
+fresh_pids=()
+for id in 1 2 3; do
+    "$docklock" agent --id $id --listen 127.0.0.1:1700$id --data-dir "$work/dl$id" \
+        --initial-cluster $members 2>>"$work/dl$id.log" &
+    pids+=($!); fresh_pids+=($!)
+done
+for _ in $(seq 1 100); do
+    "$docklock" cluster status --endpoints 127.0.0.1:17001 --output json 2>/dev/null | grep -q '"leader_id": [0-9]' && break
+    sleep 0.2
+done
 echo
-echo "Memory: RSS of each DockLock node after writing 100,000 keys of 256 bytes"
+echo "Memory: RSS of each DockLock node of a fresh cluster after writing 100,000 keys of 256 bytes"
 "$bench" fill --docklock 127.0.0.1:17001 --keys 100000 --value-bytes 256
-for pid in "${docklock_pids[@]}"; do
+for pid in "${fresh_pids[@]}"; do
     echo "  pid $pid: $(awk '/VmRSS/ {printf "%.0f MiB", $2/1024}' /proc/$pid/status)"
 done

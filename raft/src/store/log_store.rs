@@ -140,9 +140,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.insert(&index_key(entry.log_id.index), bytes);
         }
         self.log.apply_batch(batch).map_err(write_error)?;
-        // The entries are readable now; openraft counts them as persisted
-        // only when the flusher calls back.
-        self.flusher.request(Box::new(move |result| callback.log_io_completed(result)));
+        // openraft counts the entries as persisted only once called back.
+        callback.log_io_completed(self.flusher.flush().await);
         Ok(())
     }
 

@@ -115,7 +115,7 @@ impl Store {
                 db.flush().map_err(sled_error)?;
             }
         }
-        let flusher = Flusher::start(db.clone())?;
+        let flusher = Flusher::new(db.clone());
         let log = LogStore::new(db.open_tree("log").map_err(sled_error)?, meta, flusher.clone());
         let state_machine = StateMachine::open(db.open_tree("snapshot").map_err(sled_error)?, flusher)
             .map_err(|error| OpenError::Corrupt { path: path.clone(), reason: error.to_string() })?;
