@@ -307,11 +307,16 @@ async fn report_health(node: Arc<NodeContext>, health: tonic_health::server::Hea
     use tonic_health::ServingStatus;
     health.set_service_status("", ServingStatus::Serving).await;
     let mut metrics = node.raft.metrics();
+    let mut reported = None;
     loop {
         let ready = metrics.borrow().current_leader.is_some();
-        let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
-        for service in ["docklock.v1.Variables", "docklock.v1.Cluster"] {
-            health.set_service_status(service, status).await;
+        // Metrics change with every write; publish only when readiness flips.
+        if reported != Some(ready) {
+            let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+            for service in ["docklock.v1.Variables", "docklock.v1.Cluster"] {
+                health.set_service_status(service, status).await;
+            }
+            reported = Some(ready);
         }
         if metrics.changed().await.is_err() {
             return;

@@ -149,3 +149,43 @@ async fn cli_commands_and_exit_codes() -> anyhow::Result<()> {
     assert!(err.starts_with("error: "), "{err}");
     Ok(())
 }
+
+/// Standard tools work: `grpc.health.v1` reports liveness and readiness, and
+/// server reflection lists the DockLock services.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_reflection_are_served() -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let (_dir, cluster) = started_cluster(3, &[]).await?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addr(2)))?.connect().await?;
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "docklock.v1.Variables"] {
+        let request = HealthCheckRequest { service: service.into() };
+        let status = health.check(request).await?.into_inner().status;
+        assert_eq!(status, ServingStatus::Serving as i32, "service {service:?}");
+    }
+    let unknown = health.check(HealthCheckRequest { service: "no.such.Service".into() }).await;
+    assert_eq!(unknown.unwrap_err().code(), Code::NotFound);
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = reflection.server_reflection_info(tokio_stream::iter([request])).await?.into_inner();
+    let reply = replies.message().await?.expect("one reflection reply");
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection reply: {reply:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["docklock.v1.Cluster", "docklock.v1.Variables", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+    }
+    Ok(())
+}
