@@ -5,11 +5,12 @@
 //! leader (marked with `x-docklock-forwarded` so it is never forwarded twice);
 //! if that fails the client gets `UNAVAILABLE` with the leader hint.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use docklock_proto::client::ChannelCache;
 use docklock_proto::v1::cluster_client::ClusterClient;
 use docklock_proto::v1::variables_client::VariablesClient;
 use docklock_proto::v1::{self, cas_request, cluster_server, variables_server, MemberRole, ReadConsistency};
@@ -21,7 +22,7 @@ use docklock_raft::store::StateView;
 use docklock_raft::types::{Command, Expect, Node, NodeId, Outcome, Raft, Request, Response, Variable, WriteSession};
 use openraft::{ChangeMembers, ServerState};
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::read_barrier::ReadBarrier;
@@ -79,7 +80,7 @@ pub struct NodeContext {
     pub limits: ApiLimits,
     reads: ReadBarrier,
     proposer: Proposer,
-    channels: Mutex<BTreeMap<String, Channel>>,
+    leaders: ChannelCache,
 }
 
 impl NodeContext {
@@ -87,22 +88,8 @@ impl NodeContext {
     pub fn new(id: NodeId, cluster_id: String, raft: Raft, state: StateView, limits: ApiLimits) -> Arc<Self> {
         let reads = ReadBarrier::new(raft.clone());
         let proposer = Proposer::start(raft.clone());
-        Arc::new(Self { id, cluster_id, raft, state, limits, reads, proposer, channels: Mutex::new(BTreeMap::new()) })
-    }
-
-    fn channel(&self, addr: &str) -> Result<Channel, Status> {
-        let mut channels = self.channels.lock().expect("channel cache lock");
-        if let Some(channel) = channels.get(addr) {
-            return Ok(channel.clone());
-        }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::internal(format!("leader address {addr} is invalid: {e}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_millis(FORWARD_TIMEOUT_MS))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        channels.insert(addr.to_owned(), channel.clone());
-        Ok(channel)
+        let leaders = ChannelCache::new(Duration::from_secs(1), Duration::from_millis(FORWARD_TIMEOUT_MS));
+        Arc::new(Self { id, cluster_id, raft, state, limits, reads, proposer, leaders })
     }
 
     /// Propose a registry command and wait for its outcome.
@@ -133,7 +120,7 @@ impl NodeContext {
             Err(RegistryError::NotLeader(NotLeader { leader: Some((leader_id, addr)) }))
                 if !forwarded && leader_id != self.id =>
             {
-                remote(self.channel(&addr)?).await.map_err(|status| {
+                remote(self.leaders.get(&addr)?).await.map_err(|status| {
                     tracing::debug!(%status, leader = leader_id, "forwarding to the leader failed");
                     if status.code() == tonic::Code::Unavailable {
                         NotLeader { leader: Some((leader_id, addr)) }.into_status()
@@ -454,6 +441,15 @@ impl ClusterService {
         Ok(())
     }
 
+    /// The role of member `id`, or NOT_FOUND with `hint`.
+    fn member_role(&self, id: u64, hint: &str) -> Result<MemberRole, Status> {
+        Self::check_node_id(id)?;
+        let members = self.members();
+        let member = members.iter().find(|member| member.id == id);
+        let member = member.ok_or_else(|| Status::not_found(format!("node {id} is not a member; {hint}")))?;
+        Ok(MemberRole::try_from(member.role).unwrap_or(MemberRole::Unspecified))
+    }
+
     async fn change(&self, change: ChangeMembers<NodeId, Node>) -> Result<v1::MembershipResponse, RegistryError> {
         let written = self.node.raft.change_membership(change, false).await.map_err(status::write_error)?;
         Ok(v1::MembershipResponse { index: written.log_id.index, members: self.members() })
@@ -564,12 +560,7 @@ impl cluster_server::Cluster for ClusterService {
     ) -> Result<tonic::Response<v1::MembershipResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
-        Self::check_node_id(message.id)?;
-        let metrics = self.node.metrics();
-        let membership = metrics.membership_config.membership();
-        if membership.get_node(&message.id).is_none() {
-            return Err(Status::not_found(format!("node {} is not a member; add it as a learner first", message.id)));
-        }
+        self.member_role(message.id, "add it as a learner first")?;
         let id = message.id;
         self.node
             .serve_or_forward(
@@ -586,15 +577,9 @@ impl cluster_server::Cluster for ClusterService {
     ) -> Result<tonic::Response<v1::MembershipResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
-        Self::check_node_id(message.id)?;
-        let metrics = self.node.metrics();
-        let membership = metrics.membership_config.membership();
-        if membership.get_node(&message.id).is_none() {
-            return Err(Status::not_found(format!("node {} is not a member of this cluster", message.id)));
-        }
-        let is_voter = membership.voter_ids().any(|voter| voter == message.id);
+        let role = self.member_role(message.id, "nothing to remove")?;
         let id = message.id;
-        let change = if is_voter {
+        let change = if role == MemberRole::Voter {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))

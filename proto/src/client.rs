@@ -58,12 +58,43 @@ impl Default for ClientOptions {
     }
 }
 
+/// Lazily connected channels by address, shared by every call to that address.
+#[derive(Debug)]
+pub struct ChannelCache {
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    channels: Mutex<BTreeMap<String, Channel>>,
+}
+
+impl ChannelCache {
+    /// Channels with these timeouts.
+    pub fn new(connect_timeout: Duration, request_timeout: Duration) -> Self {
+        Self { connect_timeout, request_timeout, channels: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// The channel to `addr` (`host:port`), created on first use.
+    pub fn get(&self, addr: &str) -> Result<Channel, Status> {
+        let mut channels = self.channels.lock().expect("channel cache lock");
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::invalid_argument(format!("bad address {addr}: {e}")))?
+            .connect_timeout(self.connect_timeout)
+            .timeout(self.request_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+}
+
 /// A client of a DockLock cluster.
 #[derive(Debug)]
 pub struct Client {
     endpoints: Vec<String>,
     options: ClientOptions,
-    channels: Mutex<BTreeMap<String, Channel>>,
+    channels: ChannelCache,
     leader: Mutex<Option<String>>,
     client_id: String,
     serial: AtomicU64,
@@ -82,8 +113,8 @@ impl Client {
         let client_id = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
         Ok(Self {
             endpoints,
+            channels: ChannelCache::new(options.connect_timeout, options.request_timeout),
             options,
-            channels: Mutex::new(BTreeMap::new()),
             leader: Mutex::new(None),
             client_id,
             serial: AtomicU64::new(1),
@@ -101,18 +132,7 @@ impl Client {
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, Status> {
-        let mut channels = self.channels.lock().expect("channel cache lock");
-        if let Some(channel) = channels.get(addr) {
-            return Ok(channel.clone());
-        }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::invalid_argument(format!("bad endpoint {addr}: {e}")))?
-            .connect_timeout(self.options.connect_timeout)
-            .timeout(self.options.request_timeout)
-            .tcp_nodelay(true);
-        let channel = endpoint.connect_lazy();
-        channels.insert(addr.to_owned(), channel.clone());
-        Ok(channel)
+        self.channels.get(addr)
     }
 
     /// Run `call` against the cluster with leader following and bounded retries.
