@@ -278,11 +278,7 @@ impl variables_server::Variables for VariablesService {
                         .variable(&key)
                         .cloned()
                         .ok_or_else(|| Status::not_found(format!("key {key:?} not found")))?;
-                    let revision = applied.last_applied.map_or(0, |id| id.index);
-                    Ok(v1::GetResponse {
-                        kv: Some(key_value(&key, variable)),
-                        revision,
-                    })
+                    Ok(v1::GetResponse { kv: Some(key_value(&key, variable)), revision: applied.registry.revision() })
                 },
                 |channel| async move {
                     variables_client(channel, &self.node.limits)

@@ -40,6 +40,9 @@ async fn retried_write_applies_once() -> anyhow::Result<()> {
     let kv = cluster.client()?.get("once", false).await?;
     assert_eq!(kv.value, b"b", "the retry did not overwrite the later write");
     assert_eq!(kv.version, 2, "exactly two writes were applied");
+    assert_eq!(kv.mod_revision, first.revision + 1, "one state change happened after the first write");
+    let read = raw.get(v1::GetRequest { key: "once".into(), consistency: 0 }).await?.into_inner();
+    assert_eq!(read.revision, kv.mod_revision, "a read reports the registry revision it saw");
     Ok(())
 }
 
