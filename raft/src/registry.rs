@@ -4,7 +4,7 @@
 //! request): no clock, no randomness, no IO, ordered maps only. The registry
 //! lives in memory; its durable form is the snapshot (see `store`).
 
-use std::collections::BTreeMap;
+use imbl::OrdMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,13 +24,15 @@ const REVISION: &str = "revision";
 /// Counter of applied requests: orders session eviction.
 const REQUESTS: &str = "requests";
 
-/// The whole registry as a plain value: what snapshots carry.
+/// The whole registry as a value: what snapshots carry. The maps are
+/// persistent (structurally shared): copying the state for a snapshot is
+/// O(1) under the lock, and the copy is encoded off it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct RegistryState {
     /// Variables by name.
-    pub variables: BTreeMap<String, Variable>,
+    pub variables: OrdMap<String, Variable>,
     /// Counters (revision, applied requests).
-    pub counters: BTreeMap<String, u64>,
+    pub counters: OrdMap<String, u64>,
     /// The write-session cache.
     pub sessions: SessionsState,
 }
@@ -38,8 +40,8 @@ pub struct RegistryState {
 /// The replicated registry.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
-    variables: BTreeMap<String, Variable>,
-    counters: BTreeMap<String, u64>,
+    variables: OrdMap<String, Variable>,
+    counters: OrdMap<String, u64>,
     sessions: Sessions,
 }
 

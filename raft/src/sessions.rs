@@ -14,6 +14,8 @@
 
 use std::collections::BTreeMap;
 
+use imbl::OrdMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::types::{Outcome, Response, WriteSession};
@@ -53,8 +55,8 @@ pub enum Seen {
 /// The session cache.
 #[derive(Debug, Clone, Default)]
 pub struct Sessions {
-    clients: BTreeMap<String, ClientRecord>,
-    outcomes: BTreeMap<String, Response>,
+    clients: OrdMap<String, ClientRecord>,
+    outcomes: OrdMap<String, Response>,
     /// Derived, never persisted: clients by `last_sequence`, for eviction.
     by_sequence: BTreeMap<u64, String>,
     /// Derived: sum of every client's `bytes`.
@@ -64,8 +66,8 @@ pub struct Sessions {
 /// A plain copy of the cache, for snapshots.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct SessionsState {
-    clients: BTreeMap<String, ClientRecord>,
-    outcomes: BTreeMap<String, Response>,
+    clients: OrdMap<String, ClientRecord>,
+    outcomes: OrdMap<String, Response>,
 }
 
 fn outcome_key(client: &str, serial: u64) -> String {
