@@ -1,0 +1,97 @@
+//! `docklock-jepsen test ...`: run one chaos test and write its results
+//! directory. Exits 0 when the history is valid, 1 when invalid, 2 when the
+//! checker could not decide (unknown), 3 when the test could not run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use docklock_jepsen::checker::Verdict;
+use docklock_jepsen::{Fault, TestConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "docklock-jepsen", version, about)]
+enum Cli {
+    /// Run a test against a fresh local cluster.
+    Test(TestArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct TestArgs {
+    /// Workload (only `register` so far).
+    #[arg(long, default_value = "register")]
+    workload: String,
+    /// Faults, comma separated: kill, kill-leader, pause, pause-leader (empty: none).
+    #[arg(long, value_delimiter = ',', default_value = "kill,pause")]
+    nemesis: Vec<Fault>,
+    /// Nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Client processes.
+    #[arg(long, default_value_t = 6)]
+    concurrency: u64,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 30)]
+    time_limit: u64,
+    /// Seconds between faults.
+    #[arg(long, default_value_t = 6)]
+    nemesis_interval: u64,
+    /// Seed of the schedule (default: random, printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Keys of the register workload.
+    #[arg(long, default_value_t = 4)]
+    keys: u64,
+    /// Results directory (default: jepsen-results/<seed>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The docklock binary (default: next to this one).
+    #[arg(long)]
+    docklock_bin: Option<PathBuf>,
+    /// Seconds the checker may take.
+    #[arg(long, default_value_t = 60)]
+    check_seconds: u64,
+}
+
+fn sibling_docklock() -> PathBuf {
+    let here = std::env::current_exe().unwrap_or_default();
+    here.with_file_name("docklock")
+}
+
+fn main() -> ExitCode {
+    let Cli::Test(args) = Cli::parse();
+    if args.workload != "register" {
+        eprintln!("error: workload {:?} is not built yet; only `register` is", args.workload);
+        return ExitCode::from(3);
+    }
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let config = TestConfig {
+        binary: args.docklock_bin.unwrap_or_else(sibling_docklock),
+        nodes: args.nodes,
+        concurrency: args.concurrency,
+        time_limit: Duration::from_secs(args.time_limit),
+        faults: args.nemesis,
+        nemesis_interval: Duration::from_secs(args.nemesis_interval),
+        seed,
+        keys: args.keys,
+        out_dir: args.out.unwrap_or_else(|| PathBuf::from(format!("jepsen-results/{seed}"))),
+        check_budget: Duration::from_secs(args.check_seconds),
+    };
+    println!("seed {seed}; results in {}", config.out_dir.display());
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(docklock_jepsen::run(config)) {
+        Ok(results) => {
+            println!("{}", serde_json::to_string_pretty(&results).unwrap_or_default());
+            match results.verdict {
+                Verdict::Valid => ExitCode::SUCCESS,
+                Verdict::Invalid { .. } => ExitCode::from(1),
+                Verdict::Unknown { .. } => ExitCode::from(2),
+            }
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(3)
+        }
+    }
+}

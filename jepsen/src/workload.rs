@@ -1,0 +1,155 @@
+//! The `register` workload: per-key reads, writes and compare-and-sets on
+//! variables, over the public gRPC API. Each client process talks to one node
+//! and never retries, so that every outcome is classified honestly: an error
+//! that proves the write had no effect is `fail`, anything else is `info`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use docklock_node::launcher::LocalCluster;
+use docklock_proto::v1::variables_client::VariablesClient;
+use docklock_proto::v1::{self, cas_request};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::history::{Event, EventType, History, Process};
+use crate::TestConfig;
+
+/// Time one client operation may take before it is `info`.
+const OPERATION_TIMEOUT_MS: u64 = 1_000;
+/// Pause between a process's operations.
+const THINK_MS: u64 = 10;
+/// Most operations one process performs (a bound besides the time limit).
+const OPERATIONS_PER_PROCESS_MAX: u64 = 100_000;
+
+/// Start one task per client process; each ends at `deadline`.
+pub fn start_register(
+    cluster: &LocalCluster,
+    config: &TestConfig,
+    history: Arc<History>,
+    deadline: Instant,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let endpoints = cluster.endpoints();
+    let mut tasks = Vec::new();
+    for process in 0..config.concurrency {
+        let addr = endpoints[usize::try_from(process)? % endpoints.len()].clone();
+        let channel = Channel::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_millis(OPERATION_TIMEOUT_MS))
+            .timeout(Duration::from_millis(OPERATION_TIMEOUT_MS))
+            .connect_lazy();
+        let client = Client {
+            process,
+            addr,
+            variables: VariablesClient::new(channel),
+            history: history.clone(),
+            rng: StdRng::seed_from_u64(config.seed.wrapping_add(process)),
+            keys: config.keys,
+        };
+        tasks.push(tokio::spawn(client.run(deadline)));
+    }
+    Ok(tasks)
+}
+
+struct Client {
+    process: u64,
+    addr: String,
+    variables: VariablesClient<Channel>,
+    history: Arc<History>,
+    rng: StdRng,
+    keys: u64,
+}
+
+enum Op {
+    Read,
+    Write(String),
+    Cas(String, String),
+}
+
+impl Client {
+    async fn run(mut self, deadline: Instant) {
+        for _ in 0..OPERATIONS_PER_PROCESS_MAX {
+            if Instant::now() >= deadline {
+                return;
+            }
+            let key = format!("r{}", self.rng.gen_range(0..self.keys));
+            let op = match self.rng.gen_range(0..4) {
+                0 | 1 => Op::Read,
+                2 => Op::Write(self.rng.gen_range(0..5).to_string()),
+                _ => Op::Cas(self.rng.gen_range(0..5).to_string(), self.rng.gen_range(0..5).to_string()),
+            };
+            self.perform(&key, op).await;
+            tokio::time::sleep(Duration::from_millis(THINK_MS)).await;
+        }
+    }
+
+    fn event(&self, kind: EventType, f: &str, key: &str, value: Value, error: Option<String>) -> Event {
+        Event {
+            index: 0,
+            kind,
+            f: f.to_owned(),
+            key: Some(key.to_owned()),
+            value,
+            process: Process::Client(self.process),
+            time: 0,
+            node: Some(self.addr.clone()),
+            error,
+        }
+    }
+
+    async fn perform(&mut self, key: &str, op: Op) {
+        let (f, argument) = match &op {
+            Op::Read => ("read", Value::Null),
+            Op::Write(value) => ("write", json!(value)),
+            Op::Cas(expect, new) => ("cas", json!([expect, new])),
+        };
+        self.history.record(self.event(EventType::Invoke, f, key, argument.clone(), None));
+        let outcome = match op {
+            Op::Read => {
+                let request = v1::GetRequest { key: key.to_owned(), consistency: 0 };
+                match self.variables.get(request).await {
+                    Ok(reply) => {
+                        let value = reply.into_inner().kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+                        Ok(json!(value))
+                    }
+                    Err(status) if status.code() == Code::NotFound => Ok(Value::Null),
+                    Err(status) => Err(status),
+                }
+            }
+            Op::Write(value) => {
+                let request = v1::PutRequest { key: key.to_owned(), value: value.into_bytes(), session: None };
+                self.variables.put(request).await.map(|_| argument.clone())
+            }
+            Op::Cas(expect, new) => {
+                let request = v1::CasRequest {
+                    key: key.to_owned(),
+                    expect: Some(cas_request::Expect::ExpectValue(expect.into_bytes())),
+                    value: new.into_bytes(),
+                    session: None,
+                };
+                self.variables.cas(request).await.map(|_| argument.clone())
+            }
+        };
+        let event = match outcome {
+            Ok(value) => self.event(EventType::Ok, f, key, value, None),
+            Err(status) => {
+                let kind = if definitely_no_effect(f, status.code()) { EventType::Fail } else { EventType::Info };
+                self.event(kind, f, key, argument, Some(format!("{:?}: {}", status.code(), status.message())))
+            }
+        };
+        self.history.record(event);
+    }
+}
+
+/// Errors that prove an operation had no effect. Anything else (timeouts,
+/// unavailable, a lost connection) may have been applied: `info`.
+fn definitely_no_effect(f: &str, code: Code) -> bool {
+    match code {
+        // The registry refused it deterministically.
+        Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument | Code::ResourceExhausted => true,
+        // A read has no effect whatever happened.
+        _ => f == "read",
+    }
+}
