@@ -10,7 +10,8 @@ seconds=${1:-60}
 seeds=${2:-5}
 cargo build --release --bin docklock --bin docklock-jepsen
 failed=0
-for nemesis in kill kill-leader pause pause-leader kill,kill-leader,pause,pause-leader; do
+for nemesis in kill kill-leader pause pause-leader partition-leader partition-halves \
+    kill,kill-leader,pause,pause-leader,partition-leader,partition-halves; do
     for seed in $(seq 1 "$seeds"); do
         out="jepsen-results/${nemesis//,/+}-$seed"
         rm -rf "$out"

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building and testing DockLock needs on a fresh Debian machine
-# that has Rust (rustup, stable): a C toolchain, because some dependencies
-# build C code. Idempotent; later capabilities add their packages here.
+# that has Rust (rustup, stable): a C toolchain (some dependencies build C)
+# and iptables (the chaos tests' partitions). Idempotent; later capabilities
+# add their packages here.
 set -euo pipefail
 
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# The chaos tests cut links between loopback addresses with iptables.
+command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then apt-get update -q && apt-get install -y -q "${need_apt[@]}"
     else sudo apt-get update -q && sudo apt-get install -y -q "${need_apt[@]}"; fi

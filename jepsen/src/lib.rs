@@ -10,12 +10,14 @@
 //!
 //! Entry points: [`run`] with a [`TestConfig`]; [`checker::check`].
 //!
-//! Status: the loopback backend with kill and pause nemeses and the
-//! `register` workload. Network-namespace and Docker backends, partitions,
-//! netem, membership nemeses, the `set` and `ledger` workloads and the HTML
-//! report are not built yet.
+//! Status: the loopback backend (one loopback address per node, partitions
+//! by iptables), kill / pause / partition nemeses and the `register`
+//! workload. Network-namespace and Docker backends, netem, membership
+//! nemeses, the `set` and `ledger` workloads and the HTML report are not
+//! built yet.
 
 pub mod checker;
+pub mod firewall;
 pub mod history;
 mod nemesis;
 mod workload;

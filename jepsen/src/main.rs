@@ -15,6 +15,8 @@ use docklock_jepsen::{Fault, TestConfig};
 enum Cli {
     /// Run a test against a fresh local cluster.
     Test(TestArgs),
+    /// Remove what an interrupted run left behind (the iptables chain).
+    Clean,
 }
 
 #[derive(clap::Args, Debug)]
@@ -22,7 +24,8 @@ struct TestArgs {
     /// Workload (only `register` so far).
     #[arg(long, default_value = "register")]
     workload: String,
-    /// Faults, comma separated: kill, kill-leader, pause, pause-leader (empty: none).
+    /// Faults, comma separated: kill, kill-leader, pause, pause-leader,
+    /// partition-leader, partition-halves (empty: none).
     #[arg(long, value_delimiter = ',', default_value = "kill,pause")]
     nemesis: Vec<Fault>,
     /// Nodes.
@@ -60,7 +63,18 @@ fn sibling_docklock() -> PathBuf {
 }
 
 fn main() -> ExitCode {
-    let Cli::Test(args) = Cli::parse();
+    let args = match Cli::parse() {
+        Cli::Test(args) => args,
+        Cli::Clean => {
+            return match docklock_jepsen::firewall::clean() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::from(3)
+                }
+            };
+        }
+    };
     if args.workload != "register" {
         eprintln!("error: workload {:?} is not built yet; only `register` is", args.workload);
         return ExitCode::from(3);
@@ -80,7 +94,19 @@ fn main() -> ExitCode {
     };
     println!("seed {seed}; results in {}", config.out_dir.display());
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match runtime.block_on(docklock_jepsen::run(config)) {
+    // On Ctrl-C the run is dropped, and with it the firewall (its chain is
+    // removed) and the cluster (its processes are killed).
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            outcome = docklock_jepsen::run(config) => Some(outcome),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    let Some(outcome) = outcome else {
+        eprintln!("interrupted; the cluster and firewall rules were removed");
+        return ExitCode::from(130);
+    };
+    match outcome {
         Ok(results) => {
             println!("{}", serde_json::to_string_pretty(&results).unwrap_or_default());
             match results.verdict {

@@ -5,6 +5,7 @@
 //! `nemesis` process (`invoke` when it starts, `info` when it is done). At the
 //! end everything is healed, so the final state of the cluster is reachable.
 
+use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+use crate::firewall::Firewall;
 use crate::history::{Event, EventType, History, Process};
 use crate::TestConfig;
 
@@ -30,6 +32,10 @@ pub enum Fault {
     Pause,
     /// SIGSTOP the leader, SIGCONT it later.
     PauseLeader,
+    /// Cut the leader off from every other node, then heal.
+    PartitionLeader,
+    /// Split the nodes at random into a majority and a minority, then heal.
+    PartitionHalves,
 }
 
 impl FromStr for Fault {
@@ -41,7 +47,12 @@ impl FromStr for Fault {
             "kill-leader" => Ok(Self::KillLeader),
             "pause" => Ok(Self::Pause),
             "pause-leader" => Ok(Self::PauseLeader),
-            other => Err(format!("unknown fault {other:?}; known: kill, kill-leader, pause, pause-leader")),
+            "partition-leader" => Ok(Self::PartitionLeader),
+            "partition-halves" => Ok(Self::PartitionHalves),
+            other => Err(format!(
+                "unknown fault {other:?}; known: kill, kill-leader, pause, pause-leader, partition-leader, \
+                 partition-halves"
+            )),
         }
     }
 }
@@ -53,7 +64,14 @@ impl Fault {
             Self::KillLeader => "kill-leader",
             Self::Pause => "pause",
             Self::PauseLeader => "pause-leader",
+            Self::PartitionLeader => "partition-leader",
+            Self::PartitionHalves => "partition-halves",
         }
+    }
+
+    /// Whether the fault needs the firewall.
+    pub fn is_partition(self) -> bool {
+        matches!(self, Self::PartitionLeader | Self::PartitionHalves)
     }
 }
 
@@ -82,6 +100,33 @@ async fn leader(cluster: &mut LocalCluster) -> Option<u64> {
     cluster.wait_for_leader(Duration::from_secs(5)).await.ok()
 }
 
+/// The two sides of a partition: `isolated` alone or a random minority.
+fn sides(
+    cluster: &LocalCluster,
+    isolated: Option<u64>,
+    rng: &mut StdRng,
+) -> anyhow::Result<(Vec<Ipv4Addr>, Vec<Ipv4Addr>)> {
+    let mut ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+    let minority: Vec<u64> = match isolated {
+        Some(node) => vec![node],
+        None => {
+            ids.shuffle(rng);
+            ids[..ids.len() / 2].to_vec()
+        }
+    };
+    let mut one = Vec::new();
+    let mut other = Vec::new();
+    for id in cluster.nodes.keys() {
+        let ip = cluster.ip(*id)?;
+        if minority.contains(id) {
+            one.push(ip);
+        } else {
+            other.push(ip);
+        }
+    }
+    Ok((one, other))
+}
+
 /// Run the schedule until `deadline`, then heal; returns the cluster.
 pub async fn run(
     mut cluster: LocalCluster,
@@ -89,6 +134,8 @@ pub async fn run(
     history: &History,
     deadline: Instant,
 ) -> anyhow::Result<LocalCluster> {
+    let firewall =
+        if config.faults.iter().any(|fault| fault.is_partition()) { Some(Firewall::install()?) } else { None };
     let mut rng = StdRng::seed_from_u64(config.seed);
     let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
     // Let the workload run unfaulted for a moment first.
@@ -98,8 +145,8 @@ pub async fn run(
         let random_node = *ids.choose(&mut rng).expect("a cluster has nodes");
         let hold = config.nemesis_interval.mul_f64(rng.gen_range(0.3..0.7));
         let target = match fault {
-            Fault::Kill | Fault::Pause => Some(random_node),
-            Fault::KillLeader | Fault::PauseLeader => leader(&mut cluster).await,
+            Fault::Kill | Fault::Pause | Fault::PartitionHalves => Some(random_node),
+            Fault::KillLeader | Fault::PauseLeader | Fault::PartitionLeader => leader(&mut cluster).await,
         };
         let Some(target) = target else {
             tokio::time::sleep(config.nemesis_interval).await;
@@ -109,17 +156,26 @@ pub async fn run(
         match fault {
             Fault::Kill | Fault::KillLeader => cluster.kill(target)?,
             Fault::Pause | Fault::PauseLeader => signal(&cluster, target, Signal::SIGSTOP)?,
+            Fault::PartitionLeader | Fault::PartitionHalves => {
+                let isolated = (fault == Fault::PartitionLeader).then_some(target);
+                let (one, other) = sides(&cluster, isolated, &mut rng)?;
+                firewall.as_ref().expect("installed for partitions").partition(&one, &other)?;
+            }
         }
         record(history, EventType::Info, fault.name(), Some(target));
         tokio::time::sleep(hold).await;
         let heal = match fault {
             Fault::Kill | Fault::KillLeader => "start",
             Fault::Pause | Fault::PauseLeader => "resume",
+            Fault::PartitionLeader | Fault::PartitionHalves => "heal",
         };
         record(history, EventType::Invoke, heal, Some(target));
         match fault {
             Fault::Kill | Fault::KillLeader => cluster.start(target)?,
             Fault::Pause | Fault::PauseLeader => signal(&cluster, target, Signal::SIGCONT)?,
+            Fault::PartitionLeader | Fault::PartitionHalves => {
+                firewall.as_ref().expect("installed for partitions").heal()?;
+            }
         }
         record(history, EventType::Info, heal, Some(target));
         tokio::time::sleep(config.nemesis_interval.saturating_sub(hold)).await;

@@ -128,12 +128,22 @@ impl Agent {
         tracing::info!(node = config.id, cluster = %identity.cluster_id, "store opened");
 
         let raft_config = docklock_raft::raft_config(&config.cluster_name, &config.raft)?;
-        let network = NetworkFactory::new(identity.cluster_id.clone(), config.id);
+        // Dial peers from the listen address, so that a partition between
+        // addresses (the chaos harness's, or a real one) cuts every path.
+        let local_address = (!config.listen.ip().is_unspecified()).then(|| config.listen.ip());
+        let network = NetworkFactory::new(identity.cluster_id.clone(), config.id, local_address);
         let state = store.state_machine.view();
         let raft = Raft::new(config.id, raft_config, network, store.log.clone(), store.state_machine.clone())
             .await
             .context("cannot start raft")?;
-        let node = NodeContext::new(config.id, identity.cluster_id.clone(), raft.clone(), state, config.limits.clone());
+        let node = NodeContext::new(
+            config.id,
+            identity.cluster_id.clone(),
+            raft.clone(),
+            state,
+            config.limits.clone(),
+            local_address,
+        );
 
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -85,10 +85,18 @@ pub struct NodeContext {
 
 impl NodeContext {
     /// Context for node `id` of `cluster_id`.
-    pub fn new(id: NodeId, cluster_id: String, raft: Raft, state: StateView, limits: ApiLimits) -> Arc<Self> {
+    pub fn new(
+        id: NodeId,
+        cluster_id: String,
+        raft: Raft,
+        state: StateView,
+        limits: ApiLimits,
+        local_address: Option<std::net::IpAddr>,
+    ) -> Arc<Self> {
         let reads = ReadBarrier::new(raft.clone());
         let proposer = Proposer::start(raft.clone());
-        let leaders = ChannelCache::new(Duration::from_secs(1), Duration::from_millis(FORWARD_TIMEOUT_MS));
+        let leaders = ChannelCache::new(Duration::from_secs(1), Duration::from_millis(FORWARD_TIMEOUT_MS))
+            .with_local_address(local_address);
         Arc::new(Self { id, cluster_id, raft, state, limits, reads, proposer, leaders })
     }
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,21 +39,30 @@ impl LocalNode {
     }
 }
 
-/// A cluster of local agent processes.
+/// A cluster of local agent processes. Each cluster takes a random
+/// `127.a.b.0/24` block and gives node `id` the address `127.a.b.(10+id)`,
+/// so that links between two nodes can be cut by address (the chaos
+/// harness's partitions) without touching any other cluster.
 #[derive(Debug)]
 pub struct LocalCluster {
     binary: PathBuf,
     dir: PathBuf,
+    block: [u8; 2],
     initial_cluster: String,
     extra_args: Vec<String>,
     /// The nodes by id.
     pub nodes: BTreeMap<u64, LocalNode>,
 }
 
-/// A free loopback port. The port is released before use, so another process
+/// A free port on `ip`. The port is released before use, so another process
 /// could take it in between; tests tolerate that rare race by failing loudly.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+pub fn free_port(ip: Ipv4Addr) -> anyhow::Result<u16> {
+    Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+/// Host part of node `id`'s address in its cluster's block.
+fn host_of(id: u64) -> anyhow::Result<u8> {
+    u8::try_from(10 + id).ok().filter(|host| *host < 255).context("local clusters have at most 244 nodes")
 }
 
 /// Timing flags that keep elections quick on a loaded two-core machine.
@@ -63,20 +72,31 @@ impl LocalCluster {
     /// Describe (without starting) a cluster of `size` initial members under
     /// `dir`, run from `binary`, each agent given `extra_args`.
     pub fn new(binary: &Path, dir: &Path, size: u64, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let block = [rand::random::<u8>() % 250 + 1, rand::random::<u8>() % 250 + 1];
         let mut nodes = BTreeMap::new();
         for id in 1..=size {
-            let addr = format!("127.0.0.1:{}", free_port()?);
-            nodes.insert(id, Self::describe(dir, id, addr));
+            nodes.insert(id, Self::describe(dir, id, Self::node_addr(block, id)?));
         }
         let initial_cluster =
             nodes.values().map(|node| format!("{}={}", node.id, node.addr)).collect::<Vec<_>>().join(",");
         Ok(Self {
             binary: binary.to_owned(),
             dir: dir.to_owned(),
+            block,
             initial_cluster,
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
             nodes,
         })
+    }
+
+    fn node_addr(block: [u8; 2], id: u64) -> anyhow::Result<String> {
+        let ip = Ipv4Addr::new(127, block[0], block[1], host_of(id)?);
+        Ok(format!("{ip}:{}", free_port(ip)?))
+    }
+
+    /// The loopback address of node `id`.
+    pub fn ip(&self, id: u64) -> anyhow::Result<Ipv4Addr> {
+        Ok(Ipv4Addr::new(127, self.block[0], self.block[1], host_of(id)?))
     }
 
     fn describe(dir: &Path, id: u64, addr: String) -> LocalNode {
@@ -139,8 +159,7 @@ impl LocalCluster {
         if self.nodes.contains_key(&id) {
             bail!("node {id} exists");
         }
-        let addr = format!("127.0.0.1:{}", free_port()?);
-        let mut node = Self::describe(&self.dir, id, addr);
+        let mut node = Self::describe(&self.dir, id, Self::node_addr(self.block, id)?);
         node.joined = true;
         self.nodes.insert(id, node);
         self.start(id)

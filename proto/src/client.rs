@@ -63,13 +63,21 @@ impl Default for ClientOptions {
 pub struct ChannelCache {
     connect_timeout: Duration,
     request_timeout: Duration,
+    local_address: Option<std::net::IpAddr>,
     channels: Mutex<BTreeMap<String, Channel>>,
 }
 
 impl ChannelCache {
     /// Channels with these timeouts.
     pub fn new(connect_timeout: Duration, request_timeout: Duration) -> Self {
-        Self { connect_timeout, request_timeout, channels: Mutex::new(BTreeMap::new()) }
+        Self { connect_timeout, request_timeout, local_address: None, channels: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// Connect from `address` (a node dials from the address it listens on,
+    /// so that a network partition between addresses cuts this path too).
+    pub fn with_local_address(mut self, address: Option<std::net::IpAddr>) -> Self {
+        self.local_address = address;
+        self
     }
 
     /// The channel to `addr` (`host:port`), created on first use.
@@ -82,6 +90,7 @@ impl ChannelCache {
             .map_err(|e| Status::invalid_argument(format!("bad address {addr}: {e}")))?
             .connect_timeout(self.connect_timeout)
             .timeout(self.request_timeout)
+            .local_address(self.local_address)
             .tcp_nodelay(true)
             .connect_lazy();
         channels.insert(addr.to_owned(), channel.clone());

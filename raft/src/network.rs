@@ -43,12 +43,14 @@ const CONNECT_TIMEOUT_MS: u64 = 1_000;
 pub struct NetworkFactory {
     cluster_id: String,
     self_id: NodeId,
+    local_address: Option<std::net::IpAddr>,
 }
 
 impl NetworkFactory {
-    /// Transport for node `self_id` of cluster `cluster_id`.
-    pub fn new(cluster_id: String, self_id: NodeId) -> Self {
-        Self { cluster_id, self_id }
+    /// Transport for node `self_id` of cluster `cluster_id`, dialing peers
+    /// from `local_address` when given (the address the node listens on).
+    pub fn new(cluster_id: String, self_id: NodeId, local_address: Option<std::net::IpAddr>) -> Self {
+        Self { cluster_id, self_id, local_address }
     }
 }
 
@@ -57,7 +59,11 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
         let channel = Endpoint::from_shared(format!("http://{}", node.addr)).map(|endpoint| {
-            endpoint.connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS)).tcp_nodelay(true).connect_lazy()
+            endpoint
+                .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+                .local_address(self.local_address)
+                .tcp_nodelay(true)
+                .connect_lazy()
         });
         PeerClient {
             target,
