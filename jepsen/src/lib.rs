@@ -20,7 +20,8 @@ pub mod checker;
 pub mod firewall;
 pub mod history;
 mod nemesis;
-mod workload;
+pub mod set;
+pub mod workload;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,9 +33,44 @@ use serde::Serialize;
 
 pub use nemesis::Fault;
 
+/// What the clients do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Per-key read/write/cas, checked for linearizability.
+    Register,
+    /// Unique adds and a final read, checked for lost and phantom elements.
+    Set,
+}
+
+impl std::str::FromStr for Workload {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "register" => Ok(Self::Register),
+            "set" => Ok(Self::Set),
+            other => Err(format!("unknown workload {other:?}; known: register, set")),
+        }
+    }
+}
+
+/// A run's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// The history keeps every promise checked.
+    Valid,
+    /// It breaks one (see the details).
+    Invalid,
+    /// The checker could not decide.
+    Unknown,
+}
+
 /// One test run's settings.
 #[derive(Debug, Clone)]
 pub struct TestConfig {
+    /// What the clients do.
+    pub workload: Workload,
     /// The `docklock` binary the nodes run.
     pub binary: PathBuf,
     /// Nodes in the cluster.
@@ -73,8 +109,10 @@ pub struct Counts {
 pub struct Results {
     /// The workload.
     pub workload: &'static str,
-    /// The checker's verdict.
-    pub verdict: checker::Verdict,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The checker's findings (a counterexample, lost elements, ...).
+    pub details: serde_json::Value,
     /// Counts per function (read, write, cas, and nemesis actions).
     pub counts: std::collections::BTreeMap<String, Counts>,
     /// The seed.
@@ -97,22 +135,49 @@ pub async fn run(config: TestConfig) -> anyhow::Result<Results> {
 
     let history = Arc::new(history::History::default());
     let deadline = Instant::now() + config.time_limit;
-    let clients = workload::start_register(&cluster, &config, history.clone(), deadline)?;
-    let cluster = nemesis::run(cluster, &config, &history, deadline).await?;
+    let clients = match config.workload {
+        Workload::Register => workload::start_register(&cluster, &config, history.clone(), deadline)?,
+        Workload::Set => set::start(&cluster, &config, history.clone(), deadline)?,
+    };
+    let mut cluster = nemesis::run(cluster, &config, &history, deadline).await?;
     for client in clients {
         client.await.context("client task")?;
     }
+    let final_set = match config.workload {
+        Workload::Register => None,
+        Workload::Set => {
+            cluster.wait_for_leader(Duration::from_secs(30)).await.context("no leader after healing")?;
+            Some(set::final_read(&cluster, &history, config.concurrency).await)
+        }
+    };
     drop(cluster);
 
     let history_path = config.out_dir.join("history.jsonl");
     history.write_jsonl(&history_path)?;
     let events = history.events();
-    let operations = history::register_operations(&events);
     let started = Instant::now();
-    let verdict = checker::check(&operations, config.check_budget);
+    let (workload, verdict, details) = match final_set {
+        None => {
+            let operations = history::register_operations(&events);
+            let verdict = checker::check(&operations, config.check_budget);
+            let summary = match verdict {
+                checker::Verdict::Valid => Verdict::Valid,
+                checker::Verdict::Invalid { .. } => Verdict::Invalid,
+                checker::Verdict::Unknown { .. } => Verdict::Unknown,
+            };
+            ("register", summary, serde_json::to_value(&verdict)?)
+        }
+        Some(None) => ("set", Verdict::Unknown, serde_json::json!({"error": "the final read failed"})),
+        Some(Some(final_set)) => {
+            let report = set::check(&events, &final_set);
+            let verdict = if report.is_valid() { Verdict::Valid } else { Verdict::Invalid };
+            ("set", verdict, serde_json::to_value(&report)?)
+        }
+    };
     let results = Results {
-        workload: "register",
+        workload,
         verdict,
+        details,
         counts: count(&events),
         seed: config.seed,
         check_seconds: started.elapsed().as_secs_f64(),

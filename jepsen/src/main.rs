@@ -7,8 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use docklock_jepsen::checker::Verdict;
-use docklock_jepsen::{Fault, TestConfig};
+use docklock_jepsen::{Fault, TestConfig, Verdict, Workload};
 
 #[derive(Parser, Debug)]
 #[command(name = "docklock-jepsen", version, about)]
@@ -21,9 +20,9 @@ enum Cli {
 
 #[derive(clap::Args, Debug)]
 struct TestArgs {
-    /// Workload (only `register` so far).
+    /// Workload: register or set.
     #[arg(long, default_value = "register")]
-    workload: String,
+    workload: Workload,
     /// Faults, comma separated: kill, kill-leader, pause, pause-leader,
     /// partition-leader, partition-halves (empty: none).
     #[arg(long, value_delimiter = ',', default_value = "kill,pause")]
@@ -75,12 +74,9 @@ fn main() -> ExitCode {
             };
         }
     };
-    if args.workload != "register" {
-        eprintln!("error: workload {:?} is not built yet; only `register` is", args.workload);
-        return ExitCode::from(3);
-    }
     let seed = args.seed.unwrap_or_else(rand::random);
     let config = TestConfig {
+        workload: args.workload,
         binary: args.docklock_bin.unwrap_or_else(sibling_docklock),
         nodes: args.nodes,
         concurrency: args.concurrency,
@@ -111,8 +107,8 @@ fn main() -> ExitCode {
             println!("{}", serde_json::to_string_pretty(&results).unwrap_or_default());
             match results.verdict {
                 Verdict::Valid => ExitCode::SUCCESS,
-                Verdict::Invalid { .. } => ExitCode::from(1),
-                Verdict::Unknown { .. } => ExitCode::from(2),
+                Verdict::Invalid => ExitCode::from(1),
+                Verdict::Unknown => ExitCode::from(2),
             }
         }
         Err(error) => {

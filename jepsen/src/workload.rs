@@ -135,7 +135,8 @@ impl Client {
         let event = match outcome {
             Ok(value) => self.event(EventType::Ok, f, key, value, None),
             Err(status) => {
-                let kind = if definitely_no_effect(f, status.code()) { EventType::Fail } else { EventType::Info };
+                // A read has no effect whatever happened.
+                let kind = if f == "read" || definitely_no_effect(&status) { EventType::Fail } else { EventType::Info };
                 self.event(kind, f, key, argument, Some(format!("{:?}: {}", status.code(), status.message())))
             }
         };
@@ -143,13 +144,17 @@ impl Client {
     }
 }
 
-/// Errors that prove an operation had no effect. Anything else (timeouts,
-/// unavailable, a lost connection) may have been applied: `info`.
-fn definitely_no_effect(f: &str, code: Code) -> bool {
-    match code {
+/// Whether `status` proves a write had no effect. Anything else (timeouts, a
+/// connection lost after sending, `UNAVAILABLE` from a node that may have
+/// forwarded it) may have been applied: `info`.
+pub fn definitely_no_effect(status: &tonic::Status) -> bool {
+    match status.code() {
         // The registry refused it deterministically.
         Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument | Code::ResourceExhausted => true,
-        // A read has no effect whatever happened.
-        _ => f == "read",
+        // The connection could not be opened, so the request was never sent
+        // (tonic's wording for a failed connect; a later failure on an open
+        // connection reads differently and stays `info`).
+        Code::Unavailable => status.message().contains("tcp connect error"),
+        _ => false,
     }
 }
