@@ -11,15 +11,16 @@
 //! Entry points: [`run`] with a [`TestConfig`]; [`checker::check`].
 //!
 //! Status: the loopback backend (one loopback address per node, partitions
-//! by iptables), kill / pause / partition nemeses and the `register`
-//! workload. Network-namespace and Docker backends, netem, membership
-//! nemeses, the `set` and `ledger` workloads and the HTML report are not
+//! by iptables), kill / pause / partition nemeses, the `register`
+//! and `set` workloads, the HTML report. Network-namespace and Docker
+//! backends, netem, membership nemeses and the `ledger` workload are not
 //! built yet.
 
 pub mod checker;
 pub mod firewall;
 pub mod history;
 mod nemesis;
+pub mod report;
 pub mod set;
 pub mod workload;
 
@@ -184,6 +185,7 @@ pub async fn run(config: TestConfig) -> anyhow::Result<Results> {
         history_path,
     };
     std::fs::write(config.out_dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
+    std::fs::write(config.out_dir.join("index.html"), report::render(&results, &events))?;
     Ok(results)
 }
 
