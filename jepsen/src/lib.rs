@@ -19,6 +19,7 @@
 pub mod checker;
 pub mod firewall;
 pub mod history;
+pub mod leftovers;
 mod nemesis;
 pub mod report;
 pub mod set;
@@ -127,10 +128,18 @@ pub struct Results {
 /// Run one test: start a cluster, run the workload under the nemesis, heal,
 /// check the history and write the results directory.
 pub async fn run(config: TestConfig) -> anyhow::Result<Results> {
+    let leftovers = leftovers::describe()?;
+    if !leftovers.is_empty() {
+        anyhow::bail!(
+            "leftovers of an earlier run are present ({}); run `docklock-jepsen clean` first",
+            leftovers.join(", ")
+        );
+    }
     std::fs::create_dir_all(&config.out_dir).with_context(|| format!("cannot create {}", config.out_dir.display()))?;
     let cluster_dir = config.out_dir.join("nodes");
     std::fs::create_dir_all(&cluster_dir)?;
     let mut cluster = LocalCluster::new(&config.binary, &cluster_dir, config.nodes, &FAST_TIMING)?;
+    cluster.set_env(leftovers::RUN_TAG, &format!("{}-{}", config.seed, std::process::id()));
     cluster.start_all()?;
     cluster.wait_for_leader(Duration::from_secs(30)).await.context("the cluster elected no leader")?;
 

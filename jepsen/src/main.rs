@@ -14,7 +14,7 @@ use docklock_jepsen::{Fault, TestConfig, Verdict, Workload};
 enum Cli {
     /// Run a test against a fresh local cluster.
     Test(TestArgs),
-    /// Remove what an interrupted run left behind (the iptables chain).
+    /// Remove what a killed run left behind (agent processes, the iptables chain).
     Clean,
 }
 
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
     let args = match Cli::parse() {
         Cli::Test(args) => args,
         Cli::Clean => {
-            return match docklock_jepsen::firewall::clean() {
+            return match docklock_jepsen::leftovers::clean() {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("error: {error:#}");

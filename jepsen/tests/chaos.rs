@@ -85,3 +85,43 @@ async fn set_under_kill_and_partition_loses_nothing() -> anyhow::Result<()> {
     assert!(acknowledged > 200, "too few adds acknowledged to mean anything: {}", results.details);
     Ok(())
 }
+
+/// Agents left by a killed run are found, a new run refuses to start while
+/// they live, and `clean` removes them.
+#[tokio::test(flavor = "multi_thread")]
+async fn leftover_agents_are_refused_then_cleaned() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir()?;
+    let mut orphan = docklock_node::launcher::LocalCluster::new(&docklock_binary(), dir.path(), 1, &[])?;
+    orphan.set_env(docklock_jepsen::leftovers::RUN_TAG, "test-orphan");
+    orphan.start_all()?;
+    let pid = orphan.nodes[&1].pid().expect("started");
+    // As if the harness had been killed: the agent outlives the cluster value.
+    std::mem::forget(orphan);
+
+    let found = docklock_jepsen::leftovers::describe()?;
+    assert!(found.iter().any(|f| f.contains(&pid.to_string())), "{found:?}");
+    let config = TestConfig {
+        workload: Workload::Register,
+        binary: docklock_binary(),
+        nodes: 3,
+        concurrency: 1,
+        time_limit: Duration::from_secs(1),
+        faults: Vec::new(),
+        nemesis_interval: Duration::from_secs(1),
+        seed: 1,
+        keys: 1,
+        out_dir: dir.path().join("refused"),
+        check_budget: Duration::from_secs(1),
+    };
+    let refused = docklock_jepsen::run(config).await.expect_err("a run must refuse while leftovers exist");
+    assert!(refused.to_string().contains("docklock-jepsen clean"), "{refused}");
+
+    docklock_jepsen::leftovers::clean()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !docklock_jepsen::leftovers::tagged_agents().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "leftover agent still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}

@@ -50,6 +50,7 @@ pub struct LocalCluster {
     block: [u8; 2],
     initial_cluster: String,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
     /// The nodes by id.
     pub nodes: BTreeMap<u64, LocalNode>,
 }
@@ -85,6 +86,7 @@ impl LocalCluster {
             block,
             initial_cluster,
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            env: Vec::new(),
             nodes,
         })
     }
@@ -108,6 +110,12 @@ impl LocalCluster {
             child: None,
             joined: false,
         }
+    }
+
+    /// Set an environment variable for every agent started from now on (the
+    /// chaos harness tags its agents this way to find leftovers).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// Start every node.
@@ -147,6 +155,7 @@ impl LocalCluster {
             .arg(&node.data_dir)
             .args(bootstrap)
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

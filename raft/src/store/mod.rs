@@ -84,9 +84,6 @@ pub enum OpenError {
         /// What failed.
         reason: String,
     },
-    /// The flusher thread could not start.
-    #[error("cannot start the flusher thread: {0}")]
-    Thread(#[from] std::io::Error),
 }
 
 /// An open store: both halves share one sled database.
