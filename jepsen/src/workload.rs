@@ -22,6 +22,10 @@ use crate::TestConfig;
 const OPERATION_TIMEOUT_MS: u64 = 1_000;
 /// Pause between a process's operations.
 const THINK_MS: u64 = 10;
+/// Pause after an operation with an unknown outcome.
+const INFO_BACKOFF_MS: u64 = 250;
+/// Seconds a generation of keys is used before the workload moves on.
+const KEY_GENERATION_SECS: u64 = 2;
 /// Most operations one process performs (a bound besides the time limit).
 const OPERATIONS_PER_PROCESS_MAX: u64 = 100_000;
 
@@ -42,6 +46,7 @@ pub fn start_register(
             .connect_lazy();
         let client = Client {
             process,
+            concurrency: config.concurrency,
             addr,
             variables: VariablesClient::new(channel),
             history: history.clone(),
@@ -55,6 +60,8 @@ pub fn start_register(
 
 struct Client {
     process: u64,
+    /// Added to `process` when an operation ends `info` (see `perform`).
+    concurrency: u64,
     addr: String,
     variables: VariablesClient<Channel>,
     history: Arc<History>,
@@ -74,7 +81,13 @@ impl Client {
             if Instant::now() >= deadline {
                 return;
             }
-            let key = format!("r{}", self.rng.gen_range(0..self.keys));
+            // Keys rotate every KEY_GENERATION_SECS, as Jepsen's independent
+            // keys do: an operation with an unknown outcome stays open until
+            // the end of its key's history, and a checker's search grows
+            // exponentially in open operations, so each key's history is kept
+            // short.
+            let generation = self.history.now() / 1_000_000_000 / KEY_GENERATION_SECS;
+            let key = format!("r{generation}-{}", self.rng.gen_range(0..self.keys));
             let op = match self.rng.gen_range(0..4) {
                 0 | 1 => Op::Read,
                 2 => Op::Write(self.rng.gen_range(0..5).to_string()),
@@ -140,7 +153,15 @@ impl Client {
                 self.event(kind, f, key, argument, Some(format!("{:?}: {}", status.code(), status.message())))
             }
         };
+        let indeterminate = event.kind == EventType::Info;
         self.history.record(event);
+        if indeterminate {
+            // As in Jepsen: the operation stays open forever, so this process
+            // is done and a new one takes its place; and it pauses, because
+            // every open operation multiplies the checker's search.
+            self.process += self.concurrency;
+            tokio::time::sleep(Duration::from_millis(INFO_BACKOFF_MS)).await;
+        }
     }
 }
 
