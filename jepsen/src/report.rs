@@ -91,6 +91,14 @@ fn axes(out: &mut String, duration_s: f64, y_label: &str) {
     );
 }
 
+fn svg_open() -> String {
+    format!(
+        r#"<svg width="{}" height="{}" xmlns="http://www.w3.org/2000/svg">"#,
+        WIDTH + 2.0 * MARGIN,
+        HEIGHT + 2.0 * MARGIN
+    )
+}
+
 fn latency_plot(samples: &[Sample], intervals: &[(f64, f64, String)], duration_s: f64) -> String {
     let max_ms = samples.iter().map(|s| s.latency_ms).fold(1.0, f64::max);
     // Log scale from 0.1 ms to the maximum.
@@ -99,11 +107,7 @@ fn latency_plot(samples: &[Sample], intervals: &[(f64, f64, String)], duration_s
         MARGIN + HEIGHT - ((ms.max(0.1) / 0.1).log10() / span) * HEIGHT
     };
     let x = |s: f64| MARGIN + s / duration_s.max(1e-9) * WIDTH;
-    let mut out = format!(
-        r#"<svg width="{}" height="{}" xmlns="http://www.w3.org/2000/svg">"#,
-        WIDTH + 2.0 * MARGIN,
-        HEIGHT + 2.0 * MARGIN
-    );
+    let mut out = svg_open();
     shading(&mut out, intervals, &x);
     let step = samples.len().div_ceil(POINTS_MAX).max(1);
     for sample in samples.iter().step_by(step) {
@@ -128,11 +132,7 @@ fn throughput_plot(samples: &[Sample], intervals: &[(f64, f64, String)], duratio
     }
     let max = per_second.iter().copied().max().unwrap_or(1).max(1) as f64;
     let x = |s: f64| MARGIN + s / duration_s.max(1e-9) * WIDTH;
-    let mut out = format!(
-        r#"<svg width="{}" height="{}" xmlns="http://www.w3.org/2000/svg">"#,
-        WIDTH + 2.0 * MARGIN,
-        HEIGHT + 2.0 * MARGIN
-    );
+    let mut out = svg_open();
     shading(&mut out, intervals, &x);
     let points: Vec<String> = per_second
         .iter()

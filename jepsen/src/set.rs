@@ -13,10 +13,8 @@ use std::time::{Duration, Instant};
 use docklock_node::launcher::LocalCluster;
 use docklock_proto::client::{Client, ClientOptions};
 use docklock_proto::v1;
-use docklock_proto::v1::variables_client::VariablesClient;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 use crate::history::{Event, EventType, History, Process};
 use crate::TestConfig;
@@ -41,15 +39,9 @@ pub fn start(
     history: Arc<History>,
     deadline: Instant,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let endpoints = cluster.endpoints();
+    let clients = crate::workload::process_clients(cluster, config.concurrency, Duration::from_millis(ADD_TIMEOUT_MS))?;
     let mut tasks = Vec::new();
-    for process in 0..config.concurrency {
-        let addr = endpoints[usize::try_from(process)? % endpoints.len()].clone();
-        let channel = Channel::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_millis(ADD_TIMEOUT_MS))
-            .timeout(Duration::from_millis(ADD_TIMEOUT_MS))
-            .connect_lazy();
-        let mut variables = VariablesClient::new(channel);
+    for (process, (addr, mut variables)) in (0..).zip(clients) {
         let history = history.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..ADDS_PER_PROCESS_MAX {

@@ -29,6 +29,27 @@ const KEY_GENERATION_SECS: u64 = 2;
 /// Most operations one process performs (a bound besides the time limit).
 const OPERATIONS_PER_PROCESS_MAX: u64 = 100_000;
 
+/// For each client process, the node it talks to and a client of that node
+/// whose every call times out after `timeout` (processes are spread over the
+/// nodes round-robin).
+pub fn process_clients(
+    cluster: &LocalCluster,
+    concurrency: u64,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(String, VariablesClient<Channel>)>> {
+    let endpoints = cluster.endpoints();
+    (0..concurrency)
+        .map(|process| {
+            let addr = endpoints[usize::try_from(process)? % endpoints.len()].clone();
+            let channel = Channel::from_shared(format!("http://{addr}"))?
+                .connect_timeout(timeout)
+                .timeout(timeout)
+                .connect_lazy();
+            Ok((addr, VariablesClient::new(channel)))
+        })
+        .collect()
+}
+
 /// Start one task per client process; each ends at `deadline`.
 pub fn start_register(
     cluster: &LocalCluster,
@@ -36,19 +57,14 @@ pub fn start_register(
     history: Arc<History>,
     deadline: Instant,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let endpoints = cluster.endpoints();
+    let clients = process_clients(cluster, config.concurrency, Duration::from_millis(OPERATION_TIMEOUT_MS))?;
     let mut tasks = Vec::new();
-    for process in 0..config.concurrency {
-        let addr = endpoints[usize::try_from(process)? % endpoints.len()].clone();
-        let channel = Channel::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_millis(OPERATION_TIMEOUT_MS))
-            .timeout(Duration::from_millis(OPERATION_TIMEOUT_MS))
-            .connect_lazy();
+    for (process, (addr, variables)) in (0..).zip(clients) {
         let client = Client {
             process,
             concurrency: config.concurrency,
             addr,
-            variables: VariablesClient::new(channel),
+            variables,
             history: history.clone(),
             rng: StdRng::seed_from_u64(config.seed.wrapping_add(process)),
             keys: config.keys,

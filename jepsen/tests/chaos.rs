@@ -99,6 +99,20 @@ async fn leftover_agents_are_refused_then_cleaned() -> anyhow::Result<()> {
     // As if the harness had been killed: the agent outlives the cluster value.
     std::mem::forget(orphan);
 
+    // Whatever happens below, leave no orphan behind for the other runs.
+    struct CleanOnDrop;
+    impl Drop for CleanOnDrop {
+        fn drop(&mut self) {
+            let _ = docklock_jepsen::leftovers::clean();
+        }
+    }
+    let _clean = CleanOnDrop;
+    // Until the child has exec'd, /proc shows the parent's environment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !docklock_jepsen::leftovers::tagged_agents().contains(&i32::try_from(pid)?) {
+        assert!(std::time::Instant::now() < deadline, "the tagged agent {pid} was not found");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let found = docklock_jepsen::leftovers::describe()?;
     assert!(found.iter().any(|f| f.contains(&pid.to_string())), "{found:?}");
     let config = TestConfig {
