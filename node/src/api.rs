@@ -186,6 +186,12 @@ fn session(session: Option<v1::WriteSession>) -> Result<Option<WriteSession>, St
     Ok(Some(WriteSession { client_id: session.client_id, serial: session.serial }))
 }
 
+/// A write applied with an outcome its command cannot produce: a bug, not
+/// bad input.
+fn unexpected_outcome(operation: &str, outcome: &Outcome) -> RegistryError {
+    Status::internal(format!("{operation} applied as {outcome:?}")).into()
+}
+
 fn key_value(key: &str, variable: Variable) -> v1::KeyValue {
     v1::KeyValue {
         key: key.to_owned(),
@@ -258,9 +264,7 @@ impl variables_server::Variables for VariablesService {
                             kv: Some(key_value(&key, current)),
                             prev: prev.map(|p| key_value(&key, p)),
                         }),
-                        (_, other) => {
-                            Err(Status::internal(format!("put applied as {other:?}")).into())
-                        }
+                        (_, other) => Err(unexpected_outcome("put", &other)),
                     }
                 },
                 |channel| async move {
@@ -320,9 +324,7 @@ impl variables_server::Variables for VariablesService {
                             revision,
                             prev: prev.map(|p| key_value(&key, p)),
                         }),
-                        (_, other) => {
-                            Err(Status::internal(format!("delete applied as {other:?}")).into())
-                        }
+                        (_, other) => Err(unexpected_outcome("delete", &other)),
                     }
                 },
                 |channel| async move {
@@ -410,9 +412,7 @@ impl variables_server::Variables for VariablesService {
                             revision,
                             kv: Some(key_value(&key, current)),
                         }),
-                        (_, other) => {
-                            Err(Status::internal(format!("cas applied as {other:?}")).into())
-                        }
+                        (_, other) => Err(unexpected_outcome("cas", &other)),
                     }
                 },
                 |channel| async move {
