@@ -4,6 +4,10 @@
 //! to this node and cluster; start Raft; bind and serve gRPC; then either
 //! initialize the cluster (initial members, once) or join it (learner, then
 //! voter). Restarting with the same flags is always safe.
+//!
+//! Then the ledger duties run in the background ([`ledger_duties`]): the
+//! first leader bootstraps the registry (cluster id and first admin key),
+//! every node registers its own key, and the leader signs checkpoints.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,9 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use docklock_proto::agreement::Envelope;
 use docklock_proto::client::{Client, ClientOptions};
+use docklock_proto::crypto::{Algorithm, KeyPair, PublicKey};
+use docklock_proto::identity::NodeKeyClaim;
+use docklock_proto::ledger::Checkpoint;
 use docklock_raft::network::{NetworkFactory, RaftService};
 use docklock_raft::store::{Identity, Store, StoreConfig};
+use docklock_raft::types::{Command, Outcome, Request};
 use docklock_raft::types::{Node, NodeId, Raft};
 use docklock_raft::RaftSettings;
 use sha3::{Digest, Sha3_256};
@@ -22,6 +31,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::{ApiLimits, ClusterService, NodeContext, VariablesService};
+use crate::audit_api::{AgreementsService, IdentitiesService, LedgerService};
 
 /// How a node finds its cluster.
 #[derive(Debug, Clone)]
@@ -53,6 +63,10 @@ pub struct AgentConfig {
     pub limits: ApiLimits,
     /// Storage settings.
     pub store: StoreConfig,
+    /// The first admin's public key file (initial members only).
+    pub admin_key: Option<PathBuf>,
+    /// Time between checkpoints while the ledger grows.
+    pub checkpoint_interval: Duration,
 }
 
 impl AgentConfig {
@@ -76,17 +90,34 @@ impl AgentConfig {
     }
 }
 
-/// The cluster id of a statically bootstrapped cluster: derived from its name
-/// and initial members, so every initial member computes the same id and a
-/// node started with another member list is recognised as foreign.
-pub fn cluster_id_for(name: &str, members: &BTreeMap<NodeId, String>) -> String {
+/// The cluster id of a statically bootstrapped cluster: derived from its
+/// name, initial members and first admin key, so every initial member
+/// computes the same id, and a node started with another member list or
+/// another admin key is recognised as foreign.
+pub fn cluster_id_for(name: &str, members: &BTreeMap<NodeId, String>, admin: Option<&PublicKey>) -> String {
     let mut hasher = Sha3_256::new();
     hasher.update(b"docklock-cluster-v1\0");
     hasher.update(name.as_bytes());
     for (id, addr) in members {
         hasher.update(format!("\0{id}={addr}").as_bytes());
     }
+    if let Some(admin) = admin {
+        hasher.update(b"\0admin=");
+        hasher.update(admin.fingerprint().0);
+    }
     hex::encode(&hasher.finalize()[..12])
+}
+
+/// The node's key file in its data directory.
+pub const NODE_KEY_FILE: &str = "node.key";
+
+/// Load the node's key, creating it (mode 0600) at first start.
+fn node_key(data_dir: &std::path::Path) -> anyhow::Result<KeyPair> {
+    let path = data_dir.join(NODE_KEY_FILE);
+    if !path.exists() {
+        KeyPair::generate(Algorithm::MlDsa65).write_new(&path)?;
+    }
+    Ok(KeyPair::read(&path)?)
 }
 
 /// Parse `1=HOST:PORT,2=HOST:PORT,...`.
@@ -124,7 +155,10 @@ impl Agent {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
         let store = Store::open(&config.data_dir.join("registry"), &config.store)?;
-        let identity = settle_identity(&config, &store).await?;
+        let admin = config.admin_key.as_deref().map(PublicKey::read).transpose()?;
+        let identity = settle_identity(&config, &store, admin.as_ref()).await?;
+        let key = node_key(&config.data_dir)?;
+        tracing::info!(node = config.id, key = %key.public().fingerprint(), "node key loaded");
         tracing::info!(node = config.id, cluster = %identity.cluster_id, "store opened");
 
         let raft_config = docklock_raft::raft_config(&config.cluster_name, &config.raft)?;
@@ -143,6 +177,7 @@ impl Agent {
             state,
             config.limits.clone(),
             local_address,
+            key,
         );
 
         let listener =
@@ -150,6 +185,16 @@ impl Agent {
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(node.clone(), listener, stopped));
         tokio::spawn(snapshot_by_requests(node.clone(), config.raft.snapshot_requests));
+        let bootstrap_admin = match &config.bootstrap {
+            Bootstrap::Initial(_) => Some(admin),
+            Bootstrap::Join(_) => None,
+        };
+        tokio::spawn(ledger_duties(
+            node.clone(),
+            bootstrap_admin,
+            config.advertise.clone(),
+            config.checkpoint_interval,
+        ));
 
         match &config.bootstrap {
             Bootstrap::Initial(members) => initialize(&raft, members).await?,
@@ -171,7 +216,7 @@ impl Agent {
 
 /// Check the data directory belongs to this node and cluster; stamp it at
 /// first start.
-async fn settle_identity(config: &AgentConfig, store: &Store) -> anyhow::Result<Identity> {
+async fn settle_identity(config: &AgentConfig, store: &Store, admin: Option<&PublicKey>) -> anyhow::Result<Identity> {
     let stored = store.identity()?;
     if let Some(stored) = &stored {
         if stored.node_id != config.id {
@@ -188,7 +233,7 @@ async fn settle_identity(config: &AgentConfig, store: &Store) -> anyhow::Result<
             if !members.contains_key(&config.id) {
                 bail!("node {} is not in the initial cluster; use --join to add a new node", config.id);
             }
-            cluster_id_for(&config.cluster_name, members)
+            cluster_id_for(&config.cluster_name, members, admin)
         }
         Bootstrap::Join(target) => match &stored {
             Some(stored) => stored.cluster_id.clone(),
@@ -282,6 +327,84 @@ async fn snapshot_by_requests(node: Arc<NodeContext>, threshold: u64) {
     }
 }
 
+/// How often the ledger duties look for work.
+const DUTIES_TICK: Duration = Duration::from_millis(200);
+
+/// The background work that keeps the ledger attributable, every
+/// `interval`: bootstrap the registry once (an initial member that leads,
+/// with the admin key it was given), register this node's key once it is a
+/// member, and — while leading — sign a checkpoint when the ledger grew.
+async fn ledger_duties(
+    node: Arc<NodeContext>,
+    bootstrap_admin: Option<Option<PublicKey>>,
+    advertise: String,
+    interval: Duration,
+) {
+    let fingerprint = node.key.public().fingerprint();
+    let mut last_checkpoint = tokio::time::Instant::now();
+    let mut ticks = tokio::time::interval(DUTIES_TICK.min(interval));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let Ok(client) = Client::new(vec![advertise], ClientOptions::default()) else { return };
+    loop {
+        ticks.tick().await;
+        let metrics = node.raft.metrics().borrow().clone();
+        if metrics.state == openraft::ServerState::Shutdown {
+            return;
+        }
+        let leading = metrics.current_leader == Some(node.id);
+        let (bootstrapped, member, registered, due) = {
+            let applied = node.state.read();
+            let registry = &applied.registry;
+            (
+                registry.cluster_id().is_some(),
+                metrics.membership_config.membership().get_node(&node.id).is_some(),
+                registry.node_key(node.id).is_some(),
+                crate::audit_api::checkpoint_due(registry, node.id, &fingerprint),
+            )
+        };
+        if !bootstrapped {
+            if let (true, Some(admin)) = (leading, &bootstrap_admin) {
+                let command = Command::Bootstrap { cluster_id: node.cluster_id.clone(), admin: admin.clone() };
+                if let Err(error) = node.write(Request { session: None, command }).await {
+                    tracing::debug!(?error, "bootstrap proposal failed; will retry");
+                }
+            }
+            continue;
+        }
+        if member && !registered {
+            let claim = NodeKeyClaim { cluster_id: node.cluster_id.clone(), node_id: node.id };
+            let envelope = Envelope::sign(claim.canonical(), &node.key).canonical();
+            match client.register_node(envelope).await {
+                Ok(_) => tracing::info!(node = node.id, key = %fingerprint, "node key registered"),
+                Err(status) => tracing::warn!(node = node.id, %status, "node key registration failed; will retry"),
+            }
+            continue;
+        }
+        if last_checkpoint.elapsed() < interval {
+            continue;
+        }
+        if let (true, Some((tree_size, root, chain_head))) = (leading, due) {
+            last_checkpoint = tokio::time::Instant::now();
+            let signed = Checkpoint::signed_bytes(&node.cluster_id, tree_size, &root, &chain_head);
+            let checkpoint = Checkpoint {
+                cluster_id: node.cluster_id.clone(),
+                tree_size,
+                root,
+                chain_head,
+                signer_node: node.id,
+                signer_key: node.key.public().clone(),
+                signature: node.key.sign(&signed),
+            };
+            let command = Command::Checkpoint { checkpoint: Box::new(checkpoint) };
+            match node.write(Request { session: None, command }).await {
+                Ok(response) if matches!(response.outcome, Outcome::CheckpointRecorded { .. }) => {}
+                Ok(response) => tracing::debug!(outcome = ?response.outcome, "checkpoint not recorded"),
+                Err(error) => tracing::debug!(?error, "checkpoint proposal failed"),
+            }
+        }
+    }
+}
+
 async fn serve(
     node: Arc<NodeContext>,
     listener: TcpListener,
@@ -300,6 +423,9 @@ async fn serve(
         .add_service(RaftService::new(node.raft.clone(), node.cluster_id.clone(), node.id).into_server())
         .add_service(ClusterService::server(node.clone()))
         .add_service(VariablesService::server(node.clone()))
+        .add_service(IdentitiesService::server(node.clone()))
+        .add_service(AgreementsService::server(node.clone()))
+        .add_service(LedgerService::server(node.clone()))
         .add_service(health_service)
         .add_service(reflection)
         // Accepted sockets need TCP_NODELAY set here: the builder's own
@@ -323,7 +449,13 @@ async fn report_health(node: Arc<NodeContext>, health: tonic_health::server::Hea
         // Metrics change with every write; publish only when readiness flips.
         if reported != Some(ready) {
             let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
-            for service in ["docklock.v1.Variables", "docklock.v1.Cluster"] {
+            for service in [
+                "docklock.v1.Variables",
+                "docklock.v1.Cluster",
+                "docklock.v1.Identities",
+                "docklock.v1.Agreements",
+                "docklock.v1.Ledger",
+            ] {
                 health.set_service_status(service, status).await;
             }
             reported = Some(ready);
@@ -347,8 +479,10 @@ mod tests {
         assert!(parse_initial_cluster("0=127.0.0.1:7001").is_err());
         assert!(parse_initial_cluster("1=nowhere").is_err());
         let other = parse_initial_cluster("1=127.0.0.1:7001,2=127.0.0.1:7003").unwrap();
-        assert_ne!(cluster_id_for("c", &members), cluster_id_for("c", &other));
-        assert_ne!(cluster_id_for("c", &members), cluster_id_for("d", &members));
-        assert_eq!(cluster_id_for("c", &members), cluster_id_for("c", &members.clone()));
+        assert_ne!(cluster_id_for("c", &members, None), cluster_id_for("c", &other, None));
+        assert_ne!(cluster_id_for("c", &members, None), cluster_id_for("d", &members, None));
+        assert_eq!(cluster_id_for("c", &members, None), cluster_id_for("c", &members.clone(), None));
+        let admin = KeyPair::generate(Algorithm::MlDsa65);
+        assert_ne!(cluster_id_for("c", &members, None), cluster_id_for("c", &members, Some(admin.public())));
     }
 }

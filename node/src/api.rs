@@ -1,4 +1,5 @@
-//! The public gRPC services: `Cluster` and `Variables`.
+//! The public gRPC services `Cluster` and `Variables`, and what every
+//! service shares ([`NodeContext`], forwarding to the leader).
 //!
 //! Each handler validates and bounds its input, then runs on the local Raft.
 //! When this node is not the leader, the request is forwarded once to the
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use docklock_proto::client::ChannelCache;
+use docklock_proto::crypto::KeyPair;
 use docklock_proto::v1::cluster_client::ClusterClient;
 use docklock_proto::v1::variables_client::VariablesClient;
 use docklock_proto::v1::{self, cas_request, cluster_server, variables_server, MemberRole, ReadConsistency};
@@ -78,6 +80,8 @@ pub struct NodeContext {
     pub state: StateView,
     /// API size bounds.
     pub limits: ApiLimits,
+    /// This node's key: signs checkpoints and its own registration.
+    pub key: Arc<KeyPair>,
     reads: ReadBarrier,
     proposer: Proposer,
     leaders: ChannelCache,
@@ -92,12 +96,13 @@ impl NodeContext {
         state: StateView,
         limits: ApiLimits,
         local_address: Option<std::net::IpAddr>,
+        key: KeyPair,
     ) -> Arc<Self> {
         let reads = ReadBarrier::new(raft.clone());
         let proposer = Proposer::start(raft.clone());
         let leaders = ChannelCache::new(Duration::from_secs(1), Duration::from_millis(FORWARD_TIMEOUT_MS))
             .with_local_address(local_address);
-        Arc::new(Self { id, cluster_id, raft, state, limits, reads, proposer, leaders })
+        Arc::new(Self { id, cluster_id, raft, state, limits, key: Arc::new(key), reads, proposer, leaders })
     }
 
     /// Propose a registry command and wait for its outcome.
@@ -111,7 +116,7 @@ impl NodeContext {
     }
 
     /// Run `local`; if another node leads, forward with `remote` once.
-    async fn serve_or_forward<T, L, R, LF, RF>(
+    pub(crate) async fn serve_or_forward<T, L, R, LF, RF>(
         &self,
         forwarded: bool,
         local: L,
@@ -168,11 +173,11 @@ impl NodeContext {
     }
 }
 
-fn is_forwarded<T>(request: &tonic::Request<T>) -> bool {
+pub(crate) fn is_forwarded<T>(request: &tonic::Request<T>) -> bool {
     request.metadata().contains_key(FORWARDED_METADATA_KEY)
 }
 
-fn mark_forwarded<T>(message: T) -> tonic::Request<T> {
+pub(crate) fn mark_forwarded<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(FORWARDED_METADATA_KEY, MetadataValue::from_static("1"));
     request
@@ -188,7 +193,7 @@ fn session(session: Option<v1::WriteSession>) -> Result<Option<WriteSession>, St
 
 /// A write applied with an outcome its command cannot produce: a bug, not
 /// bad input.
-fn unexpected_outcome(operation: &str, outcome: &Outcome) -> RegistryError {
+pub(crate) fn unexpected_outcome(operation: &str, outcome: &Outcome) -> RegistryError {
     Status::internal(format!("{operation} applied as {outcome:?}")).into()
 }
 

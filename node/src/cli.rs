@@ -43,6 +43,32 @@ enum Command {
         #[command(subcommand)]
         command: KvCommand,
     },
+    /// Generate and show signing keys.
+    Key {
+        #[command(subcommand)]
+        command: crate::cli_audit::KeyCommand,
+    },
+    /// List, add and revoke identities.
+    Identity {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: crate::cli_audit::IdentityCommand,
+    },
+    /// Submit and inspect signed agreements.
+    Agreement {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: crate::cli_audit::AgreementCommand,
+    },
+    /// Proofs from the audit ledger, and their offline verification.
+    Audit {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: crate::cli_audit::AuditCommand,
+    },
     /// Start an embedded 3-node cluster on loopback and show it working.
     Demo(crate::demo::DemoArgs),
 }
@@ -71,7 +97,7 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
-    fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
         let options = ClientOptions { deadline: Duration::from_millis(self.timeout_ms), ..ClientOptions::default() };
         Ok(Client::new(self.endpoints.clone(), options)?)
     }
@@ -202,6 +228,13 @@ pub struct AgentArgs {
     /// sled page cache, in bytes.
     #[arg(long, env = "DOCKLOCK_CACHE_BYTES")]
     cache_bytes: Option<u64>,
+    /// Public key file of the first admin (initial members; part of the
+    /// cluster id, so every initial member must give the same key).
+    #[arg(long, env = "DOCKLOCK_ADMIN_KEY")]
+    admin_key: Option<PathBuf>,
+    /// Milliseconds between ledger checkpoints while the ledger grows.
+    #[arg(long, env = "DOCKLOCK_CHECKPOINT_INTERVAL_MS")]
+    checkpoint_interval_ms: Option<u64>,
     /// Log filter (tracing env-filter syntax); RUST_LOG overrides it.
     #[arg(long, env = "DOCKLOCK_LOG", default_value = "info,openraft=warn,sled=warn,h2=warn,tower=warn")]
     log: String,
@@ -225,6 +258,8 @@ struct AgentFile {
     snapshot_requests: Option<u64>,
     log_entries_kept: Option<u64>,
     cache_bytes: Option<u64>,
+    admin_key: Option<PathBuf>,
+    checkpoint_interval_ms: Option<u64>,
 }
 
 impl AgentArgs {
@@ -275,7 +310,17 @@ impl AgentArgs {
         if let Some(bytes) = self.cache_bytes.or(file.cache_bytes) {
             store.cache_bytes = bytes;
         }
+        let admin_key = self.admin_key.or(file.admin_key);
+        if admin_key.is_some() && matches!(bootstrap, Bootstrap::Join(_)) {
+            bail!("--admin-key is for initial members; a joining node learns the admins from the cluster");
+        }
+        let checkpoint_interval_ms = self.checkpoint_interval_ms.or(file.checkpoint_interval_ms).unwrap_or(1_000);
+        if !(10..=3_600_000).contains(&checkpoint_interval_ms) {
+            bail!("--checkpoint-interval-ms must be between 10 and 3600000");
+        }
         let config = AgentConfig {
+            admin_key,
+            checkpoint_interval: Duration::from_millis(checkpoint_interval_ms),
             id,
             listen,
             advertise,
@@ -297,6 +342,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => run_agent(*args).await,
         Command::Cluster { client, command } => cluster(&client, command).await,
         Command::Kv { client, command } => kv(&client, command).await,
+        Command::Key { command } => crate::cli_audit::key(command),
+        Command::Identity { client, command } => crate::cli_audit::identity(&client, command).await,
+        Command::Agreement { client, command } => crate::cli_audit::agreement(&client, command).await,
+        Command::Audit { client, command } => crate::cli_audit::audit(&client, command).await,
         Command::Demo(args) => crate::demo::run(args).await,
     }
 }
@@ -530,10 +579,15 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     if error.is::<UsageError>() {
         return 2;
     }
+    if error.is::<crate::cli_audit::VerificationFailed>() {
+        return 5;
+    }
     match error.downcast_ref::<tonic::Status>().map(tonic::Status::code) {
         Some(Code::NotFound) => 3,
         Some(Code::FailedPrecondition) => 4,
         Some(Code::InvalidArgument) => 2,
+        Some(Code::AlreadyExists) => 6,
+        Some(Code::Unauthenticated | Code::PermissionDenied) => 7,
         _ => 1,
     }
 }

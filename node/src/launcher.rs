@@ -50,6 +50,7 @@ pub struct LocalCluster {
     block: [u8; 2],
     initial_cluster: String,
     extra_args: Vec<String>,
+    initial_args: Vec<String>,
     env: Vec<(String, String)>,
     /// The nodes by id.
     pub nodes: BTreeMap<u64, LocalNode>,
@@ -86,6 +87,7 @@ impl LocalCluster {
             block,
             initial_cluster,
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            initial_args: Vec::new(),
             env: Vec::new(),
             nodes,
         })
@@ -112,6 +114,11 @@ impl LocalCluster {
         }
     }
 
+    /// Give the initial members this first admin public key file.
+    pub fn set_admin_key(&mut self, public_key: &Path) {
+        self.initial_args = vec!["--admin-key".to_owned(), public_key.display().to_string()];
+    }
+
     /// Set an environment variable for every agent started from now on (the
     /// chaos harness tags its agents this way to find leftovers).
     pub fn set_env(&mut self, key: &str, value: &str) {
@@ -134,7 +141,9 @@ impl LocalCluster {
             let target = self.nodes.values().find(|n| n.id != id).context("no other node to join through")?;
             vec!["--join".to_owned(), target.addr.clone()]
         } else {
-            vec!["--initial-cluster".to_owned(), self.initial_cluster.clone()]
+            let mut args = vec!["--initial-cluster".to_owned(), self.initial_cluster.clone()];
+            args.extend(self.initial_args.iter().cloned());
+            args
         };
         let child = self.spawn(id, &bootstrap)?;
         self.nodes.get_mut(&id).expect("checked above").child = Some(child);

@@ -1,7 +1,7 @@
 //! The DockLock node: the `docklock` agent daemon and command-line client.
 //!
 //! Owns: argument and config parsing (`cli`), the public gRPC services
-//! (`api`), the mapping of errors to gRPC statuses (`status`, the only place
+//! (`api`, `audit_api`), the mapping of errors to gRPC statuses (`status`, the only place
 //! that does it), the agent's start-up and bootstrap (`agent`), a launcher
 //! for local multi-process clusters (`launcher`, used by the demo and the
 //! integration tests) and the embedded demo (`demo`).
@@ -14,7 +14,9 @@
 
 pub mod agent;
 pub mod api;
+pub mod audit_api;
 pub mod cli;
+pub mod cli_audit;
 pub mod demo;
 pub mod launcher;
 pub mod read_barrier;

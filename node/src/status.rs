@@ -133,7 +133,24 @@ pub fn refusal(outcome: &Outcome, key: &str) -> Option<Status> {
             "write session serial is older than the oldest remembered ({oldest_retained_serial}); \
              its first outcome is unknown, so it was not applied"
         ))),
-        Outcome::None | Outcome::Written { .. } | Outcome::Deleted { .. } => None,
+        Outcome::Unauthenticated { reason } => Some(Status::unauthenticated(reason.clone())),
+        Outcome::PermissionDenied { reason } => Some(Status::permission_denied(reason.clone())),
+        Outcome::FailedPrecondition { reason } => Some(Status::failed_precondition(reason.clone())),
+        Outcome::AlreadyExists { id } => {
+            let mut status =
+                Status::already_exists(format!("agreement {id} exists already (same envelope or idempotency key)"));
+            if let Ok(value) = MetadataValue::try_from(id.to_hex().as_str()) {
+                status.metadata_mut().insert(docklock_proto::AGREEMENT_ID_METADATA_KEY, value);
+            }
+            Some(status)
+        }
+        Outcome::None
+        | Outcome::Written { .. }
+        | Outcome::Deleted { .. }
+        | Outcome::Admitted { .. }
+        | Outcome::IdentityChanged { .. }
+        | Outcome::Bootstrapped { .. }
+        | Outcome::CheckpointRecorded { .. } => None,
     }
 }
 

@@ -144,6 +144,12 @@ impl Client {
         self.channels.get(addr)
     }
 
+    /// The channel to the node at `addr` (for calls that must reach that
+    /// node itself).
+    pub fn channel_to(&self, addr: &str) -> Result<Channel, Status> {
+        self.channels.get(addr)
+    }
+
     /// Run `call` against the cluster with leader following and bounded retries.
     pub async fn call<R, F, Fut>(&self, call: F) -> Result<R, Status>
     where

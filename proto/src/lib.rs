@@ -7,9 +7,22 @@
 //! Must not depend on the registry, scheduler, cage or node crates: clients
 //! and auditors link this crate alone.
 //!
-//! Entry points: [`v1`] (generated code), [`client::Client`].
+//! Also owns what a client needs offline: [`crypto`] (tagged post-quantum
+//! keys and signatures), [`canonical`] (the signed byte encoding),
+//! [`agreement`] and [`identity`] (the signed messages), [`merkle`] and
+//! [`ledger`] (proofs, checkpoints, bundles and their verifier).
+//!
+//! Entry points: [`v1`] (generated code), [`client::Client`],
+//! [`ledger::Bundle::verify`].
 
+pub mod agreement;
+pub mod audit_client;
+pub mod canonical;
 pub mod client;
+pub mod crypto;
+pub mod identity;
+pub mod ledger;
+pub mod merkle;
 
 /// Generated code for package `docklock.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -26,3 +39,6 @@ pub const LEADER_METADATA_KEY: &str = "x-docklock-leader";
 /// Metadata key marking a request already forwarded once by a follower, so
 /// that forwarding never loops.
 pub const FORWARDED_METADATA_KEY: &str = "x-docklock-forwarded";
+
+/// Metadata key naming the existing agreement on an `ALREADY_EXISTS` answer.
+pub const AGREEMENT_ID_METADATA_KEY: &str = "x-docklock-agreement-id";

@@ -11,6 +11,9 @@
 //! Entry points: [`store::Store::open`], [`raft_config`],
 //! [`network::NetworkFactory`], [`network::RaftService`].
 
+pub mod agreements;
+pub mod identities;
+pub mod ledger;
 pub mod network;
 pub mod proposer;
 pub mod registry;

@@ -72,6 +72,15 @@ fn request_bytes(request: &Request) -> usize {
         crate::types::Command::Put { key, value } => key.len() + value.len(),
         crate::types::Command::Delete { key } => key.len(),
         crate::types::Command::Cas { key, value, .. } => key.len() + 2 * value.len(),
+        crate::types::Command::Bootstrap { cluster_id, admin } => {
+            cluster_id.len() + admin.as_ref().map_or(0, |key| key.as_bytes().len())
+        }
+        crate::types::Command::ChangeIdentity { envelope }
+        | crate::types::Command::RegisterNode { envelope }
+        | crate::types::Command::SubmitAgreement { envelope } => envelope.len(),
+        crate::types::Command::Checkpoint { checkpoint } => {
+            checkpoint.signature.as_bytes().len() + checkpoint.signer_key.as_bytes().len()
+        }
     }
 }
 

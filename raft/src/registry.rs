@@ -4,10 +4,17 @@
 //! request): no clock, no randomness, no IO, ordered maps only. The registry
 //! lives in memory; its durable form is the snapshot (see `store`).
 
-use imbl::OrdMap;
+use std::collections::BTreeSet;
 
+use docklock_proto::agreement::{AgreementId, Digest};
+use docklock_proto::crypto::Fingerprint;
+use docklock_proto::ledger::EventBody;
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
+use crate::agreements::AgreementRecord;
+use crate::identities::IdentityRecord;
+use crate::ledger::{LedgerState, LedgerWrites};
 use crate::sessions::{self, Seen, Sessions, SessionsState};
 use crate::types::{Command, Expect, Outcome, Request, Response, Variable};
 
@@ -35,20 +42,58 @@ pub struct RegistryState {
     pub counters: OrdMap<String, u64>,
     /// The write-session cache.
     pub sessions: SessionsState,
+    /// Set once by the bootstrap command.
+    pub cluster_id: Option<String>,
+    /// Raft members (voters and learners) as of the last membership entry.
+    pub members: BTreeSet<u64>,
+    /// Keys by fingerprint.
+    pub identities: OrdMap<Fingerprint, IdentityRecord>,
+    /// Each node's registered key.
+    pub node_keys: OrdMap<u64, Fingerprint>,
+    /// Agreements by id.
+    pub agreements: OrdMap<AgreementId, AgreementRecord>,
+    /// Agreement ids by (signer, idempotency key).
+    pub idempotency: OrdMap<(Fingerprint, String), AgreementId>,
+    /// The ledger's head.
+    pub ledger: LedgerState,
 }
 
 /// The replicated registry.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
-    variables: OrdMap<String, Variable>,
-    counters: OrdMap<String, u64>,
-    sessions: Sessions,
+    pub(crate) variables: OrdMap<String, Variable>,
+    pub(crate) counters: OrdMap<String, u64>,
+    pub(crate) sessions: Sessions,
+    pub(crate) cluster_id: Option<String>,
+    pub(crate) members: BTreeSet<u64>,
+    pub(crate) identities: OrdMap<Fingerprint, IdentityRecord>,
+    pub(crate) node_keys: OrdMap<u64, Fingerprint>,
+    pub(crate) agreements: OrdMap<AgreementId, AgreementRecord>,
+    pub(crate) idempotency: OrdMap<(Fingerprint, String), AgreementId>,
+    pub(crate) ledger: LedgerState,
+    /// Rows produced by `apply` and not yet taken by the store; not state.
+    pub(crate) writes: LedgerWrites,
+    /// The log entry being applied; not state.
+    pub(crate) raft_index: u64,
 }
 
 impl Registry {
     /// Build from a snapshot's state.
     pub fn from_state(state: RegistryState) -> Self {
-        Self { variables: state.variables, counters: state.counters, sessions: Sessions::from_state(state.sessions) }
+        Self {
+            variables: state.variables,
+            counters: state.counters,
+            sessions: Sessions::from_state(state.sessions),
+            cluster_id: state.cluster_id,
+            members: state.members,
+            identities: state.identities,
+            node_keys: state.node_keys,
+            agreements: state.agreements,
+            idempotency: state.idempotency,
+            ledger: state.ledger,
+            writes: LedgerWrites::default(),
+            raft_index: 0,
+        }
     }
 
     /// A copy of the whole state, for a snapshot.
@@ -57,7 +102,42 @@ impl Registry {
             variables: self.variables.clone(),
             counters: self.counters.clone(),
             sessions: self.sessions.to_state(),
+            cluster_id: self.cluster_id.clone(),
+            members: self.members.clone(),
+            identities: self.identities.clone(),
+            node_keys: self.node_keys.clone(),
+            agreements: self.agreements.clone(),
+            idempotency: self.idempotency.clone(),
+            ledger: self.ledger.clone(),
         }
+    }
+
+    /// The ledger's head state.
+    pub fn ledger(&self) -> &LedgerState {
+        &self.ledger
+    }
+
+    /// Take the rows `apply` produced since the last call, for the store.
+    pub fn take_writes(&mut self) -> LedgerWrites {
+        std::mem::take(&mut self.writes)
+    }
+
+    /// Append a ledger event for the entry being applied; returns its position.
+    pub(crate) fn record(&mut self, body: EventBody) -> u64 {
+        self.ledger.append(self.raft_index, body, &mut self.writes)
+    }
+
+    /// Apply a membership entry: remember the members and record the change.
+    pub fn apply_membership(&mut self, raft_index: u64, voters: Vec<u64>, learners: Vec<u64>) {
+        self.raft_index = raft_index;
+        self.members = voters.iter().chain(&learners).copied().collect();
+        self.record(EventBody::Membership { voters, learners });
+        self.ledger.seal();
+    }
+
+    /// Mark the end of a log entry (see [`LedgerState::seal`]).
+    pub fn seal_entry(&mut self) {
+        self.ledger.seal();
     }
 
     /// A variable by name.
@@ -95,14 +175,19 @@ impl Registry {
         self.counters.get(name).copied().unwrap_or(0)
     }
 
+    pub(crate) fn bump_revision(&mut self) -> u64 {
+        self.bump(REVISION)
+    }
+
     fn bump(&mut self, name: &str) -> u64 {
         let next = self.counter(name) + 1;
         self.counters.insert(name.to_owned(), next);
         next
     }
 
-    /// Apply one request.
-    pub fn apply(&mut self, request: &Request) -> Response {
+    /// Apply one request of log entry `raft_index`.
+    pub fn apply(&mut self, request: &Request, raft_index: u64) -> Response {
+        self.raft_index = raft_index;
         let sequence = self.bump(REQUESTS);
         if let Some(session) = &request.session {
             if let Some(reason) = sessions::invalid_client_id(&session.client_id) {
@@ -133,6 +218,7 @@ impl Registry {
                 let prev = self.variables.remove(key);
                 if prev.is_some() {
                     self.bump(REVISION);
+                    self.record(EventBody::VariableDeleted { key: key.clone() });
                 }
                 Outcome::Deleted { prev }
             }
@@ -150,6 +236,11 @@ impl Registry {
                     Outcome::CasMismatch { current: current.cloned() }
                 }
             }
+            Command::Bootstrap { cluster_id, admin } => self.bootstrap(cluster_id, admin.as_ref()),
+            Command::ChangeIdentity { envelope } => self.change_identity(envelope),
+            Command::RegisterNode { envelope } => self.register_node(envelope),
+            Command::SubmitAgreement { envelope } => self.submit_agreement(envelope),
+            Command::Checkpoint { checkpoint } => self.record_checkpoint(checkpoint),
         }
     }
 
@@ -171,6 +262,7 @@ impl Registry {
             mod_revision: revision,
         };
         self.variables.insert(key.to_owned(), current.clone());
+        self.record(EventBody::VariablePut { key: key.to_owned(), value: Digest::of(value), version: current.version });
         Outcome::Written { current, prev }
     }
 }
@@ -194,14 +286,14 @@ mod tests {
     #[test]
     fn put_tracks_versions_and_revisions() {
         let mut registry = Registry::default();
-        registry.apply(&put("a", "1"));
-        registry.apply(&put("b", "1"));
+        registry.apply(&put("a", "1"), 1);
+        registry.apply(&put("b", "1"), 1);
         let refused = Request {
             session: None,
             command: Command::Cas { key: "a".into(), expect: Expect::Absent, value: b"x".to_vec() },
         };
-        assert_eq!(registry.apply(&refused).revision, 2, "a refusal does not change the revision");
-        let response = registry.apply(&put("a", "2"));
+        assert_eq!(registry.apply(&refused, 1).revision, 2, "a refusal does not change the revision");
+        let response = registry.apply(&put("a", "2"), 1);
         assert_eq!(response.revision, 3);
         let Outcome::Written { current, prev } = response.outcome else { panic!("not written: {response:?}") };
         assert_eq!((current.version, current.create_revision, current.mod_revision), (2, 1, 3));
@@ -212,9 +304,9 @@ mod tests {
     #[test]
     fn retried_write_applies_once() {
         let mut registry = Registry::default();
-        let first = registry.apply(&with_session(put("k", "x"), "c1", 7));
-        registry.apply(&put("k", "y"));
-        let retry = registry.apply(&with_session(put("k", "x"), "c1", 7));
+        let first = registry.apply(&with_session(put("k", "x"), "c1", 7), 1);
+        registry.apply(&put("k", "y"), 1);
+        let retry = registry.apply(&with_session(put("k", "x"), "c1", 7), 1);
         assert_eq!(first, retry);
         assert_eq!(registry.variable("k").unwrap().value, b"y");
         assert_eq!(registry.variable("k").unwrap().version, 2);
@@ -224,7 +316,7 @@ mod tests {
     #[test]
     fn invalid_session_is_refused() {
         let mut registry = Registry::default();
-        let response = registry.apply(&with_session(put("k", "v"), "bad\0id", 1));
+        let response = registry.apply(&with_session(put("k", "v"), "bad\0id", 1), 1);
         assert!(matches!(response.outcome, Outcome::Invalid { .. }));
         assert!(registry.variable("k").is_none());
     }
@@ -238,14 +330,14 @@ mod tests {
             command: Command::Cas { key: "k".into(), expect, value: value.into() },
         };
         assert!(matches!(
-            registry.apply(&cas(Expect::Value(b"x".to_vec()), "y")).outcome,
+            registry.apply(&cas(Expect::Value(b"x".to_vec()), "y"), 1).outcome,
             Outcome::CasMismatch { current: None }
         ));
-        assert!(matches!(registry.apply(&cas(Expect::Absent, "a")).outcome, Outcome::Written { .. }));
-        assert!(matches!(registry.apply(&cas(Expect::Absent, "b")).outcome, Outcome::CasMismatch { .. }));
-        assert!(matches!(registry.apply(&cas(Expect::Value(b"a".to_vec()), "c")).outcome, Outcome::Written { .. }));
-        assert!(matches!(registry.apply(&cas(Expect::Version(1), "d")).outcome, Outcome::CasMismatch { .. }));
-        assert!(matches!(registry.apply(&cas(Expect::Version(2), "d")).outcome, Outcome::Written { .. }));
+        assert!(matches!(registry.apply(&cas(Expect::Absent, "a"), 1).outcome, Outcome::Written { .. }));
+        assert!(matches!(registry.apply(&cas(Expect::Absent, "b"), 1).outcome, Outcome::CasMismatch { .. }));
+        assert!(matches!(registry.apply(&cas(Expect::Value(b"a".to_vec()), "c"), 1).outcome, Outcome::Written { .. }));
+        assert!(matches!(registry.apply(&cas(Expect::Version(1), "d"), 1).outcome, Outcome::CasMismatch { .. }));
+        assert!(matches!(registry.apply(&cas(Expect::Version(2), "d"), 1).outcome, Outcome::Written { .. }));
         assert_eq!(registry.variable("k").unwrap().value, b"d");
     }
 
@@ -253,9 +345,9 @@ mod tests {
     #[test]
     fn state_round_trip() {
         let mut registry = Registry::default();
-        registry.apply(&with_session(put("a", "1"), "c", 1));
-        registry.apply(&put("b", "2"));
-        registry.apply(&Request { session: None, command: Command::Delete { key: "b".into() } });
+        registry.apply(&with_session(put("a", "1"), "c", 1), 1);
+        registry.apply(&put("b", "2"), 1);
+        registry.apply(&Request { session: None, command: Command::Delete { key: "b".into() } }, 1);
         let rebuilt = Registry::from_state(registry.to_state());
         assert_eq!(rebuilt.to_state(), registry.to_state());
         assert_eq!(rebuilt.revision(), 3);
@@ -267,7 +359,7 @@ mod tests {
     fn list_pages_by_prefix() {
         let mut registry = Registry::default();
         for key in ["a/1", "a/2", "a/3", "b/1"] {
-            registry.apply(&put(key, "v"));
+            registry.apply(&put(key, "v"), 1);
         }
         let (page, more) = registry.list_variables("a/", "", 2);
         assert_eq!(page.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["a/1", "a/2"]);

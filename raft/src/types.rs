@@ -2,6 +2,9 @@
 
 use std::io::Cursor;
 
+use docklock_proto::agreement::AgreementId;
+use docklock_proto::crypto::{Fingerprint, PublicKey};
+use docklock_proto::ledger::Checkpoint;
 use serde::{Deserialize, Serialize};
 
 /// A node's id in the Raft group. Chosen by the operator (`--id N`), never
@@ -98,6 +101,37 @@ pub enum Command {
         /// New value.
         value: Vec<u8>,
     },
+    /// Fix the cluster's id and first admin key, once: proposed by every
+    /// initial member when it first leads; only the first applies.
+    Bootstrap {
+        /// The cluster id (binds signed identity changes to this cluster).
+        cluster_id: String,
+        /// The first admin key, if the cluster was initialised with one.
+        admin: Option<PublicKey>,
+    },
+    /// An admin-signed identity change: a canonical
+    /// [`docklock_proto::agreement::Envelope`] around an
+    /// [`docklock_proto::identity::IdentityChange`].
+    ChangeIdentity {
+        /// The canonical envelope.
+        envelope: Vec<u8>,
+    },
+    /// A node registering its own key: an envelope around a
+    /// [`docklock_proto::identity::NodeKeyClaim`] signed by that key.
+    RegisterNode {
+        /// The canonical envelope.
+        envelope: Vec<u8>,
+    },
+    /// Admit a signed agreement (a canonical envelope around a spec).
+    SubmitAgreement {
+        /// The canonical envelope.
+        envelope: Vec<u8>,
+    },
+    /// Record a checkpoint the leader signed.
+    Checkpoint {
+        /// The signed checkpoint.
+        checkpoint: Box<Checkpoint>,
+    },
 }
 
 /// The precondition of a compare-and-set.
@@ -169,6 +203,52 @@ pub enum Outcome {
     Invalid {
         /// What is wrong, in words.
         reason: String,
+    },
+    /// A signature, key or envelope that does not authenticate; nothing changed.
+    Unauthenticated {
+        /// What failed.
+        reason: String,
+    },
+    /// An authenticated key that may not do this; nothing changed.
+    PermissionDenied {
+        /// What is missing.
+        reason: String,
+    },
+    /// The request is valid but the registry is not in the state it needs
+    /// (a stale identity epoch, a revoked key re-added); nothing changed.
+    FailedPrecondition {
+        /// What does not hold.
+        reason: String,
+    },
+    /// The agreement (or its idempotency key for this signer) exists
+    /// already; nothing changed.
+    AlreadyExists {
+        /// The existing agreement.
+        id: AgreementId,
+    },
+    /// An agreement was admitted as ledger event `event_index`.
+    Admitted {
+        /// Its id.
+        id: AgreementId,
+        /// Its ledger event.
+        event_index: u64,
+    },
+    /// An identity was added or revoked; the identity epoch is now `epoch`.
+    IdentityChanged {
+        /// The key concerned.
+        fingerprint: Fingerprint,
+        /// The identity epoch after the change.
+        epoch: u64,
+    },
+    /// The registry was bootstrapped (or already was: `applied` false).
+    Bootstrapped {
+        /// Whether this request did it.
+        applied: bool,
+    },
+    /// A checkpoint covering `tree_size` events was recorded.
+    CheckpointRecorded {
+        /// Events covered.
+        tree_size: u64,
     },
     /// The write's serial is older than the retained window of its client, so
     /// its first outcome is no longer known; nothing changed.

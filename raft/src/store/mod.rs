@@ -4,7 +4,9 @@
 //! - `log`: entries keyed by big-endian index;
 //! - `meta`: vote, committed id, last purged id, the node's identity;
 //! - `snapshot`: the current snapshot: registry state, applied id and
-//!   membership in one value, so they are always consistent.
+//!   membership in one value, so they are always consistent;
+//! - `ledger_events`, `ledger_nodes`, `ledger_checkpoints`: the audit
+//!   ledger's rows (see [`ledger`]).
 //!
 //! Durability: appends, votes and truncations are acknowledged only after a
 //! flush (through the single [`Flusher`]). The state machine is in memory and
@@ -14,6 +16,7 @@
 //! purged.
 
 mod flusher;
+pub mod ledger;
 mod log_store;
 mod state_machine;
 
@@ -29,7 +32,7 @@ pub use state_machine::{StateMachine, StateView};
 use crate::types::StorageError;
 
 /// Tag stored at first open; a database written by another format is refused.
-const FORMAT: &[u8] = b"docklock-store-v1";
+const FORMAT: &[u8] = b"docklock-store-v2";
 const FORMAT_KEY: &[u8] = b"format";
 const IDENTITY_KEY: &[u8] = b"identity";
 /// How long `open` retries while a previous handle still holds the file lock.
@@ -114,7 +117,8 @@ impl Store {
         }
         let flusher = Flusher::new(db.clone());
         let log = LogStore::new(db.open_tree("log").map_err(sled_error)?, meta, flusher.clone());
-        let state_machine = StateMachine::open(db.open_tree("snapshot").map_err(sled_error)?, flusher)
+        let ledger = ledger::LedgerStore::open(&db).map_err(sled_error)?;
+        let state_machine = StateMachine::open(db.open_tree("snapshot").map_err(sled_error)?, ledger, flusher)
             .map_err(|error| OpenError::Corrupt { path: path.clone(), reason: error.to_string() })?;
         Ok(Self { db, log, state_machine })
     }

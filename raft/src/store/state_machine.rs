@@ -2,12 +2,18 @@
 //!
 //! The registry lives in memory; its durable form is the current snapshot,
 //! stored in sled as one value holding the state, the applied log id and the
-//! membership together (so they are always consistent). `apply` touches no
-//! disk: after a restart the state is restored from the snapshot and openraft
-//! re-applies the log after it, which is kept because the log is only ever
-//! purged up to a snapshot that is already flushed. This is the design of
-//! openraft's `rocksstore-v2`, and it keeps sled off the per-write path: with
-//! sled rows per write, three nodes spent most of two cores in sled.
+//! membership together (so they are always consistent). After a restart the
+//! state is restored from the snapshot and openraft re-applies the log after
+//! it, which is kept because the log is only ever purged up to a snapshot
+//! that is already flushed. This is the design of openraft's `rocksstore-v2`,
+//! and it keeps sled off the per-write path: with sled rows per write, three
+//! nodes spent most of two cores in sled.
+//!
+//! The exception is the audit ledger, which grows without bound and so is not
+//! kept in memory: `apply` writes its rows (events, Merkle nodes,
+//! checkpoints) to sled without flushing (see [`super::ledger`]). A snapshot
+//! sent to another node carries the state and those rows; the stored one
+//! carries only the state, since the rows are already on disk.
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +23,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 
+use super::ledger::{LedgerExport, LedgerStore};
 use super::Flusher;
 use crate::registry::{Registry, RegistryState};
 use crate::types::{Entry, LogId, ProposalResult, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -31,11 +38,22 @@ struct SnapshotData {
     state: RegistryState,
 }
 
-/// A stored snapshot: its meta and its encoded data.
+/// A stored snapshot: its meta, its encoded data, and how far into the
+/// ledger's rows its state reaches.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
     data: Vec<u8>,
+    ledger_size: u64,
+    checkpoints_up_to: u64,
+}
+
+/// A snapshot as sent to another node: the state and the ledger rows it
+/// names.
+#[derive(Serialize, Deserialize)]
+struct TransferSnapshot {
+    data: Vec<u8>,
+    ledger: LedgerExport,
 }
 
 /// The in-memory registry and the log position it reflects.
@@ -51,6 +69,7 @@ pub struct Applied {
 
 pub(super) struct Shared {
     snapshot_tree: sled::Tree,
+    ledger: LedgerStore,
     pub(super) flusher: Flusher,
     /// std lock: nothing awaits while holding it.
     applied: RwLock<Applied>,
@@ -77,6 +96,11 @@ impl StateView {
         self.shared.applied.read().expect("state lock poisoned")
     }
 
+    /// The ledger's rows. Bound every read by a size read from the state.
+    pub fn ledger(&self) -> &LedgerStore {
+        &self.shared.ledger
+    }
+
     /// Requests applied since the last snapshot; a node triggers a snapshot
     /// when this grows large, so that a restart replays a bounded log.
     pub fn requests_since_snapshot(&self) -> u64 {
@@ -93,10 +117,11 @@ fn snapshot_write_error(meta: &SnapshotMeta, error: impl std::error::Error + 'st
 }
 
 impl StateMachine {
-    pub(super) fn open(snapshot_tree: sled::Tree, flusher: Flusher) -> Result<Self, StorageError> {
+    pub(super) fn open(snapshot_tree: sled::Tree, ledger: LedgerStore, flusher: Flusher) -> Result<Self, StorageError> {
         let machine = Self {
             shared: Arc::new(Shared {
                 snapshot_tree,
+                ledger,
                 flusher,
                 applied: RwLock::new(Applied::default()),
                 requests_since_snapshot: AtomicU64::new(0),
@@ -136,8 +161,15 @@ impl StateMachine {
     }
 
     /// Store a snapshot durably: the log may be purged behind it afterwards.
-    async fn store_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let stored = StoredSnapshot { meta: meta.clone(), data: data.to_vec() };
+    /// The flush also makes the ledger rows its state names durable.
+    async fn store_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        data: &[u8],
+        ledger_size: u64,
+        checkpoints_up_to: u64,
+    ) -> Result<(), StorageError> {
+        let stored = StoredSnapshot { meta: meta.clone(), data: data.to_vec(), ledger_size, checkpoints_up_to };
         let bytes = bincode::serialize(&stored).map_err(|e| snapshot_write_error(meta, e))?;
         self.shared.snapshot_tree.insert(SNAPSHOT_KEY, bytes).map_err(|e| snapshot_write_error(meta, e))?;
         self.shared.flusher.flush().await.map_err(|e| snapshot_write_error(meta, e))
@@ -156,6 +188,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 state: applied.registry.to_state(),
             }
         };
+        let ledger_size = data.state.ledger.size();
+        let checkpoints_up_to = data.state.ledger.latest_checkpoint().map_or(0, |c| c.tree_size);
         let snapshot_id = match data.last_applied {
             // The state at an index is the same on every node, so the index
             // names the snapshot's content.
@@ -168,8 +202,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             .await
             .map_err(|e| snapshot_write_error(&meta, e))?
             .map_err(|e| snapshot_write_error(&meta, e))?;
-        self.store_snapshot(&meta, &encoded).await?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(encoded)) })
+        self.store_snapshot(&meta, &encoded, ledger_size, checkpoints_up_to).await?;
+        // openraft uses only the meta of a built snapshot; what it sends
+        // comes from `get_current_snapshot`.
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) })
     }
 }
 
@@ -196,18 +232,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => ProposalResult::default(),
                 EntryPayload::Normal(proposal) => {
                     requests += proposal.requests.len() as u64;
-                    ProposalResult {
-                        responses: proposal.requests.iter().map(|request| applied.registry.apply(request)).collect(),
-                    }
+                    let registry = &mut applied.registry;
+                    let responses = proposal.requests.iter().map(|request| registry.apply(request, index)).collect();
+                    registry.seal_entry();
+                    ProposalResult { responses }
                 }
                 EntryPayload::Membership(membership) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+                    let voters = membership.voter_ids().collect();
+                    let learners = membership.learner_ids().collect();
+                    applied.registry.apply_membership(index, voters, learners);
                     ProposalResult::default()
                 }
             };
             applied.last_applied = Some(entry.log_id);
             results.push(result);
         }
+        // Written under the lock: a reader that sees the new state finds its rows.
+        let writes = applied.registry.take_writes();
+        self.shared.ledger.write(&writes).map_err(|e| StorageIOError::write_state_machine(AnyError::new(&e)))?;
         self.shared.requests_since_snapshot.fetch_add(requests, Ordering::Relaxed);
         Ok(results)
     }
@@ -225,16 +268,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        // Store first: if the node dies between the two steps, it restarts
-        // from the stored snapshot rather than from a state it never stored.
-        self.store_snapshot(meta, &data).await?;
-        self.restore(meta, &data)
+        let transfer: TransferSnapshot =
+            bincode::deserialize(snapshot.get_ref()).map_err(|e| snapshot_write_error(meta, e))?;
+        let decoded: SnapshotData = bincode::deserialize(&transfer.data).map_err(|e| snapshot_write_error(meta, e))?;
+        let ledger_size = decoded.state.ledger.size();
+        let checkpoints_up_to = decoded.state.ledger.latest_checkpoint().map_or(0, |c| c.tree_size);
+        // Rows first, then the stored snapshot (whose flush makes the rows
+        // durable too), then the memory: if the node dies between steps it
+        // restarts from a stored snapshot whose rows are on disk.
+        self.shared.ledger.import(&transfer.ledger).map_err(|e| snapshot_write_error(meta, e))?;
+        self.store_snapshot(meta, &transfer.data, ledger_size, checkpoints_up_to).await?;
+        self.restore(meta, &transfer.data)
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self
-            .stored_snapshot()?
-            .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+        let Some(stored) = self.stored_snapshot()? else { return Ok(None) };
+        let ledger = self.shared.ledger.clone();
+        let (size, up_to) = (stored.ledger_size, stored.checkpoints_up_to);
+        // Reading the rows is O(ledger); keep it off the async workers.
+        let export = tokio::task::spawn_blocking(move || ledger.export(size, up_to))
+            .await
+            .map_err(|e| snapshot_write_error(&stored.meta, e))?
+            .map_err(|e| snapshot_write_error(&stored.meta, e))?;
+        let transfer = TransferSnapshot { data: stored.data, ledger: export };
+        let encoded = bincode::serialize(&transfer).map_err(|e| snapshot_write_error(&stored.meta, e))?;
+        Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(encoded)) }))
     }
 }
