@@ -80,9 +80,10 @@ fn hashes(proof: &[Vec<u8>]) -> Result<Vec<Hash>, Status> {
 }
 
 impl Client {
-    /// Submit a signed agreement. A repeat of an admitted agreement (the same
-    /// envelope) is success with `existed`; another agreement with the same
-    /// idempotency key is `ALREADY_EXISTS`, naming it.
+    /// Submit a signed agreement. A repeat of an admitted agreement — the
+    /// same spec by the same signer, even signed again (ML-DSA signatures
+    /// are randomised) — is success with `existed` and the first id; another
+    /// spec under an idempotency key already used is `ALREADY_EXISTS`.
     pub async fn submit_agreement(&self, envelope: &Envelope) -> Result<Submitted, Status> {
         let request = v1::SubmitAgreementRequest { envelope: envelope.canonical() };
         let answer = self
@@ -97,9 +98,16 @@ impl Client {
                 event_index: response.event_index,
                 existed: false,
             }),
-            Err(status) if status.code() == Code::AlreadyExists && existing_id(&status) == Some(envelope.id()) => {
-                let info = self.get_agreement(&envelope.id()).await?;
-                Ok(Submitted { id: envelope.id(), event_index: info.event_index, existed: true })
+            Err(status) if status.code() == Code::AlreadyExists => {
+                let Some(existing) = existing_id(&status) else { return Err(status) };
+                let info = self.get_agreement(&existing).await?;
+                let same = Envelope::decode(&info.envelope)
+                    .is_ok_and(|first| first.message == envelope.message && first.signer == envelope.signer);
+                if same {
+                    Ok(Submitted { id: existing, event_index: info.event_index, existed: true })
+                } else {
+                    Err(status)
+                }
             }
             Err(status) => Err(status),
         }

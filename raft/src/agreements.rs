@@ -148,3 +148,154 @@ impl Registry {
         Outcome::Admitted { id, event_index }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use docklock_proto::agreement::{Envelope, Spec};
+    use docklock_proto::crypto::{Algorithm, KeyPair};
+    use docklock_proto::identity::{ChangeKind, IdentityChange, Role};
+
+    use crate::registry::Registry;
+    use crate::types::{Command, Outcome, Request};
+
+    const SPEC: &str = "program: sha3-256:0101010101010101010101010101010101010101010101010101010101010101\n\
+                        replicas: 3\ntimeout_secs: 60\nidempotency_key: job-1\n";
+
+    fn apply(registry: &mut Registry, command: Command) -> Outcome {
+        registry.apply(&Request { session: None, command }, 1).outcome
+    }
+
+    fn change(registry: &Registry, kind: ChangeKind, admin: &KeyPair) -> Command {
+        let change = IdentityChange { cluster_id: "c".into(), epoch: registry.identity_epoch(), kind };
+        Command::ChangeIdentity { envelope: Envelope::sign(change.canonical(), admin).canonical() }
+    }
+
+    /// A bootstrapped registry with an admin and a submitter of each algorithm.
+    fn setup() -> (Registry, KeyPair, KeyPair, KeyPair) {
+        let mut registry = Registry::default();
+        let admin = KeyPair::generate(Algorithm::MlDsa65);
+        let mldsa = KeyPair::generate(Algorithm::MlDsa65);
+        let dilithium = KeyPair::generate(Algorithm::Dilithium3);
+        let bootstrap = Command::Bootstrap { cluster_id: "c".into(), admin: Some(admin.public().clone()) };
+        assert_eq!(apply(&mut registry, bootstrap), Outcome::Bootstrapped { applied: true });
+        for key in [&mldsa, &dilithium] {
+            let add = change(&registry, ChangeKind::Add { key: key.public().clone(), role: Role::Submitter }, &admin);
+            assert!(matches!(apply(&mut registry, add), Outcome::IdentityChanged { .. }));
+        }
+        (registry, admin, mldsa, dilithium)
+    }
+
+    fn submit(envelope: &Envelope) -> Command {
+        Command::SubmitAgreement { envelope: envelope.canonical() }
+    }
+
+    fn signed(spec: &str, key: &KeyPair) -> Envelope {
+        Envelope::sign(Spec::from_yaml(spec).unwrap().canonical(), key)
+    }
+
+    /// What must not change when a request is refused.
+    fn fingerprint(registry: &Registry) -> impl PartialEq + std::fmt::Debug {
+        let state = registry.to_state();
+        (state.agreements, state.identities, state.idempotency, state.ledger, registry.revision())
+    }
+
+    #[test]
+    fn both_algorithms_are_admitted_once() {
+        let (mut registry, _, mldsa, dilithium) = setup();
+        for key in [&mldsa, &dilithium] {
+            let envelope = signed(SPEC, key);
+            let Outcome::Admitted { id, event_index } = apply(&mut registry, submit(&envelope)) else { panic!() };
+            assert_eq!(id, envelope.id());
+            assert_eq!(registry.agreement(&id).unwrap().event_index, event_index);
+            let before = fingerprint(&registry);
+            assert_eq!(apply(&mut registry, submit(&envelope)), Outcome::AlreadyExists { id }, "replayed envelope");
+            let other_spec = signed(&SPEC.replace("replicas: 3", "replicas: 2"), key);
+            assert_ne!(other_spec.id(), id);
+            assert_eq!(
+                apply(&mut registry, submit(&other_spec)),
+                Outcome::AlreadyExists { id },
+                "same idempotency key"
+            );
+            assert_eq!(fingerprint(&registry), before);
+        }
+        assert_eq!(registry.agreements_count(), 2, "idempotency keys are per signer");
+    }
+
+    #[test]
+    fn bad_submissions_are_refused_and_change_nothing() {
+        let (mut registry, admin, mldsa, _) = setup();
+        let auditor = KeyPair::generate(Algorithm::MlDsa65);
+        let add = change(&registry, ChangeKind::Add { key: auditor.public().clone(), role: Role::Auditor }, &admin);
+        apply(&mut registry, add);
+        let revoked = KeyPair::generate(Algorithm::Dilithium3);
+        let add = change(&registry, ChangeKind::Add { key: revoked.public().clone(), role: Role::Submitter }, &admin);
+        apply(&mut registry, add);
+        let revoke = change(&registry, ChangeKind::Revoke { fingerprint: revoked.public().fingerprint() }, &admin);
+        apply(&mut registry, revoke);
+        let before = fingerprint(&registry);
+
+        let good = signed(SPEC, &mldsa);
+        let mut tampered = good.clone();
+        tampered.message = Spec::from_yaml(&SPEC.replace("replicas: 3", "replicas: 1")).unwrap().canonical();
+        let mut truncated = good.canonical();
+        truncated.truncate(truncated.len() - 10);
+        let mut relabelled = good.canonical();
+        let tag_at = relabelled.len() - good.signature.as_bytes().len() - 5;
+        assert_eq!(relabelled[tag_at], Algorithm::MlDsa65.code());
+        relabelled[tag_at] = Algorithm::Dilithium3.code();
+        let unknown = signed(SPEC, &KeyPair::generate(Algorithm::MlDsa65));
+        let oversized = vec![0u8; docklock_proto::agreement::ENVELOPE_BYTES_MAX + 1];
+
+        type Case = (&'static str, Command, fn(&Outcome) -> bool);
+        let cases: Vec<Case> = vec![
+            ("tampered spec", submit(&tampered), |o| matches!(o, Outcome::Unauthenticated { .. })),
+            ("truncated signature", Command::SubmitAgreement { envelope: truncated }, |o| {
+                matches!(o, Outcome::Invalid { .. })
+            }),
+            ("wrong algorithm tag", Command::SubmitAgreement { envelope: relabelled }, |o| {
+                matches!(o, Outcome::Unauthenticated { .. })
+            }),
+            ("unknown key", submit(&unknown), |o| matches!(o, Outcome::Unauthenticated { .. })),
+            ("revoked key", submit(&signed(SPEC, &revoked)), |o| matches!(o, Outcome::PermissionDenied { .. })),
+            ("auditor key", submit(&signed(SPEC, &auditor)), |o| matches!(o, Outcome::PermissionDenied { .. })),
+            ("oversized", Command::SubmitAgreement { envelope: oversized }, |o| {
+                matches!(o, Outcome::LimitExceeded { .. })
+            }),
+        ];
+        for (name, command, expected) in cases {
+            let outcome = apply(&mut registry, command);
+            assert!(expected(&outcome), "{name}: {outcome:?}");
+        }
+        assert_eq!(fingerprint(&registry), before);
+    }
+
+    #[test]
+    fn identity_changes_are_bound_to_epoch_admin_and_cluster() {
+        let (mut registry, admin, mldsa, _) = setup();
+        let newcomer = KeyPair::generate(Algorithm::MlDsa65);
+        let add = ChangeKind::Add { key: newcomer.public().clone(), role: Role::Submitter };
+        let stale = change(&registry, add.clone(), &admin);
+        let by_submitter = change(&registry, add.clone(), &mldsa);
+        assert!(matches!(apply(&mut registry, by_submitter), Outcome::PermissionDenied { .. }));
+        let other_cluster =
+            IdentityChange { cluster_id: "other".into(), epoch: registry.identity_epoch(), kind: add.clone() };
+        let other_cluster =
+            Command::ChangeIdentity { envelope: Envelope::sign(other_cluster.canonical(), &admin).canonical() };
+        assert!(matches!(apply(&mut registry, other_cluster), Outcome::FailedPrecondition { .. }));
+        // Another change moves the epoch: the captured one is dead.
+        let third = KeyPair::generate(Algorithm::MlDsa65);
+        let add_third = change(&registry, ChangeKind::Add { key: third.public().clone(), role: Role::Auditor }, &admin);
+        apply(&mut registry, add_third);
+        assert!(matches!(apply(&mut registry, stale), Outcome::FailedPrecondition { .. }));
+        // Revocation is final; the last admin cannot be revoked.
+        let revoke = change(&registry, ChangeKind::Revoke { fingerprint: third.public().fingerprint() }, &admin);
+        assert!(matches!(apply(&mut registry, revoke), Outcome::IdentityChanged { .. }));
+        let readd = change(&registry, ChangeKind::Add { key: third.public().clone(), role: Role::Auditor }, &admin);
+        assert!(matches!(apply(&mut registry, readd), Outcome::FailedPrecondition { .. }));
+        let last = change(&registry, ChangeKind::Revoke { fingerprint: admin.public().fingerprint() }, &admin);
+        assert!(matches!(apply(&mut registry, last), Outcome::FailedPrecondition { .. }));
+        let bootstrap_again = Command::Bootstrap { cluster_id: "x".into(), admin: Some(newcomer.public().clone()) };
+        assert_eq!(apply(&mut registry, bootstrap_again), Outcome::Bootstrapped { applied: false });
+        assert_eq!(registry.cluster_id(), Some("c"));
+    }
+}
