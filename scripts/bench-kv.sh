@@ -21,9 +21,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cargo build --release --bin docklock
-(cd node/bench && cargo build --release --target-dir ../../target/bench)
+(cd node/bench && cargo build --release --target-dir ../../target)
 docklock=$PWD/target/release/docklock
-bench=$PWD/target/bench/release/docklock-bench
+bench=$PWD/target/release/docklock-bench
 
 work=$(mktemp -d)
 pids=()

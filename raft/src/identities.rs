@@ -290,3 +290,84 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use docklock_proto::agreement::Envelope;
+    use docklock_proto::crypto::{Algorithm, KeyPair};
+    use docklock_proto::identity::NodeKeyClaim;
+    use docklock_proto::ledger::Checkpoint;
+
+    use crate::registry::Registry;
+    use crate::types::{Command, Outcome, Request};
+
+    fn apply(registry: &mut Registry, command: Command) -> Outcome {
+        registry.apply(&Request { session: None, command }, 7).outcome
+    }
+
+    fn claim(node_id: u64, key: &KeyPair) -> Command {
+        let claim = NodeKeyClaim { cluster_id: "c".into(), node_id };
+        Command::RegisterNode { envelope: Envelope::sign(claim.canonical(), key).canonical() }
+    }
+
+    fn checkpoint(registry: &Registry, node: u64, key: &KeyPair) -> Checkpoint {
+        let ledger = registry.ledger();
+        let (size, root, head) = (ledger.size(), ledger.root(), ledger.head());
+        Checkpoint {
+            cluster_id: "c".into(),
+            tree_size: size,
+            root,
+            chain_head: head,
+            signer_node: node,
+            signer_key: key.public().clone(),
+            signature: key.sign(&Checkpoint::signed_bytes("c", size, &root, &head)),
+        }
+    }
+
+    /// Node keys register once per member; checkpoints must be signed by the
+    /// named node's key and match the ledger.
+    #[test]
+    fn node_keys_and_checkpoints() {
+        let mut registry = Registry::default();
+        registry.apply_membership(1, vec![1, 2], vec![]);
+        apply(&mut registry, Command::Bootstrap { cluster_id: "c".into(), admin: None });
+        let (one, two, outsider) = (
+            KeyPair::generate(Algorithm::MlDsa65),
+            KeyPair::generate(Algorithm::MlDsa65),
+            KeyPair::generate(Algorithm::Dilithium3),
+        );
+        assert!(matches!(apply(&mut registry, claim(1, &one)), Outcome::IdentityChanged { .. }));
+        assert!(matches!(apply(&mut registry, claim(1, &one)), Outcome::IdentityChanged { .. }), "a restart");
+        assert!(matches!(apply(&mut registry, claim(1, &two)), Outcome::PermissionDenied { .. }), "slot taken");
+        assert!(matches!(apply(&mut registry, claim(9, &outsider)), Outcome::PermissionDenied { .. }), "not a member");
+        assert!(matches!(apply(&mut registry, claim(2, &two)), Outcome::IdentityChanged { .. }));
+        registry.seal_entry();
+
+        let by_outsider = checkpoint(&registry, 1, &outsider);
+        assert!(matches!(
+            apply(&mut registry, Command::Checkpoint { checkpoint: Box::new(by_outsider) }),
+            Outcome::Unauthenticated { .. }
+        ));
+        let wrong_node = checkpoint(&registry, 1, &two);
+        assert!(matches!(
+            apply(&mut registry, Command::Checkpoint { checkpoint: Box::new(wrong_node) }),
+            Outcome::PermissionDenied { .. }
+        ));
+        let mut forged_root = checkpoint(&registry, 2, &two);
+        forged_root.root[0] ^= 1;
+        forged_root.signature =
+            two.sign(&Checkpoint::signed_bytes("c", forged_root.tree_size, &forged_root.root, &forged_root.chain_head));
+        assert!(matches!(
+            apply(&mut registry, Command::Checkpoint { checkpoint: Box::new(forged_root) }),
+            Outcome::FailedPrecondition { .. }
+        ));
+        let good = checkpoint(&registry, 2, &two);
+        let size = good.tree_size;
+        assert_eq!(
+            apply(&mut registry, Command::Checkpoint { checkpoint: Box::new(good) }),
+            Outcome::CheckpointRecorded { tree_size: size }
+        );
+        assert_eq!(registry.ledger().latest_checkpoint().map(|c| c.tree_size), Some(size));
+        assert_eq!(registry.ledger().size(), size, "a checkpoint is not itself a ledger event");
+    }
+}

@@ -7,6 +7,8 @@
 //! each system's leader. Reports throughput and p50/p99 latency per level and
 //! the DockLock/etcd ratios.
 
+mod ledger;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,12 @@ enum Cli {
     Kv(KvArgs),
     /// Write N keys to a DockLock cluster (for memory measurements).
     Fill(FillArgs),
+    /// Signed agreement admission throughput and latency.
+    Admit(ledger::AdmitArgs),
+    /// Sign and verify cost per signature, both algorithms.
+    Crypto,
+    /// Inclusion and consistency proof generation on a large ledger.
+    Proofs(ledger::ProofArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -95,6 +103,7 @@ impl Op {
 
 /// One connection to one system.
 #[derive(Clone)]
+#[allow(clippy::large_enum_variant)] // a handful per run; boxing buys nothing
 enum Conn {
     DockLock(VariablesClient<Channel>),
     Etcd(etcd_client::KvClient),
@@ -387,5 +396,11 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse() {
         Cli::Kv(args) => kv(args).await,
         Cli::Fill(args) => fill(args).await,
+        Cli::Admit(args) => ledger::admit(args).await,
+        Cli::Crypto => {
+            ledger::crypto();
+            Ok(())
+        }
+        Cli::Proofs(args) => ledger::proofs(args).await,
     }
 }
