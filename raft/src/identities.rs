@@ -95,10 +95,10 @@ impl Registry {
         self.node_keys.get(&node_id).and_then(|fingerprint| self.identities.get(fingerprint))
     }
 
-    /// The live (registered, unrevoked) identity of `key`, or the refusal.
-    pub(crate) fn live_identity(&self, key: &PublicKey) -> Result<&IdentityRecord, Outcome> {
-        let fingerprint = key.fingerprint();
-        match self.identities.get(&fingerprint) {
+    /// The live (registered, unrevoked) identity with `fingerprint`, or the
+    /// refusal.
+    pub(crate) fn live_identity(&self, fingerprint: &Fingerprint) -> Result<&IdentityRecord, Outcome> {
+        match self.identities.get(fingerprint) {
             None => Err(unauthenticated(format!("key {fingerprint} is not registered"))),
             Some(record) if record.revoked => Err(denied(format!("key {fingerprint} is revoked"))),
             Some(record) => Ok(record),
@@ -133,7 +133,7 @@ impl Registry {
         let envelope = open_envelope(bytes)?;
         let change =
             IdentityChange::decode(&envelope.message).map_err(|e| Outcome::Invalid { reason: e.to_string() })?;
-        let signer = self.live_identity(&envelope.signer)?;
+        let signer = self.live_identity(&envelope.signer.fingerprint())?;
         if signer.role != Role::Admin {
             return Err(denied(format!("key {} has role {}, not admin", envelope.signer.fingerprint(), signer.role)));
         }
@@ -269,7 +269,7 @@ impl Registry {
         if Some(checkpoint.cluster_id.as_str()) != self.cluster_id() {
             return Err(Outcome::Invalid { reason: "checkpoint names another cluster".into() });
         }
-        let record = self.live_identity(&checkpoint.signer_key)?;
+        let record = self.live_identity(&checkpoint.signer_key.fingerprint())?;
         if record.role != Role::Node || record.node_id != Some(checkpoint.signer_node) {
             return Err(denied(format!(
                 "checkpoint signer {} is not the node key of node {}",

@@ -77,6 +77,9 @@ pub struct Request {
     pub command: Command,
 }
 
+// Byte fields are `serde_bytes`: bincode then copies them whole instead of
+// visiting each byte (the same encoding, so stored logs still decode).
+
 /// A registry state change.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -85,6 +88,7 @@ pub enum Command {
         /// Variable name.
         key: String,
         /// New value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Remove a variable; removing a missing one is not an error.
@@ -99,6 +103,7 @@ pub enum Command {
         /// The precondition.
         expect: Expect,
         /// New value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Fix the cluster's id and first admin key, once: proposed by every
@@ -114,17 +119,20 @@ pub enum Command {
     /// [`docklock_proto::identity::IdentityChange`].
     ChangeIdentity {
         /// The canonical envelope.
+        #[serde(with = "serde_bytes")]
         envelope: Vec<u8>,
     },
     /// A node registering its own key: an envelope around a
     /// [`docklock_proto::identity::NodeKeyClaim`] signed by that key.
     RegisterNode {
         /// The canonical envelope.
+        #[serde(with = "serde_bytes")]
         envelope: Vec<u8>,
     },
     /// Admit a signed agreement (a canonical envelope around a spec).
     SubmitAgreement {
         /// The canonical envelope.
+        #[serde(with = "serde_bytes")]
         envelope: Vec<u8>,
     },
     /// Record a checkpoint the leader signed.
@@ -138,7 +146,7 @@ pub enum Command {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Expect {
     /// The key exists with exactly this value.
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The key exists with exactly this version.
     Version(u64),
     /// The key does not exist.
@@ -150,6 +158,7 @@ pub enum Expect {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Variable {
     /// Current value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Writes since creation; 1 after the creating write.
     pub version: u64,

@@ -8,6 +8,8 @@
 //! durable with the next flush — in particular before a snapshot is stored,
 //! so a stored snapshot never names a row that is not on disk.
 
+use std::sync::{Arc, RwLock};
+
 use docklock_proto::ledger::{chain_next, Checkpoint, CHAIN_START};
 use docklock_proto::merkle::{self, Frontier, Hash, NodeSource};
 
@@ -24,12 +26,19 @@ pub enum LedgerReadError {
     Missing(String),
 }
 
+/// Merkle nodes at this level and above are also kept in memory (about two
+/// bytes per event), so a proof reads only its lowest levels from sled: on a
+/// million events that took proof generation from ~20 sled reads to ~5.
+const CACHED_LEVEL_MIN: u32 = 5;
+
 /// The ledger's sled trees.
 #[derive(Clone)]
 pub struct LedgerStore {
     events: sled::Tree,
     nodes: sled::Tree,
     checkpoints: sled::Tree,
+    /// `upper[l][i]` is node (CACHED_LEVEL_MIN + l, i); append-only.
+    upper: Arc<RwLock<Vec<Vec<Hash>>>>,
 }
 
 fn node_key(level: u32, index: u64) -> [u8; 12] {
@@ -41,11 +50,20 @@ fn node_key(level: u32, index: u64) -> [u8; 12] {
 
 impl LedgerStore {
     pub(super) fn open(db: &sled::Db) -> Result<Self, sled::Error> {
-        Ok(Self {
+        let store = Self {
             events: db.open_tree("ledger_events")?,
             nodes: db.open_tree("ledger_nodes")?,
             checkpoints: db.open_tree("ledger_checkpoints")?,
-        })
+            upper: Arc::default(),
+        };
+        let mut upper = Vec::new();
+        for row in store.nodes.range(node_key(CACHED_LEVEL_MIN, 0)..) {
+            let (key, hash) = row?;
+            let (level, index) = parse_node_key(&key);
+            cache_node(&mut upper, level, index, hash.as_ref().try_into().unwrap_or_default());
+        }
+        *store.upper.write().expect("ledger cache lock") = upper;
+        Ok(store)
     }
 
     /// Write the rows of one apply batch.
@@ -59,9 +77,12 @@ impl LedgerStore {
             events.insert(&index.to_be_bytes(), [head.as_slice(), bytes].concat());
         }
         let mut nodes = sled::Batch::default();
+        let mut upper = self.upper.write().expect("ledger cache lock");
         for (level, index, hash) in &writes.nodes {
             nodes.insert(&node_key(*level, *index), hash);
+            cache_node(&mut upper, *level, *index, *hash);
         }
+        drop(upper);
         self.events.apply_batch(events)?;
         self.nodes.apply_batch(nodes)?;
         for checkpoint in &writes.checkpoints {
@@ -122,6 +143,7 @@ impl LedgerStore {
         self.events.clear()?;
         self.nodes.clear()?;
         self.checkpoints.clear()?;
+        self.upper.write().expect("ledger cache lock").clear();
         let mut frontier = Frontier::default();
         let mut head = CHAIN_START;
         let mut writes = LedgerWrites::default();
@@ -142,6 +164,29 @@ impl LedgerStore {
     }
 }
 
+fn parse_node_key(key: &[u8]) -> (u32, u64) {
+    let level = u32::from_be_bytes(key[..4].try_into().expect("node keys are 12 bytes"));
+    let index = u64::from_be_bytes(key[4..12].try_into().expect("node keys are 12 bytes"));
+    (level, index)
+}
+
+/// Remember an upper-level node. Nodes arrive in index order (appends, or a
+/// replay rewriting the same hashes), so an index is at most one past the end.
+fn cache_node(upper: &mut Vec<Vec<Hash>>, level: u32, index: u64, hash: Hash) {
+    let Some(slot) = level.checked_sub(CACHED_LEVEL_MIN) else { return };
+    let slot = slot as usize;
+    if upper.len() <= slot {
+        upper.resize_with(slot + 1, Vec::new);
+    }
+    let nodes = &mut upper[slot];
+    match usize::try_from(index).ok() {
+        Some(i) if i < nodes.len() => nodes[i] = hash,
+        Some(i) if i == nodes.len() => nodes.push(hash),
+        // A gap cannot happen with in-order rows; leave it to sled reads.
+        _ => {}
+    }
+}
+
 fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, LedgerReadError> {
     bincode::deserialize(bytes).map_err(|e| LedgerReadError::Missing(format!("checkpoint ({e})")))
 }
@@ -157,6 +202,13 @@ impl NodeSource for LedgerStore {
     type Error = LedgerReadError;
 
     fn node(&self, level: u32, index: u64) -> Result<Hash, Self::Error> {
+        if let Some(slot) = level.checked_sub(CACHED_LEVEL_MIN) {
+            let upper = self.upper.read().expect("ledger cache lock");
+            let cached = upper.get(slot as usize).and_then(|nodes| nodes.get(usize::try_from(index).ok()?));
+            if let Some(hash) = cached {
+                return Ok(*hash);
+            }
+        }
         let row = self.nodes.get(node_key(level, index))?;
         row.and_then(|bytes| Hash::try_from(bytes.as_ref()).ok())
             .ok_or_else(|| LedgerReadError::Missing(format!("merkle node {level}/{index}")))
