@@ -11,14 +11,14 @@
 //! Entry points: [`run`] with a [`TestConfig`]; [`checker::check`].
 //!
 //! Status: the loopback backend (one loopback address per node, partitions
-//! by iptables), kill / pause / partition nemeses, the `register`
-//! and `set` workloads, the HTML report. Network-namespace and Docker
-//! backends, netem, membership nemeses and the `ledger` workload are not
-//! built yet.
+//! by iptables), kill / pause / partition nemeses, the `register`, `set`
+//! and `ledger` workloads, the HTML report. Network-namespace and Docker
+//! backends, netem and membership nemeses are not built yet.
 
 pub mod checker;
 pub mod firewall;
 pub mod history;
+pub mod ledger;
 pub mod leftovers;
 mod nemesis;
 pub mod report;
@@ -42,6 +42,9 @@ pub enum Workload {
     Register,
     /// Unique adds and a final read, checked for lost and phantom elements.
     Set,
+    /// Unique adds, then every node's audit ledger: chains are prefixes of
+    /// the longest, no acknowledged add is missing, the checkpoint verifies.
+    Ledger,
 }
 
 impl std::str::FromStr for Workload {
@@ -51,7 +54,8 @@ impl std::str::FromStr for Workload {
         match name {
             "register" => Ok(Self::Register),
             "set" => Ok(Self::Set),
-            other => Err(format!("unknown workload {other:?}; known: register, set")),
+            "ledger" => Ok(Self::Ledger),
+            other => Err(format!("unknown workload {other:?}; known: register, set, ledger")),
         }
     }
 }
@@ -147,18 +151,27 @@ pub async fn run(config: TestConfig) -> anyhow::Result<Results> {
     let deadline = Instant::now() + config.time_limit;
     let clients = match config.workload {
         Workload::Register => workload::start_register(&cluster, &config, history.clone(), deadline)?,
-        Workload::Set => set::start(&cluster, &config, history.clone(), deadline)?,
+        Workload::Set | Workload::Ledger => set::start(&cluster, &config, history.clone(), deadline)?,
     };
     let mut cluster = nemesis::run(cluster, &config, &history, deadline).await?;
     for client in clients {
         client.await.context("client task")?;
     }
     let final_set = match config.workload {
-        Workload::Register => None,
+        Workload::Register | Workload::Ledger => None,
         Workload::Set => {
             cluster.wait_for_leader(Duration::from_secs(30)).await.context("no leader after healing")?;
             Some(set::final_read(&cluster, &history, config.concurrency).await)
         }
+    };
+    let ledgers = match config.workload {
+        Workload::Ledger => {
+            cluster.wait_for_leader(Duration::from_secs(30)).await.context("no leader after healing")?;
+            let ledgers = ledger::read_ledgers(&mut cluster).await;
+            let checkpoint = cluster.client()?.checkpoint(None).await.ok();
+            Some((ledgers, checkpoint))
+        }
+        _ => None,
     };
     drop(cluster);
 
@@ -166,8 +179,16 @@ pub async fn run(config: TestConfig) -> anyhow::Result<Results> {
     history.write_jsonl(&history_path)?;
     let events = history.events();
     let started = Instant::now();
-    let (workload, verdict, details) = match final_set {
-        None => {
+    let (workload, verdict, details) = match (final_set, ledgers) {
+        (_, Some((Err(error), _))) => {
+            ("ledger", Verdict::Unknown, serde_json::json!({"error": format!("reading the ledgers failed: {error:#}")}))
+        }
+        (_, Some((Ok(ledgers), checkpoint))) => {
+            let report = ledger::check(&events, &ledgers, checkpoint.as_ref());
+            let verdict = if report.is_valid() { Verdict::Valid } else { Verdict::Invalid };
+            ("ledger", verdict, serde_json::to_value(&report)?)
+        }
+        (None, None) => {
             let operations = history::register_operations(&events);
             let verdict = checker::check(&operations, config.check_budget);
             let summary = match verdict {
@@ -177,8 +198,8 @@ pub async fn run(config: TestConfig) -> anyhow::Result<Results> {
             };
             ("register", summary, serde_json::to_value(&verdict)?)
         }
-        Some(None) => ("set", Verdict::Unknown, serde_json::json!({"error": "the final read failed"})),
-        Some(Some(final_set)) => {
+        (Some(None), None) => ("set", Verdict::Unknown, serde_json::json!({"error": "the final read failed"})),
+        (Some(Some(final_set)), None) => {
             let report = set::check(&events, &final_set);
             let verdict = if report.is_valid() { Verdict::Valid } else { Verdict::Invalid };
             ("set", verdict, serde_json::to_value(&report)?)

@@ -20,7 +20,7 @@ enum Cli {
 
 #[derive(clap::Args, Debug)]
 struct TestArgs {
-    /// Workload: register or set.
+    /// Workload: register, set or ledger.
     #[arg(long, default_value = "register")]
     workload: Workload,
     /// Faults, comma separated: kill, kill-leader, pause, pause-leader,

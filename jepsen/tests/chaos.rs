@@ -86,6 +86,22 @@ async fn set_under_kill_and_partition_loses_nothing() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Under leader kills and partitions every node's ledger chain is a prefix
+/// of the longest, no acknowledged add is missing from it, and the latest
+/// checkpoint matches it.
+#[tokio::test(flavor = "multi_thread")]
+async fn ledger_chains_agree_under_kill_and_partition() -> anyhow::Result<()> {
+    let out = tempfile::tempdir()?;
+    let faults = vec![Fault::KillLeader, Fault::PartitionLeader];
+    let results = run(Workload::Ledger, faults, 13, out.path()).await?;
+    assert_eq!(results.verdict, Verdict::Valid, "{results:#?}");
+    let acknowledged = results.details["acknowledged"].as_u64().unwrap_or(0);
+    assert!(acknowledged > 200, "too few adds acknowledged to mean anything: {}", results.details);
+    let sizes = results.details["sizes"].as_object().map_or(0, |sizes| sizes.len());
+    assert_eq!(sizes, 3, "every node's ledger was read: {}", results.details);
+    Ok(())
+}
+
 /// Agents left by a killed run are found, a new run refuses to start while
 /// they live, and `clean` removes them.
 #[tokio::test(flavor = "multi_thread")]

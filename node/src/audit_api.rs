@@ -346,8 +346,11 @@ impl agreements_server::Agreements for AgreementsService {
                         return Some(agreement_info(&id, &record, None));
                     }
                     // Wake on the next applied change, or poll: the stream
-                    // ends when the client goes away and tonic drops it.
-                    let _ = tokio::time::timeout(WATCH_POLL, metrics.changed()).await;
+                    // ends when the client goes away and tonic drops it, or
+                    // when raft stops.
+                    if let Ok(Err(_)) = tokio::time::timeout(WATCH_POLL, metrics.changed()).await {
+                        return None;
+                    }
                 }
             }
         });
@@ -421,10 +424,14 @@ impl LedgerService {
                     return Ok(checkpoint);
                 }
             }
-            if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
-                return Err(Status::unavailable(format!(
-                    "no checkpoint covers {size} events yet (latest covers {latest_size}); retry shortly"
-                )));
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Status::unavailable("this node is shutting down")),
+                Err(_) => {
+                    return Err(Status::unavailable(format!(
+                        "no checkpoint covers {size} events yet (latest covers {latest_size}); retry shortly"
+                    )))
+                }
             }
         }
     }

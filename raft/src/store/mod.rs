@@ -5,8 +5,8 @@
 //! - `meta`: vote, committed id, last purged id, the node's identity;
 //! - `snapshot`: the current snapshot: registry state, applied id and
 //!   membership in one value, so they are always consistent;
-//! - `ledger_events`, `ledger_nodes`, `ledger_checkpoints`: the audit
-//!   ledger's rows (see [`ledger`]).
+//! - `ledger_checkpoints`: the audit ledger's checkpoints; its events and
+//!   Merkle nodes are flat files under `ledger/` (see [`ledger`]).
 //!
 //! Durability: appends, votes and truncations are acknowledged only after a
 //! flush (through the single [`Flusher`]). The state machine is in memory and
@@ -117,7 +117,8 @@ impl Store {
         }
         let flusher = Flusher::new(db.clone());
         let log = LogStore::new(db.open_tree("log").map_err(sled_error)?, meta, flusher.clone());
-        let ledger = ledger::LedgerStore::open(&db).map_err(sled_error)?;
+        let ledger = ledger::LedgerStore::open(dir, &db)
+            .map_err(|error| OpenError::Corrupt { path: path.clone(), reason: error.to_string() })?;
         let state_machine = StateMachine::open(db.open_tree("snapshot").map_err(sled_error)?, ledger, flusher)
             .map_err(|error| OpenError::Corrupt { path: path.clone(), reason: error.to_string() })?;
         Ok(Self { db, log, state_machine })

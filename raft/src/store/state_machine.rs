@@ -11,7 +11,8 @@
 //!
 //! The exception is the audit ledger, which grows without bound and so is not
 //! kept in memory: `apply` writes its rows (events, Merkle nodes,
-//! checkpoints) to sled without flushing (see [`super::ledger`]). A snapshot
+//! checkpoints) without syncing (see [`super::ledger`]); they are synced
+//! before a snapshot is stored. A snapshot
 //! sent to another node carries the state and those rows; the stored one
 //! carries only the state, since the rows are already on disk.
 
@@ -127,7 +128,12 @@ impl StateMachine {
                 requests_since_snapshot: AtomicU64::new(0),
             }),
         };
-        if let Some(stored) = machine.stored_snapshot()? {
+        let stored = machine.stored_snapshot()?;
+        // Rows past the stored snapshot were never synced on purpose; the
+        // log's replay writes them again.
+        let ledger_size = stored.as_ref().map_or(0, |stored| stored.ledger_size);
+        machine.shared.ledger.keep(ledger_size).map_err(read_error)?;
+        if let Some(stored) = stored {
             machine.restore(&stored.meta, &stored.data)?;
         }
         Ok(machine)
@@ -169,6 +175,8 @@ impl StateMachine {
         ledger_size: u64,
         checkpoints_up_to: u64,
     ) -> Result<(), StorageError> {
+        // The ledger rows the snapshot names must be on disk before it is.
+        self.shared.ledger.sync().map_err(|e| snapshot_write_error(meta, e))?;
         let stored = StoredSnapshot { meta: meta.clone(), data: data.to_vec(), ledger_size, checkpoints_up_to };
         let bytes = bincode::serialize(&stored).map_err(|e| snapshot_write_error(meta, e))?;
         self.shared.snapshot_tree.insert(SNAPSHOT_KEY, bytes).map_err(|e| snapshot_write_error(meta, e))?;
@@ -273,8 +281,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let decoded: SnapshotData = bincode::deserialize(&transfer.data).map_err(|e| snapshot_write_error(meta, e))?;
         let ledger_size = decoded.state.ledger.size();
         let checkpoints_up_to = decoded.state.ledger.latest_checkpoint().map_or(0, |c| c.tree_size);
-        // Rows first, then the stored snapshot (whose flush makes the rows
-        // durable too), then the memory: if the node dies between steps it
+        // Rows first (synced), then the stored snapshot, then the memory: if the node dies between steps it
         // restarts from a stored snapshot whose rows are on disk.
         self.shared.ledger.import(&transfer.ledger).map_err(|e| snapshot_write_error(meta, e))?;
         self.store_snapshot(meta, &transfer.data, ledger_size, checkpoints_up_to).await?;

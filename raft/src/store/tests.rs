@@ -110,17 +110,22 @@ async fn identity_is_stored() {
 async fn ledger_rows_survive_a_restart() {
     use docklock_proto::merkle;
     let dir = tempfile::tempdir().unwrap();
-    let (root, size) = {
+    let later = || (301..=350).map(|i| put_entry(i, "later", &format!("{i}"))).collect::<Vec<_>>();
+    let (root, size, later_event) = {
         let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
         let mut machine = store.state_machine.clone();
         apply_some(&mut machine, 300).await;
         machine.build_snapshot().await.unwrap();
         let state = machine.view().read().registry.to_state();
-        (state.ledger.root(), state.ledger.size())
+        // Entries after the snapshot write rows that a restart drops and
+        // the replay writes again, byte for byte.
+        machine.apply(later()).await.unwrap();
+        (state.ledger.root(), state.ledger.size(), machine.view().ledger().event(340).unwrap())
     };
-    let reopened = Store::open(dir.path(), &StoreConfig::default()).unwrap().state_machine;
+    let mut reopened = Store::open(dir.path(), &StoreConfig::default()).unwrap().state_machine;
     let rows = reopened.view().ledger().clone();
     assert_eq!(size, 300);
+    assert!(rows.event(300).is_err(), "rows past the stored snapshot are dropped at open");
     assert_eq!(merkle::root_at(&rows, size).unwrap(), root);
     for index in [0, 31, 32, 255, 299] {
         let proof = merkle::inclusion_proof(&rows, index, size).unwrap();
@@ -130,4 +135,9 @@ async fn ledger_rows_survive_a_restart() {
     let old_root = merkle::root_at(&rows, 100).unwrap();
     let proof = merkle::consistency_proof(&rows, 100, size).unwrap();
     merkle::verify_consistency(100, size, &old_root, &root, &proof).unwrap();
+    reopened.apply(later()).await.unwrap();
+    assert_eq!(rows.event(340).unwrap(), later_event, "the replay rewrites the same row");
+    let state = reopened.view().read().registry.to_state();
+    assert_eq!(merkle::root_at(&rows, 350).unwrap(), state.ledger.root());
+    assert_eq!(rows.chain_head(350).unwrap(), state.ledger.head());
 }
