@@ -40,13 +40,23 @@ async fn run(
     docklock_jepsen::run(config).await
 }
 
+/// Fail unless the verdict is `valid`; on failure the run's directory
+/// (history, results, node logs) is kept and named in the message.
+fn assert_valid(out: &tempfile::TempDir, results: &docklock_jepsen::Results) {
+    if results.verdict != Verdict::Valid {
+        let kept = std::env::temp_dir().join(format!("docklock-chaos-failure-{}-{}", results.seed, std::process::id()));
+        let copied = std::process::Command::new("cp").arg("-r").arg(out.path()).arg(&kept).status();
+        panic!("verdict {:?}; run copied to {} ({copied:?}): {results:#?}", results.verdict, kept.display());
+    }
+}
+
 /// Register histories under kill and pause faults are linearizable.
 #[tokio::test(flavor = "multi_thread")]
 async fn register_under_kill_and_pause_is_linearizable() -> anyhow::Result<()> {
     let out = tempfile::tempdir()?;
     let faults = vec![Fault::Kill, Fault::KillLeader, Fault::Pause, Fault::PauseLeader];
     let results = run(Workload::Register, faults, 7, out.path()).await?;
-    assert_eq!(results.verdict, Verdict::Valid, "{results:#?}");
+    assert_valid(&out, &results);
     let ok: u64 = ["read", "write", "cas"].iter().filter_map(|f| results.counts.get(*f)).map(|c| c.ok).sum();
     assert!(ok > 200, "too few operations succeeded to mean anything: {:?}", results.counts);
     let nemesis_actions: u64 = ["kill", "kill-leader", "pause", "pause-leader"]
@@ -65,7 +75,7 @@ async fn register_under_kill_and_pause_is_linearizable() -> anyhow::Result<()> {
 async fn register_under_partitions_is_linearizable() -> anyhow::Result<()> {
     let out = tempfile::tempdir()?;
     let results = run(Workload::Register, vec![Fault::PartitionLeader, Fault::PartitionHalves], 11, out.path()).await?;
-    assert_eq!(results.verdict, Verdict::Valid, "{results:#?}");
+    assert_valid(&out, &results);
     let partitions: u64 =
         ["partition-leader", "partition-halves"].iter().filter_map(|f| results.counts.get(*f)).map(|c| c.info).sum();
     assert!(partitions >= 2, "partitions were injected: {:?}", results.counts);
@@ -80,7 +90,7 @@ async fn set_under_kill_and_partition_loses_nothing() -> anyhow::Result<()> {
     let out = tempfile::tempdir()?;
     let faults = vec![Fault::KillLeader, Fault::PartitionHalves];
     let results = run(Workload::Set, faults, 5, out.path()).await?;
-    assert_eq!(results.verdict, Verdict::Valid, "{results:#?}");
+    assert_valid(&out, &results);
     let acknowledged = results.details["acknowledged"].as_u64().unwrap_or(0);
     assert!(acknowledged > 200, "too few adds acknowledged to mean anything: {}", results.details);
     Ok(())
@@ -94,7 +104,7 @@ async fn ledger_chains_agree_under_kill_and_partition() -> anyhow::Result<()> {
     let out = tempfile::tempdir()?;
     let faults = vec![Fault::KillLeader, Fault::PartitionLeader];
     let results = run(Workload::Ledger, faults, 13, out.path()).await?;
-    assert_eq!(results.verdict, Verdict::Valid, "{results:#?}");
+    assert_valid(&out, &results);
     let acknowledged = results.details["acknowledged"].as_u64().unwrap_or(0);
     assert!(acknowledged > 200, "too few adds acknowledged to mean anything: {}", results.details);
     let sizes = results.details["sizes"].as_object().map_or(0, |sizes| sizes.len());
