@@ -1,7 +1,5 @@
 //! The openraft type configuration and the commands the registry applies.
 
-use std::io::Cursor;
-
 use docklock_proto::agreement::AgreementId;
 use docklock_proto::crypto::{Fingerprint, PublicKey};
 use docklock_proto::ledger::Checkpoint;
@@ -23,7 +21,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = Node,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::store::SnapshotBytes,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

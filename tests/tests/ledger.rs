@@ -133,6 +133,18 @@ async fn cli_round_trip_from_keys_to_offline_verification() -> anyhow::Result<()
         assert!(err.contains("inclusion proof"), "the failed check is named: {err}");
     }
 
+    // Specs the client refuses before signing: an unknown field, no digest.
+    for (name, text, words) in [
+        ("unknown-field", format!("{SPEC}colour: blue\n"), "colour"),
+        ("no-digest", SPEC.lines().skip(1).collect::<Vec<_>>().join("\n"), "program"),
+    ] {
+        let path = at(&format!("{name}.yaml"));
+        std::fs::write(&path, text)?;
+        let (code, _, err) = docklock(&["agreement", "submit", path_str(&path), "--key", path_str(&at("mldsa.key"))]);
+        assert_eq!(code, 2, "{name}: {err}");
+        assert!(err.contains(words), "{name}: {err}");
+    }
+
     let (code, out, _) = docklock(&["agreement", "list", "--status", "admitted", "--output", "json"]);
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&out)?.as_array().map(Vec::len), Some(2));

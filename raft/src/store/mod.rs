@@ -18,6 +18,7 @@
 mod flusher;
 pub mod ledger;
 mod log_store;
+mod snapshot_bytes;
 mod state_machine;
 
 use std::path::Path;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use flusher::Flusher;
 pub use log_store::LogStore;
+pub use snapshot_bytes::SnapshotBytes;
 pub use state_machine::{StateMachine, StateView};
 
 use crate::types::StorageError;

@@ -16,7 +16,6 @@
 //! sent to another node carries the state and those rows; the stored one
 //! carries only the state, since the rows are already on disk.
 
-use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
@@ -25,6 +24,7 @@ use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 
 use super::ledger::{LedgerExport, LedgerStore};
+use super::snapshot_bytes::SnapshotBytes;
 use super::Flusher;
 use crate::registry::{Registry, RegistryState};
 use crate::types::{Entry, LogId, ProposalResult, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -213,7 +213,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         self.store_snapshot(&meta, &encoded, ledger_size, checkpoints_up_to).await?;
         // openraft uses only the meta of a built snapshot; what it sends
         // comes from `get_current_snapshot`.
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) })
+        Ok(Snapshot { meta, snapshot: Box::new(SnapshotBytes::default()) })
     }
 }
 
@@ -267,17 +267,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotBytes>, StorageError> {
+        Ok(Box::default())
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotBytes>,
     ) -> Result<(), StorageError> {
-        let transfer: TransferSnapshot =
-            bincode::deserialize(snapshot.get_ref()).map_err(|e| snapshot_write_error(meta, e))?;
+        let bytes = snapshot.into_bytes().map_err(|e| snapshot_write_error(meta, e))?;
+        let transfer: TransferSnapshot = bincode::deserialize(&bytes).map_err(|e| snapshot_write_error(meta, e))?;
         let decoded: SnapshotData = bincode::deserialize(&transfer.data).map_err(|e| snapshot_write_error(meta, e))?;
         let ledger_size = decoded.state.ledger.size();
         let checkpoints_up_to = decoded.state.ledger.latest_checkpoint().map_or(0, |c| c.tree_size);
@@ -291,14 +291,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let Some(stored) = self.stored_snapshot()? else { return Ok(None) };
         let ledger = self.shared.ledger.clone();
-        let (size, up_to) = (stored.ledger_size, stored.checkpoints_up_to);
-        // Reading the rows is O(ledger); keep it off the async workers.
-        let export = tokio::task::spawn_blocking(move || ledger.export(size, up_to))
-            .await
-            .map_err(|e| snapshot_write_error(&stored.meta, e))?
-            .map_err(|e| snapshot_write_error(&stored.meta, e))?;
-        let transfer = TransferSnapshot { data: stored.data, ledger: export };
-        let encoded = bincode::serialize(&transfer).map_err(|e| snapshot_write_error(&stored.meta, e))?;
-        Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(encoded)) }))
+        let (size, up_to, data) = (stored.ledger_size, stored.checkpoints_up_to, stored.data);
+        // Built when a follower first reads it: openraft also calls this at
+        // every start, for the meta alone, and the ledger is O(size). Rows
+        // up to `size` never change while this node could be sending.
+        let bytes = SnapshotBytes::lazy(move || {
+            let export = ledger.export(size, up_to).map_err(std::io::Error::other)?;
+            bincode::serialize(&TransferSnapshot { data, ledger: export }).map_err(std::io::Error::other)
+        });
+        Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(bytes) }))
     }
 }
