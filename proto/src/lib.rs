@@ -22,7 +22,8 @@ pub mod client;
 pub mod crypto;
 pub mod identity;
 pub mod ledger;
-pub mod merkle;
+/// The Merkle tree (the `docklock-merkle` crate, re-exported).
+pub use docklock_merkle as merkle;
 
 /// Generated code for package `docklock.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
