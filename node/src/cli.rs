@@ -69,6 +69,11 @@ enum Command {
         #[command(subcommand)]
         command: crate::cli_audit::AuditCommand,
     },
+    /// Run a program in the cage, or inspect a witness log.
+    Cage {
+        #[command(subcommand)]
+        command: crate::cli_cage::CageCommand,
+    },
     /// Start an embedded 3-node cluster on loopback and show it working.
     Demo(crate::demo::DemoArgs),
 }
@@ -346,6 +351,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Identity { client, command } => crate::cli_audit::identity(&client, command).await,
         Command::Agreement { client, command } => crate::cli_audit::agreement(&client, command).await,
         Command::Audit { client, command } => crate::cli_audit::audit(&client, command).await,
+        Command::Cage { command } => crate::cli_cage::cage(command).await,
         Command::Demo(args) => crate::demo::run(args).await,
     }
 }
@@ -581,6 +587,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     }
     if error.is::<crate::cli_audit::VerificationFailed>() {
         return 5;
+    }
+    if let Some(verdict) = error.downcast_ref::<crate::cli_cage::VerdictNotOk>() {
+        return verdict.1;
     }
     match error.downcast_ref::<tonic::Status>().map(tonic::Status::code) {
         Some(Code::NotFound) => 3,

@@ -17,6 +17,7 @@ pub mod api;
 pub mod audit_api;
 pub mod cli;
 pub mod cli_audit;
+pub mod cli_cage;
 pub mod demo;
 pub mod launcher;
 pub mod read_barrier;

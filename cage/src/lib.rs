@@ -1,0 +1,22 @@
+//! The cage: runs one workload on one node, contained, limited and recorded.
+//!
+//! Owns: process isolation (user, PID, mount, network, UTS and IPC
+//! namespaces; a read-only root; tmpfs scratch; no inherited descriptors),
+//! resource limits, verdicts, and the witness log whose Merkle root (the
+//! shared RFC 6962 tree of `docklock-merkle`) identifies a run.
+//!
+//! Must not: know about Raft, gRPC or the cluster.
+//!
+//! Status: namespaces, the `host` rootfs, rlimits, wall-time and output
+//! limits and the witness log are built. Not yet: rootfs tarballs and OCI
+//! images, the seccomp policy, the ptrace supervisor (determinism), cgroup v2
+//! limits, the containment suite.
+//!
+//! Entry point: [`run::run`].
+
+pub mod limits;
+pub mod run;
+mod sandbox;
+pub mod witness;
+
+pub use sandbox::{CAGE_UID, HOSTNAME};

@@ -1,0 +1,145 @@
+//! Resource limits of one run, set as rlimits in the cage and watched by the
+//! runner (wall time, output bytes).
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// Every limit of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// CPU seconds (RLIMIT_CPU).
+    pub cpu_secs: u64,
+    /// Wall-clock milliseconds, enforced by the runner.
+    pub wall_ms: u64,
+    /// Address space in MiB (RLIMIT_AS).
+    pub memory_mib: u64,
+    /// Processes of the cage's user (RLIMIT_NPROC).
+    pub processes: u64,
+    /// Open files (RLIMIT_NOFILE).
+    pub open_files: u64,
+    /// Bytes written to stdout and stderr together, enforced by the runner.
+    pub output_bytes: u64,
+    /// Largest file the workload may write (RLIMIT_FSIZE).
+    pub file_size_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            cpu_secs: 60,
+            wall_ms: 120_000,
+            memory_mib: 1024,
+            processes: 64,
+            open_files: 256,
+            output_bytes: 64 << 20,
+            file_size_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A limit by name, as verdicts and `--limit NAME=VALUE` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// CPU time.
+    Cpu,
+    /// Wall time.
+    Wall,
+    /// Memory.
+    Memory,
+    /// Processes.
+    Processes,
+    /// Open files.
+    OpenFiles,
+    /// Output bytes.
+    Output,
+    /// File size.
+    FileSize,
+}
+
+impl Limit {
+    /// Every limit.
+    pub const ALL: [Limit; 7] =
+        [Limit::Cpu, Limit::Wall, Limit::Memory, Limit::Processes, Limit::OpenFiles, Limit::Output, Limit::FileSize];
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::Cpu => "cpu-secs",
+            Limit::Wall => "wall-ms",
+            Limit::Memory => "memory-mib",
+            Limit::Processes => "processes",
+            Limit::OpenFiles => "open-files",
+            Limit::Output => "output-bytes",
+            Limit::FileSize => "file-size-bytes",
+        }
+    }
+}
+
+impl Serialize for Limit {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Limits {
+    fn slot(&mut self, limit: Limit) -> &mut u64 {
+        match limit {
+            Limit::Cpu => &mut self.cpu_secs,
+            Limit::Wall => &mut self.wall_ms,
+            Limit::Memory => &mut self.memory_mib,
+            Limit::Processes => &mut self.processes,
+            Limit::OpenFiles => &mut self.open_files,
+            Limit::Output => &mut self.output_bytes,
+            Limit::FileSize => &mut self.file_size_bytes,
+        }
+    }
+
+    /// Apply `NAME=VALUE` (a positive integer).
+    pub fn set(&mut self, assignment: &str) -> Result<(), String> {
+        let (name, value) =
+            assignment.split_once('=').ok_or_else(|| format!("limit {assignment:?} is not NAME=VALUE"))?;
+        let limit = Limit::ALL.into_iter().find(|limit| limit.name() == name).ok_or_else(|| {
+            let names: Vec<_> = Limit::ALL.iter().map(|l| l.name()).collect();
+            format!("unknown limit {name:?} (limits: {})", names.join(", "))
+        })?;
+        let value: u64 = value.parse().map_err(|_| format!("limit {name} needs a positive integer, got {value:?}"))?;
+        if value == 0 {
+            return Err(format!("limit {name} must be positive"));
+        }
+        *self.slot(limit) = value;
+        Ok(())
+    }
+
+    /// The limits as header text, in a fixed order.
+    pub fn describe(&self) -> String {
+        let mut copy = self.clone();
+        Limit::ALL
+            .iter()
+            .map(|limit| format!("limit.{}={}", limit.name(), copy.slot(*limit)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_limits() {
+        let mut limits = Limits::default();
+        limits.set("wall-ms=250").unwrap();
+        assert_eq!(limits.wall_ms, 250);
+        assert!(limits.set("wall-ms=0").is_err());
+        assert!(limits.set("speed=3").is_err());
+        assert!(limits.set("cpu-secs").is_err());
+        assert!(limits.describe().contains("limit.wall-ms=250"));
+    }
+}

@@ -1,0 +1,423 @@
+//! Process isolation: fork, namespaces, the new root, limits, exec.
+//!
+//! The runner's process may be multi-threaded, so after `fork` the children
+//! call only raw system calls on data prepared before the fork (no
+//! allocation, no locks). Two children: the *keeper* (in the host PID
+//! namespace) creates the user, mount, PID, network, UTS and IPC namespaces,
+//! waits for the runner to write its uid/gid maps, forks the *workload*
+//! (PID 1 of the new PID namespace) and reports its wait status through a
+//! pipe. Both die with their parent (`PR_SET_PDEATHSIG`), and when the
+//! workload — the namespace's init — dies, the kernel kills everything left
+//! in the namespace, so killing the keeper ends the whole run.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+/// The uid and gid the workload runs as inside its user namespace.
+pub const CAGE_UID: u32 = 1000;
+/// The fixed hostname inside the cage.
+pub const HOSTNAME: &str = "docklock";
+
+/// A bind mount into the new root.
+pub(crate) struct Bind {
+    pub(crate) source: CString,
+    pub(crate) target: CString,
+    pub(crate) writable: bool,
+    /// A device node (bound without `nodev`).
+    pub(crate) device: bool,
+    /// Mount flags locked on the source that a read-only remount must keep.
+    pub(crate) locked: libc::c_ulong,
+}
+
+/// Everything the children need, built before the fork.
+pub(crate) struct Plan {
+    pub(crate) root: CString,
+    pub(crate) root_locked: libc::c_ulong,
+    pub(crate) binds: Vec<Bind>,
+    pub(crate) tmpfs: Vec<(CString, CString)>,
+    pub(crate) proc_dir: CString,
+    pub(crate) program: CString,
+    pub(crate) argv: Vec<CString>,
+    pub(crate) envp: Vec<CString>,
+    pub(crate) cwd: CString,
+    pub(crate) rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+}
+
+/// Locked mount flags of the filesystem holding `path`.
+pub(crate) fn locked_flags(path: &Path) -> io::Result<libc::c_ulong> {
+    let c_path = cstring(path.as_os_str().as_encoded_bytes())?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is NUL-terminated and stat is a valid out pointer.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let pairs = [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ];
+    Ok(pairs.iter().filter(|(st, _)| stat.f_flag & st != 0).fold(0, |flags, (_, ms)| flags | ms))
+}
+
+/// A C string, refusing interior NULs.
+pub(crate) fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path or argument contains NUL"))
+}
+
+/// A pipe whose ends close on exec.
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two fresh descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The descriptors of a started run, held by the runner.
+pub(crate) struct Started {
+    /// The keeper's pid (in the host PID namespace).
+    pub(crate) keeper: libc::pid_t,
+    /// Read end of the workload's stdout.
+    pub(crate) stdout: OwnedFd,
+    /// Read end of the workload's stderr.
+    pub(crate) stderr: OwnedFd,
+    /// Read end of the keeper's report: the workload's wait status (4 bytes).
+    pub(crate) status: OwnedFd,
+    /// Read end of a setup failure report (step and errno, 8 bytes); EOF
+    /// with nothing means the exec happened.
+    pub(crate) setup_error: OwnedFd,
+}
+
+/// Steps of the workload's setup, reported with errno when one fails.
+pub(crate) const STEPS: [&str; 16] = [
+    "unshare namespaces",
+    "wait for id maps",
+    "fork",
+    "make mounts private",
+    "bind the new root",
+    "bind a host directory",
+    "make a bind read-only",
+    "mount a tmpfs",
+    "mount /proc",
+    "pivot into the new root",
+    "detach the old root",
+    "make the root read-only",
+    "set the hostname",
+    "bring up loopback",
+    "set limits and identity",
+    "exec the program",
+];
+
+fn step(name: &str) -> i32 {
+    STEPS.iter().position(|s| *s == name).expect("a known step") as i32
+}
+
+/// Start the keeper and, through it, the workload.
+pub(crate) fn start(plan: &Plan) -> io::Result<Started> {
+    let (stdout_read, stdout_write) = pipe()?;
+    let (stderr_read, stderr_write) = pipe()?;
+    let (status_read, status_write) = pipe()?;
+    let (error_read, error_write) = pipe()?;
+    let (ready_read, ready_write) = pipe()?;
+    let (maps_read, maps_write) = pipe()?;
+    let dev_null = std::fs::File::open("/dev/null")?;
+    let argv: Vec<*const libc::c_char> =
+        plan.argv.iter().map(|arg| arg.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let envp: Vec<*const libc::c_char> =
+        plan.envp.iter().map(|var| var.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let steps: Vec<i32> = STEPS.iter().map(|name| step(name)).collect();
+    let fds = ChildFds {
+        stdin: dev_null.as_raw_fd(),
+        stdout: stdout_write.as_raw_fd(),
+        stderr: stderr_write.as_raw_fd(),
+        status: status_write.as_raw_fd(),
+        error: error_write.as_raw_fd(),
+        ready: ready_write.as_raw_fd(),
+        maps: maps_read.as_raw_fd(),
+    };
+
+    // SAFETY: fork in a possibly multi-threaded process: the child below
+    // calls only async-signal-safe system calls on memory prepared above,
+    // and leaves with execve or _exit.
+    let keeper = unsafe { libc::fork() };
+    if keeper < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if keeper == 0 {
+        // SAFETY: in the freshly forked child; see `keeper_main`.
+        unsafe { keeper_main(plan, &fds, &argv, &envp, &steps) }
+    }
+    drop((stdout_write, stderr_write, status_write, error_write, ready_write, maps_read));
+
+    // The keeper has unshared: write its id maps (only a process outside
+    // the new user namespace may map ids other than its own).
+    let mut byte = [0u8; 1];
+    let ready = read_full(&ready_read, &mut byte);
+    if ready.is_ok() {
+        write_id_maps(keeper)?;
+        write_full(&maps_write, &[1])?;
+    }
+    drop(maps_write);
+    Ok(Started { keeper, stdout: stdout_read, stderr: stderr_read, status: status_read, setup_error: error_read })
+}
+
+fn write_id_maps(pid: libc::pid_t) -> io::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    // SAFETY: getegid has no preconditions.
+    let egid = unsafe { libc::getegid() };
+    // As root, the workload's ids map to `nobody` on the host; otherwise
+    // the kernel allows mapping only our own ids.
+    let (outside_uid, outside_gid) = if euid == 0 { (65534, 65534) } else { (euid, egid) };
+    std::fs::write(format!("/proc/{pid}/setgroups"), "deny")?;
+    std::fs::write(format!("/proc/{pid}/uid_map"), format!("{CAGE_UID} {outside_uid} 1\n"))?;
+    std::fs::write(format!("/proc/{pid}/gid_map"), format!("{CAGE_UID} {outside_gid} 1\n"))?;
+    Ok(())
+}
+
+pub(crate) fn read_full(fd: &OwnedFd, buffer: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buffer.len() {
+        // SAFETY: the pointer and length describe the unread tail of buffer.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buffer[done..].as_mut_ptr().cast(), buffer.len() - done) };
+        match n {
+            0 => break,
+            n if n < 0 => {
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
+            n => done += n as usize,
+        }
+    }
+    Ok(done)
+}
+
+fn write_full(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
+    // SAFETY: the pointer and length describe bytes.
+    let n = unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+    if n == bytes.len() as isize {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+struct ChildFds {
+    stdin: RawFd,
+    stdout: RawFd,
+    stderr: RawFd,
+    status: RawFd,
+    error: RawFd,
+    ready: RawFd,
+    maps: RawFd,
+}
+
+/// Report a failed setup step and leave.
+///
+/// SAFETY (for callers): only in a forked child.
+unsafe fn fail(fds: &ChildFds, step: i32) -> ! {
+    let errno = *libc::__errno_location();
+    let mut report = [0u8; 8];
+    report[..4].copy_from_slice(&step.to_be_bytes());
+    report[4..].copy_from_slice(&errno.to_be_bytes());
+    libc::write(fds.error, report.as_ptr().cast(), report.len());
+    libc::_exit(127)
+}
+
+/// The keeper: namespaces, then the workload, then its status.
+///
+/// SAFETY (for callers): only in a freshly forked child of `start`.
+unsafe fn keeper_main(
+    plan: &Plan,
+    fds: &ChildFds,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    steps: &[i32],
+) -> ! {
+    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+    let namespaces = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC;
+    if libc::unshare(namespaces) != 0 {
+        fail(fds, steps[0]);
+    }
+    libc::write(fds.ready, [1u8].as_ptr().cast(), 1);
+    let mut byte = [0u8; 1];
+    if libc::read(fds.maps, byte.as_mut_ptr().cast(), 1) != 1 {
+        fail(fds, steps[1]);
+    }
+    let init = libc::fork();
+    if init < 0 {
+        fail(fds, steps[2]);
+    }
+    if init == 0 {
+        init_main(plan, fds, argv, envp, steps);
+    }
+    let mut status = 0;
+    while libc::waitpid(init, &mut status, 0) < 0 && *libc::__errno_location() == libc::EINTR {}
+    libc::_exit(0)
+}
+
+/// The init: PID 1 of the new PID namespace. Builds the new root, forks
+/// the workload, reaps, reports the workload's status.
+///
+/// SAFETY (for callers): only in the keeper's freshly forked child.
+unsafe fn init_main(
+    plan: &Plan,
+    fds: &ChildFds,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    steps: &[i32],
+) -> ! {
+    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+    let null: *const libc::c_char = std::ptr::null();
+    let none: *const libc::c_void = std::ptr::null();
+    if libc::mount(null, c"/".as_ptr(), null, libc::MS_REC | libc::MS_PRIVATE, none) != 0 {
+        fail(fds, steps[3]);
+    }
+    if libc::mount(plan.root.as_ptr(), plan.root.as_ptr(), null, libc::MS_BIND | libc::MS_REC, none) != 0 {
+        fail(fds, steps[4]);
+    }
+    for bind in &plan.binds {
+        if libc::mount(bind.source.as_ptr(), bind.target.as_ptr(), null, libc::MS_BIND | libc::MS_REC, none) != 0 {
+            fail(fds, steps[5]);
+        }
+        let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | bind.locked;
+        if !bind.device {
+            flags |= libc::MS_NODEV;
+        }
+        if !bind.writable {
+            flags |= libc::MS_RDONLY;
+        }
+        if libc::mount(null, bind.target.as_ptr(), null, flags, none) != 0 {
+            fail(fds, steps[6]);
+        }
+    }
+    for (target, options) in &plan.tmpfs {
+        let flags = libc::MS_NOSUID | libc::MS_NODEV;
+        if libc::mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), flags, options.as_ptr().cast()) != 0 {
+            fail(fds, steps[7]);
+        }
+    }
+    let proc_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    if libc::mount(c"proc".as_ptr(), plan.proc_dir.as_ptr(), c"proc".as_ptr(), proc_flags, none) != 0 {
+        fail(fds, steps[8]);
+    }
+    if libc::chdir(plan.root.as_ptr()) != 0
+        || libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".old".as_ptr()) != 0
+        || libc::chdir(c"/".as_ptr()) != 0
+    {
+        fail(fds, steps[9]);
+    }
+    if libc::umount2(c"/.old".as_ptr(), libc::MNT_DETACH) != 0 {
+        fail(fds, steps[10]);
+    }
+    let root_flags =
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | plan.root_locked;
+    if libc::mount(null, c"/".as_ptr(), null, root_flags, none) != 0 {
+        fail(fds, steps[11]);
+    }
+    let host = HOSTNAME.as_bytes();
+    if libc::sethostname(host.as_ptr().cast(), host.len()) != 0
+        || libc::setdomainname(host.as_ptr().cast(), host.len()) != 0
+    {
+        fail(fds, steps[12]);
+    }
+    if !loopback_up() {
+        fail(fds, steps[13]);
+    }
+    let workload = libc::fork();
+    if workload < 0 {
+        fail(fds, steps[2]);
+    }
+    if workload == 0 {
+        workload_main(plan, fds, argv, envp, steps);
+    }
+    loop {
+        let mut status = 0;
+        let pid = libc::waitpid(-1, &mut status, 0);
+        if pid == workload {
+            libc::write(fds.status, status.to_be_bytes().as_ptr().cast(), 4);
+            libc::_exit(0);
+        }
+        if pid < 0 && *libc::__errno_location() != libc::EINTR {
+            libc::_exit(126);
+        }
+    }
+}
+
+/// The workload (PID 2): limits, identity, descriptors, exec.
+///
+/// SAFETY (for callers): only in the init's freshly forked child.
+unsafe fn workload_main(
+    plan: &Plan,
+    fds: &ChildFds,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    steps: &[i32],
+) -> ! {
+    for (resource, value) in &plan.rlimits {
+        let limit = libc::rlimit { rlim_cur: *value, rlim_max: *value };
+        if libc::setrlimit(*resource, &limit) != 0 {
+            fail(fds, steps[14]);
+        }
+    }
+    libc::umask(0o022);
+    if libc::chdir(plan.cwd.as_ptr()) != 0
+        || libc::setresgid(CAGE_UID, CAGE_UID, CAGE_UID) != 0
+        || libc::setresuid(CAGE_UID, CAGE_UID, CAGE_UID) != 0
+        || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+    {
+        fail(fds, steps[14]);
+    }
+    if libc::dup2(fds.stdin, 0) < 0 || libc::dup2(fds.stdout, 1) < 0 || libc::dup2(fds.stderr, 2) < 0 {
+        fail(fds, steps[14]);
+    }
+    // Every other descriptor closes at exec (the error pipe too, which is
+    // how the runner learns the exec happened).
+    libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+    libc::execve(plan.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    fail(fds, steps[15])
+}
+
+/// Bring `lo` up in the new network namespace.
+///
+/// SAFETY (for callers): async-signal-safe; raw syscalls only.
+unsafe fn loopback_up() -> bool {
+    let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+    if socket < 0 {
+        return false;
+    }
+    let mut request: libc::ifreq = std::mem::zeroed();
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *slot = *byte as libc::c_char;
+    }
+    let mut ok = libc::ioctl(socket, libc::SIOCGIFFLAGS, &mut request) == 0;
+    if ok {
+        request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        ok = libc::ioctl(socket, libc::SIOCSIFFLAGS, &request) == 0;
+    }
+    libc::close(socket);
+    ok
+}
+
+/// Name a setup failure report.
+pub(crate) fn describe_setup_error(report: &[u8; 8]) -> String {
+    let step = i32::from_be_bytes(report[..4].try_into().expect("4 bytes"));
+    let errno = i32::from_be_bytes(report[4..].try_into().expect("4 bytes"));
+    let name = usize::try_from(step).ok().and_then(|i| STEPS.get(i)).copied().unwrap_or("unknown step");
+    format!("{name}: {}", io::Error::from_raw_os_error(errno))
+}

@@ -1,0 +1,208 @@
+//! The witness log: a typed, versioned, length-prefixed record stream whose
+//! Merkle root (the shared RFC 6962-shape SHA3-256 tree) identifies a run.
+//!
+//! File layout: the magic `docklock-witness-v1\n`, then records, each a kind
+//! byte, a big-endian `u32` payload length and the payload. Each record's
+//! bytes (kind, length, payload) are one Merkle leaf. Everything recorded is
+//! deterministic for a deterministic program: stdout and stderr are cut into
+//! fixed 64 KiB chunks (never at the pipe's read boundaries), stdout's
+//! records come before stderr's, and output files are listed in path order.
+
+use std::io::{Read, Write};
+
+use docklock_merkle::{Hash, MemoryTree};
+use sha3::{Digest as _, Sha3_256};
+
+/// The file's first bytes.
+pub const MAGIC: &[u8] = b"docklock-witness-v1\n";
+/// Size of stdout and stderr chunks.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+/// Largest record payload a reader accepts.
+const PAYLOAD_BYTES_MAX: usize = 1 << 20;
+
+/// One witness record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// What ran and how: cage version, program, arguments, environment,
+    /// rootfs, limits, seed (text, `key=value` lines, in a fixed order).
+    Header(String),
+    /// A declared input: name and SHA3-256 of its bytes.
+    Input {
+        /// Its name under `/in`.
+        name: String,
+        /// Its digest.
+        digest: [u8; 32],
+    },
+    /// A chunk of standard output.
+    Stdout(Vec<u8>),
+    /// A chunk of standard error.
+    Stderr(Vec<u8>),
+    /// An output file: path under `/out`, size and digest.
+    Output {
+        /// Its path under `/out`.
+        path: String,
+        /// Its size.
+        size: u64,
+        /// Its digest.
+        digest: [u8; 32],
+    },
+    /// How the run ended: the verdict in words.
+    End(String),
+}
+
+impl Record {
+    fn kind(&self) -> u8 {
+        match self {
+            Record::Header(_) => 1,
+            Record::Input { .. } => 2,
+            Record::Stdout(_) => 3,
+            Record::Stderr(_) => 4,
+            Record::Output { .. } => 5,
+            Record::End(_) => 6,
+        }
+    }
+
+    fn payload(&self) -> Vec<u8> {
+        match self {
+            Record::Header(text) | Record::End(text) => text.as_bytes().to_vec(),
+            Record::Input { name, digest } => [digest.as_slice(), name.as_bytes()].concat(),
+            Record::Stdout(bytes) | Record::Stderr(bytes) => bytes.clone(),
+            Record::Output { path, size, digest } => [digest.as_slice(), &size.to_be_bytes(), path.as_bytes()].concat(),
+        }
+    }
+
+    /// The record's bytes: the Merkle leaf and what the file holds.
+    pub fn encode(&self) -> Vec<u8> {
+        let payload = self.payload();
+        let mut bytes = Vec::with_capacity(5 + payload.len());
+        bytes.push(self.kind());
+        bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&payload);
+        bytes
+    }
+
+    fn decode(kind: u8, payload: Vec<u8>) -> Result<Self, String> {
+        let text = |bytes: Vec<u8>| String::from_utf8(bytes).map_err(|_| "text is not UTF-8".to_owned());
+        let digest = |bytes: &[u8]| -> Result<[u8; 32], String> {
+            bytes.get(..32).and_then(|d| d.try_into().ok()).ok_or_else(|| "record too short".to_owned())
+        };
+        Ok(match kind {
+            1 => Record::Header(text(payload)?),
+            2 => Record::Input { digest: digest(&payload)?, name: text(payload[32..].to_vec())? },
+            3 => Record::Stdout(payload),
+            4 => Record::Stderr(payload),
+            5 => {
+                let size = payload.get(32..40).ok_or("record too short")?;
+                Record::Output {
+                    digest: digest(&payload)?,
+                    size: u64::from_be_bytes(size.try_into().expect("8 bytes")),
+                    path: text(payload[40..].to_vec())?,
+                }
+            }
+            6 => Record::End(text(payload)?),
+            other => return Err(format!("unknown record kind {other}")),
+        })
+    }
+}
+
+/// SHA3-256 of `bytes`.
+pub fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha3_256::digest(bytes).into()
+}
+
+/// Writes records to a file and keeps the Merkle tree of their leaves.
+pub struct WitnessWriter<W: Write> {
+    out: W,
+    tree: MemoryTree,
+}
+
+impl<W: Write> WitnessWriter<W> {
+    /// A writer that starts with the magic.
+    pub fn new(mut out: W) -> std::io::Result<Self> {
+        out.write_all(MAGIC)?;
+        Ok(Self { out, tree: MemoryTree::default() })
+    }
+
+    /// Append a record.
+    pub fn record(&mut self, record: &Record) -> std::io::Result<()> {
+        let bytes = record.encode();
+        self.tree.push(&bytes);
+        self.out.write_all(&bytes)
+    }
+
+    /// Records so far.
+    pub fn len(&self) -> u64 {
+        self.tree.len()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
+    /// Flush and return the root.
+    pub fn finish(mut self) -> std::io::Result<Hash> {
+        self.out.flush()?;
+        Ok(self.tree.root())
+    }
+}
+
+/// Read a witness file: its records and their recomputed root.
+pub fn read(mut input: impl Read) -> Result<(Vec<Record>, Hash), String> {
+    let mut magic = vec![0; MAGIC.len()];
+    input.read_exact(&mut magic).map_err(|e| format!("not a witness log: {e}"))?;
+    if magic != MAGIC {
+        return Err("not a witness log (bad magic)".into());
+    }
+    let (mut records, mut tree) = (Vec::new(), MemoryTree::default());
+    loop {
+        let mut head = [0; 5];
+        match input.read_exact(&mut head[..1]) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(error) => return Err(error.to_string()),
+        }
+        input.read_exact(&mut head[1..]).map_err(|e| format!("truncated record header: {e}"))?;
+        let len = u32::from_be_bytes(head[1..].try_into().expect("4 bytes")) as usize;
+        if len > PAYLOAD_BYTES_MAX {
+            return Err(format!("record of {len} bytes is over the bound"));
+        }
+        let mut payload = vec![0; len];
+        input.read_exact(&mut payload).map_err(|e| format!("truncated record: {e}"))?;
+        let record = Record::decode(head[0], payload)?;
+        tree.push(&record.encode());
+        records.push(record);
+    }
+    Ok((records, tree.root()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_root() {
+        let records = vec![
+            Record::Header("cage=1".into()),
+            Record::Input { name: "a.csv".into(), digest: digest(b"x") },
+            Record::Stdout(b"hello".to_vec()),
+            Record::Stderr(b"warn".to_vec()),
+            Record::Output { path: "r.txt".into(), size: 3, digest: digest(b"abc") },
+            Record::End("ok exit 0".into()),
+        ];
+        let mut file = Vec::new();
+        let mut writer = WitnessWriter::new(&mut file).unwrap();
+        for record in &records {
+            writer.record(record).unwrap();
+        }
+        let root = writer.finish().unwrap();
+        let (read_back, recomputed) = read(file.as_slice()).unwrap();
+        assert_eq!(read_back, records);
+        assert_eq!(recomputed, root);
+        let mut flipped = file.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert_ne!(read(flipped.as_slice()).map(|(_, root)| root).ok(), Some(root));
+        assert!(read(&file[..file.len() - 2]).is_err(), "a truncated log is refused");
+    }
+}

@@ -1,0 +1,136 @@
+//! Real runs in the cage (user, PID, mount, network, UTS and IPC namespaces;
+//! these need a kernel that allows them, as CI's does).
+
+use std::path::Path;
+
+use docklock_cage::limits::{Limit, Limits};
+use docklock_cage::run::{run, Outcome, RunSpec, Verdict};
+use docklock_cage::witness;
+
+fn spec(program: &str, args: &[&str]) -> RunSpec {
+    RunSpec {
+        program: program.into(),
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+        env: vec![],
+        inputs: vec![],
+        limits: Limits::default(),
+        seed: [7; 32],
+        stage_parent: None,
+    }
+}
+
+fn cage(spec: &RunSpec, dir: &Path) -> (Outcome, String) {
+    let mut stdout = Vec::new();
+    let outcome = run(spec, &dir.join("witness.log"), Some(&dir.join("out")), &mut stdout).expect("the cage runs");
+    (outcome, String::from_utf8_lossy(&stdout).into_owned())
+}
+
+fn shell(script: &str) -> RunSpec {
+    spec("/bin/sh", &["-c", script])
+}
+
+/// A dynamically linked host program runs and its output is recorded; the
+/// witness log reads back to the same root.
+#[test]
+fn host_program_runs_and_is_witnessed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outcome, stdout) = cage(&spec("/bin/echo", &["hello", "cage"]), dir.path());
+    assert_eq!(outcome.verdict, Verdict::Ok, "{outcome:?}");
+    assert_eq!(stdout, "hello cage\n");
+    let (records, root) = witness::read(std::fs::File::open(dir.path().join("witness.log")).unwrap()).unwrap();
+    assert_eq!(hex::encode(root), outcome.root);
+    assert!(records.iter().any(|r| matches!(r, witness::Record::Stdout(bytes) if bytes == b"hello cage\n")));
+}
+
+/// Inside: a fixed hostname, uid 1000, PID 2 (an init is PID 1), only loopback, an empty
+/// environment but TZ, cwd /tmp, and none of the host's files.
+#[test]
+fn the_inside_is_isolated() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = "echo host=$(cat /proc/sys/kernel/hostname) uid=$(id -u) pid=$$ cwd=$(pwd); \
+                  env | sort | tr '\\n' ' '; echo; ls /sys/class/net 2>&1 | tr '\\n' ' '; cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' \\n'; echo; \
+                  ls / | tr '\\n' ' '; echo; ls /root /home /etc 2>&1 | head -3 | tr '\\n' ' '";
+    let (outcome, stdout) = cage(&shell(script), dir.path());
+    assert_eq!(outcome.verdict, Verdict::Ok, "{outcome:?} {stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "host=docklock uid=1000 pid=2 cwd=/tmp", "{stdout}");
+    assert!(lines[1].starts_with("PWD=/tmp") || lines[1].contains("TZ=UTC"), "{stdout}");
+    assert!(!lines[1].contains("HOME=") && !lines[1].contains("PATH=/root"), "no host environment: {stdout}");
+    assert!(lines[2].ends_with("lo"), "only loopback: {stdout}");
+    assert!(!lines[3].contains("root") && !lines[3].contains("home") && !lines[3].contains("etc"), "{stdout}");
+}
+
+/// The root is read-only; /tmp and /out are writable; outputs are collected
+/// and witnessed.
+#[test]
+fn outputs_are_collected_and_the_root_is_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = "touch /usr/x 2>/dev/null && echo wrote-usr; touch /x 2>/dev/null && echo wrote-root; \
+                  echo scratch > /tmp/s && mkdir -p /out/sub && echo result > /out/sub/r.txt && echo done";
+    let (outcome, stdout) = cage(&shell(script), dir.path());
+    assert_eq!(outcome.verdict, Verdict::Ok, "{outcome:?}");
+    assert_eq!(stdout, "done\n");
+    assert_eq!(outcome.outputs, ["sub/r.txt"]);
+    assert_eq!(std::fs::read_to_string(dir.path().join("out/sub/r.txt")).unwrap(), "result\n");
+}
+
+/// Each verdict kind the cage decides today, produced on purpose.
+#[test]
+fn verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outcome, _) = cage(&shell("exit 3"), dir.path());
+    assert_eq!(outcome.verdict, Verdict::ProgramFailed { exit_code: Some(3), signal: None });
+    let (outcome, _) = cage(&shell("kill -9 $$"), dir.path());
+    assert_eq!(outcome.verdict, Verdict::ProgramFailed { exit_code: None, signal: Some(9) });
+    let mut slow = shell("sleep 10");
+    slow.limits.wall_ms = 300;
+    let (outcome, _) = cage(&slow, dir.path());
+    assert_eq!(outcome.verdict, Verdict::LimitExceeded { limit: Limit::Wall });
+    let mut loud = shell("yes");
+    loud.limits.output_bytes = 1 << 20;
+    let (outcome, stdout) = cage(&loud, dir.path());
+    assert_eq!(outcome.verdict, Verdict::LimitExceeded { limit: Limit::Output });
+    assert!(stdout.len() <= 1 << 20);
+    let mut big_file = shell("exec head -c 2000000 /dev/zero > /tmp/f");
+    big_file.limits.file_size_bytes = 1 << 20;
+    let (outcome, _) = cage(&big_file, dir.path());
+    assert_eq!(outcome.verdict, Verdict::LimitExceeded { limit: Limit::FileSize });
+    let (outcome, _) = cage(&spec("/no/such/program", &[]), dir.path());
+    assert!(matches!(&outcome.verdict, Verdict::CageError { reason } if reason.contains("exec")), "{outcome:?}");
+}
+
+/// The same run twice gives the same root; one changed input byte changes it.
+#[test]
+fn roots_are_stable_and_inputs_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("data.txt");
+    std::fs::write(&input, "abc").unwrap();
+    let mut job = shell("cat /in/data.txt; echo; wc -c < /in/data.txt > /out/count");
+    job.inputs = vec![("data.txt".into(), input.clone())];
+    let (first, stdout) = cage(&job, dir.path());
+    assert_eq!(first.verdict, Verdict::Ok, "{first:?}");
+    assert_eq!(stdout, "abc\n");
+    let (second, _) = cage(&job, dir.path());
+    assert_eq!(first.root, second.root);
+    std::fs::write(&input, "abd").unwrap();
+    let (third, _) = cage(&job, dir.path());
+    assert_ne!(first.root, third.root);
+}
+
+/// Nothing of a run is left on the host: no process in its namespaces, no
+/// stage directory.
+#[test]
+fn nothing_is_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let stages = tempfile::tempdir().unwrap();
+    let mut orphaned = shell("sleep 30 & sleep 30 & echo started");
+    orphaned.limits.wall_ms = 5_000;
+    orphaned.stage_parent = Some(stages.path().to_owned());
+    let (outcome, stdout) = cage(&orphaned, dir.path());
+    assert_eq!((outcome.verdict, stdout.as_str()), (Verdict::Ok, "started\n"));
+    // When the workload ended, its init exited and the kernel killed the
+    // rest of the namespace, the background sleeps too.
+    let survivors = std::process::Command::new("pgrep").args(["-f", "^sleep 30$"]).output().unwrap();
+    assert!(survivors.stdout.is_empty(), "left running: {}", String::from_utf8_lossy(&survivors.stdout));
+    assert_eq!(std::fs::read_dir(stages.path()).unwrap().count(), 0, "the stage directory was left");
+}
