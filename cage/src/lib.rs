@@ -7,14 +7,15 @@
 //!
 //! Must not: know about Raft, gRPC or the cluster.
 //!
-//! Status: namespaces, the `host` rootfs, rlimits, wall-time and output
-//! limits and the witness log are built. Not yet: rootfs tarballs and OCI
+//! Status: namespaces, the `host` rootfs and rootfs tarballs, rlimits,
+//! wall-time and output limits and the witness log are built. Not yet: OCI
 //! images, the seccomp policy, the ptrace supervisor (determinism), cgroup v2
 //! limits, the containment suite.
 //!
 //! Entry point: [`run::run`].
 
 pub mod limits;
+pub mod rootfs;
 pub mod run;
 mod sandbox;
 pub mod witness;

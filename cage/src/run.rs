@@ -12,15 +12,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::limits::{Limit, Limits};
+use crate::rootfs::{self, Prepared, Rootfs};
 use crate::sandbox::{self, Bind, Plan};
 use crate::witness::{self, Record, WitnessWriter, CHUNK_BYTES};
 
 /// Version of the cage recorded in every witness header.
 pub const CAGE_VERSION: &str = concat!("docklock-cage/", env!("CARGO_PKG_VERSION"));
 
-/// Host directories the `host` rootfs shows, read-only (a symlink on the
-/// host, as on merged-/usr systems, is recreated as the same symlink).
-const HOST_DIRS: [&str; 5] = ["usr", "bin", "lib", "lib64", "sbin"];
 /// Device nodes bound from the host.
 const DEVICES: [&str; 4] = ["null", "zero", "random", "urandom"];
 /// Size of the `/tmp` scratch tmpfs.
@@ -44,6 +42,23 @@ pub struct RunSpec {
     /// Where the run's stage directory is made (default: the system's
     /// temporary directory). It is removed when the run ends.
     pub stage_parent: Option<PathBuf>,
+    /// The root filesystem.
+    pub rootfs: Rootfs,
+    /// Where unpacked root filesystems are cached (by digest).
+    pub cache: PathBuf,
+}
+
+/// The default cache directory: `$DOCKLOCK_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/docklock`, else `~/.cache/docklock`.
+pub fn default_cache() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DOCKLOCK_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("docklock");
+    }
+    let home = std::env::var_os("HOME").map_or_else(std::env::temp_dir, PathBuf::from);
+    home.join(".cache").join("docklock")
 }
 
 /// How a run ended.
@@ -160,7 +175,11 @@ pub fn run(
         File::create(witness_path).map_err(io(format!("create {}", witness_path.display())))?,
     ))
     .map_err(io("write the witness log"))?;
-    let header = header(spec);
+    let prepared = match rootfs::prepare(&spec.rootfs, &spec.cache) {
+        Ok(prepared) => prepared,
+        Err(error) => return Err(CageError::Spec(error.to_string())),
+    };
+    let header = header(spec, &prepared);
     witness.record(&Record::Header(header)).map_err(io("write the witness log"))?;
     let mut sorted_inputs = spec.inputs.clone();
     sorted_inputs.sort();
@@ -177,7 +196,7 @@ pub fn run(
             .map_err(io("write the witness log"))?;
     }
 
-    let plan = plan(spec, &root, &inputs, &outputs)?;
+    let plan = plan(spec, &prepared, &root, &inputs, &outputs)?;
     let verdict = match sandbox::start(&plan) {
         Err(error) => Verdict::CageError { reason: format!("cannot start the sandbox: {error}") },
         Ok(started_run) => supervise(started_run, &spec.limits, &mut witness, &mut stdout)?,
@@ -220,10 +239,10 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), CageError> {
         .map_err(io(format!("chmod {}", path.display())))
 }
 
-fn header(spec: &RunSpec) -> String {
+fn header(spec: &RunSpec, rootfs: &Prepared) -> String {
     let mut lines = vec![
         format!("cage={CAGE_VERSION}"),
-        "rootfs=host".to_owned(),
+        format!("rootfs={}", rootfs.description),
         format!("program={}", spec.program),
         format!("seed={}", hex::encode(spec.seed)),
     ];
@@ -237,21 +256,27 @@ fn header(spec: &RunSpec) -> String {
 
 /// Build the children's plan: directories and symlinks of the new root are
 /// created here, on the host, before the fork.
-fn plan(spec: &RunSpec, root: &Path, inputs: &Path, outputs: &Path) -> Result<Plan, CageError> {
+fn plan(spec: &RunSpec, rootfs: &Prepared, root: &Path, inputs: &Path, outputs: &Path) -> Result<Plan, CageError> {
     let c = |path: &Path| sandbox::cstring(path.as_os_str().as_encoded_bytes()).map_err(io("a path"));
     let mut binds = Vec::new();
-    for dir in HOST_DIRS {
-        let host = Path::new("/").join(dir);
-        let target = root.join(dir);
-        match std::fs::symlink_metadata(&host) {
+    // Each top-level entry of the rootfs: a directory or file is bound
+    // read-only, a symlink (as on merged-/usr systems) recreated.
+    for name in &rootfs.entries {
+        let source = rootfs.source.join(name);
+        let target = root.join(name);
+        match std::fs::symlink_metadata(&source) {
             Ok(meta) if meta.file_type().is_symlink() => {
-                let link = std::fs::read_link(&host).map_err(io("read a host symlink"))?;
-                std::os::unix::fs::symlink(link, &target).map_err(io("recreate a host symlink"))?;
+                let link = std::fs::read_link(&source).map_err(io("read a rootfs symlink"))?;
+                std::os::unix::fs::symlink(link, &target).map_err(io("recreate a rootfs symlink"))?;
             }
-            Ok(meta) if meta.is_dir() => {
-                std::fs::create_dir(&target).map_err(io("create a mount point"))?;
-                let locked = sandbox::locked_flags(&host).map_err(io("statvfs"))?;
-                binds.push(Bind { source: c(&host)?, target: c(&target)?, writable: false, device: false, locked });
+            Ok(meta) if meta.is_dir() || meta.is_file() => {
+                if meta.is_dir() {
+                    std::fs::create_dir(&target).map_err(io("create a mount point"))?;
+                } else {
+                    File::create(&target).map_err(io("create a mount point"))?;
+                }
+                let locked = sandbox::locked_flags(&source).map_err(io("statvfs"))?;
+                binds.push(Bind { source: c(&source)?, target: c(&target)?, writable: false, device: false, locked });
             }
             _ => {}
         }

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use docklock_cage::limits::{Limit, Limits};
+use docklock_cage::rootfs::Rootfs;
 use docklock_cage::run::{run, Outcome, RunSpec, Verdict};
 use docklock_cage::witness;
 
@@ -16,6 +17,8 @@ fn spec(program: &str, args: &[&str]) -> RunSpec {
         limits: Limits::default(),
         seed: [7; 32],
         stage_parent: None,
+        rootfs: Rootfs::Host,
+        cache: std::env::temp_dir().join("docklock-cage-test-cache"),
     }
 }
 
@@ -133,4 +136,43 @@ fn nothing_is_left_behind() {
     let survivors = std::process::Command::new("pgrep").args(["-f", "^sleep 30$"]).output().unwrap();
     assert!(survivors.stdout.is_empty(), "left running: {}", String::from_utf8_lossy(&survivors.stdout));
     assert_eq!(std::fs::read_dir(stages.path()).unwrap().count(), 0, "the stage directory was left");
+}
+
+/// A rootfs tarball with a static program built here runs; it sees only
+/// the tarball's files.
+#[test]
+fn a_rootfs_tarball_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("hello.c");
+    std::fs::write(
+        &source,
+        "#include <stdio.h>\n#include <unistd.h>\nint main(void){printf(\"static %d %d\\n\", access(\"/usr/bin/sh\", F_OK), access(\"/etc/motd\", F_OK));return 0;}\n",
+    )
+    .unwrap();
+    let binary = dir.path().join("hello");
+    let compiled = std::process::Command::new("gcc").arg("-static").arg("-o").arg(&binary).arg(&source).status();
+    assert!(compiled.is_ok_and(|status| status.success()), "gcc -static is needed (build-essential)");
+    let tarball = dir.path().join("rootfs.tar");
+    let status = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("--transform")
+        .arg("s,^,app/,")
+        .arg("-C")
+        .arg(dir.path())
+        .arg("hello")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let cache = dir.path().join("cache");
+    let mut job = spec("/app/hello", &[]);
+    job.rootfs = Rootfs::Tarball(tarball.clone());
+    job.cache = cache.clone();
+    let (outcome, stdout) = cage(&job, dir.path());
+    assert_eq!(outcome.verdict, Verdict::Ok, "{outcome:?}");
+    assert_eq!(stdout, "static -1 -1\n", "no host files are visible");
+    let cached = std::fs::read_dir(cache.join("rootfs")).unwrap().count();
+    let (again, _) = cage(&job, dir.path());
+    assert_eq!(again.root, outcome.root);
+    assert_eq!(std::fs::read_dir(cache.join("rootfs")).unwrap().count(), cached, "unpacked once");
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use docklock_cage::limits::Limits;
+use docklock_cage::rootfs::Rootfs;
 use docklock_cage::run::{run, RunSpec, Verdict};
 use docklock_cage::witness::{self, Record};
 use serde_json::json;
@@ -29,10 +30,15 @@ pub enum CageCommand {
 /// `docklock cage run` flags.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Root filesystem; only `host` (a read-only view of the host's system
-    /// directories) is built so far.
+    /// Root filesystem: `host` (a read-only view of the host's system
+    /// directories) or a rootfs tarball (what `docker export` writes),
+    /// unpacked once into the cache.
     #[arg(long, default_value = "host")]
     rootfs: String,
+    /// Cache of unpacked root filesystems (default: $DOCKLOCK_CACHE_DIR,
+    /// $XDG_CACHE_HOME/docklock or ~/.cache/docklock).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
     /// Seed, 64 hex characters (default: zeros).
     #[arg(long)]
     seed: Option<String>,
@@ -102,13 +108,10 @@ pub async fn cage(command: CageCommand) -> anyhow::Result<()> {
 }
 
 async fn run_command(args: RunArgs) -> anyhow::Result<()> {
-    if args.rootfs != "host" {
-        return Err(UsageError(format!(
-            "--rootfs {:?}: only `host` is built so far (tarballs and OCI images are not)",
-            args.rootfs
-        ))
-        .into());
-    }
+    let rootfs = match args.rootfs.as_str() {
+        "host" => Rootfs::Host,
+        path => Rootfs::Tarball(PathBuf::from(path)),
+    };
     let mut limits = Limits::default();
     for limit in &args.limits {
         limits.set(limit).map_err(UsageError)?;
@@ -134,6 +137,8 @@ async fn run_command(args: RunArgs) -> anyhow::Result<()> {
         limits,
         seed,
         stage_parent: None,
+        rootfs,
+        cache: args.cache_dir.clone().unwrap_or_else(docklock_cage::run::default_cache),
     };
     let (witness_path, out, output) = (args.witness.clone(), args.out.clone(), args.output);
     let outcome = tokio::task::spawn_blocking(move || {

@@ -1,0 +1,308 @@
+//! Root filesystems: the host's system directories, or a rootfs tarball
+//! (what `docker export` writes) unpacked once into a content-addressed
+//! cache keyed by the tarball's SHA3-256.
+//!
+//! Unpacking is defensive: entries are written with no-follow checks on
+//! every path component (a symlink in the archive can never redirect a later
+//! entry onto the host), `..` and absolute entry paths are refused, hard
+//! links must point inside the root, device nodes and FIFOs are dropped,
+//! and setuid, setgid and sticky bits are cleared. Symlink *targets* may be
+//! absolute: inside the cage they resolve within the new root.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Component, Path, PathBuf};
+
+use sha3::{Digest as _, Sha3_256};
+
+/// Which root filesystem a run uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rootfs {
+    /// A read-only view of the host's `/usr`, `/bin`, `/lib`, `/lib64`, `/sbin`.
+    Host,
+    /// A rootfs tarball.
+    Tarball(PathBuf),
+}
+
+/// Host directories the `host` rootfs shows.
+pub const HOST_ENTRIES: [&str; 5] = ["usr", "bin", "lib", "lib64", "sbin"];
+/// Top-level names the cage provides itself; a rootfs's own are hidden.
+pub const RESERVED: [&str; 6] = ["in", "out", "tmp", "proc", "dev", ".old"];
+/// Most entries a tarball may hold.
+const ENTRIES_MAX: u64 = 1_000_000;
+/// Most bytes a tarball may unpack to.
+const UNPACKED_BYTES_MAX: u64 = 8 << 30;
+
+/// A root filesystem ready to mount: the directory whose top-level entries
+/// become `/`, and which of them to show.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The directory.
+    pub source: PathBuf,
+    /// The top-level names shown.
+    pub entries: Vec<String>,
+    /// How the witness header names it.
+    pub description: String,
+}
+
+/// Why a rootfs cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    /// A file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The archive holds something refused.
+    #[error("rootfs archive refused: {0}")]
+    Refused(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RootfsError {
+    let what = what.into();
+    move |source| RootfsError::Io { what, source }
+}
+
+/// Prepare `rootfs`, unpacking into `cache` if needed.
+pub fn prepare(rootfs: &Rootfs, cache: &Path) -> Result<Prepared, RootfsError> {
+    match rootfs {
+        Rootfs::Host => Ok(Prepared {
+            source: PathBuf::from("/"),
+            entries: HOST_ENTRIES.iter().map(|e| (*e).to_owned()).collect(),
+            description: "host".into(),
+        }),
+        Rootfs::Tarball(path) => {
+            let digest = file_digest(path)?;
+            let hex = hex::encode(digest);
+            let dir = cache.join("rootfs").join(&hex);
+            if !dir.exists() {
+                std::fs::create_dir_all(cache.join("rootfs")).map_err(io("create the rootfs cache"))?;
+                let partial = tempfile::Builder::new()
+                    .prefix(".unpacking-")
+                    .tempdir_in(cache.join("rootfs"))
+                    .map_err(io("create an unpack directory"))?;
+                let file = File::open(path).map_err(io(format!("open {}", path.display())))?;
+                unpack(BufReader::new(file), partial.path())?;
+                // Another run may have unpacked the same digest meanwhile:
+                // its copy is as good as ours.
+                let unpacked = partial.keep();
+                if std::fs::rename(&unpacked, &dir).is_err() {
+                    let _ = std::fs::remove_dir_all(&unpacked);
+                }
+            }
+            let mut entries = Vec::new();
+            for entry in std::fs::read_dir(&dir).map_err(io("list the rootfs"))? {
+                let name = entry.map_err(io("list the rootfs"))?.file_name().to_string_lossy().into_owned();
+                if !RESERVED.contains(&name.as_str()) {
+                    entries.push(name);
+                }
+            }
+            entries.sort();
+            Ok(Prepared { source: dir, entries, description: format!("tarball sha3-256:{hex}") })
+        }
+    }
+}
+
+/// SHA3-256 of a file, streamed.
+pub fn file_digest(path: &Path) -> Result<[u8; 32], RootfsError> {
+    let mut file = File::open(path).map_err(io(format!("open {}", path.display())))?;
+    let mut hasher = Sha3_256::new();
+    let mut buffer = vec![0; 1 << 16];
+    loop {
+        let n = file.read(&mut buffer).map_err(io("read the rootfs archive"))?;
+        if n == 0 {
+            return Ok(hasher.finalize().into());
+        }
+        hasher.update(&buffer[..n]);
+    }
+}
+
+/// The entry path as safe relative components, or a refusal.
+fn safe_relative(path: &Path) -> Result<PathBuf, RootfsError> {
+    let mut clean = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => clean.push(part),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(RootfsError::Refused(format!("entry path {} leaves the root", path.display())))
+            }
+        }
+    }
+    Ok(clean)
+}
+
+/// Refuse if any existing ancestor of `relative` under `root` is a symlink
+/// (so writing it cannot land outside the root).
+fn check_no_symlink_parents(root: &Path, relative: &Path) -> Result<(), RootfsError> {
+    let mut current = root.to_owned();
+    let parents: Vec<_> = relative.parent().map(|p| p.components().collect()).unwrap_or_default();
+    for component in parents {
+        current.push(component);
+        match std::fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(RootfsError::Refused(format!("entry {} goes through a symlink", relative.display())))
+            }
+            Ok(meta) if !meta.is_dir() => {
+                return Err(RootfsError::Refused(format!("entry {} goes through a file", relative.display())))
+            }
+            Ok(_) => {}
+            Err(_) => std::fs::create_dir(&current).map_err(io("create a directory"))?,
+        }
+    }
+    Ok(())
+}
+
+/// Unpack a tar stream into `root` with the rules in the module docs.
+pub fn unpack(reader: impl Read, root: &Path) -> Result<(), RootfsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut archive = tar::Archive::new(reader);
+    let (mut count, mut bytes) = (0u64, 0u64);
+    for entry in archive.entries().map_err(io("read the rootfs archive"))? {
+        let mut entry = entry.map_err(io("read the rootfs archive"))?;
+        count += 1;
+        if count > ENTRIES_MAX {
+            return Err(RootfsError::Refused(format!("more than {ENTRIES_MAX} entries")));
+        }
+        let relative = safe_relative(&entry.path().map_err(io("read an entry path"))?)?;
+        if relative.as_os_str().is_empty() {
+            continue;
+        }
+        check_no_symlink_parents(root, &relative)?;
+        let target = root.join(&relative);
+        // Only permission bits survive: no setuid, setgid or sticky.
+        let mode = entry.header().mode().map_err(io("read an entry mode"))? & 0o777;
+        let kind = entry.header().entry_type();
+        if std::fs::symlink_metadata(&target).is_ok_and(|meta| !meta.is_dir() || !kind.is_dir()) {
+            // A later entry replaces an earlier one (as tar does), never
+            // by following it.
+            let _ = std::fs::remove_file(&target);
+        }
+        match kind {
+            tar::EntryType::Directory => {
+                if !target.exists() {
+                    std::fs::create_dir(&target).map_err(io("create a directory"))?;
+                }
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode | 0o700))
+                    .map_err(io("set a mode"))?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                bytes += entry.header().size().map_err(io("read an entry size"))?;
+                if bytes > UNPACKED_BYTES_MAX {
+                    return Err(RootfsError::Refused(format!("unpacks to more than {UNPACKED_BYTES_MAX} bytes")));
+                }
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&target)
+                    .map_err(io(format!("create {}", relative.display())))?;
+                std::io::copy(&mut entry, &mut file).map_err(io("write a file"))?;
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)).map_err(io("set a mode"))?;
+            }
+            tar::EntryType::Symlink => {
+                let link = entry
+                    .link_name()
+                    .map_err(io("read a symlink"))?
+                    .ok_or_else(|| RootfsError::Refused(format!("symlink {} has no target", relative.display())))?;
+                std::os::unix::fs::symlink(&link, &target).map_err(io("create a symlink"))?;
+            }
+            tar::EntryType::Link => {
+                let link = entry
+                    .link_name()
+                    .map_err(io("read a hard link"))?
+                    .ok_or_else(|| RootfsError::Refused(format!("hard link {} has no target", relative.display())))?;
+                let source_relative = safe_relative(&link)?;
+                check_no_symlink_parents(root, &source_relative)?;
+                let source = root.join(&source_relative);
+                if std::fs::symlink_metadata(&source).map_or(true, |meta| !meta.is_file()) {
+                    return Err(RootfsError::Refused(format!(
+                        "hard link {} points at {}, which is not a file in the root",
+                        relative.display(),
+                        link.display()
+                    )));
+                }
+                std::fs::hard_link(&source, &target).map_err(io("create a hard link"))?;
+            }
+            // Device nodes and FIFOs are dropped: the cage provides /dev.
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {}
+            // PAX and GNU metadata entries are consumed by the tar reader;
+            // anything else is not a rootfs entry.
+            other => return Err(RootfsError::Refused(format!("entry {} of type {other:?}", relative.display()))),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn archive(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        build(&mut builder);
+        builder.into_inner().unwrap()
+    }
+
+    fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(mode);
+        header.set_size(size);
+        header
+    }
+
+    #[test]
+    fn unpacks_safely() {
+        use std::os::unix::fs::PermissionsExt;
+        let bytes = archive(|b| {
+            b.append_data(&mut header(tar::EntryType::Directory, 0o755, 0), "bin", &[][..]).unwrap();
+            b.append_data(&mut header(tar::EntryType::Regular, 0o4755, 2), "bin/tool", &b"hi"[..]).unwrap();
+            let mut link = header(tar::EntryType::Symlink, 0o777, 0);
+            b.append_link(&mut link, "lib", "/usr/lib").unwrap();
+            let mut dev = header(tar::EntryType::Char, 0o666, 0);
+            b.append_data(&mut dev, "null", &[][..]).unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        unpack(bytes.as_slice(), dir.path()).unwrap();
+        let mode = std::fs::metadata(dir.path().join("bin/tool")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o755, "setuid cleared");
+        assert_eq!(std::fs::read_link(dir.path().join("lib")).unwrap(), Path::new("/usr/lib"));
+        assert!(!dir.path().join("null").exists(), "device nodes dropped");
+    }
+
+    #[test]
+    fn refuses_escapes() {
+        // A symlink to the host's /tmp, then a file written through it.
+        let host = tempfile::tempdir().unwrap();
+        let through_link = archive(|b| {
+            let mut link = header(tar::EntryType::Symlink, 0o777, 0);
+            b.append_link(&mut link, "escape", host.path()).unwrap();
+            let mut file = header(tar::EntryType::Regular, 0o644, 1);
+            file.set_path("escape/pwned").unwrap();
+            file.set_cksum();
+            b.append(&file, &b"x"[..]).unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(unpack(through_link.as_slice(), dir.path()), Err(RootfsError::Refused(_))));
+        assert!(!host.path().join("pwned").exists());
+        // A path with `..`, written into the raw header (the builder refuses it).
+        let mut raw = header(tar::EntryType::Regular, 0o644, 1);
+        raw.as_gnu_mut().unwrap().name[..9].copy_from_slice(b"../pwned\0");
+        raw.set_cksum();
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.append(&raw, &b"x"[..]).unwrap();
+        let dotdot = builder.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(unpack(dotdot.as_slice(), dir.path()), Err(RootfsError::Refused(_))));
+        // A hard link to a host file.
+        let hard = archive(|b| {
+            let mut link = header(tar::EntryType::Link, 0o644, 0);
+            b.append_link(&mut link, "passwd", "../../etc/passwd").unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        assert!(unpack(hard.as_slice(), dir.path()).is_err());
+    }
+}
