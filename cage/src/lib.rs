@@ -7,9 +7,9 @@
 //!
 //! Must not: know about Raft, gRPC or the cluster.
 //!
-//! Status: namespaces, the `host` rootfs and rootfs tarballs, rlimits,
-//! wall-time and output limits and the witness log are built. Not yet: OCI
-//! images, the seccomp policy, the ptrace supervisor (determinism), cgroup v2
+//! Status: namespaces, the `host` rootfs, rootfs tarballs and images,
+//! rlimits, wall-time and output limits and the witness log are built. Not
+//! yet: the seccomp policy, the ptrace supervisor (determinism), cgroup v2
 //! limits, the containment suite.
 //!
 //! Entry point: [`run::run`].

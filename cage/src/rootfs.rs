@@ -22,6 +22,31 @@ pub enum Rootfs {
     Host,
     /// A rootfs tarball.
     Tarball(PathBuf),
+    /// An image as `docker save` writes it (a tar holding `manifest.json`
+    /// and layer tars) or an OCI image layout in a tar (`index.json`,
+    /// `blobs/sha256/...`, layers plain or gzipped).
+    Image(PathBuf),
+}
+
+impl Rootfs {
+    /// `host`, or the archive at `path` as an image (it holds a top-level
+    /// `manifest.json`, `index.json` or `oci-layout`) or a rootfs tarball.
+    pub fn detect(spec: &str) -> Result<Self, RootfsError> {
+        if spec == "host" {
+            return Ok(Rootfs::Host);
+        }
+        let path = PathBuf::from(spec);
+        let file = File::open(&path).map_err(io(format!("open {}", path.display())))?;
+        let mut archive = tar::Archive::new(BufReader::new(file));
+        for entry in archive.entries().map_err(io("read the rootfs archive"))? {
+            let entry = entry.map_err(io("read the rootfs archive"))?;
+            let name = entry.path().map_err(io("read an entry path"))?.to_string_lossy().into_owned();
+            if ["manifest.json", "index.json", "oci-layout"].contains(&name.trim_start_matches("./")) {
+                return Ok(Rootfs::Image(path));
+            }
+        }
+        Ok(Rootfs::Tarball(path))
+    }
 }
 
 /// Host directories the `host` rootfs shows.
@@ -74,7 +99,7 @@ pub fn prepare(rootfs: &Rootfs, cache: &Path) -> Result<Prepared, RootfsError> {
             entries: HOST_ENTRIES.iter().map(|e| (*e).to_owned()).collect(),
             description: "host".into(),
         }),
-        Rootfs::Tarball(path) => {
+        Rootfs::Tarball(path) | Rootfs::Image(path) => {
             let digest = file_digest(path)?;
             let hex = hex::encode(digest);
             let dir = cache.join("rootfs").join(&hex);
@@ -84,8 +109,12 @@ pub fn prepare(rootfs: &Rootfs, cache: &Path) -> Result<Prepared, RootfsError> {
                     .prefix(".unpacking-")
                     .tempdir_in(cache.join("rootfs"))
                     .map_err(io("create an unpack directory"))?;
-                let file = File::open(path).map_err(io(format!("open {}", path.display())))?;
-                unpack(BufReader::new(file), partial.path())?;
+                if matches!(rootfs, Rootfs::Image(_)) {
+                    unpack_image(path, partial.path())?;
+                } else {
+                    let file = File::open(path).map_err(io(format!("open {}", path.display())))?;
+                    unpack(BufReader::new(file), partial.path())?;
+                }
                 // Another run may have unpacked the same digest meanwhile:
                 // its copy is as good as ours.
                 let unpacked = partial.keep();
@@ -101,7 +130,8 @@ pub fn prepare(rootfs: &Rootfs, cache: &Path) -> Result<Prepared, RootfsError> {
                 }
             }
             entries.sort();
-            Ok(Prepared { source: dir, entries, description: format!("tarball sha3-256:{hex}") })
+            let kind = if matches!(rootfs, Rootfs::Image(_)) { "image" } else { "tarball" };
+            Ok(Prepared { source: dir, entries, description: format!("{kind} sha3-256:{hex}") })
         }
     }
 }
@@ -156,8 +186,118 @@ fn check_no_symlink_parents(root: &Path, relative: &Path) -> Result<(), RootfsEr
     Ok(())
 }
 
+/// Whiteout markers of an image layer: `.wh.NAME` deletes NAME of the
+/// layers below; `.wh..wh..opq` empties its directory of them.
+const WHITEOUT: &str = ".wh.";
+const OPAQUE: &str = ".wh..wh..opq";
+
+/// Layer files of an image, bottom first, read from `manifest.json`
+/// (`docker save`) or `index.json` (an OCI layout).
+fn image_layers(image: &Path) -> Result<Vec<PathBuf>, RootfsError> {
+    let refused = |reason: String| RootfsError::Refused(reason);
+    let read_json = |path: PathBuf| -> Result<serde_json::Value, RootfsError> {
+        let text = std::fs::read_to_string(&path).map_err(io(format!("read {}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| refused(format!("{}: {e}", path.display())))
+    };
+    let blob = |digest: &str| -> Result<PathBuf, RootfsError> {
+        let hex = digest.strip_prefix("sha256:").ok_or_else(|| refused(format!("digest {digest:?} is not sha256")))?;
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(refused(format!("digest {digest:?} is malformed")));
+        }
+        Ok(image.join("blobs/sha256").join(hex))
+    };
+    let layers: Vec<PathBuf> = if image.join("manifest.json").exists() {
+        let manifest = read_json(image.join("manifest.json"))?;
+        let layers = manifest
+            .get(0)
+            .and_then(|m| m.get("Layers"))
+            .and_then(|l| l.as_array())
+            .ok_or_else(|| refused("manifest.json lists no layers".into()))?;
+        layers
+            .iter()
+            .map(|layer| {
+                let path = layer.as_str().ok_or_else(|| refused("a layer path is not a string".into()))?;
+                Ok(image.join(safe_relative(Path::new(path))?))
+            })
+            .collect::<Result<_, RootfsError>>()?
+    } else {
+        let index = read_json(image.join("index.json"))?;
+        let manifest_digest = index
+            .get("manifests")
+            .and_then(|m| m.get(0))
+            .and_then(|m| m.get("digest"))
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| refused("index.json names no manifest".into()))?;
+        let manifest = read_json(blob(manifest_digest)?)?;
+        let layers = manifest
+            .get("layers")
+            .and_then(|l| l.as_array())
+            .ok_or_else(|| refused("the image manifest lists no layers".into()))?;
+        layers
+            .iter()
+            .map(|layer| blob(layer.get("digest").and_then(|d| d.as_str()).unwrap_or_default()))
+            .collect::<Result<_, RootfsError>>()?
+    };
+    Ok(layers)
+}
+
+/// A layer's reader, gunzipped if it starts with the gzip magic.
+fn layer_reader(path: &Path) -> Result<Box<dyn Read>, RootfsError> {
+    let mut file = BufReader::new(File::open(path).map_err(io(format!("open layer {}", path.display())))?);
+    let gzipped = std::io::BufRead::fill_buf(&mut file).map_err(io("read a layer"))?.starts_with(&[0x1f, 0x8b]);
+    Ok(if gzipped { Box::new(flate2::read::GzDecoder::new(file)) } else { Box::new(file) })
+}
+
+/// Unpack an image: its tar into a scratch directory, then each layer in
+/// order, applying whiteouts to the layers below.
+fn unpack_image(image_tar: &Path, root: &Path) -> Result<(), RootfsError> {
+    let scratch = tempfile::tempdir().map_err(io("create a scratch directory"))?;
+    let file = File::open(image_tar).map_err(io(format!("open {}", image_tar.display())))?;
+    unpack(BufReader::new(file), scratch.path())?;
+    for layer in image_layers(scratch.path())? {
+        // Whiteouts delete from the layers below, so apply them before
+        // this layer's own entries land.
+        let mut archive = tar::Archive::new(layer_reader(&layer)?);
+        for entry in archive.entries().map_err(io("read a layer"))? {
+            let entry = entry.map_err(io("read a layer"))?;
+            let relative = safe_relative(&entry.path().map_err(io("read an entry path"))?)?;
+            let Some(name) = relative.file_name().and_then(|n| n.to_str()) else { continue };
+            let Some(hidden) = name.strip_prefix(WHITEOUT) else { continue };
+            check_no_symlink_parents(root, &relative)?;
+            let parent = root.join(relative.parent().unwrap_or(Path::new("")));
+            if name == OPAQUE {
+                if let Ok(children) = std::fs::read_dir(&parent) {
+                    for child in children.flatten() {
+                        remove_any(&child.path())?;
+                    }
+                }
+            } else {
+                remove_any(&parent.join(hidden))?;
+            }
+        }
+        unpack_layer(layer_reader(&layer)?, root)?;
+    }
+    Ok(())
+}
+
+fn remove_any(path: &Path) -> Result<(), RootfsError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path).map_err(io("apply a whiteout")),
+        Ok(_) => std::fs::remove_file(path).map_err(io("apply a whiteout")),
+        Err(_) => Ok(()),
+    }
+}
+
 /// Unpack a tar stream into `root` with the rules in the module docs.
 pub fn unpack(reader: impl Read, root: &Path) -> Result<(), RootfsError> {
+    unpack_entries(reader, root, false)
+}
+
+fn unpack_layer(reader: impl Read, root: &Path) -> Result<(), RootfsError> {
+    unpack_entries(reader, root, true)
+}
+
+fn unpack_entries(reader: impl Read, root: &Path, skip_whiteouts: bool) -> Result<(), RootfsError> {
     use std::os::unix::fs::PermissionsExt;
     let mut archive = tar::Archive::new(reader);
     let (mut count, mut bytes) = (0u64, 0u64);
@@ -169,6 +309,10 @@ pub fn unpack(reader: impl Read, root: &Path) -> Result<(), RootfsError> {
         }
         let relative = safe_relative(&entry.path().map_err(io("read an entry path"))?)?;
         if relative.as_os_str().is_empty() {
+            continue;
+        }
+        let is_whiteout = relative.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(WHITEOUT));
+        if skip_whiteouts && is_whiteout {
             continue;
         }
         check_no_symlink_parents(root, &relative)?;
@@ -304,5 +448,50 @@ mod tests {
         });
         let dir = tempfile::tempdir().unwrap();
         assert!(unpack(hard.as_slice(), dir.path()).is_err());
+    }
+}
+
+#[cfg(test)]
+mod image_tests {
+    use super::*;
+
+    fn layer(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, bytes) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_mode(0o644);
+            header.set_size(bytes.len() as u64);
+            builder.append_data(&mut header, path, *bytes).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    /// A `docker save`-shaped image: layers apply in order, whiteouts and
+    /// opaque directories hide what is below.
+    #[test]
+    fn layers_and_whiteouts() {
+        let lower = layer(&[("etc/a", b"1"), ("etc/b", b"2"), ("data/x", b"3"), ("data/y", b"4")]);
+        let upper = layer(&[("etc/.wh.a", b""), ("data/.wh..wh..opq", b""), ("data/z", b"5"), ("etc/b", b"6")]);
+        let manifest = br#"[{"Config":"c.json","Layers":["l1/layer.tar","l2/layer.tar"]}]"#;
+        let mut image = tar::Builder::new(Vec::new());
+        for (path, bytes) in [("manifest.json", &manifest[..]), ("l1/layer.tar", &lower), ("l2/layer.tar", &upper)] {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_mode(0o644);
+            header.set_size(bytes.len() as u64);
+            image.append_data(&mut header, path, bytes).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let image_path = dir.path().join("image.tar");
+        std::fs::write(&image_path, image.into_inner().unwrap()).unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        unpack_image(&image_path, &root).unwrap();
+        assert!(!root.join("etc/a").exists(), "whiteout");
+        assert_eq!(std::fs::read(root.join("etc/b")).unwrap(), b"6", "upper wins");
+        assert!(!root.join("data/x").exists() && !root.join("data/y").exists(), "opaque directory");
+        assert_eq!(std::fs::read(root.join("data/z")).unwrap(), b"5");
+        assert!(!root.join("etc/.wh.a").exists(), "markers are not files");
     }
 }

@@ -138,10 +138,10 @@ fn nothing_is_left_behind() {
     assert_eq!(std::fs::read_dir(stages.path()).unwrap().count(), 0, "the stage directory was left");
 }
 
-/// A rootfs tarball with a static program built here runs; it sees only
-/// the tarball's files.
+/// A rootfs tarball and an image with a static program built here run; it
+/// sees only their files.
 #[test]
-fn a_rootfs_tarball_runs() {
+fn a_rootfs_tarball_and_an_image_run() {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("hello.c");
     std::fs::write(
@@ -175,4 +175,28 @@ fn a_rootfs_tarball_runs() {
     let (again, _) = cage(&job, dir.path());
     assert_eq!(again.root, outcome.root);
     assert_eq!(std::fs::read_dir(cache.join("rootfs")).unwrap().count(), cached, "unpacked once");
+
+    // The same program as a one-layer image in `docker save` shape.
+    let image_dir = dir.path().join("image");
+    std::fs::create_dir_all(image_dir.join("layer1")).unwrap();
+    std::fs::copy(&tarball, image_dir.join("layer1/layer.tar")).unwrap();
+    std::fs::write(image_dir.join("manifest.json"), r#"[{"Config":"config.json","Layers":["layer1/layer.tar"]}]"#)
+        .unwrap();
+    let image = dir.path().join("image.tar");
+    let status = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&image)
+        .arg("-C")
+        .arg(&image_dir)
+        .args(["manifest.json", "layer1"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let detected = Rootfs::detect(image.to_str().unwrap()).unwrap();
+    assert_eq!(detected, Rootfs::Image(image.clone()));
+    job.rootfs = detected;
+    let (from_image, stdout) = cage(&job, dir.path());
+    assert_eq!(from_image.verdict, Verdict::Ok, "{from_image:?}");
+    assert_eq!(stdout, "static -1 -1\n");
+    assert_ne!(from_image.root, outcome.root, "the witness names the rootfs it ran on");
 }

@@ -31,7 +31,8 @@ pub enum CageCommand {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Root filesystem: `host` (a read-only view of the host's system
-    /// directories) or a rootfs tarball (what `docker export` writes),
+    /// directories), a rootfs tarball (what `docker export` writes) or an
+    /// image (what `docker save` writes, or an OCI layout in a tar),
     /// unpacked once into the cache.
     #[arg(long, default_value = "host")]
     rootfs: String,
@@ -108,10 +109,7 @@ pub async fn cage(command: CageCommand) -> anyhow::Result<()> {
 }
 
 async fn run_command(args: RunArgs) -> anyhow::Result<()> {
-    let rootfs = match args.rootfs.as_str() {
-        "host" => Rootfs::Host,
-        path => Rootfs::Tarball(PathBuf::from(path)),
-    };
+    let rootfs = Rootfs::detect(&args.rootfs).map_err(|e| UsageError(format!("--rootfs: {e}")))?;
     let mut limits = Limits::default();
     for limit in &args.limits {
         limits.set(limit).map_err(UsageError)?;
