@@ -2,11 +2,10 @@
 //! under the limits, record the witness log, decide the verdict.
 
 use std::fs::File;
-use std::io::{BufWriter, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io::BufWriter;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -191,6 +190,10 @@ pub fn run(
             std::fs::create_dir_all(parent).map_err(io("stage an input"))?;
         }
         std::fs::write(&target, &bytes).map_err(io("stage an input"))?;
+        // Keep the source's execute bits (an input may be the program);
+        // never setuid or write bits for others.
+        let mode = std::fs::metadata(path).map_err(io("stat an input"))?.permissions().mode() & 0o755;
+        set_mode(&target, mode | 0o444)?;
         witness
             .record(&Record::Input { name: name.clone(), digest: witness::digest(&bytes) })
             .map_err(io("write the witness log"))?;
@@ -234,7 +237,6 @@ pub fn run(
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), CageError> {
-    use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(io(format!("chmod {}", path.display())))
 }
@@ -341,74 +343,114 @@ fn plan(spec: &RunSpec, rootfs: &Prepared, root: &Path, inputs: &Path, outputs: 
 }
 
 /// Read stdout and stderr under the limits, wait for the workload, decide.
+/// One thread polls the three pipes (stdout, stderr, the init's status
+/// report): no reader threads to start for a short run.
 fn supervise(
     started: sandbox::Started,
     limits: &Limits,
     witness: &mut WitnessWriter<BufWriter<File>>,
     stdout_sink: &mut impl std::io::Write,
 ) -> Result<Verdict, CageError> {
-    let output_total = Arc::new(AtomicU64::new(0));
-    let over_output = Arc::new(AtomicBool::new(false));
     let keeper = started.keeper;
-    let stderr_reader = {
-        let (fd, total, over, bound) = (started.stderr, output_total.clone(), over_output.clone(), limits.output_bytes);
-        std::thread::spawn(move || {
-            let mut kept = Vec::new();
-            read_stream(fd, &total, &over, bound, keeper, |bytes| kept.extend_from_slice(bytes));
-            kept
-        })
-    };
     let deadline = Instant::now() + Duration::from_millis(limits.wall_ms);
-    let over_wall = Arc::new(AtomicBool::new(false));
-    let watchdog = {
-        let over_wall = over_wall.clone();
-        let status_fd = started.status.as_raw_fd();
-        std::thread::spawn(move || wait_or_kill(status_fd, deadline, keeper, &over_wall))
-    };
-    // Stdout is recorded in fixed chunks as it arrives.
+    let (mut over_wall, mut over_output, mut killed) = (false, false, false);
+    let mut total = 0u64;
     let mut pending = Vec::new();
-    let mut write_error = None;
-    read_stream(started.stdout, &output_total, &over_output, limits.output_bytes, keeper, |bytes| {
-        pending.extend_from_slice(bytes);
-        while pending.len() >= CHUNK_BYTES {
-            let chunk: Vec<u8> = pending.drain(..CHUNK_BYTES).collect();
-            let written = witness.record(&Record::Stdout(chunk.clone())).and_then(|()| stdout_sink.write_all(&chunk));
-            if let Err(error) = written {
-                write_error.get_or_insert(error);
+    let mut stderr = Vec::new();
+    let mut status: Option<i32> = None;
+    // Slots: stdout, stderr, status; None once at end of file.
+    let mut open = [Some(started.stdout), Some(started.stderr), Some(started.status)];
+    let mut buffer = vec![0; CHUNK_BYTES];
+    while open.iter().any(Option::is_some) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() && !killed {
+            over_wall = true;
+            killed = true;
+            kill(keeper);
+        }
+        let mut polls: Vec<libc::pollfd> = open
+            .iter()
+            .map(|fd| libc::pollfd {
+                fd: fd.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // After a kill the pipes close at once; poll briefly meanwhile.
+        let timeout = if killed { 100 } else { left.as_millis().clamp(1, i32::MAX as u128) as i32 };
+        if poll(&mut polls, timeout) <= 0 {
+            continue;
+        }
+        for (slot, polled) in polls.iter().enumerate() {
+            if polled.revents == 0 {
+                continue;
+            }
+            let Some(fd) = open[slot].as_ref() else { continue };
+            if slot == 2 {
+                let mut bytes = [0u8; 4];
+                if sandbox::read_full(fd, &mut bytes).unwrap_or(0) == 4 {
+                    status = Some(i32::from_be_bytes(bytes));
+                }
+                open[slot] = None;
+                continue;
+            }
+            let n = match sandbox::read_some(fd, &mut buffer) {
+                Ok(0) | Err(_) => {
+                    open[slot] = None;
+                    continue;
+                }
+                Ok(n) => n,
+            };
+            let allowed = limits.output_bytes.saturating_sub(total).min(n as u64) as usize;
+            total += n as u64;
+            if allowed < n && !over_output {
+                over_output = true;
+                killed = true;
+                kill(keeper);
+            }
+            if slot == 1 {
+                stderr.extend_from_slice(&buffer[..allowed]);
+                continue;
+            }
+            // Stdout is recorded in fixed chunks as it arrives.
+            pending.extend_from_slice(&buffer[..allowed]);
+            while pending.len() >= CHUNK_BYTES {
+                let rest = pending.split_off(CHUNK_BYTES);
+                let chunk = std::mem::replace(&mut pending, rest);
+                stdout_sink.write_all(&chunk).map_err(io("write stdout"))?;
+                witness.record(&Record::Stdout(chunk)).map_err(io("write the witness log"))?;
             }
         }
-    });
+    }
     if !pending.is_empty() {
         witness.record(&Record::Stdout(pending.clone())).map_err(io("write the witness log"))?;
         stdout_sink.write_all(&pending).map_err(io("write stdout"))?;
     }
-    if let Some(error) = write_error {
-        return Err(io("write the witness log")(error));
-    }
-    let stderr = stderr_reader.join().map_err(|_| CageError::Spec("stderr reader panicked".into()))?;
     for chunk in stderr.chunks(CHUNK_BYTES) {
         witness.record(&Record::Stderr(chunk.to_vec())).map_err(io("write the witness log"))?;
     }
-    watchdog.join().map_err(|_| CageError::Spec("watchdog panicked".into()))?;
-    let mut status_bytes = [0u8; 4];
-    let got = sandbox::read_full(&started.status, &mut status_bytes).unwrap_or(0);
     let mut setup_error = [0u8; 8];
     let setup_failed = sandbox::read_full(&started.setup_error, &mut setup_error).unwrap_or(0) == 8;
     reap(keeper);
     if setup_failed {
         return Ok(Verdict::CageError { reason: sandbox::describe_setup_error(&setup_error) });
     }
-    if over_output.load(Ordering::SeqCst) {
+    if over_output {
         return Ok(Verdict::LimitExceeded { limit: Limit::Output });
     }
-    if over_wall.load(Ordering::SeqCst) {
+    if over_wall {
         return Ok(Verdict::LimitExceeded { limit: Limit::Wall });
     }
-    if got != 4 {
-        return Ok(Verdict::CageError { reason: "the keeper died without reporting".into() });
+    match status {
+        Some(status) => Ok(verdict_of(status)),
+        None => Ok(Verdict::CageError { reason: "the init died without reporting".into() }),
     }
-    let status = i32::from_be_bytes(status_bytes);
-    Ok(verdict_of(status))
+}
+
+#[allow(unsafe_code)]
+fn poll(polls: &mut [libc::pollfd], timeout_ms: i32) -> i32 {
+    // SAFETY: polls is a valid slice of pollfd for its length.
+    unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, timeout_ms) }
 }
 
 fn verdict_of(status: i32) -> Verdict {
@@ -422,53 +464,6 @@ fn verdict_of(status: i32) -> Verdict {
             libc::SIGXCPU => Verdict::LimitExceeded { limit: Limit::Cpu },
             libc::SIGXFSZ => Verdict::LimitExceeded { limit: Limit::FileSize },
             signal => Verdict::ProgramFailed { exit_code: None, signal: Some(signal) },
-        }
-    }
-}
-
-/// Read `fd` to its end into `sink`, counting toward the shared output
-/// bound; past it, kill the run and drop the rest.
-fn read_stream(
-    fd: OwnedFd,
-    total: &AtomicU64,
-    over: &AtomicBool,
-    bound: u64,
-    keeper: libc::pid_t,
-    mut sink: impl FnMut(&[u8]),
-) {
-    let mut file = File::from(fd);
-    let mut buffer = vec![0; CHUNK_BYTES];
-    loop {
-        let n = match file.read(&mut buffer) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let before = total.fetch_add(n as u64, Ordering::SeqCst);
-        let allowed = bound.saturating_sub(before).min(n as u64) as usize;
-        if allowed < n && !over.swap(true, Ordering::SeqCst) {
-            kill(keeper);
-        }
-        sink(&buffer[..allowed]);
-    }
-}
-
-/// Wait until the status pipe is readable (the run ended) or the deadline
-/// passes (then kill the run).
-#[allow(unsafe_code)]
-fn wait_or_kill(status_fd: i32, deadline: Instant, keeper: libc::pid_t, over_wall: &AtomicBool) {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            over_wall.store(true, Ordering::SeqCst);
-            kill(keeper);
-            return;
-        }
-        let mut poll = libc::pollfd { fd: status_fd, events: libc::POLLIN, revents: 0 };
-        let timeout = left.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: poll on one valid pollfd.
-        let ready = unsafe { libc::poll(&mut poll, 1, timeout) };
-        if ready > 0 {
-            return;
         }
     }
 }

@@ -89,7 +89,7 @@ pub(crate) struct Started {
     pub(crate) stdout: OwnedFd,
     /// Read end of the workload's stderr.
     pub(crate) stderr: OwnedFd,
-    /// Read end of the keeper's report: the workload's wait status (4 bytes).
+    /// Read end of the init's report: the workload's wait status (4 bytes).
     pub(crate) status: OwnedFd,
     /// Read end of a setup failure report (step and errno, 8 bytes); EOF
     /// with nothing means the exec happened.
@@ -123,6 +123,9 @@ fn step(name: &str) -> i32 {
 /// Start the keeper and, through it, the workload.
 pub(crate) fn start(plan: &Plan) -> io::Result<Started> {
     let (stdout_read, stdout_write) = pipe()?;
+    // A larger pipe means fewer wake-ups for a loud program; best effort.
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(stdout_write.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
     let (stderr_read, stderr_write) = pipe()?;
     let (status_read, status_write) = pipe()?;
     let (error_read, error_write) = pipe()?;
@@ -200,6 +203,21 @@ pub(crate) fn read_full(fd: &OwnedFd, buffer: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(done)
+}
+
+/// One read; retried on EINTR.
+pub(crate) fn read_some(fd: &OwnedFd, buffer: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: the pointer and length describe buffer.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
 }
 
 fn write_full(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {

@@ -341,6 +341,18 @@ impl AgentArgs {
     }
 }
 
+impl Cli {
+    /// Run the command now if it needs no async runtime (`cage`, `key`);
+    /// otherwise hand it back.
+    pub fn run_without_runtime(self) -> Result<anyhow::Result<()>, Cli> {
+        match self.command {
+            Command::Cage { command } => Ok(crate::cli_cage::cage(command)),
+            Command::Key { command } => Ok(crate::cli_audit::key(command)),
+            command => Err(Cli { command }),
+        }
+    }
+}
+
 /// Run a parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -351,7 +363,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Identity { client, command } => crate::cli_audit::identity(&client, command).await,
         Command::Agreement { client, command } => crate::cli_audit::agreement(&client, command).await,
         Command::Audit { client, command } => crate::cli_audit::audit(&client, command).await,
-        Command::Cage { command } => crate::cli_cage::cage(command).await,
+        Command::Cage { command } => crate::cli_cage::cage(command),
         Command::Demo(args) => crate::demo::run(args).await,
     }
 }

@@ -100,15 +100,16 @@ fn resolve(program: &str) -> String {
         .unwrap_or_else(|| format!("/usr/bin/{program}"))
 }
 
-/// Run `docklock cage ...`.
-pub async fn cage(command: CageCommand) -> anyhow::Result<()> {
+/// Run `docklock cage ...` (synchronously: a short run should not pay for
+/// an async runtime, and the cage forks from the calling thread).
+pub fn cage(command: CageCommand) -> anyhow::Result<()> {
     match command {
-        CageCommand::Run(args) => run_command(*args).await,
+        CageCommand::Run(args) => run_command(*args),
         CageCommand::Inspect { witness, output } => inspect(&witness, output),
     }
 }
 
-async fn run_command(args: RunArgs) -> anyhow::Result<()> {
+fn run_command(args: RunArgs) -> anyhow::Result<()> {
     let rootfs = Rootfs::detect(&args.rootfs).map_err(|e| UsageError(format!("--rootfs: {e}")))?;
     let mut limits = Limits::default();
     for limit in &args.limits {
@@ -138,15 +139,11 @@ async fn run_command(args: RunArgs) -> anyhow::Result<()> {
         rootfs,
         cache: args.cache_dir.clone().unwrap_or_else(docklock_cage::run::default_cache),
     };
-    let (witness_path, out, output) = (args.witness.clone(), args.out.clone(), args.output);
-    let outcome = tokio::task::spawn_blocking(move || {
-        // The program's stdout goes to ours only for text output.
-        let sink: Box<dyn std::io::Write> =
-            if output == Output::Text { Box::new(std::io::stdout()) } else { Box::new(std::io::sink()) };
-        run(&spec, &witness_path, out.as_deref(), sink)
-    })
-    .await
-    .context("the cage task")??;
+    let output = args.output;
+    // The program's stdout goes to ours only for text output.
+    let sink: Box<dyn std::io::Write> =
+        if output == Output::Text { Box::new(std::io::stdout()) } else { Box::new(std::io::sink()) };
+    let outcome = run(&spec, &args.witness, args.out.as_deref(), sink)?;
     if output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {

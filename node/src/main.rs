@@ -1,8 +1,10 @@
 //! The `docklock` binary; see the library crate for its layout.
 //!
-//! Exit codes: 0 success; 1 a request failed or a node is unreachable; 2 bad
-//! usage or invalid argument; 3 not found; 4 a precondition failed
-//! (compare-and-set refused).
+//! Exit codes: see README.md (0 success; 1 a request failed or a node is
+//! unreachable; 2 bad usage; 3 not found; 4 a precondition failed; 5 a
+//! proof does not verify; 6 already exists; 7 not authenticated or not
+//! permitted; `cage run`: 10 program failed, 11 limit exceeded, 14 cage
+//! error).
 
 use std::process::ExitCode;
 
@@ -10,15 +12,17 @@ use clap::Parser;
 use docklock_node::cli;
 
 fn main() -> ExitCode {
-    let command = cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::from(1);
-        }
+    let result = match cli::Cli::parse().run_without_runtime() {
+        Ok(result) => result,
+        Err(command) => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(cli::run(command)),
+            Err(error) => {
+                eprintln!("error: cannot start the async runtime: {error}");
+                return ExitCode::from(1);
+            }
+        },
     };
-    match runtime.block_on(cli::run(command)) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", cli::one_line(&error));

@@ -33,6 +33,9 @@ enum Cli {
     Crypto,
     /// Inclusion and consistency proof generation on a large ledger.
     Proofs(ledger::ProofArgs),
+    /// Single-core SHA3-256 throughput of this machine (the crate the cage
+    /// hashes with), in MB/s.
+    Sha3,
 }
 
 #[derive(clap::Args, Debug)]
@@ -391,6 +394,18 @@ async fn fill(args: FillArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn sha3_throughput() {
+    use sha3::Digest as _;
+    let chunk = vec![0x5au8; 64 * 1024];
+    let started = Instant::now();
+    let mut total = 0usize;
+    while started.elapsed() < Duration::from_secs(2) {
+        std::hint::black_box(sha3::Sha3_256::digest(&chunk));
+        total += chunk.len();
+    }
+    println!("{:.0}", total as f64 / started.elapsed().as_secs_f64() / 1e6);
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse() {
@@ -402,5 +417,9 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cli::Proofs(args) => ledger::proofs(args).await,
+        Cli::Sha3 => {
+            sha3_throughput();
+            Ok(())
+        }
     }
 }

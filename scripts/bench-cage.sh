@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The cage's start-up and recording costs, side by side in one run:
+#   1. a static `true`: bare fork+exec, under `bwrap --unshare-all`, under
+#      `docklock cage run`;
+#   2. a dynamically linked `ls -la /usr/bin`, the same three ways;
+#   3. 200 MB written to stdout under the cage (witness hashing), against
+#      this machine's single-core SHA3-256 throughput.
+#
+#   scripts/bench-cage.sh [RUNS]     (default 50)
+#
+# Installs Debian's bubblewrap and hyperfine if absent; needs gcc (for the
+# static `true`). Prints markdown tables (paste into BENCHMARKS.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-50}
+
+missing=()
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+command -v hyperfine >/dev/null 2>&1 || missing+=(hyperfine)
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd=sudo
+    $sudo_cmd apt-get update -q && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q "${missing[@]}"
+fi
+
+cargo build --release --bin docklock
+(cd node/bench && cargo build --release --target-dir ../../target)
+docklock=$PWD/target/release/docklock
+bench=$PWD/target/release/docklock-bench
+
+work=$(mktemp -d)
+# The static `true` goes where all three see it without copying or hashing
+# it per run (the cage's host rootfs shows /usr read-only).
+true_dir=/usr/local/libexec/docklock-bench
+trap 'rm -rf "$work" "$true_dir"' EXIT INT TERM
+printf 'int main(void){return 0;}\n' > "$work/true.c"
+mkdir -p "$true_dir"
+gcc -static -O2 -o "$true_dir/true" "$work/true.c"
+export DOCKLOCK_CACHE_DIR=$work/cache
+
+bwrap_base="bwrap --unshare-all --die-with-parent --ro-bind /usr /usr --symlink usr/lib /lib --symlink usr/lib64 /lib64 --symlink usr/bin /bin --tmpfs /tmp --dev /dev --proc /proc"
+cage_base="$docklock cage run --witness $work/w.log"
+
+echo "## Start to exit"
+hyperfine --runs "$runs" --warmup 3 -N --export-markdown "$work/true.md" \
+    -n bare "$true_dir/true" \
+    -n bwrap "$bwrap_base $true_dir/true" \
+    -n "docklock cage" "$cage_base -- $true_dir/true" >/dev/null
+cat "$work/true.md"
+echo
+hyperfine --runs "$runs" --warmup 3 -N --output=null --export-markdown "$work/ls.md" \
+    -n "bare ls" "/usr/bin/ls -la /usr/bin" \
+    -n "bwrap ls" "$bwrap_base /usr/bin/ls -la /usr/bin" \
+    -n "docklock cage ls" "$docklock cage run --witness $work/w.log -- /usr/bin/ls -la /usr/bin" >/dev/null
+cat "$work/ls.md"
+echo
+
+echo "## Recording 200 MB of stdout"
+sha3=$("$bench" sha3)
+start=$(date +%s.%N)
+"$docklock" cage run --witness "$work/big.log" --limit output-bytes=300000000 -- /usr/bin/head -c 200000000 /dev/zero >/dev/null 2>&1
+end=$(date +%s.%N)
+rate=$(python3 -c "print(round(200/($end-$start)))")
+echo "| measure | MB/s |"
+echo "|---|---:|"
+echo "| single-core SHA3-256 (sha3 crate) | $sha3 |"
+echo "| cage recording 200 MB of stdout | $rate |"
+python3 -c "print(f'| ratio | {$rate/$sha3:.2f}x |')"
