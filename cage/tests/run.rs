@@ -133,8 +133,14 @@ fn nothing_is_left_behind() {
     assert_eq!((outcome.verdict, stdout.as_str()), (Verdict::Ok, "started\n"));
     // When the workload ended, its init exited and the kernel killed the
     // rest of the namespace, the background sleeps too.
-    let survivors = std::process::Command::new("pgrep").args(["-f", "^sleep 30$"]).output().unwrap();
-    assert!(survivors.stdout.is_empty(), "left running: {}", String::from_utf8_lossy(&survivors.stdout));
+    let survivors: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.trim() == "sleep 30")
+        .collect();
+    assert!(survivors.is_empty(), "left running: {survivors:?}");
     assert_eq!(std::fs::read_dir(stages.path()).unwrap().count(), 0, "the stage directory was left");
 }
 
