@@ -206,3 +206,46 @@ fn a_rootfs_tarball_and_an_image_run() {
     assert_eq!(stdout, "static -1 -1\n");
     assert_ne!(from_image.root, outcome.root, "the witness names the rootfs it ran on");
 }
+
+/// Hostile behaviour the cage contains today (namespaces, uid, no_new_privs,
+/// rlimits, limits). Each runs as a shell snippet that prints what it
+/// managed; the attempts that need the seccomp policy (io_uring, bpf,
+/// userfaultfd, nested user namespaces, x32) are not in this list yet.
+#[test]
+fn hostile_attempts_are_contained() {
+    let dir = tempfile::tempdir().unwrap();
+    let attempts: [(&str, &str); 9] = [
+        ("mount", "mount -t tmpfs none /tmp 2>/dev/null && echo ESCAPED"),
+        ("chroot", "chroot / /bin/true 2>/dev/null && echo ESCAPED"),
+        ("read host files", "cat /etc/shadow /root/.bashrc /home/*/.profile 2>/dev/null && echo ESCAPED"),
+        ("see host processes", "ls /proc | grep -E '^[0-9]+$' | wc -l | grep -qvE '^[1-9]$' && echo ESCAPED"),
+        ("network beyond loopback", "exec 3<>/dev/tcp/1.1.1.1/53 2>/dev/null && echo ESCAPED"),
+        ("write the root", "echo x > /usr/escaped 2>/dev/null && echo ESCAPED"),
+        ("write /in", "echo x > /in/escaped 2>/dev/null && echo ESCAPED"),
+        ("kill the keeper", "kill -9 -1 2>/dev/null; echo survived"),
+        ("setuid", "ls -l /usr/bin/passwd >/dev/null 2>&1; /usr/bin/passwd -S root >/dev/null 2>&1 && echo ESCAPED"),
+    ];
+    for (name, script) in attempts {
+        let mut attempt = shell(&format!("{script}; exit 0"));
+        attempt.limits.wall_ms = 10_000;
+        let (outcome, stdout) = cage(&attempt, dir.path());
+        assert!(!stdout.contains("ESCAPED"), "{name}: {stdout}");
+        assert!(
+            matches!(outcome.verdict, Verdict::Ok | Verdict::ProgramFailed { .. }),
+            "{name}: {:?}",
+            outcome.verdict
+        );
+    }
+    // A fork bomb and a memory bomb end at their limits, and the host is fine.
+    let mut bomb = shell("bomb() { bomb | bomb & }; bomb; sleep 2; echo done");
+    bomb.limits.wall_ms = 5_000;
+    bomb.limits.processes = 32;
+    let (outcome, _) = cage(&bomb, dir.path());
+    assert!(!matches!(outcome.verdict, Verdict::CageError { .. }), "{outcome:?}");
+    let mut memory = shell("x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}");
+    memory.limits.memory_mib = 64;
+    let (outcome, stdout) = cage(&memory, dir.path());
+    assert!(!stdout.contains("200000000"), "a 200 MB string does not fit in 64 MiB: {outcome:?}");
+    let (after, stdout) = cage(&spec("/bin/echo", &["still fine"]), dir.path());
+    assert_eq!((after.verdict, stdout.as_str()), (Verdict::Ok, "still fine\n"));
+}
