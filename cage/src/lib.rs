@@ -7,17 +7,19 @@
 //!
 //! Must not: know about Raft, gRPC or the cluster.
 //!
-//! Status: namespaces, the `host` rootfs, rootfs tarballs and images,
-//! rlimits, wall-time and output limits and the witness log are built. Not
-//! yet: the seccomp policy, the ptrace supervisor (determinism), cgroup v2
+//! Status: namespaces, the `host` rootfs, rootfs tarballs and images, the
+//! seccomp allowlist, rlimits, wall-time and output limits and the witness
+//! log are built. Not yet: the policy's `trace` class, the ptrace supervisor (determinism), cgroup v2
 //! limits, the containment suite.
 //!
 //! Entry point: [`run::run`].
 
 pub mod limits;
+pub mod policy;
 pub mod rootfs;
 pub mod run;
 mod sandbox;
+pub mod syscalls;
 pub mod witness;
 
 pub use sandbox::{CAGE_UID, HOSTNAME};

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::limits::{Limit, Limits};
+use crate::policy::{self, Policy};
 use crate::rootfs::{self, Prepared, Rootfs};
 use crate::sandbox::{self, Bind, Plan};
 use crate::witness::{self, Record, WitnessWriter, CHUNK_BYTES};
@@ -73,6 +74,9 @@ pub enum Verdict {
         /// Signal, if it was killed.
         signal: Option<i32>,
     },
+    /// The workload made a system call the policy denies (it was killed
+    /// with SIGSYS; which call is named once the supervisor traces it).
+    PolicyViolation,
     /// A limit was exceeded.
     LimitExceeded {
         /// Which.
@@ -92,6 +96,7 @@ impl Verdict {
             Verdict::Ok => "ok".into(),
             Verdict::ProgramFailed { exit_code: Some(code), .. } => format!("program-failed exit {code}"),
             Verdict::ProgramFailed { signal, .. } => format!("program-failed signal {}", signal.unwrap_or(0)),
+            Verdict::PolicyViolation => "policy-violation (a denied system call)".into(),
             Verdict::LimitExceeded { limit } => format!("limit-exceeded {limit}"),
             Verdict::CageError { reason } => format!("cage-error {reason}"),
         }
@@ -178,7 +183,8 @@ pub fn run(
         Ok(prepared) => prepared,
         Err(error) => return Err(CageError::Spec(error.to_string())),
     };
-    let header = header(spec, &prepared);
+    let policy = Policy::compile(policy::DEFAULT).map_err(|e| CageError::Spec(e.to_string()))?;
+    let header = header(spec, &prepared, &policy);
     witness.record(&Record::Header(header)).map_err(io("write the witness log"))?;
     let mut sorted_inputs = spec.inputs.clone();
     sorted_inputs.sort();
@@ -199,7 +205,7 @@ pub fn run(
             .map_err(io("write the witness log"))?;
     }
 
-    let plan = plan(spec, &prepared, &root, &inputs, &outputs)?;
+    let plan = plan(spec, &prepared, &policy, &root, &inputs, &outputs)?;
     let verdict = match sandbox::start(&plan) {
         Err(error) => Verdict::CageError { reason: format!("cannot start the sandbox: {error}") },
         Ok(started_run) => supervise(started_run, &spec.limits, &mut witness, &mut stdout)?,
@@ -241,9 +247,10 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), CageError> {
         .map_err(io(format!("chmod {}", path.display())))
 }
 
-fn header(spec: &RunSpec, rootfs: &Prepared) -> String {
+fn header(spec: &RunSpec, rootfs: &Prepared, policy: &Policy) -> String {
     let mut lines = vec![
         format!("cage={CAGE_VERSION}"),
+        format!("policy=default sha3-256:{}", hex::encode(policy.digest)),
         format!("rootfs={}", rootfs.description),
         format!("program={}", spec.program),
         format!("seed={}", hex::encode(spec.seed)),
@@ -258,7 +265,14 @@ fn header(spec: &RunSpec, rootfs: &Prepared) -> String {
 
 /// Build the children's plan: directories and symlinks of the new root are
 /// created here, on the host, before the fork.
-fn plan(spec: &RunSpec, rootfs: &Prepared, root: &Path, inputs: &Path, outputs: &Path) -> Result<Plan, CageError> {
+fn plan(
+    spec: &RunSpec,
+    rootfs: &Prepared,
+    policy: &Policy,
+    root: &Path,
+    inputs: &Path,
+    outputs: &Path,
+) -> Result<Plan, CageError> {
     let c = |path: &Path| sandbox::cstring(path.as_os_str().as_encoded_bytes()).map_err(io("a path"));
     let mut binds = Vec::new();
     // Each top-level entry of the rootfs: a directory or file is bound
@@ -339,6 +353,13 @@ fn plan(spec: &RunSpec, rootfs: &Prepared, root: &Path, inputs: &Path, outputs: 
         envp,
         cwd: sandbox::cstring(b"/tmp").map_err(io("cwd"))?,
         rlimits,
+        filters: policy
+            .programs
+            .iter()
+            .map(|program| {
+                program.iter().map(|op| libc::sock_filter { code: op.code, jt: op.jt, jf: op.jf, k: op.k }).collect()
+            })
+            .collect(),
     })
 }
 
@@ -463,6 +484,7 @@ fn verdict_of(status: i32) -> Verdict {
         match libc::WTERMSIG(status) {
             libc::SIGXCPU => Verdict::LimitExceeded { limit: Limit::Cpu },
             libc::SIGXFSZ => Verdict::LimitExceeded { limit: Limit::FileSize },
+            libc::SIGSYS => Verdict::PolicyViolation,
             signal => Verdict::ProgramFailed { exit_code: None, signal: Some(signal) },
         }
     }

@@ -44,6 +44,8 @@ pub(crate) struct Plan {
     pub(crate) envp: Vec<CString>,
     pub(crate) cwd: CString,
     pub(crate) rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    /// seccomp BPF programs, installed in order right before exec.
+    pub(crate) filters: Vec<Vec<libc::sock_filter>>,
 }
 
 /// Locked mount flags of the filesystem holding `path`.
@@ -97,7 +99,7 @@ pub(crate) struct Started {
 }
 
 /// Steps of the workload's setup, reported with errno when one fails.
-pub(crate) const STEPS: [&str; 16] = [
+pub(crate) const STEPS: [&str; 17] = [
     "unshare namespaces",
     "wait for id maps",
     "fork",
@@ -113,6 +115,7 @@ pub(crate) const STEPS: [&str; 16] = [
     "set the hostname",
     "bring up loopback",
     "set limits and identity",
+    "install the seccomp policy",
     "exec the program",
 ];
 
@@ -137,6 +140,11 @@ pub(crate) fn start(plan: &Plan) -> io::Result<Started> {
     let envp: Vec<*const libc::c_char> =
         plan.envp.iter().map(|var| var.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     let steps: Vec<i32> = STEPS.iter().map(|name| step(name)).collect();
+    let filters: Vec<libc::sock_fprog> = plan
+        .filters
+        .iter()
+        .map(|program| libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr().cast_mut() })
+        .collect();
     let fds = ChildFds {
         stdin: dev_null.as_raw_fd(),
         stdout: stdout_write.as_raw_fd(),
@@ -156,7 +164,7 @@ pub(crate) fn start(plan: &Plan) -> io::Result<Started> {
     }
     if keeper == 0 {
         // SAFETY: in the freshly forked child; see `keeper_main`.
-        unsafe { keeper_main(plan, &fds, &argv, &envp, &steps) }
+        unsafe { keeper_main(plan, &fds, &argv, &envp, &steps, &filters) }
     }
     drop((stdout_write, stderr_write, status_write, error_write, ready_write, maps_read));
 
@@ -261,6 +269,7 @@ unsafe fn keeper_main(
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     steps: &[i32],
+    filters: &[libc::sock_fprog],
 ) -> ! {
     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
     let namespaces = libc::CLONE_NEWUSER
@@ -282,7 +291,7 @@ unsafe fn keeper_main(
         fail(fds, steps[2]);
     }
     if init == 0 {
-        init_main(plan, fds, argv, envp, steps);
+        init_main(plan, fds, argv, envp, steps, filters);
     }
     let mut status = 0;
     while libc::waitpid(init, &mut status, 0) < 0 && *libc::__errno_location() == libc::EINTR {}
@@ -299,6 +308,7 @@ unsafe fn init_main(
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     steps: &[i32],
+    filters: &[libc::sock_fprog],
 ) -> ! {
     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
     let null: *const libc::c_char = std::ptr::null();
@@ -362,7 +372,7 @@ unsafe fn init_main(
         fail(fds, steps[2]);
     }
     if workload == 0 {
-        workload_main(plan, fds, argv, envp, steps);
+        workload_main(plan, fds, argv, envp, steps, filters);
     }
     loop {
         let mut status = 0;
@@ -386,6 +396,7 @@ unsafe fn workload_main(
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     steps: &[i32],
+    filters: &[libc::sock_fprog],
 ) -> ! {
     for (resource, value) in &plan.rlimits {
         let limit = libc::rlimit { rlim_cur: *value, rlim_max: *value };
@@ -407,8 +418,17 @@ unsafe fn workload_main(
     // Every other descriptor closes at exec (the error pipe too, which is
     // how the runner learns the exec happened).
     libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+    // Last before exec: from here every call the workload makes, the exec
+    // and its loader included, is filtered.
+    for filter in filters {
+        let installed =
+            libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, filter as *const libc::sock_fprog);
+        if installed != 0 {
+            fail(fds, steps[15]);
+        }
+    }
     libc::execve(plan.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
-    fail(fds, steps[15])
+    fail(fds, steps[16])
 }
 
 /// Bring `lo` up in the new network namespace.

@@ -98,6 +98,12 @@ fn verdicts() {
     big_file.limits.file_size_bytes = 1 << 20;
     let (outcome, _) = cage(&big_file, dir.path());
     assert_eq!(outcome.verdict, Verdict::LimitExceeded { limit: Limit::FileSize });
+    // A call the policy denies (here, creating a user namespace) kills
+    // the workload.
+    let (outcome, _) = cage(&shell("exec /usr/bin/unshare --user /bin/true"), dir.path());
+    assert_eq!(outcome.verdict, Verdict::PolicyViolation);
+    let (outcome, stdout) = cage(&spec("/usr/bin/ls", &["-la", "/usr/bin/ls"]), dir.path());
+    assert_eq!(outcome.verdict, Verdict::Ok, "ls -la is within the policy: {stdout}");
     let (outcome, _) = cage(&spec("/no/such/program", &[]), dir.path());
     assert!(matches!(&outcome.verdict, Verdict::CageError { reason } if reason.contains("exec")), "{outcome:?}");
 }

@@ -74,6 +74,7 @@ pub fn verdict_exit_code(verdict: &Verdict) -> u8 {
         Verdict::Ok => 0,
         Verdict::ProgramFailed { .. } => 10,
         Verdict::LimitExceeded { .. } => 11,
+        Verdict::PolicyViolation => 12,
         Verdict::CageError { .. } => 14,
     }
 }
