@@ -9,8 +9,8 @@
 //!
 //! Status: namespaces, the `host` rootfs, rootfs tarballs and images, the
 //! seccomp allowlist, rlimits, wall-time and output limits and the witness
-//! log are built. Not yet: the policy's `trace` class, the ptrace supervisor (determinism), cgroup v2
-//! limits, the containment suite.
+//! log are built. Not yet: the policy's `trace` class, the ptrace
+//! supervisor (determinism), cgroup v2 limits, the full containment suite.
 //!
 //! Entry point: [`run::run`].
 
