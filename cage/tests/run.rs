@@ -255,3 +255,55 @@ fn hostile_attempts_are_contained() {
     let (after, stdout) = cage(&spec("/bin/echo", &["still fine"]), dir.path());
     assert_eq!((after.verdict, stdout.as_str()), (Verdict::Ok, "still fine\n"));
 }
+
+/// Hostile system calls, from a C program built here: each is denied by
+/// the seccomp policy (the workload is killed: `policy-violation`) or fails
+/// harmlessly, and the host is untouched.
+#[test]
+fn hostile_system_calls_are_denied() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("hostile.c");
+    std::fs::write(
+        &source,
+        r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    const char *what = argv[1];
+    long r = 0;
+    if (!strcmp(what, "io_uring")) r = syscall(425, 8, 0);
+    else if (!strcmp(what, "bpf")) r = syscall(SYS_bpf, 0, 0, 0);
+    else if (!strcmp(what, "userfaultfd")) r = syscall(SYS_userfaultfd, 0);
+    else if (!strcmp(what, "kexec")) r = syscall(SYS_kexec_load, 0, 0, 0, 0);
+    else if (!strcmp(what, "x32")) r = syscall(0x40000000 | 39);
+    else if (!strcmp(what, "int80")) { long n = 20; __asm__ volatile ("int $0x80" : "+a"(n)); r = n; }
+    else if (!strcmp(what, "ptrace")) r = ptrace(PTRACE_ATTACH, 1, 0, 0);
+    else if (!strcmp(what, "setns")) r = syscall(SYS_setns, 0, 0);
+    else if (!strcmp(what, "mem")) { int fd = open("/proc/1/mem", O_RDONLY); r = fd; }
+    printf("returned %ld\n", r);
+    return r >= 0 ? 42 : 0;
+}
+"#,
+    )
+    .unwrap();
+    let binary = dir.path().join("hostile");
+    let compiled = std::process::Command::new("gcc").arg("-static").arg("-o").arg(&binary).arg(&source).status();
+    assert!(compiled.is_ok_and(|status| status.success()), "gcc -static is needed (build-essential)");
+    let killed = ["io_uring", "bpf", "userfaultfd", "kexec", "x32", "int80", "ptrace", "setns"];
+    for what in killed.iter().chain(["mem"].iter()) {
+        let mut attempt = spec("/in/hostile", &[what]);
+        attempt.inputs = vec![("hostile".into(), binary.clone())];
+        let (outcome, stdout) = cage(&attempt, dir.path());
+        if killed.contains(what) {
+            assert_eq!(outcome.verdict, Verdict::PolicyViolation, "{what}: {stdout}");
+        } else {
+            // Allowed calls that must fail: the init's memory is not ours.
+            assert_eq!(outcome.verdict, Verdict::Ok, "{what}: {stdout}");
+        }
+    }
+}
