@@ -28,6 +28,17 @@ fn cage(spec: &RunSpec, dir: &Path) -> (Outcome, String) {
     (outcome, String::from_utf8_lossy(&stdout).into_owned())
 }
 
+/// Build a static C program `name` from `source` in `dir` (gcc from
+/// build-essential, which the README's setup installs).
+fn compile_static(dir: &Path, name: &str, source: &str) -> std::path::PathBuf {
+    let source_path = dir.join(format!("{name}.c"));
+    std::fs::write(&source_path, source).unwrap();
+    let binary = dir.join(name);
+    let compiled = std::process::Command::new("gcc").arg("-static").arg("-o").arg(&binary).arg(&source_path).status();
+    assert!(compiled.is_ok_and(|status| status.success()), "gcc -static is needed (build-essential)");
+    binary
+}
+
 fn shell(script: &str) -> RunSpec {
     spec("/bin/sh", &["-c", script])
 }
@@ -155,15 +166,11 @@ fn nothing_is_left_behind() {
 #[test]
 fn a_rootfs_tarball_and_an_image_run() {
     let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("hello.c");
-    std::fs::write(
-        &source,
+    let binary = compile_static(
+        dir.path(),
+        "hello",
         "#include <stdio.h>\n#include <unistd.h>\nint main(void){printf(\"static %d %d\\n\", access(\"/usr/bin/sh\", F_OK), access(\"/etc/motd\", F_OK));return 0;}\n",
-    )
-    .unwrap();
-    let binary = dir.path().join("hello");
-    let compiled = std::process::Command::new("gcc").arg("-static").arg("-o").arg(&binary).arg(&source).status();
-    assert!(compiled.is_ok_and(|status| status.success()), "gcc -static is needed (build-essential)");
+    );
     let tarball = dir.path().join("rootfs.tar");
     let status = std::process::Command::new("tar")
         .arg("-cf")
@@ -172,7 +179,7 @@ fn a_rootfs_tarball_and_an_image_run() {
         .arg("s,^,app/,")
         .arg("-C")
         .arg(dir.path())
-        .arg("hello")
+        .arg(binary.file_name().expect("a file name"))
         .status()
         .unwrap();
     assert!(status.success());
@@ -262,9 +269,9 @@ fn hostile_attempts_are_contained() {
 #[test]
 fn hostile_system_calls_are_denied() {
     let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("hostile.c");
-    std::fs::write(
-        &source,
+    let binary = compile_static(
+        dir.path(),
+        "hostile",
         r#"
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -289,11 +296,7 @@ int main(int argc, char **argv) {
     return r >= 0 ? 42 : 0;
 }
 "#,
-    )
-    .unwrap();
-    let binary = dir.path().join("hostile");
-    let compiled = std::process::Command::new("gcc").arg("-static").arg("-o").arg(&binary).arg(&source).status();
-    assert!(compiled.is_ok_and(|status| status.success()), "gcc -static is needed (build-essential)");
+    );
     let killed = ["io_uring", "bpf", "userfaultfd", "kexec", "x32", "int80", "ptrace", "setns"];
     for what in killed.iter().chain(["mem"].iter()) {
         let mut attempt = spec("/in/hostile", &[what]);
