@@ -41,6 +41,9 @@ const EVENTS_BYTES_MAX: usize = 8 * 1024 * 1024;
 const CHECKPOINT_WAIT: Duration = Duration::from_secs(5);
 /// How long a watch waits between status checks when nothing is applied.
 const WATCH_POLL: Duration = Duration::from_secs(1);
+/// Most watch streams a node serves at once; more are refused with
+/// RESOURCE_EXHAUSTED.
+const WATCHES_MAX: usize = 1_024;
 
 fn invalid(error: impl std::fmt::Display) -> Status {
     Status::invalid_argument(error.to_string())
@@ -181,12 +184,15 @@ impl identities_server::Identities for IdentitiesService {
 /// The `Agreements` service.
 pub struct AgreementsService {
     node: Arc<NodeContext>,
+    /// One permit per open watch stream.
+    watches: Arc<tokio::sync::Semaphore>,
 }
 
 impl AgreementsService {
     /// The tonic server for `node`.
     pub fn server(node: Arc<NodeContext>) -> agreements_server::AgreementsServer<Self> {
-        agreements_server::AgreementsServer::new(Self { node })
+        let watches = Arc::new(tokio::sync::Semaphore::new(WATCHES_MAX));
+        agreements_server::AgreementsServer::new(Self { node, watches })
             .max_decoding_message_size(SIGNED_REQUEST_BYTES_MAX)
             .max_encoding_message_size(64 * 1024 * 1024)
     }
@@ -331,8 +337,15 @@ impl agreements_server::Agreements for AgreementsService {
         let first = self.full_info(&id)?;
         let node = self.node.clone();
         let follow = message.follow;
+        // Held by the stream: released when the client goes away.
+        let permit = self.watches.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!("this node already serves {WATCHES_MAX} watch streams; retry later"))
+        })?;
         let stream = async_stream(first, follow, move |seen| {
             let node = node.clone();
+            // Naming the permit makes the closure own it, so it lives as
+            // long as the stream.
+            let _held = &permit;
             async move {
                 let mut metrics = node.raft.metrics();
                 loop {

@@ -292,6 +292,12 @@ async fn concurrent_submissions_through_every_node_yield_one_agreement() -> anyh
     assert_eq!(fresh, 1, "exactly one submission admitted it");
     let list = cluster.client()?.list_agreements(Default::default()).await?;
     assert_eq!(list.agreements.len(), 1);
+    // A following watch streams the current status first, then waits.
+    let mut watch = cluster.client()?.watch_agreement(&envelope.id(), true).await?;
+    let first = watch.message().await?.expect("the current status");
+    assert_eq!(first.status, "admitted");
+    let next = tokio::time::timeout(Duration::from_millis(500), watch.message()).await;
+    assert!(next.is_err(), "nothing more until the status changes: {next:?}");
     Ok(())
 }
 
