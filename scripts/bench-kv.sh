@@ -12,18 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-5}
 
-missing=()
-command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
-command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
-if [ ${#missing[@]} -gt 0 ]; then
-    sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd=sudo
-    $sudo_cmd apt-get update -q && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q "${missing[@]}"
-fi
+source scripts/bench-common.sh
+ensure_packages etcd:etcd-server protoc:protobuf-compiler
 
-cargo build --release --bin docklock
-(cd node/bench && cargo build --release --target-dir ../../target)
-docklock=$PWD/target/release/docklock
-bench=$PWD/target/release/docklock-bench
+build_release
 
 work=$(mktemp -d)
 pids=()

@@ -15,15 +15,10 @@ cd "$(dirname "$0")/.."
 seconds=${1:-10}
 events=${2:-1000000}
 
-if ! command -v protoc >/dev/null 2>&1; then
-    sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd=sudo
-    $sudo_cmd apt-get update -q && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q protobuf-compiler
-fi
+source scripts/bench-common.sh
+ensure_packages protoc:protobuf-compiler
 
-cargo build --release --bin docklock
-(cd node/bench && cargo build --release --target-dir ../../target)
-docklock=$PWD/target/release/docklock
-bench=$PWD/target/release/docklock-bench
+build_release
 
 work=$(mktemp -d)
 pids=()

@@ -98,8 +98,31 @@ pub(crate) struct Started {
     pub(crate) setup_error: OwnedFd,
 }
 
-/// Steps of the workload's setup, reported with errno when one fails.
-pub(crate) const STEPS: [&str; 17] = [
+/// Steps of the workload's setup, reported (with errno) when one fails.
+#[derive(Clone, Copy)]
+#[repr(i32)]
+enum Step {
+    Unshare,
+    WaitMaps,
+    Fork,
+    PrivateMounts,
+    BindRoot,
+    BindHost,
+    ReadOnly,
+    Tmpfs,
+    Proc,
+    Pivot,
+    DetachOld,
+    RootReadOnly,
+    Hostname,
+    Loopback,
+    Identity,
+    Seccomp,
+    Exec,
+}
+
+/// What each step is called in a setup failure, by its number.
+const STEP_NAMES: [&str; 17] = [
     "unshare namespaces",
     "wait for id maps",
     "fork",
@@ -119,10 +142,6 @@ pub(crate) const STEPS: [&str; 17] = [
     "exec the program",
 ];
 
-fn step(name: &str) -> i32 {
-    STEPS.iter().position(|s| *s == name).expect("a known step") as i32
-}
-
 /// Start the keeper and, through it, the workload.
 pub(crate) fn start(plan: &Plan) -> io::Result<Started> {
     let (stdout_read, stdout_write) = pipe()?;
@@ -139,7 +158,6 @@ pub(crate) fn start(plan: &Plan) -> io::Result<Started> {
         plan.argv.iter().map(|arg| arg.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     let envp: Vec<*const libc::c_char> =
         plan.envp.iter().map(|var| var.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-    let steps: Vec<i32> = STEPS.iter().map(|name| step(name)).collect();
     let filters: Vec<libc::sock_fprog> = plan
         .filters
         .iter()
@@ -164,7 +182,7 @@ pub(crate) fn start(plan: &Plan) -> io::Result<Started> {
     }
     if keeper == 0 {
         // SAFETY: in the freshly forked child; see `keeper_main`.
-        unsafe { keeper_main(plan, &fds, &argv, &envp, &steps, &filters) }
+        unsafe { keeper_main(&Child { plan, fds: &fds, argv: &argv, envp: &envp, filters: &filters }) }
     }
     drop((stdout_write, stderr_write, status_write, error_write, ready_write, maps_read));
 
@@ -238,6 +256,16 @@ fn write_full(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
     }
 }
 
+/// What the children read, prepared before the fork.
+#[derive(Clone, Copy)]
+struct Child<'a> {
+    plan: &'a Plan,
+    fds: &'a ChildFds,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+    filters: &'a [libc::sock_fprog],
+}
+
 struct ChildFds {
     stdin: RawFd,
     stdout: RawFd,
@@ -251,10 +279,10 @@ struct ChildFds {
 /// Report a failed setup step and leave.
 ///
 /// SAFETY (for callers): only in a forked child.
-unsafe fn fail(fds: &ChildFds, step: i32) -> ! {
+unsafe fn fail(fds: &ChildFds, step: Step) -> ! {
     let errno = *libc::__errno_location();
     let mut report = [0u8; 8];
-    report[..4].copy_from_slice(&step.to_be_bytes());
+    report[..4].copy_from_slice(&(step as i32).to_be_bytes());
     report[4..].copy_from_slice(&errno.to_be_bytes());
     libc::write(fds.error, report.as_ptr().cast(), report.len());
     libc::_exit(127)
@@ -263,14 +291,8 @@ unsafe fn fail(fds: &ChildFds, step: i32) -> ! {
 /// The keeper: namespaces, then the workload, then its status.
 ///
 /// SAFETY (for callers): only in a freshly forked child of `start`.
-unsafe fn keeper_main(
-    plan: &Plan,
-    fds: &ChildFds,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-    steps: &[i32],
-    filters: &[libc::sock_fprog],
-) -> ! {
+unsafe fn keeper_main(child: &Child<'_>) -> ! {
+    let fds = child.fds;
     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
     let namespaces = libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS
@@ -279,19 +301,19 @@ unsafe fn keeper_main(
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC;
     if libc::unshare(namespaces) != 0 {
-        fail(fds, steps[0]);
+        fail(fds, Step::Unshare);
     }
     libc::write(fds.ready, [1u8].as_ptr().cast(), 1);
     let mut byte = [0u8; 1];
     if libc::read(fds.maps, byte.as_mut_ptr().cast(), 1) != 1 {
-        fail(fds, steps[1]);
+        fail(fds, Step::WaitMaps);
     }
     let init = libc::fork();
     if init < 0 {
-        fail(fds, steps[2]);
+        fail(fds, Step::Fork);
     }
     if init == 0 {
-        init_main(plan, fds, argv, envp, steps, filters);
+        init_main(child);
     }
     let mut status = 0;
     while libc::waitpid(init, &mut status, 0) < 0 && *libc::__errno_location() == libc::EINTR {}
@@ -302,26 +324,20 @@ unsafe fn keeper_main(
 /// the workload, reaps, reports the workload's status.
 ///
 /// SAFETY (for callers): only in the keeper's freshly forked child.
-unsafe fn init_main(
-    plan: &Plan,
-    fds: &ChildFds,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-    steps: &[i32],
-    filters: &[libc::sock_fprog],
-) -> ! {
+unsafe fn init_main(child: &Child<'_>) -> ! {
+    let (plan, fds) = (child.plan, child.fds);
     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
     let null: *const libc::c_char = std::ptr::null();
     let none: *const libc::c_void = std::ptr::null();
     if libc::mount(null, c"/".as_ptr(), null, libc::MS_REC | libc::MS_PRIVATE, none) != 0 {
-        fail(fds, steps[3]);
+        fail(fds, Step::PrivateMounts);
     }
     if libc::mount(plan.root.as_ptr(), plan.root.as_ptr(), null, libc::MS_BIND | libc::MS_REC, none) != 0 {
-        fail(fds, steps[4]);
+        fail(fds, Step::BindRoot);
     }
     for bind in &plan.binds {
         if libc::mount(bind.source.as_ptr(), bind.target.as_ptr(), null, libc::MS_BIND | libc::MS_REC, none) != 0 {
-            fail(fds, steps[5]);
+            fail(fds, Step::BindHost);
         }
         let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | bind.locked;
         if !bind.device {
@@ -331,48 +347,48 @@ unsafe fn init_main(
             flags |= libc::MS_RDONLY;
         }
         if libc::mount(null, bind.target.as_ptr(), null, flags, none) != 0 {
-            fail(fds, steps[6]);
+            fail(fds, Step::ReadOnly);
         }
     }
     for (target, options) in &plan.tmpfs {
         let flags = libc::MS_NOSUID | libc::MS_NODEV;
         if libc::mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), flags, options.as_ptr().cast()) != 0 {
-            fail(fds, steps[7]);
+            fail(fds, Step::Tmpfs);
         }
     }
     let proc_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     if libc::mount(c"proc".as_ptr(), plan.proc_dir.as_ptr(), c"proc".as_ptr(), proc_flags, none) != 0 {
-        fail(fds, steps[8]);
+        fail(fds, Step::Proc);
     }
     if libc::chdir(plan.root.as_ptr()) != 0
         || libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".old".as_ptr()) != 0
         || libc::chdir(c"/".as_ptr()) != 0
     {
-        fail(fds, steps[9]);
+        fail(fds, Step::Pivot);
     }
     if libc::umount2(c"/.old".as_ptr(), libc::MNT_DETACH) != 0 {
-        fail(fds, steps[10]);
+        fail(fds, Step::DetachOld);
     }
     let root_flags =
         libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | plan.root_locked;
     if libc::mount(null, c"/".as_ptr(), null, root_flags, none) != 0 {
-        fail(fds, steps[11]);
+        fail(fds, Step::RootReadOnly);
     }
     let host = HOSTNAME.as_bytes();
     if libc::sethostname(host.as_ptr().cast(), host.len()) != 0
         || libc::setdomainname(host.as_ptr().cast(), host.len()) != 0
     {
-        fail(fds, steps[12]);
+        fail(fds, Step::Hostname);
     }
     if !loopback_up() {
-        fail(fds, steps[13]);
+        fail(fds, Step::Loopback);
     }
     let workload = libc::fork();
     if workload < 0 {
-        fail(fds, steps[2]);
+        fail(fds, Step::Fork);
     }
     if workload == 0 {
-        workload_main(plan, fds, argv, envp, steps, filters);
+        workload_main(child);
     }
     loop {
         let mut status = 0;
@@ -390,18 +406,12 @@ unsafe fn init_main(
 /// The workload (PID 2): limits, identity, descriptors, exec.
 ///
 /// SAFETY (for callers): only in the init's freshly forked child.
-unsafe fn workload_main(
-    plan: &Plan,
-    fds: &ChildFds,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-    steps: &[i32],
-    filters: &[libc::sock_fprog],
-) -> ! {
+unsafe fn workload_main(child: &Child<'_>) -> ! {
+    let Child { plan, fds, argv, envp, filters } = *child;
     for (resource, value) in &plan.rlimits {
         let limit = libc::rlimit { rlim_cur: *value, rlim_max: *value };
         if libc::setrlimit(*resource, &limit) != 0 {
-            fail(fds, steps[14]);
+            fail(fds, Step::Identity);
         }
     }
     libc::umask(0o022);
@@ -410,10 +420,10 @@ unsafe fn workload_main(
         || libc::setresuid(CAGE_UID, CAGE_UID, CAGE_UID) != 0
         || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
     {
-        fail(fds, steps[14]);
+        fail(fds, Step::Identity);
     }
     if libc::dup2(fds.stdin, 0) < 0 || libc::dup2(fds.stdout, 1) < 0 || libc::dup2(fds.stderr, 2) < 0 {
-        fail(fds, steps[14]);
+        fail(fds, Step::Identity);
     }
     // Every other descriptor closes at exec (the error pipe too, which is
     // how the runner learns the exec happened).
@@ -424,11 +434,11 @@ unsafe fn workload_main(
         let installed =
             libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, filter as *const libc::sock_fprog);
         if installed != 0 {
-            fail(fds, steps[15]);
+            fail(fds, Step::Seccomp);
         }
     }
     libc::execve(plan.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
-    fail(fds, steps[16])
+    fail(fds, Step::Exec)
 }
 
 /// Bring `lo` up in the new network namespace.
@@ -456,6 +466,6 @@ unsafe fn loopback_up() -> bool {
 pub(crate) fn describe_setup_error(report: &[u8; 8]) -> String {
     let step = i32::from_be_bytes(report[..4].try_into().expect("4 bytes"));
     let errno = i32::from_be_bytes(report[4..].try_into().expect("4 bytes"));
-    let name = usize::try_from(step).ok().and_then(|i| STEPS.get(i)).copied().unwrap_or("unknown step");
+    let name = usize::try_from(step).ok().and_then(|i| STEP_NAMES.get(i)).copied().unwrap_or("unknown step");
     format!("{name}: {}", io::Error::from_raw_os_error(errno))
 }

@@ -50,6 +50,12 @@ fn assert_valid(out: &tempfile::TempDir, results: &docklock_jepsen::Results) {
     }
 }
 
+/// Fail unless enough adds were acknowledged for the run to mean something.
+fn assert_enough_adds(results: &docklock_jepsen::Results) {
+    let acknowledged = results.details["acknowledged"].as_u64().unwrap_or(0);
+    assert!(acknowledged > 200, "too few adds acknowledged to mean anything: {}", results.details);
+}
+
 /// Register histories under kill and pause faults are linearizable.
 #[tokio::test(flavor = "multi_thread")]
 async fn register_under_kill_and_pause_is_linearizable() -> anyhow::Result<()> {
@@ -91,8 +97,7 @@ async fn set_under_kill_and_partition_loses_nothing() -> anyhow::Result<()> {
     let faults = vec![Fault::KillLeader, Fault::PartitionHalves];
     let results = run(Workload::Set, faults, 5, out.path()).await?;
     assert_valid(&out, &results);
-    let acknowledged = results.details["acknowledged"].as_u64().unwrap_or(0);
-    assert!(acknowledged > 200, "too few adds acknowledged to mean anything: {}", results.details);
+    assert_enough_adds(&results);
     Ok(())
 }
 
@@ -105,8 +110,7 @@ async fn ledger_chains_agree_under_kill_and_partition() -> anyhow::Result<()> {
     let faults = vec![Fault::KillLeader, Fault::PartitionLeader];
     let results = run(Workload::Ledger, faults, 13, out.path()).await?;
     assert_valid(&out, &results);
-    let acknowledged = results.details["acknowledged"].as_u64().unwrap_or(0);
-    assert!(acknowledged > 200, "too few adds acknowledged to mean anything: {}", results.details);
+    assert_enough_adds(&results);
     let sizes = results.details["sizes"].as_object().map_or(0, |sizes| sizes.len());
     assert_eq!(sizes, 3, "every node's ledger was read: {}", results.details);
     Ok(())

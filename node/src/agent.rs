@@ -359,7 +359,7 @@ async fn ledger_duties(
                 registry.cluster_id().is_some(),
                 metrics.membership_config.membership().get_node(&node.id).is_some(),
                 registry.node_key(node.id).is_some(),
-                crate::audit_api::checkpoint_due(registry, node.id, &fingerprint),
+                registry.checkpoint_due(node.id, &fingerprint),
             )
         };
         if !bootstrapped {

@@ -23,7 +23,6 @@ use docklock_proto::v1::agreements_client::AgreementsClient;
 use docklock_proto::v1::identities_client::IdentitiesClient;
 use docklock_proto::v1::{self, agreements_server, identities_server, ledger_server};
 use docklock_raft::agreements::{AgreementRecord, AgreementStatus};
-use docklock_raft::registry::Registry;
 use docklock_raft::types::{Command, Outcome, Request};
 use tonic::Status;
 
@@ -556,17 +555,4 @@ impl ledger_server::Ledger for LedgerService {
         let head = self.node.state.ledger().chain_head(wanted).map_err(storage)?;
         Ok(tonic::Response::new(v1::ChainHeadResponse { size: wanted, chain_head: head.to_vec() }))
     }
-}
-
-/// Registry functions the agent's background duties use.
-pub fn checkpoint_due(
-    registry: &Registry,
-    node_id: u64,
-    key: &Fingerprint,
-) -> Option<(u64, merkle::Hash, merkle::Hash)> {
-    let registered =
-        registry.node_key(node_id).is_some_and(|record| record.key.fingerprint() == *key && !record.revoked);
-    let ledger = registry.ledger();
-    let latest = ledger.latest_checkpoint().map_or(0, |c| c.tree_size);
-    (registered && ledger.size() > latest).then(|| (ledger.size(), ledger.root(), ledger.head()))
 }

@@ -231,6 +231,18 @@ fn check_length(what: &'static str, alg: Algorithm, expected: usize, found: usiz
     }
 }
 
+/// Read a tag byte and length-prefixed bytes, and build `what` from them
+/// with `new` (which checks the length for the tag).
+fn decode_tagged<T>(
+    reader: &mut Reader<'_>,
+    what: &'static str,
+    new: fn(Algorithm, Vec<u8>) -> Result<T, CryptoError>,
+) -> Result<T, DecodeError> {
+    let alg = Algorithm::from_code(reader.u8(what)?).map_err(|e| DecodeError::invalid(what, e.to_string()))?;
+    let bytes = reader.bytes(what)?.to_vec();
+    new(alg, bytes).map_err(|e| DecodeError::invalid(what, e.to_string()))
+}
+
 impl PublicKey {
     /// A key from its algorithm and raw bytes (length checked).
     pub fn new(alg: Algorithm, bytes: Vec<u8>) -> Result<Self, CryptoError> {
@@ -255,10 +267,7 @@ impl PublicKey {
 
     /// Read the canonical form.
     pub fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let alg = Algorithm::from_code(reader.u8("key algorithm")?)
-            .map_err(|e| DecodeError::invalid("key algorithm", e.to_string()))?;
-        let bytes = reader.bytes("public key")?.to_vec();
-        Self::new(alg, bytes).map_err(|e| DecodeError::invalid("public key", e.to_string()))
+        decode_tagged(reader, "public key", Self::new)
     }
 
     /// The key's fingerprint.
@@ -336,10 +345,7 @@ impl Signature {
 
     /// Read the canonical form.
     pub fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let alg = Algorithm::from_code(reader.u8("signature algorithm")?)
-            .map_err(|e| DecodeError::invalid("signature algorithm", e.to_string()))?;
-        let bytes = reader.bytes("signature")?.to_vec();
-        Self::new(alg, bytes).map_err(|e| DecodeError::invalid("signature", e.to_string()))
+        decode_tagged(reader, "signature", Self::new)
     }
 }
 

@@ -280,6 +280,17 @@ impl Registry {
         checkpoint.verify_signature().map_err(|error| unauthenticated(error.to_string()))
     }
 
+    /// What node `node_id` should sign as the next checkpoint, if its key
+    /// `key` is the node's live registered key and the ledger grew past
+    /// the latest checkpoint: `(tree_size, root, chain_head)`.
+    pub fn checkpoint_due(&self, node_id: u64, key: &Fingerprint) -> Option<(u64, [u8; 32], [u8; 32])> {
+        let registered =
+            self.node_keys.get(&node_id) == Some(key) && self.identities.get(key).is_some_and(|record| !record.revoked);
+        let latest = self.ledger.latest_checkpoint().map_or(0, |c| c.tree_size);
+        (registered && self.ledger.size() > latest)
+            .then(|| (self.ledger.size(), self.ledger.root(), self.ledger.head()))
+    }
+
     pub(crate) fn record_checkpoint(&mut self, checkpoint: &Checkpoint) -> Outcome {
         if let Err(refusal) = self.check_checkpoint_signer(checkpoint) {
             return refusal;
