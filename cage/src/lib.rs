@@ -8,9 +8,10 @@
 //! Must not: know about Raft, gRPC or the cluster.
 //!
 //! Status: namespaces, the `host` rootfs, rootfs tarballs and images, the
-//! seccomp allowlist, rlimits, wall-time and output limits and the witness
-//! log are built. Not yet: the policy's `trace` class, the ptrace
-//! supervisor (determinism), cgroup v2 limits, the full containment suite.
+//! seccomp policy with its `trace` class, the ptrace supervisor (which
+//! names denied calls and answers, witnesses or refuses traced ones),
+//! rlimits, wall-time, output, `/out` and event limits, and the witness log
+//! are built. Not yet: cgroup limits, the rest of determinism (issue 4).
 //!
 //! Entry point: [`run::run`].
 
@@ -19,6 +20,7 @@ pub mod policy;
 pub mod rootfs;
 pub mod run;
 mod sandbox;
+mod supervisor;
 pub mod syscalls;
 pub mod witness;
 

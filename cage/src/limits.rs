@@ -1,5 +1,5 @@
 //! Resource limits of one run, set as rlimits in the cage and watched by the
-//! runner (wall time, output bytes).
+//! runner (wall time, output bytes) and the supervisor (events).
 
 use std::fmt;
 
@@ -22,6 +22,11 @@ pub struct Limits {
     pub output_bytes: u64,
     /// Largest file the workload may write (RLIMIT_FSIZE).
     pub file_size_bytes: u64,
+    /// Bytes the workload may leave in `/out` (a tmpfs of this size).
+    pub out_bytes: u64,
+    /// Events the supervisor records (traced calls answered, files
+    /// witnessed), so the witness log stays bounded.
+    pub events: u64,
 }
 
 impl Default for Limits {
@@ -34,6 +39,8 @@ impl Default for Limits {
             open_files: 256,
             output_bytes: 64 << 20,
             file_size_bytes: 64 << 20,
+            out_bytes: 64 << 20,
+            events: 100_000,
         }
     }
 }
@@ -55,12 +62,25 @@ pub enum Limit {
     Output,
     /// File size.
     FileSize,
+    /// Bytes left in `/out`.
+    OutBytes,
+    /// Supervisor events.
+    Events,
 }
 
 impl Limit {
     /// Every limit.
-    pub const ALL: [Limit; 7] =
-        [Limit::Cpu, Limit::Wall, Limit::Memory, Limit::Processes, Limit::OpenFiles, Limit::Output, Limit::FileSize];
+    pub const ALL: [Limit; 9] = [
+        Limit::Cpu,
+        Limit::Wall,
+        Limit::Memory,
+        Limit::Processes,
+        Limit::OpenFiles,
+        Limit::Output,
+        Limit::FileSize,
+        Limit::OutBytes,
+        Limit::Events,
+    ];
 
     /// Its name.
     pub fn name(self) -> &'static str {
@@ -72,6 +92,8 @@ impl Limit {
             Limit::OpenFiles => "open-files",
             Limit::Output => "output-bytes",
             Limit::FileSize => "file-size-bytes",
+            Limit::OutBytes => "out-bytes",
+            Limit::Events => "events",
         }
     }
 }
@@ -98,6 +120,8 @@ impl Limits {
             Limit::OpenFiles => &mut self.open_files,
             Limit::Output => &mut self.output_bytes,
             Limit::FileSize => &mut self.file_size_bytes,
+            Limit::OutBytes => &mut self.out_bytes,
+            Limit::Events => &mut self.events,
         }
     }
 

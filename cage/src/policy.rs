@@ -2,13 +2,17 @@
 //! `seccompiler` into BPF programs that the workload installs right before
 //! `execve`.
 //!
-//! Default deny: any call the policy does not allow kills the workload
-//! (verdict `policy-violation`), as does any other architecture; x32 calls
-//! carry a high bit in their number, so they match nothing and are killed
-//! too. Two adjustments in code, each stricter than the list: `clone` is
-//! allowed only without namespace flags (no nested user namespaces), and
-//! `clone3`, whose flags sit in memory a filter cannot read, fails with
-//! `ENOSYS` so libc falls back to `clone`.
+//! Default deny: any call the policy neither allows nor traces stops at the
+//! supervisor, which ends the run with `policy-violation` naming the call,
+//! as does any other architecture (`int 0x80`); x32 calls carry a high bit
+//! in their number, so they match nothing and are denied too. Denials go
+//! to the supervisor (`SECCOMP_RET_TRACE`) rather than killing in the
+//! kernel so the verdict can name the call; should no tracer be attached,
+//! the kernel fails the call with `ENOSYS` without running it, so the
+//! policy stays fail-closed either way. Two adjustments in code, each
+//! stricter than the list: `clone` is allowed only without namespace flags
+//! (no nested user namespaces), and `clone3`, whose flags sit in memory a
+//! filter cannot read, fails with `ENOSYS` so libc falls back to `clone`.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +22,13 @@ use seccompiler::{
 use sha3::{Digest as _, Sha3_256};
 
 use crate::syscalls;
+
+/// `SECCOMP_RET_DATA` of a traced call.
+pub(crate) const DATA_TRACE: u32 = 1;
+/// `SECCOMP_RET_DATA` of a denied call.
+pub(crate) const DATA_DENY: u32 = 0xfffe;
+/// `SECCOMP_RET_DATA` of a call from another architecture.
+pub(crate) const DATA_FOREIGN: u32 = 0xffff;
 
 /// The default profile's source.
 pub const DEFAULT: &str = include_str!("../policy/default.policy");
@@ -36,6 +47,8 @@ const NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
 pub struct Policy {
     /// The allowed calls, by name.
     pub allowed: Vec<String>,
+    /// The calls handed to the supervisor, by name.
+    pub traced: Vec<String>,
     /// SHA3-256 of the policy source (recorded in the witness header).
     pub digest: [u8; 32],
     /// The BPF programs, installed in order (the allowlist last).
@@ -45,7 +58,7 @@ pub struct Policy {
 /// Why a policy does not compile.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    /// A line is not `allow NAME  # reason`.
+    /// A line is not `allow|trace NAME  # reason`.
     #[error("policy line {line}: {reason}")]
     Syntax {
         /// 1-based line number.
@@ -61,7 +74,7 @@ pub enum PolicyError {
 impl Policy {
     /// Parse and compile a policy source.
     pub fn compile(source: &str) -> Result<Self, PolicyError> {
-        let mut allowed = Vec::new();
+        let (mut allowed, mut traced) = (Vec::new(), Vec::new());
         for (index, raw) in source.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -75,19 +88,19 @@ impl Policy {
             }
             let mut words = rule.split_whitespace();
             match (words.next(), words.next(), words.next()) {
-                (Some("allow"), Some(name), None) => {
+                (Some(class @ ("allow" | "trace")), Some(name), None) => {
                     syscalls::number(name).ok_or_else(|| syntax(format!("unknown system call {name:?}")))?;
-                    if allowed.iter().any(|a| a == name) {
+                    if allowed.iter().chain(&traced).any(|a| a == name) {
                         return Err(syntax(format!("{name} is listed twice")));
                     }
-                    allowed.push(name.to_owned());
+                    if class == "allow" { &mut allowed } else { &mut traced }.push(name.to_owned());
                 }
-                _ => return Err(syntax(format!("expected `allow NAME  # reason`, got {rule:?}"))),
+                _ => return Err(syntax(format!("expected `allow|trace NAME  # reason`, got {rule:?}"))),
             }
         }
         let compile = |error: seccompiler::BackendError| PolicyError::Compile(error.to_string());
         let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-        for name in &allowed {
+        for name in allowed.iter().chain(&traced) {
             let number = syscalls::number(name).expect("checked above");
             let conditions = if name == "clone" {
                 let no_namespaces =
@@ -100,21 +113,52 @@ impl Policy {
             rules.insert(number, conditions);
         }
         let arch = TargetArch::x86_64;
-        let allow =
-            SeccompFilter::new(rules, SeccompAction::KillProcess, SeccompAction::Allow, arch).map_err(compile)?;
-        // The allowlist goes last: once it is installed, `seccomp` itself
-        // is denied.
-        let mut programs: Vec<BpfProgram> = Vec::new();
+        let deny = SeccompAction::Trace(DATA_DENY);
+        let allow = SeccompFilter::new(rules, deny, SeccompAction::Allow, arch).map_err(compile)?;
+        // A call matching several filters gets the most restrictive action,
+        // so the traced and clone3 filters override the allowlist for their
+        // calls. The allowlist goes last: once it is installed, `seccomp`
+        // itself is denied.
+        let mut filters = Vec::new();
+        if !traced.is_empty() {
+            let calls = traced.iter().map(|name| (syscalls::number(name).expect("checked above"), Vec::new()));
+            let trace = SeccompAction::Trace(DATA_TRACE);
+            filters.push(SeccompFilter::new(calls.collect(), SeccompAction::Allow, trace, arch).map_err(compile)?);
+        }
         if allowed.iter().any(|name| name == "clone3") {
             let clone3 = BTreeMap::from([(syscalls::number("clone3").expect("known"), Vec::new())]);
-            let enosys =
-                SeccompFilter::new(clone3, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), arch)
-                    .map_err(compile)?;
-            programs.push(enosys.try_into().map_err(compile)?);
+            let enosys = SeccompAction::Errno(libc::ENOSYS as u32);
+            filters.push(SeccompFilter::new(clone3, SeccompAction::Allow, enosys, arch).map_err(compile)?);
         }
-        programs.push(allow.try_into().map_err(compile)?);
-        Ok(Self { allowed, digest: Sha3_256::digest(source.as_bytes()).into(), programs })
+        filters.push(allow);
+        let mut programs = Vec::new();
+        for filter in filters {
+            let mut program: BpfProgram = filter.try_into().map_err(compile)?;
+            foreign_calls_to_supervisor(&mut program)?;
+            programs.push(program);
+        }
+        Ok(Self { allowed, traced, digest: Sha3_256::digest(source.as_bytes()).into(), programs })
     }
+}
+
+/// seccompiler starts every program with an architecture check that kills
+/// on a mismatch, before any rule; hand such calls to the supervisor like
+/// every other denial, so the verdict can say what happened. The shape is
+/// checked, so a seccompiler that emits something else fails here, loudly.
+fn foreign_calls_to_supervisor(program: &mut BpfProgram) -> Result<(), PolicyError> {
+    const BPF_RET_K: u16 = 0x06;
+    const BPF_LD_W_ABS: u16 = 0x20;
+    const ARCH_OFFSET: u32 = 4;
+    let shape_ok = program.len() > 3
+        && program[0].code == BPF_LD_W_ABS
+        && program[0].k == ARCH_OFFSET
+        && program[2].code == BPF_RET_K
+        && program[2].k == libc::SECCOMP_RET_KILL_PROCESS;
+    if !shape_ok {
+        return Err(PolicyError::Compile("seccompiler's architecture check has an unexpected shape".into()));
+    }
+    program[2].k = libc::SECCOMP_RET_TRACE | DATA_FOREIGN;
+    Ok(())
 }
 
 type SeccompArgLen = SeccompCmpArgLen;
@@ -127,6 +171,7 @@ mod tests {
     fn the_default_policy_compiles() {
         let policy = Policy::compile(DEFAULT).unwrap();
         assert!(policy.allowed.iter().any(|name| name == "execve"));
+        assert!(policy.traced.iter().any(|name| name == "getrandom"));
         for dangerous in ["mount", "unshare", "setns", "ptrace", "bpf", "io_uring_setup", "userfaultfd", "kexec_load"] {
             assert!(!policy.allowed.iter().any(|name| name == dangerous), "{dangerous} must not be allowed");
         }
@@ -138,5 +183,6 @@ mod tests {
         assert!(Policy::compile("allow frobnicate # nobody").is_err());
         assert!(Policy::compile("deny read # x").is_err());
         assert!(Policy::compile("allow read # a\nallow read # b").is_err());
+        assert!(Policy::compile("allow read # a\ntrace read # b").is_err());
     }
 }

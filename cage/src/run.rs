@@ -14,7 +14,9 @@ use crate::limits::{Limit, Limits};
 use crate::policy::{self, Policy};
 use crate::rootfs::{self, Prepared, Rootfs};
 use crate::sandbox::{self, Bind, Plan};
+use crate::supervisor::{self, Ending, Supervisor};
 use crate::witness::{self, Record, WitnessWriter, CHUNK_BYTES};
+use crate::CAGE_UID;
 
 /// Version of the cage recorded in every witness header.
 pub const CAGE_VERSION: &str = concat!("docklock-cage/", env!("CARGO_PKG_VERSION"));
@@ -23,6 +25,8 @@ pub const CAGE_VERSION: &str = concat!("docklock-cage/", env!("CARGO_PKG_VERSION
 const DEVICES: [&str; 4] = ["null", "zero", "random", "urandom"];
 /// Size of the `/tmp` scratch tmpfs.
 const TMP_BYTES: u64 = 64 << 20;
+/// Files and directories `/out` may hold.
+const OUT_FILES: u64 = 4096;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -74,9 +78,21 @@ pub enum Verdict {
         /// Signal, if it was killed.
         signal: Option<i32>,
     },
-    /// The workload made a system call the policy denies (it was killed
-    /// with SIGSYS; which call is named once the supervisor traces it).
-    PolicyViolation,
+    /// The workload made a system call the policy denies; it never ran.
+    PolicyViolation {
+        /// The call's number (as the workload's architecture numbers it).
+        number: i64,
+        /// The call's name, or what kind of call it was.
+        call: String,
+    },
+    /// The workload needed a source of non-determinism the cage does not
+    /// make deterministic; the run was stopped at that call.
+    Refused {
+        /// Which source (time, randomness, resource usage, ...).
+        source: String,
+        /// The call that needed it.
+        call: String,
+    },
     /// A limit was exceeded.
     LimitExceeded {
         /// Which.
@@ -96,7 +112,8 @@ impl Verdict {
             Verdict::Ok => "ok".into(),
             Verdict::ProgramFailed { exit_code: Some(code), .. } => format!("program-failed exit {code}"),
             Verdict::ProgramFailed { signal, .. } => format!("program-failed signal {}", signal.unwrap_or(0)),
-            Verdict::PolicyViolation => "policy-violation (a denied system call)".into(),
+            Verdict::PolicyViolation { number, call } => format!("policy-violation {call} ({number})"),
+            Verdict::Refused { source, call } => format!("refused {source} ({call})"),
             Verdict::LimitExceeded { limit } => format!("limit-exceeded {limit}"),
             Verdict::CageError { reason } => format!("cage-error {reason}"),
         }
@@ -159,21 +176,19 @@ pub fn run(
     spec: &RunSpec,
     witness_path: &Path,
     out_dir: Option<&Path>,
-    mut stdout: impl std::io::Write,
+    mut stdout: impl std::io::Write + Send,
 ) -> Result<Outcome, CageError> {
     let started = Instant::now();
     let parent = spec.stage_parent.clone().unwrap_or_else(std::env::temp_dir);
     let stage = tempfile::Builder::new().prefix("docklock-cage-").tempdir_in(parent).map_err(io("create the stage"))?;
     let root = stage.path().join("root");
     let inputs = stage.path().join("in");
-    let outputs = stage.path().join("out");
-    for dir in [&root, &inputs, &outputs] {
+    for dir in [&root, &inputs] {
         std::fs::create_dir(dir).map_err(io(format!("create {}", dir.display())))?;
     }
-    // The workload's uid maps to an unprivileged host uid: /out must be
-    // writable by it, and the stage traversable.
+    // The workload's uid maps to an unprivileged host uid: the stage must
+    // be traversable.
     set_mode(stage.path(), 0o755)?;
-    set_mode(&outputs, 0o777)?;
 
     let mut witness = WitnessWriter::new(BufWriter::new(
         File::create(witness_path).map_err(io(format!("create {}", witness_path.display())))?,
@@ -205,31 +220,11 @@ pub fn run(
             .map_err(io("write the witness log"))?;
     }
 
-    let plan = plan(spec, &prepared, &policy, &root, &inputs, &outputs)?;
-    let verdict = match sandbox::start(&plan) {
-        Err(error) => Verdict::CageError { reason: format!("cannot start the sandbox: {error}") },
-        Ok(started_run) => supervise(started_run, &spec.limits, &mut witness, &mut stdout)?,
+    let plan = plan(spec, &prepared, &policy, &root, &inputs)?;
+    let (verdict, collected) = match sandbox::start(&plan) {
+        Err(error) => (Verdict::CageError { reason: format!("cannot start the sandbox: {error}") }, Vec::new()),
+        Ok(started_run) => execute(started_run, spec, &mut witness, &mut stdout, out_dir)?,
     };
-
-    let mut collected = Vec::new();
-    if !matches!(verdict, Verdict::CageError { .. }) {
-        collect_outputs(&outputs, &outputs, &mut collected)?;
-    }
-    collected.sort();
-    for relative in &collected {
-        let bytes = std::fs::read(outputs.join(relative)).map_err(io("read an output"))?;
-        let path = relative.display().to_string();
-        witness
-            .record(&Record::Output { path: path.clone(), size: bytes.len() as u64, digest: witness::digest(&bytes) })
-            .map_err(io("write the witness log"))?;
-        if let Some(out_dir) = out_dir {
-            let target = out_dir.join(relative);
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(io("write an output"))?;
-            }
-            std::fs::write(&target, &bytes).map_err(io(format!("write {}", target.display())))?;
-        }
-    }
     witness.record(&Record::End(verdict.describe())).map_err(io("write the witness log"))?;
     let records = witness.len();
     let root = witness.finish().map_err(io("write the witness log"))?;
@@ -237,7 +232,7 @@ pub fn run(
         verdict,
         root: hex::encode(root),
         records,
-        outputs: collected.iter().map(|p| p.display().to_string()).collect(),
+        outputs: collected,
         wall_ms: started.elapsed().as_millis() as u64,
     })
 }
@@ -265,14 +260,7 @@ fn header(spec: &RunSpec, rootfs: &Prepared, policy: &Policy) -> String {
 
 /// Build the children's plan: directories and symlinks of the new root are
 /// created here, on the host, before the fork.
-fn plan(
-    spec: &RunSpec,
-    rootfs: &Prepared,
-    policy: &Policy,
-    root: &Path,
-    inputs: &Path,
-    outputs: &Path,
-) -> Result<Plan, CageError> {
+fn plan(spec: &RunSpec, rootfs: &Prepared, policy: &Policy, root: &Path, inputs: &Path) -> Result<Plan, CageError> {
     let c = |path: &Path| sandbox::cstring(path.as_os_str().as_encoded_bytes()).map_err(io("a path"));
     let mut binds = Vec::new();
     // Each top-level entry of the rootfs: a directory or file is bound
@@ -305,13 +293,11 @@ fn plan(
         let locked = sandbox::locked_flags(&host).map_err(io("statvfs"))?;
         binds.push(Bind { source: c(&host)?, target: c(&target)?, writable: true, device: true, locked });
     }
-    for (dir, source, writable) in [("in", inputs, false), ("out", outputs, true)] {
-        let target = root.join(dir);
-        std::fs::create_dir(&target).map_err(io("create a mount point"))?;
-        let locked = sandbox::locked_flags(source).map_err(io("statvfs"))?;
-        binds.push(Bind { source: c(source)?, target: c(&target)?, writable, device: false, locked });
-    }
-    for dir in ["tmp", "proc", ".old"] {
+    let target = root.join("in");
+    std::fs::create_dir(&target).map_err(io("create a mount point"))?;
+    let locked = sandbox::locked_flags(inputs).map_err(io("statvfs"))?;
+    binds.push(Bind { source: c(inputs)?, target: c(&target)?, writable: false, device: false, locked });
+    for dir in ["tmp", "out", "proc", ".old"] {
         std::fs::create_dir(root.join(dir)).map_err(io("create a mount point"))?;
     }
     let program = sandbox::cstring(spec.program.as_bytes()).map_err(io("the program"))?;
@@ -343,10 +329,18 @@ fn plan(
         root: c(root)?,
         root_locked: sandbox::locked_flags(root).map_err(io("statvfs"))?,
         binds,
-        tmpfs: vec![(
-            c(&root.join("tmp"))?,
-            sandbox::cstring(format!("size={TMP_BYTES},mode=1777").as_bytes()).map_err(io("tmpfs"))?,
-        )],
+        tmpfs: vec![
+            (c(&root.join("tmp"))?, tmpfs_options(&format!("size={TMP_BYTES},mode=1777"))?),
+            // /out lives only in the namespace, bounded; the runner reads it
+            // through the init's root before the namespace ends.
+            (
+                c(&root.join("out"))?,
+                tmpfs_options(&format!(
+                    "size={},nr_inodes={OUT_FILES},mode=0755,uid={CAGE_UID},gid={CAGE_UID}",
+                    limits.out_bytes
+                ))?,
+            ),
+        ],
         proc_dir: c(&root.join("proc"))?,
         program,
         argv,
@@ -363,16 +357,164 @@ fn plan(
     })
 }
 
-/// Read stdout and stderr under the limits, wait for the workload, decide.
-/// One thread polls the three pipes (stdout, stderr, the init's status
-/// report): no reader threads to start for a short run.
-fn supervise(
+/// Run the started sandbox to its end: this thread supervises the
+/// workload with ptrace; a scoped thread reads its output under the
+/// limits. The witness gets stdout and stderr first, then the supervisor's
+/// events, then the outputs: an order that does not depend on timing.
+/// Outputs are collected only from a run that ended on its own: what a
+/// killed run left half-written is not a result.
+fn execute(
     started: sandbox::Started,
+    spec: &RunSpec,
+    witness: &mut WitnessWriter<BufWriter<File>>,
+    stdout_sink: &mut (impl std::io::Write + Send),
+    out_dir: Option<&Path>,
+) -> Result<(Verdict, Vec<String>), CageError> {
+    let sandbox::Started { keeper, stdout, stderr, status, setup_error, keeper_fd, announce, collected } = started;
+    let limits = &spec.limits;
+    let mut supervisor = Supervisor::new(&keeper_fd, spec.seed, limits.memory_mib << 20, limits.events);
+    let mut init = None;
+    let output = std::thread::scope(|scope| {
+        let output = scope.spawn(|| collect_output([stdout, stderr, status], limits, &keeper_fd, witness, stdout_sink));
+        match sandbox::await_workload(&announce) {
+            Ok(Some(workload)) => {
+                init = parent_of(workload);
+                supervisor.supervise(workload, &announce);
+            }
+            Ok(None) => {} // The setup failed; its report says why.
+            Err(error) => supervisor.lose(format!("the workload did not announce itself: {error}")),
+        }
+        output.join().unwrap_or_else(|_| Err(CageError::Spec("the output reader panicked".into())))
+    });
+    let finish = |verdict: Verdict, outputs: Vec<String>| {
+        drop(collected);
+        supervisor::kill_keeper(&keeper_fd);
+        reap(keeper);
+        Ok((verdict, outputs))
+    };
+    let output = match output {
+        Ok(output) => output,
+        Err(error) => {
+            finish(Verdict::Ok, Vec::new())?;
+            return Err(error);
+        }
+    };
+    for event in &supervisor.events {
+        witness.record(event).map_err(io("write the witness log"))?;
+    }
+    let mut report = [0u8; 8];
+    if sandbox::read_full(&setup_error, &mut report).unwrap_or(0) == 8 {
+        return finish(Verdict::CageError { reason: sandbox::describe_setup_error(&report) }, Vec::new());
+    }
+    let verdict = match supervisor.ending {
+        Some(Ending::Lost(reason)) => Verdict::CageError { reason },
+        Some(Ending::Violation { number, name }) => Verdict::PolicyViolation { number, call: name },
+        Some(Ending::Refused { source, call }) => Verdict::Refused { source: source.into(), call },
+        Some(Ending::TooManyEvents) => Verdict::LimitExceeded { limit: Limit::Events },
+        None if output.over_output => Verdict::LimitExceeded { limit: Limit::Output },
+        None if output.over_wall => Verdict::LimitExceeded { limit: Limit::Wall },
+        None => output
+            .status
+            .map_or_else(|| Verdict::CageError { reason: "the init died without reporting".into() }, verdict_of),
+    };
+    let (Verdict::Ok | Verdict::ProgramFailed { .. }, Some(init)) = (&verdict, init) else {
+        return finish(verdict, Vec::new());
+    };
+    let out = PathBuf::from(format!("/proc/{init}/root/out"));
+    let outputs = record_outputs(&out, witness, out_dir)?;
+    let verdict = if out_full(&out) { Verdict::LimitExceeded { limit: Limit::OutBytes } } else { verdict };
+    finish(verdict, outputs)
+}
+
+/// The parent of `pid` as our PID namespace numbers it.
+fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields follow the
+    // last ')'.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether `/out` filled up (no space or no inodes left): the workload
+/// hit the out-bytes bound.
+#[allow(unsafe_code)]
+fn out_full(out: &Path) -> bool {
+    let Ok(path) = sandbox::cstring(out.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: statvfs is plain data; zeroed is a valid out value.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: path is NUL-terminated and stat a valid out pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return false;
+    }
+    stat.f_bavail == 0 || stat.f_favail == 0
+}
+
+/// Record every regular file under `out` (path order) and copy it to
+/// `out_dir`. Nothing in the namespace runs any more (the init ended it
+/// all), so nothing changes under the walk; symlinks and special files are
+/// not outputs and are never followed.
+fn record_outputs(
+    out: &Path,
+    witness: &mut WitnessWriter<BufWriter<File>>,
+    out_dir: Option<&Path>,
+) -> Result<Vec<String>, CageError> {
+    let mut found = Vec::new();
+    collect_outputs(out, out, &mut found)?;
+    found.sort();
+    for relative in &found {
+        let bytes = read_no_follow(&out.join(relative)).map_err(io("read an output"))?;
+        let path = relative.display().to_string();
+        witness
+            .record(&Record::Output { path, size: bytes.len() as u64, digest: witness::digest(&bytes) })
+            .map_err(io("write the witness log"))?;
+        if let Some(out_dir) = out_dir {
+            let target = out_dir.join(relative);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(io("write an output"))?;
+            }
+            std::fs::write(&target, &bytes).map_err(io(format!("write {}", target.display())))?;
+        }
+    }
+    Ok(found.iter().map(|p| p.display().to_string()).collect())
+}
+
+fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+fn tmpfs_options(options: &str) -> Result<std::ffi::CString, CageError> {
+    sandbox::cstring(options.as_bytes()).map_err(io("tmpfs options"))
+}
+
+#[allow(unsafe_code)]
+fn reap(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: waitpid on our own child with a valid out pointer. It may
+    // have been reaped by the supervision loop already (then ECHILD).
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+}
+
+/// What the output reader saw.
+struct Collected {
+    over_wall: bool,
+    over_output: bool,
+    /// The workload's wait status, as the init reported it.
+    status: Option<i32>,
+}
+
+/// Read stdout and stderr under the limits until the pipes close. One
+/// thread polls the three pipes (stdout, stderr, the init's status report).
+fn collect_output(
+    pipes: [std::os::fd::OwnedFd; 3],
     limits: &Limits,
+    keeper: &std::os::fd::OwnedFd,
     witness: &mut WitnessWriter<BufWriter<File>>,
     stdout_sink: &mut impl std::io::Write,
-) -> Result<Verdict, CageError> {
-    let keeper = started.keeper;
+) -> Result<Collected, CageError> {
     let deadline = Instant::now() + Duration::from_millis(limits.wall_ms);
     let (mut over_wall, mut over_output, mut killed) = (false, false, false);
     let mut total = 0u64;
@@ -380,14 +522,14 @@ fn supervise(
     let mut stderr = Vec::new();
     let mut status: Option<i32> = None;
     // Slots: stdout, stderr, status; None once at end of file.
-    let mut open = [Some(started.stdout), Some(started.stderr), Some(started.status)];
+    let mut open = pipes.map(Some);
     let mut buffer = vec![0; CHUNK_BYTES];
     while open.iter().any(Option::is_some) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() && !killed {
             over_wall = true;
             killed = true;
-            kill(keeper);
+            supervisor::kill_keeper(keeper);
         }
         let mut polls: Vec<libc::pollfd> = open
             .iter()
@@ -427,7 +569,7 @@ fn supervise(
             if allowed < n && !over_output {
                 over_output = true;
                 killed = true;
-                kill(keeper);
+                supervisor::kill_keeper(keeper);
             }
             if slot == 1 {
                 stderr.extend_from_slice(&buffer[..allowed]);
@@ -450,22 +592,7 @@ fn supervise(
     for chunk in stderr.chunks(CHUNK_BYTES) {
         witness.record(&Record::Stderr(chunk.to_vec())).map_err(io("write the witness log"))?;
     }
-    let mut setup_error = [0u8; 8];
-    let setup_failed = sandbox::read_full(&started.setup_error, &mut setup_error).unwrap_or(0) == 8;
-    reap(keeper);
-    if setup_failed {
-        return Ok(Verdict::CageError { reason: sandbox::describe_setup_error(&setup_error) });
-    }
-    if over_output {
-        return Ok(Verdict::LimitExceeded { limit: Limit::Output });
-    }
-    if over_wall {
-        return Ok(Verdict::LimitExceeded { limit: Limit::Wall });
-    }
-    match status {
-        Some(status) => Ok(verdict_of(status)),
-        None => Ok(Verdict::CageError { reason: "the init died without reporting".into() }),
-    }
+    Ok(Collected { over_wall, over_output, status })
 }
 
 #[allow(unsafe_code)]
@@ -484,24 +611,9 @@ fn verdict_of(status: i32) -> Verdict {
         match libc::WTERMSIG(status) {
             libc::SIGXCPU => Verdict::LimitExceeded { limit: Limit::Cpu },
             libc::SIGXFSZ => Verdict::LimitExceeded { limit: Limit::FileSize },
-            libc::SIGSYS => Verdict::PolicyViolation,
             signal => Verdict::ProgramFailed { exit_code: None, signal: Some(signal) },
         }
     }
-}
-
-#[allow(unsafe_code)]
-fn kill(pid: libc::pid_t) {
-    // SAFETY: kill has no memory preconditions; the keeper is our child and
-    // is not reaped before `reap`, so the pid cannot have been reused.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-}
-
-#[allow(unsafe_code)]
-fn reap(pid: libc::pid_t) {
-    let mut status = 0;
-    // SAFETY: waitpid on our own child with a valid out pointer.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
 }
 
 fn collect_outputs(base: &Path, dir: &Path, found: &mut Vec<PathBuf>) -> Result<(), CageError> {

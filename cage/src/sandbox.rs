@@ -6,9 +6,13 @@
 //! namespace) creates the user, mount, PID, network, UTS and IPC namespaces,
 //! waits for the runner to write its uid/gid maps, forks the *workload*
 //! (PID 1 of the new PID namespace) and reports its wait status through a
-//! pipe. Both die with their parent (`PR_SET_PDEATHSIG`), and when the
-//! workload — the namespace's init — dies, the kernel kills everything left
-//! in the namespace, so killing the keeper ends the whole run.
+//! pipe. The init forks the workload, which announces itself to the
+//! runner's supervisor over a socket (the kernel translates its pid into
+//! the runner's PID namespace), waits to be seized with ptrace, and only
+//! then installs its seccomp filters and execs. The keeper and the init die
+//! with their parent (`PR_SET_PDEATHSIG`), and when the init dies the kernel
+//! kills everything left in the namespace, so killing the keeper ends the
+//! whole run.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -85,7 +89,7 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// The descriptors of a started run, held by the runner.
 pub(crate) struct Started {
-    /// The keeper's pid (in the host PID namespace).
+    /// The keeper's pid (in the host PID namespace), reaped by the runner.
     pub(crate) keeper: libc::pid_t,
     /// Read end of the workload's stdout.
     pub(crate) stdout: OwnedFd,
@@ -96,6 +100,13 @@ pub(crate) struct Started {
     /// Read end of a setup failure report (step and errno, 8 bytes); EOF
     /// with nothing means the exec happened.
     pub(crate) setup_error: OwnedFd,
+    /// The keeper as a pidfd: signalling it is safe after it is reaped.
+    pub(crate) keeper_fd: OwnedFd,
+    /// The supervisor's end of the workload's announcement socket.
+    pub(crate) announce: OwnedFd,
+    /// Write end of the init's last wait: closing it (after the outputs
+    /// were read through the init's root) lets the namespace end.
+    pub(crate) collected: OwnedFd,
 }
 
 /// Steps of the workload's setup, reported (with errno) when one fails.
@@ -117,12 +128,13 @@ enum Step {
     Hostname,
     Loopback,
     Identity,
+    Supervisor,
     Seccomp,
     Exec,
 }
 
 /// What each step is called in a setup failure, by its number.
-const STEP_NAMES: [&str; 17] = [
+const STEP_NAMES: [&str; 18] = [
     "unshare namespaces",
     "wait for id maps",
     "fork",
@@ -138,6 +150,7 @@ const STEP_NAMES: [&str; 17] = [
     "set the hostname",
     "bring up loopback",
     "set limits and identity",
+    "wait for the supervisor",
     "install the seccomp policy",
     "exec the program",
 ];
@@ -153,6 +166,8 @@ pub(crate) fn start(plan: &Plan) -> io::Result<Started> {
     let (error_read, error_write) = pipe()?;
     let (ready_read, ready_write) = pipe()?;
     let (maps_read, maps_write) = pipe()?;
+    let (announce, announce_child) = announce_socket()?;
+    let (collected_read, collected_write) = pipe()?;
     let dev_null = std::fs::File::open("/dev/null")?;
     let argv: Vec<*const libc::c_char> =
         plan.argv.iter().map(|arg| arg.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
@@ -171,7 +186,13 @@ pub(crate) fn start(plan: &Plan) -> io::Result<Started> {
         error: error_write.as_raw_fd(),
         ready: ready_write.as_raw_fd(),
         maps: maps_read.as_raw_fd(),
+        announce: announce_child.as_raw_fd(),
+        collected: collected_read.as_raw_fd(),
     };
+
+    let mut keep =
+        [fds.stdin, fds.stdout, fds.stderr, fds.status, fds.error, fds.ready, fds.maps, fds.announce, fds.collected];
+    keep.sort_unstable();
 
     // SAFETY: fork in a possibly multi-threaded process: the child below
     // calls only async-signal-safe system calls on memory prepared above,
@@ -182,9 +203,31 @@ pub(crate) fn start(plan: &Plan) -> io::Result<Started> {
     }
     if keeper == 0 {
         // SAFETY: in the freshly forked child; see `keeper_main`.
-        unsafe { keeper_main(&Child { plan, fds: &fds, argv: &argv, envp: &envp, filters: &filters }) }
+        unsafe { keeper_main(&Child { plan, fds: &fds, keep: &keep, argv: &argv, envp: &envp, filters: &filters }) }
     }
-    drop((stdout_write, stderr_write, status_write, error_write, ready_write, maps_read));
+    drop((
+        stdout_write,
+        stderr_write,
+        status_write,
+        error_write,
+        ready_write,
+        maps_read,
+        announce_child,
+        collected_read,
+    ));
+    // SAFETY: pidfd_open on our own unreaped child.
+    let keeper_fd = unsafe { libc::syscall(libc::SYS_pidfd_open, keeper, 0) };
+    if keeper_fd < 0 {
+        let error = io::Error::last_os_error();
+        // SAFETY: kill and waitpid on our own child.
+        unsafe {
+            libc::kill(keeper, libc::SIGKILL);
+            libc::waitpid(keeper, std::ptr::null_mut(), 0);
+        }
+        return Err(error);
+    }
+    // SAFETY: pidfd_open returned a fresh descriptor that nothing else owns.
+    let keeper_fd = unsafe { OwnedFd::from_raw_fd(keeper_fd as RawFd) };
 
     // The keeper has unshared: write its id maps (only a process outside
     // the new user namespace may map ids other than its own).
@@ -195,7 +238,89 @@ pub(crate) fn start(plan: &Plan) -> io::Result<Started> {
         write_full(&maps_write, &[1])?;
     }
     drop(maps_write);
-    Ok(Started { keeper, stdout: stdout_read, stderr: stderr_read, status: status_read, setup_error: error_read })
+    Ok(Started {
+        keeper,
+        collected: collected_write,
+        stdout: stdout_read,
+        stderr: stderr_read,
+        status: status_read,
+        setup_error: error_read,
+        keeper_fd,
+        announce,
+    })
+}
+
+/// A socket pair for the workload's announcement; the supervisor's end
+/// receives the sender's credentials, its pid translated by the kernel.
+fn announce_socket() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socketpair returned two fresh descriptors that nothing else owns.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt with a valid pointer to an int of the given size.
+    let set = unsafe {
+        libc::setsockopt(
+            ours.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((ours, theirs))
+}
+
+/// Wait for the workload's announcement: its pid in our PID namespace, or
+/// `None` if it never came (the setup failed first).
+pub(crate) fn await_workload(announce: &OwnedFd) -> io::Result<Option<libc::pid_t>> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    // Room for one SCM_CREDENTIALS message, aligned as cmsghdr needs.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = std::mem::size_of_val(&control);
+    let received = loop {
+        // SAFETY: message points at live buffers of the stated sizes.
+        let n = unsafe { libc::recvmsg(announce.as_raw_fd(), &mut message, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n;
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    };
+    if received == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the CMSG macros walk the control buffer recvmsg filled in.
+    unsafe {
+        let mut header = libc::CMSG_FIRSTHDR(&message);
+        while !header.is_null() {
+            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_CREDENTIALS {
+                let credentials = libc::CMSG_DATA(header).cast::<libc::ucred>().read_unaligned();
+                return Ok(Some(credentials.pid));
+            }
+            header = libc::CMSG_NXTHDR(&message, header);
+        }
+    }
+    Err(io::Error::other("the workload's announcement carried no credentials"))
+}
+
+/// Let the announced workload go on to its filters and exec.
+pub(crate) fn release_workload(announce: &OwnedFd) -> io::Result<()> {
+    write_full(announce, &[1])
 }
 
 fn write_id_maps(pid: libc::pid_t) -> io::Result<()> {
@@ -261,6 +386,8 @@ fn write_full(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
 struct Child<'a> {
     plan: &'a Plan,
     fds: &'a ChildFds,
+    /// The descriptors of `fds`, sorted.
+    keep: &'a [RawFd],
     argv: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
     filters: &'a [libc::sock_fprog],
@@ -274,6 +401,8 @@ struct ChildFds {
     error: RawFd,
     ready: RawFd,
     maps: RawFd,
+    announce: RawFd,
+    collected: RawFd,
 }
 
 /// Report a failed setup step and leave.
@@ -294,6 +423,17 @@ unsafe fn fail(fds: &ChildFds, step: Step) -> ! {
 unsafe fn keeper_main(child: &Child<'_>) -> ! {
     let fds = child.fds;
     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+    // Close every descriptor but ours first: a run started at the same
+    // time on another thread has its pipe ends in this copy of the table,
+    // and holding them would keep that run's reads from ending.
+    let mut low = 3;
+    for &fd in child.keep {
+        if fd > low {
+            libc::syscall(libc::SYS_close_range, low as u32, (fd - 1) as u32, 0);
+        }
+        low = low.max(fd + 1);
+    }
+    libc::syscall(libc::SYS_close_range, low as u32, u32::MAX, 0);
     let namespaces = libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
@@ -315,13 +455,18 @@ unsafe fn keeper_main(child: &Child<'_>) -> ! {
     if init == 0 {
         init_main(child);
     }
+    // The keeper only waits now: holding no pipe ends, it cannot keep the
+    // runner's reads open.
+    libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0);
     let mut status = 0;
     while libc::waitpid(init, &mut status, 0) < 0 && *libc::__errno_location() == libc::EINTR {}
     libc::_exit(0)
 }
 
 /// The init: PID 1 of the new PID namespace. Builds the new root, forks
-/// the workload, reaps, reports the workload's status.
+/// the workload, reaps it, ends whatever it left running, reports its
+/// status, and keeps the namespace (and so `/out`, a tmpfs only it can
+/// see) alive until the runner has read the outputs.
 ///
 /// SAFETY (for callers): only in the keeper's freshly forked child.
 unsafe fn init_main(child: &Child<'_>) -> ! {
@@ -390,24 +535,35 @@ unsafe fn init_main(child: &Child<'_>) -> ! {
     if workload == 0 {
         workload_main(child);
     }
+    for fd in [fds.stdin, fds.stdout, fds.stderr, fds.error, fds.ready, fds.maps, fds.announce] {
+        libc::close(fd);
+    }
+    let mut workload_status = None;
     loop {
         let mut status = 0;
         let pid = libc::waitpid(-1, &mut status, 0);
         if pid == workload {
-            libc::write(fds.status, status.to_be_bytes().as_ptr().cast(), 4);
-            libc::_exit(0);
+            workload_status = Some(status);
+            // The workload is done: so is everything it started (a
+            // signal from PID 1 reaches every other process here).
+            libc::kill(-1, libc::SIGKILL);
         }
         if pid < 0 && *libc::__errno_location() != libc::EINTR {
-            libc::_exit(126);
+            break; // ECHILD: the namespace holds only us.
         }
     }
+    let Some(status) = workload_status else { libc::_exit(126) };
+    libc::write(fds.status, status.to_be_bytes().as_ptr().cast(), 4);
+    let mut byte = [0u8; 1];
+    while libc::read(fds.collected, byte.as_mut_ptr().cast(), 1) < 0 && *libc::__errno_location() == libc::EINTR {}
+    libc::_exit(0)
 }
 
 /// The workload (PID 2): limits, identity, descriptors, exec.
 ///
 /// SAFETY (for callers): only in the init's freshly forked child.
 unsafe fn workload_main(child: &Child<'_>) -> ! {
-    let Child { plan, fds, argv, envp, filters } = *child;
+    let Child { plan, fds, argv, envp, filters, .. } = *child;
     for (resource, value) in &plan.rlimits {
         let limit = libc::rlimit { rlim_cur: *value, rlim_max: *value };
         if libc::setrlimit(*resource, &limit) != 0 {
@@ -428,6 +584,14 @@ unsafe fn workload_main(child: &Child<'_>) -> ! {
     // Every other descriptor closes at exec (the error pipe too, which is
     // how the runner learns the exec happened).
     libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+    // Announce ourselves and wait until the supervisor has seized us: from
+    // the filters on, traced and denied calls stop at the supervisor.
+    let mut byte = [1u8];
+    if libc::write(fds.announce, byte.as_ptr().cast(), 1) != 1
+        || libc::read(fds.announce, byte.as_mut_ptr().cast(), 1) != 1
+    {
+        fail(fds, Step::Supervisor);
+    }
     // Last before exec: from here every call the workload makes, the exec
     // and its loader included, is filtered.
     for filter in filters {

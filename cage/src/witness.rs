@@ -48,6 +48,24 @@ pub enum Record {
     },
     /// How the run ended: the verdict in words.
     End(String),
+    /// A traced call the supervisor answered: its name, its result, and
+    /// the bytes it wrote into the workload (their SHA3-256 if over 64).
+    Call {
+        /// The call's name.
+        name: String,
+        /// What it returned (`-errno` on failure).
+        result: i64,
+        /// What it wrote.
+        data: Vec<u8>,
+    },
+    /// A file the workload read from its root filesystem (or exec'd):
+    /// path inside the cage and content digest, once per path.
+    Read {
+        /// Its path.
+        path: String,
+        /// Its digest.
+        digest: [u8; 32],
+    },
 }
 
 impl Record {
@@ -59,13 +77,21 @@ impl Record {
             Record::Stderr(_) => 4,
             Record::Output { .. } => 5,
             Record::End(_) => 6,
+            Record::Call { .. } => 7,
+            Record::Read { .. } => 8,
         }
     }
 
     fn payload(&self) -> Vec<u8> {
         match self {
             Record::Header(text) | Record::End(text) => text.as_bytes().to_vec(),
-            Record::Input { name, digest } => [digest.as_slice(), name.as_bytes()].concat(),
+            Record::Input { name, digest } | Record::Read { path: name, digest } => {
+                [digest.as_slice(), name.as_bytes()].concat()
+            }
+            Record::Call { name, result, data } => {
+                // Names are short (the syscall table); one length byte.
+                [&result.to_be_bytes(), &[name.len() as u8][..], name.as_bytes(), data].concat()
+            }
             Record::Stdout(bytes) | Record::Stderr(bytes) => bytes.clone(),
             Record::Output { path, size, digest } => [digest.as_slice(), &size.to_be_bytes(), path.as_bytes()].concat(),
         }
@@ -100,6 +126,17 @@ impl Record {
                 }
             }
             6 => Record::End(text(payload)?),
+            7 => {
+                let result = payload.get(..8).ok_or("record too short")?;
+                let name_len = *payload.get(8).ok_or("record too short")? as usize;
+                let name = payload.get(9..9 + name_len).ok_or("record too short")?;
+                Record::Call {
+                    result: i64::from_be_bytes(result.try_into().expect("8 bytes")),
+                    name: text(name.to_vec())?,
+                    data: payload[9 + name_len..].to_vec(),
+                }
+            }
+            8 => Record::Read { digest: digest(&payload)?, path: text(payload[32..].to_vec())? },
             other => return Err(format!("unknown record kind {other}")),
         })
     }
@@ -108,6 +145,13 @@ impl Record {
 /// SHA3-256 of `bytes`.
 pub fn digest(bytes: &[u8]) -> [u8; 32] {
     Sha3_256::digest(bytes).into()
+}
+
+/// SHA3-256 of everything `reader` yields.
+pub fn digest_reader(mut reader: impl Read) -> std::io::Result<[u8; 32]> {
+    let mut hasher = Sha3_256::new();
+    std::io::copy(&mut reader, &mut hasher)?;
+    Ok(hasher.finalize().into())
 }
 
 /// Writes records to a file and keeps the Merkle tree of their leaves.
@@ -188,6 +232,8 @@ mod tests {
             Record::Stdout(b"hello".to_vec()),
             Record::Stderr(b"warn".to_vec()),
             Record::Output { path: "r.txt".into(), size: 3, digest: digest(b"abc") },
+            Record::Call { name: "getrandom".into(), result: 8, data: vec![7; 8] },
+            Record::Read { path: "/usr/lib/libc.so.6".into(), digest: digest(b"libc") },
             Record::End("ok exit 0".into()),
         ];
         let mut file = Vec::new();

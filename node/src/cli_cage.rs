@@ -74,7 +74,8 @@ pub fn verdict_exit_code(verdict: &Verdict) -> u8 {
         Verdict::Ok => 0,
         Verdict::ProgramFailed { .. } => 10,
         Verdict::LimitExceeded { .. } => 11,
-        Verdict::PolicyViolation => 12,
+        Verdict::PolicyViolation { .. } => 12,
+        Verdict::Refused { .. } => 13,
         Verdict::CageError { .. } => 14,
     }
 }
@@ -142,7 +143,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     };
     let output = args.output;
     // The program's stdout goes to ours only for text output.
-    let sink: Box<dyn std::io::Write> =
+    let sink: Box<dyn std::io::Write + Send> =
         if output == Output::Text { Box::new(std::io::stdout()) } else { Box::new(std::io::sink()) };
     let outcome = run(&spec, &args.witness, args.out.as_deref(), sink)?;
     if output == Output::Json {
@@ -168,6 +169,8 @@ fn inspect(path: &std::path::Path, output: Output) -> anyhow::Result<()> {
         Record::Stderr(bytes) => json!({"stderr": String::from_utf8_lossy(bytes), "bytes": bytes.len()}),
         Record::Output { path, size, digest } => json!({"output": path, "size": size, "digest": hex::encode(digest)}),
         Record::End(verdict) => json!({"end": verdict}),
+        Record::Call { name, result, data } => json!({"call": name, "result": result, "data": hex::encode(data)}),
+        Record::Read { path, digest } => json!({"read": path, "digest": hex::encode(digest)}),
     };
     if output == Output::Json {
         let document = json!({"root": hex::encode(root), "records": records.iter().map(describe).collect::<Vec<_>>()});
@@ -187,6 +190,10 @@ fn inspect(path: &std::path::Path, output: Output) -> anyhow::Result<()> {
                 println!("{index:>5} output {path} {size} bytes sha3-256:{}", hex::encode(digest))
             }
             Record::End(verdict) => println!("{index:>5} end    {verdict}"),
+            Record::Call { name, result, data } => {
+                println!("{index:>5} call   {name} = {result} wrote {}", hex::encode(data))
+            }
+            Record::Read { path, digest } => println!("{index:>5} read   {path} sha3-256:{}", hex::encode(digest)),
         }
     }
     println!("root {} ({} records, recomputed from the log)", hex::encode(root), records.len());

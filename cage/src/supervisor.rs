@@ -1,0 +1,580 @@
+//! The supervisor: traces the workload with ptrace from outside its
+//! namespaces, on the thread that started the run.
+//!
+//! The workload announces itself before its filters are installed and is
+//! seized then (`PTRACE_SEIZE`, with fork, vfork, clone and exec events, so
+//! every descendant is traced too, and `EXITKILL`, so the workload dies if
+//! the supervisor does). From then on the seccomp filters send two kinds of
+//! calls here:
+//! - *denied* calls (and calls from another architecture): the run ends
+//!   with `policy-violation` naming the call; the call never runs;
+//! - *traced* calls, whose results would carry time, randomness or host
+//!   identity: answered from the seed and a logical clock (emulated: the
+//!   call is skipped and its result written into the workload), watched
+//!   (an opened file is witnessed by content digest once it is open), or
+//!   refused (the run ends with `refused` naming the source).
+//!
+//! Everything the supervisor answers or witnesses is an event in the
+//! witness log, in the order the supervisor handled it. The determinism
+//! layer extends the table in [`handling`].
+#![allow(unsafe_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::sync::Mutex;
+
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use crate::policy::{DATA_DENY, DATA_FOREIGN};
+use crate::syscalls;
+use crate::witness::{self, Record};
+use crate::HOSTNAME;
+
+/// The logical clock's wall-clock origin: 2000-01-01T00:00:00Z.
+pub const EPOCH_SECS: u64 = 946_684_800;
+/// How far the logical clock moves on each reading, in nanoseconds.
+const TICK_NS: u64 = 1_000;
+/// Most random bytes one `getrandom` returns (any count above 256 may be
+/// short; callers loop), so a witness record stays small.
+const RANDOM_BYTES_MAX: usize = 4096;
+/// Emulated data up to this size is recorded as is, larger as its digest.
+const DATA_RECORDED_MAX: usize = 64;
+/// Entries of the process-wide digest cache of witnessed files.
+const DIGEST_CACHE_MAX: usize = 4096;
+
+/// Why the supervisor ended a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// A denied call.
+    Violation { number: i64, name: String },
+    /// A traced call the supervisor cannot answer deterministically.
+    Refused { source: &'static str, call: String },
+    /// More events than the limit allows.
+    TooManyEvents,
+    /// ptrace itself failed.
+    Lost(String),
+}
+
+/// How a traced call is handled.
+enum Handling<'a> {
+    /// Skip the call; the function writes the result into the workload and
+    /// returns the value (or `-errno`).
+    Emulate(fn(&mut Supervisor<'a>, libc::pid_t, &libc::user_regs_struct) -> i64),
+    /// Let it run and look at what it opened.
+    WitnessOpen,
+    /// End the run: this source of non-determinism is not handled.
+    Refuse(&'static str),
+}
+
+fn handling<'a>(name: &str) -> Handling<'a> {
+    match name {
+        "getrandom" => Handling::Emulate(Supervisor::getrandom),
+        "clock_gettime" => Handling::Emulate(Supervisor::clock_gettime),
+        "gettimeofday" => Handling::Emulate(Supervisor::gettimeofday),
+        "time" => Handling::Emulate(Supervisor::time),
+        "clock_getres" => Handling::Emulate(Supervisor::clock_getres),
+        "nanosleep" => Handling::Emulate(Supervisor::nanosleep),
+        "clock_nanosleep" => Handling::Emulate(Supervisor::clock_nanosleep),
+        "uname" => Handling::Emulate(Supervisor::uname),
+        "sysinfo" => Handling::Emulate(Supervisor::sysinfo),
+        "getcpu" => Handling::Emulate(Supervisor::getcpu),
+        "sched_getaffinity" => Handling::Emulate(Supervisor::sched_getaffinity),
+        "open" | "openat" => Handling::WitnessOpen,
+        "getrusage" => Handling::Refuse("resource usage"),
+        _ => Handling::Refuse("an unhandled traced call"),
+    }
+}
+
+/// A call let through whose result the supervisor looks at.
+struct Pending {
+    /// The open flags.
+    flags: i32,
+}
+
+/// The state of one run's supervision.
+pub(crate) struct Supervisor<'a> {
+    keeper: &'a OwnedFd,
+    rng: ChaCha20Rng,
+    /// Logical nanoseconds since the run started.
+    clock_ns: u64,
+    memory_bytes: u64,
+    events_max: u64,
+    /// Live tracees.
+    tracees: HashSet<libc::pid_t>,
+    /// Live tracees whose parent's fork event was handled. Every tracee
+    /// but the workload has exactly one such event.
+    forked: HashSet<libc::pid_t>,
+    /// Tracees reaped before their parent's fork event was handled: that
+    /// event must not bring them back.
+    ended_before_fork_event: HashSet<libc::pid_t>,
+    pending: HashMap<libc::pid_t, Pending>,
+    witnessed: HashSet<String>,
+    /// Bytes the last emulation wrote into the workload.
+    written: Vec<u8>,
+    /// The events, in the order handled.
+    pub(crate) events: Vec<Record>,
+    /// Why the run was ended, if the supervisor ended it.
+    pub(crate) ending: Option<Ending>,
+}
+
+impl<'a> Supervisor<'a> {
+    pub(crate) fn new(keeper: &'a OwnedFd, seed: [u8; 32], memory_bytes: u64, events_max: u64) -> Self {
+        Self {
+            keeper,
+            rng: ChaCha20Rng::from_seed(seed),
+            clock_ns: 0,
+            memory_bytes,
+            events_max,
+            tracees: HashSet::new(),
+            forked: HashSet::new(),
+            ended_before_fork_event: HashSet::new(),
+            pending: HashMap::new(),
+            witnessed: HashSet::new(),
+            written: Vec::new(),
+            events: Vec::new(),
+            ending: None,
+        }
+    }
+
+    /// Seize the announced workload, release it, and handle every stop
+    /// until the workload and all its descendants are gone. Waits for any
+    /// child of this thread, so the calling thread must have no children
+    /// but the run's keeper.
+    pub(crate) fn supervise(&mut self, workload: libc::pid_t, announce: &OwnedFd) {
+        match seize(workload).and_then(|()| crate::sandbox::release_workload(announce)) {
+            Ok(()) => {
+                self.tracees.insert(workload);
+            }
+            Err(error) => self.lose(format!("cannot trace the workload: {error}")),
+        }
+        while !self.tracees.is_empty() {
+            let mut status = 0;
+            // SAFETY: waitpid with a valid out pointer; __WNOTHREAD keeps
+            // other threads' children (other runs) out of this loop.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL | libc::__WNOTHREAD) };
+            if pid < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                break; // ECHILD: nothing left to wait for.
+            }
+            if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+                self.tracees.remove(&pid);
+                if pid != workload && !self.forked.remove(&pid) {
+                    self.ended_before_fork_event.insert(pid);
+                }
+                self.pending.remove(&pid);
+            } else if libc::WIFSTOPPED(status) {
+                self.tracees.insert(pid);
+                self.on_stop(pid, status);
+            }
+        }
+    }
+
+    fn on_stop(&mut self, pid: libc::pid_t, status: i32) {
+        let signal = libc::WSTOPSIG(status);
+        let deliver = match status >> 16 {
+            libc::PTRACE_EVENT_SECCOMP => return self.on_seccomp(pid),
+            libc::PTRACE_EVENT_EXEC => {
+                self.witness_exec(pid);
+                0
+            }
+            // A new child's first stop, and group stops (stopping inside
+            // the cage is not supported: the tracee goes on).
+            libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK | libc::PTRACE_EVENT_CLONE => {
+                // Known from here, so the supervision lasts until it ends,
+                // unless it already ended: a child's first stop and even
+                // its exit may be reported before its parent's fork event.
+                if let Ok(child) = event_message(pid) {
+                    let child = child as libc::pid_t;
+                    if !self.ended_before_fork_event.remove(&child) {
+                        self.tracees.insert(child);
+                        self.forked.insert(child);
+                    }
+                }
+                0
+            }
+            event if event != 0 => 0,
+            _ if signal == libc::SIGTRAP | 0x80 => {
+                self.on_syscall_exit(pid);
+                0
+            }
+            // A signal on its way to the tracee: deliver it.
+            _ => signal,
+        };
+        resume(pid, libc::PTRACE_CONT, deliver);
+    }
+
+    fn on_seccomp(&mut self, pid: libc::pid_t) {
+        let Ok(data) = event_message(pid) else { return };
+        let Ok(mut regs) = registers(pid) else { return };
+        let number = regs.orig_rax as i64;
+        let data = data as u32;
+        if data == DATA_DENY || data == DATA_FOREIGN {
+            let name = call_name(number, data == DATA_FOREIGN);
+            return self.end(Ending::Violation { number, name }, Some(pid));
+        }
+        let name = syscalls::name(number).unwrap_or("unknown");
+        match handling(name) {
+            Handling::Emulate(emulate) => {
+                self.written.clear();
+                let result = emulate(self, pid, &regs);
+                let data = std::mem::take(&mut self.written);
+                let data = if data.len() > DATA_RECORDED_MAX { witness::digest(&data).to_vec() } else { data };
+                if !self.event(Record::Call { name: name.to_owned(), result, data }, pid) {
+                    return;
+                }
+                // orig_rax -1 skips the call; rax is what it returns.
+                regs.orig_rax = u64::MAX;
+                regs.rax = result as u64;
+                if set_registers(pid, &regs).is_ok() {
+                    resume(pid, libc::PTRACE_CONT, 0);
+                }
+            }
+            Handling::WitnessOpen => {
+                let flags = if name == "open" { regs.rsi } else { regs.rdx } as i32;
+                self.pending.insert(pid, Pending { flags });
+                // The next stop is this call's exit.
+                resume(pid, libc::PTRACE_SYSCALL, 0);
+            }
+            Handling::Refuse(source) => self.end(Ending::Refused { source, call: name.to_owned() }, Some(pid)),
+        }
+    }
+
+    fn on_syscall_exit(&mut self, pid: libc::pid_t) {
+        let Some(pending) = self.pending.remove(&pid) else { return };
+        let Ok(regs) = registers(pid) else { return };
+        let fd = regs.rax as i64;
+        if fd < 0 || pending.flags & libc::O_ACCMODE == libc::O_WRONLY {
+            return;
+        }
+        let Ok(path) = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) else { return };
+        let path = path.to_string_lossy().into_owned();
+        self.witness_file(pid, path, &format!("/proc/{pid}/fd/{fd}"));
+    }
+
+    /// The program just exec'd: witness its binary.
+    fn witness_exec(&mut self, pid: libc::pid_t) {
+        if let Ok(path) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+            self.witness_file(pid, path.to_string_lossy().into_owned(), &format!("/proc/{pid}/exe"));
+        }
+    }
+
+    /// Record a file read from the root filesystem, once per path. Files
+    /// under `/in` are witnessed as inputs; `/out` and `/tmp` hold what the
+    /// workload wrote itself; `/proc` and `/dev` are not files.
+    fn witness_file(&mut self, pid: libc::pid_t, path: String, host_path: &str) {
+        let own = ["/in/", "/out/", "/tmp/", "/proc/", "/dev/"];
+        if !path.starts_with('/') || own.iter().any(|prefix| path.starts_with(prefix)) || self.witnessed.contains(&path)
+        {
+            return;
+        }
+        let Some(digest) = file_digest(host_path) else { return };
+        self.witnessed.insert(path.clone());
+        self.event(Record::Read { path, digest }, pid);
+    }
+
+    /// End the run as a cage error: supervision failed.
+    pub(crate) fn lose(&mut self, reason: String) {
+        self.end(Ending::Lost(reason), None);
+    }
+
+    /// Append an event; past the limit, end the run instead.
+    fn event(&mut self, record: Record, pid: libc::pid_t) -> bool {
+        if self.events.len() as u64 >= self.events_max {
+            self.end(Ending::TooManyEvents, Some(pid));
+            return false;
+        }
+        self.events.push(record);
+        true
+    }
+
+    /// End the run: kill the keeper (and with it the namespace) and the
+    /// stopped tracee, whose call then never runs.
+    fn end(&mut self, ending: Ending, stopped: Option<libc::pid_t>) {
+        self.ending.get_or_insert(ending);
+        kill_keeper(self.keeper);
+        if let Some(pid) = stopped {
+            // SAFETY: pid is a stopped tracee not yet reaped by this thread.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+
+    /// Write `bytes` at `address` in the tracee; `-EFAULT` if it cannot.
+    fn write(&mut self, pid: libc::pid_t, address: u64, bytes: &[u8]) -> Result<(), i64> {
+        let local = libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
+        let remote = libc::iovec { iov_base: address as *mut libc::c_void, iov_len: bytes.len() };
+        // SAFETY: local describes bytes; the kernel checks remote against
+        // the tracee's address space.
+        let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+        if n == bytes.len() as isize {
+            self.written.extend_from_slice(bytes);
+            Ok(())
+        } else {
+            Err(-i64::from(libc::EFAULT))
+        }
+    }
+
+    /// Read the logical clock and move it on.
+    fn now(&mut self) -> u64 {
+        self.clock_ns += TICK_NS;
+        self.clock_ns
+    }
+
+    fn getrandom(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
+        let known = (libc::GRND_NONBLOCK | libc::GRND_RANDOM | libc::GRND_INSECURE) as u64;
+        if regs.rdx & !known != 0 {
+            return -i64::from(libc::EINVAL);
+        }
+        let mut bytes = vec![0; (regs.rsi as usize).min(RANDOM_BYTES_MAX)];
+        self.rng.fill_bytes(&mut bytes);
+        self.write(pid, regs.rdi, &bytes).map_or_else(|e| e, |()| bytes.len() as i64)
+    }
+
+    /// Every clock reads the logical clock: the wall clocks from the fixed
+    /// epoch, the others from a fixed boot time.
+    fn clock_value(&mut self, clock: u64) -> Option<u64> {
+        let realtime = [libc::CLOCK_REALTIME, libc::CLOCK_REALTIME_COARSE, libc::CLOCK_TAI];
+        let clock = i32::try_from(clock as i64).ok().filter(|c| (0..=11).contains(c))?;
+        let now = self.now();
+        Some(if realtime.contains(&clock) { EPOCH_SECS * 1_000_000_000 + now } else { now })
+    }
+
+    fn clock_gettime(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
+        let Some(ns) = self.clock_value(regs.rdi) else { return -i64::from(libc::EINVAL) };
+        self.write(pid, regs.rsi, &timespec(ns)).map_or_else(|e| e, |()| 0)
+    }
+
+    fn gettimeofday(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
+        let ns = EPOCH_SECS * 1_000_000_000 + self.now();
+        if regs.rdi != 0 {
+            let mut timeval = (ns / 1_000_000_000).to_ne_bytes().to_vec();
+            timeval.extend_from_slice(&(ns % 1_000_000_000 / 1_000).to_ne_bytes());
+            if let Err(e) = self.write(pid, regs.rdi, &timeval) {
+                return e;
+            }
+        }
+        if regs.rsi != 0 {
+            if let Err(e) = self.write(pid, regs.rsi, &[0; 8]) {
+                return e;
+            }
+        }
+        0
+    }
+
+    fn time(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
+        let secs = EPOCH_SECS + self.now() / 1_000_000_000;
+        if regs.rdi != 0 {
+            if let Err(e) = self.write(pid, regs.rdi, &secs.to_ne_bytes()) {
+                return e;
+            }
+        }
+        secs as i64
+    }
+
+    fn clock_getres(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
+        if self.clock_value(regs.rdi).is_none() {
+            return -i64::from(libc::EINVAL);
+        }
+        if regs.rsi == 0 {
+            return 0;
+        }
+        self.write(pid, regs.rsi, &timespec(1)).map_or_else(|e| e, |()| 0)
+    }
+
+    /// Sleeping returns at once, the logical clock moved on by the request.
+    fn sleep(&mut self, pid: libc::pid_t, request: u64, absolute: bool) -> i64 {
+        let mut bytes = [0u8; 16];
+        let local = libc::iovec { iov_base: bytes.as_mut_ptr().cast(), iov_len: 16 };
+        let remote = libc::iovec { iov_base: request as *mut libc::c_void, iov_len: 16 };
+        // SAFETY: local describes bytes; the kernel checks remote.
+        if unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } != 16 {
+            return -i64::from(libc::EFAULT);
+        }
+        let secs = i64::from_ne_bytes(bytes[..8].try_into().expect("8 bytes"));
+        let nanos = i64::from_ne_bytes(bytes[8..].try_into().expect("8 bytes"));
+        if secs < 0 || !(0..1_000_000_000).contains(&nanos) {
+            return -i64::from(libc::EINVAL);
+        }
+        let ns = (secs as u64).saturating_mul(1_000_000_000).saturating_add(nanos as u64);
+        self.clock_ns = if absolute { self.clock_ns.max(ns) } else { self.clock_ns.saturating_add(ns) };
+        self.written.extend_from_slice(&bytes);
+        0
+    }
+
+    fn nanosleep(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
+        self.sleep(pid, regs.rdi, false)
+    }
+
+    fn clock_nanosleep(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
+        if self.clock_value(regs.rdi).is_none() {
+            return -i64::from(libc::EINVAL);
+        }
+        let absolute = regs.rsi & libc::TIMER_ABSTIME as u64 != 0;
+        self.sleep(pid, regs.rdx, absolute)
+    }
+
+    fn uname(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
+        let fields = ["Linux", HOSTNAME, "6.1.0-docklock", "#1 SMP docklock", "x86_64", HOSTNAME];
+        let mut bytes = vec![0u8; fields.len() * 65];
+        for (slot, field) in bytes.chunks_mut(65).zip(fields) {
+            slot[..field.len()].copy_from_slice(field.as_bytes());
+        }
+        self.write(pid, regs.rdi, &bytes).map_or_else(|e| e, |()| 0)
+    }
+
+    fn sysinfo(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
+        // SAFETY: sysinfo is plain data; zeroed is valid.
+        let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+        info.uptime = (self.now() / 1_000_000_000) as libc::c_long;
+        info.totalram = self.memory_bytes;
+        info.freeram = self.memory_bytes;
+        info.procs = 1;
+        info.mem_unit = 1;
+        // SAFETY: info is a plain struct; its bytes are initialised (zeroed
+        // first, padding included).
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&info as *const libc::sysinfo).cast::<u8>(), std::mem::size_of_val(&info))
+        };
+        self.write(pid, regs.rdi, bytes).map_or_else(|e| e, |()| 0)
+    }
+
+    fn getcpu(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
+        for address in [regs.rdi, regs.rsi] {
+            if address != 0 {
+                if let Err(e) = self.write(pid, address, &0u32.to_ne_bytes()) {
+                    return e;
+                }
+            }
+        }
+        0
+    }
+
+    fn sched_getaffinity(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
+        // One CPU, in a mask of one word (what the kernel returns here).
+        if regs.rsi < 8 {
+            return -i64::from(libc::EINVAL);
+        }
+        self.write(pid, regs.rdx, &1u64.to_ne_bytes()).map_or_else(|e| e, |()| 8)
+    }
+}
+
+fn timespec(ns: u64) -> Vec<u8> {
+    let mut bytes = (ns / 1_000_000_000).to_ne_bytes().to_vec();
+    bytes.extend_from_slice(&(ns % 1_000_000_000).to_ne_bytes());
+    bytes
+}
+
+/// A denied call in words.
+fn call_name(number: i64, foreign: bool) -> String {
+    const X32_BIT: i64 = 0x4000_0000;
+    if foreign {
+        format!("a 32-bit (int 0x80) system call, number {number}")
+    } else if number & X32_BIT != 0 {
+        format!("an x32 system call, number {}", number & !X32_BIT)
+    } else {
+        syscalls::name(number).map_or_else(|| format!("unknown system call {number}"), str::to_owned)
+    }
+}
+
+/// Kill the keeper through its pidfd (safe whether or not it was reaped).
+pub(crate) fn kill_keeper(keeper: &OwnedFd) {
+    // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
+    unsafe { libc::syscall(libc::SYS_pidfd_send_signal, keeper.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0) };
+}
+
+/// SHA3-256 of a file, remembered by identity (device, inode, size and
+/// change times) so a shared library is not rehashed on every run. The
+/// root filesystems are read-only to workloads.
+fn file_digest(path: &str) -> Option<[u8; 32]> {
+    type Identity = (u64, u64, u64, i64, i64, i64, i64);
+    static CACHE: Mutex<Option<HashMap<Identity, [u8; 32]>>> = Mutex::new(None);
+    let meta = std::fs::metadata(path).ok().filter(|meta| meta.is_file())?;
+    let identity =
+        (meta.dev(), meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec(), meta.ctime(), meta.ctime_nsec());
+    if let Some(digest) = CACHE.lock().ok()?.as_ref().and_then(|cache| cache.get(&identity)) {
+        return Some(*digest);
+    }
+    let digest = witness::digest_reader(std::fs::File::open(path).ok()?).ok()?;
+    let mut cache = CACHE.lock().ok()?;
+    let cache = cache.get_or_insert_with(HashMap::new);
+    if cache.len() >= DIGEST_CACHE_MAX {
+        cache.clear();
+    }
+    cache.insert(identity, digest);
+    Some(digest)
+}
+
+fn seize(pid: libc::pid_t) -> io::Result<()> {
+    let options = libc::PTRACE_O_TRACESECCOMP
+        | libc::PTRACE_O_TRACESYSGOOD
+        | libc::PTRACE_O_TRACEEXEC
+        | libc::PTRACE_O_TRACEFORK
+        | libc::PTRACE_O_TRACEVFORK
+        | libc::PTRACE_O_TRACECLONE
+        | libc::PTRACE_O_EXITKILL;
+    // SAFETY: PTRACE_SEIZE takes no pointers; options is a flag word.
+    if unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, options as libc::c_long) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn resume(pid: libc::pid_t, request: libc::c_uint, signal: i32) {
+    // SAFETY: a restart request on a stopped tracee; no pointers. If the
+    // tracee died meanwhile this fails with ESRCH and its exit follows.
+    unsafe { libc::ptrace(request, pid, 0, signal as libc::c_long) };
+}
+
+fn event_message(pid: libc::pid_t) -> io::Result<libc::c_ulong> {
+    let mut message: libc::c_ulong = 0;
+    // SAFETY: the kernel writes one unsigned long to message.
+    if unsafe { libc::ptrace(libc::PTRACE_GETEVENTMSG, pid, 0, &mut message) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(message)
+}
+
+fn registers(pid: libc::pid_t) -> io::Result<libc::user_regs_struct> {
+    // SAFETY: user_regs_struct is plain data; the kernel fills it.
+    let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+    // SAFETY: regs is a valid out pointer of the right type.
+    if unsafe { libc::ptrace(libc::PTRACE_GETREGS, pid, 0, &mut regs) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(regs)
+}
+
+fn set_registers(pid: libc::pid_t, regs: &libc::user_regs_struct) -> io::Result<()> {
+    // SAFETY: regs points at a valid user_regs_struct the kernel reads.
+    if unsafe { libc::ptrace(libc::PTRACE_SETREGS, pid, 0, regs as *const libc::user_regs_struct) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denied_calls_are_named() {
+        assert_eq!(call_name(165, false), "mount");
+        assert_eq!(call_name(0x4000_0000 | 39, false), "an x32 system call, number 39");
+        assert_eq!(call_name(1, true), "a 32-bit (int 0x80) system call, number 1");
+        assert_eq!(call_name(9999, false), "unknown system call 9999");
+    }
+
+    #[test]
+    fn every_traced_call_of_the_default_policy_is_handled() {
+        let policy = crate::policy::Policy::compile(crate::policy::DEFAULT).unwrap();
+        for name in &policy.traced {
+            if let Handling::Refuse(source) = handling(name) {
+                assert_ne!(source, "an unhandled traced call", "{name} is traced but has no handling");
+            }
+        }
+    }
+}
