@@ -10,11 +10,12 @@
 //! Status: namespaces, the `host` rootfs, rootfs tarballs and images, the
 //! seccomp policy with its `trace` class, the ptrace supervisor (which
 //! names denied calls and answers, witnesses or refuses traced ones),
-//! rlimits, wall-time, output, `/out` and event limits, and the witness log
-//! are built. Not yet: cgroup limits, the rest of determinism (issue 4).
+//! rlimits and cgroup limits, wall-time, output, `/out` and event limits,
+//! and the witness log are built. Not yet: the rest of determinism (issue 4).
 //!
 //! Entry point: [`run::run`].
 
+mod cgroup;
 pub mod limits;
 pub mod policy;
 pub mod rootfs;
@@ -24,4 +25,5 @@ mod supervisor;
 pub mod syscalls;
 pub mod witness;
 
+pub use cgroup::Enforcement;
 pub use sandbox::{CAGE_UID, HOSTNAME};

@@ -1,5 +1,6 @@
-//! Resource limits of one run, set as rlimits in the cage and watched by the
-//! runner (wall time, output bytes) and the supervisor (events).
+//! Resource limits of one run, set as rlimits in the cage, as cgroup limits
+//! where available (memory, processes), and watched by the runner (wall
+//! time, output bytes, `/out`) and the supervisor (events).
 
 use std::fmt;
 
@@ -12,9 +13,11 @@ pub struct Limits {
     pub cpu_secs: u64,
     /// Wall-clock milliseconds, enforced by the runner.
     pub wall_ms: u64,
-    /// Address space in MiB (RLIMIT_AS).
+    /// Memory in MiB: each process's address space (RLIMIT_AS) and, where
+    /// cgroups are available, the whole cage's memory.
     pub memory_mib: u64,
-    /// Processes of the cage's user (RLIMIT_NPROC).
+    /// Processes of the cage's user (RLIMIT_NPROC) and, where cgroups are
+    /// available, of the whole cage, its keeper and init included.
     pub processes: u64,
     /// Open files (RLIMIT_NOFILE).
     pub open_files: u64,

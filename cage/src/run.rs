@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::cgroup::{Cgroup, Enforcement};
 use crate::limits::{Limit, Limits};
 use crate::policy::{self, Policy};
 use crate::rootfs::{self, Prepared, Rootfs};
@@ -199,7 +200,10 @@ pub fn run(
         Err(error) => return Err(CageError::Spec(error.to_string())),
     };
     let policy = Policy::compile(policy::DEFAULT).map_err(|e| CageError::Spec(e.to_string()))?;
-    let header = header(spec, &prepared, &policy);
+    // Dropped at the end of this function, after the keeper is reaped.
+    let cgroup = Cgroup::create(&spec.limits);
+    let enforcement = cgroup.as_ref().map_or(Enforcement::None, Cgroup::version);
+    let header = header(spec, &prepared, &policy, enforcement);
     witness.record(&Record::Header(header)).map_err(io("write the witness log"))?;
     let mut sorted_inputs = spec.inputs.clone();
     sorted_inputs.sort();
@@ -221,9 +225,9 @@ pub fn run(
     }
 
     let plan = plan(spec, &prepared, &policy, &root, &inputs)?;
-    let (verdict, collected) = match sandbox::start(&plan) {
+    let (verdict, collected) = match sandbox::start(&plan, cgroup.as_ref()) {
         Err(error) => (Verdict::CageError { reason: format!("cannot start the sandbox: {error}") }, Vec::new()),
-        Ok(started_run) => execute(started_run, spec, &mut witness, &mut stdout, out_dir)?,
+        Ok(started_run) => execute(started_run, spec, cgroup.as_ref(), &mut witness, &mut stdout, out_dir)?,
     };
     witness.record(&Record::End(verdict.describe())).map_err(io("write the witness log"))?;
     let records = witness.len();
@@ -242,7 +246,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), CageError> {
         .map_err(io(format!("chmod {}", path.display())))
 }
 
-fn header(spec: &RunSpec, rootfs: &Prepared, policy: &Policy) -> String {
+fn header(spec: &RunSpec, rootfs: &Prepared, policy: &Policy, cgroup: Enforcement) -> String {
     let mut lines = vec![
         format!("cage={CAGE_VERSION}"),
         format!("policy=default sha3-256:{}", hex::encode(policy.digest)),
@@ -255,6 +259,7 @@ fn header(spec: &RunSpec, rootfs: &Prepared, policy: &Policy) -> String {
     env.sort();
     lines.extend(env.iter().map(|(key, value)| format!("env.{key}={value}")));
     lines.push(spec.limits.describe());
+    lines.push(format!("cgroup={}", cgroup.name()));
     lines.join("\n")
 }
 
@@ -366,6 +371,7 @@ fn plan(spec: &RunSpec, rootfs: &Prepared, policy: &Policy, root: &Path, inputs:
 fn execute(
     started: sandbox::Started,
     spec: &RunSpec,
+    cgroup: Option<&Cgroup>,
     witness: &mut WitnessWriter<BufWriter<File>>,
     stdout_sink: &mut (impl std::io::Write + Send),
     out_dir: Option<&Path>,
@@ -413,6 +419,9 @@ fn execute(
         Some(Ending::TooManyEvents) => Verdict::LimitExceeded { limit: Limit::Events },
         None if output.over_output => Verdict::LimitExceeded { limit: Limit::Output },
         None if output.over_wall => Verdict::LimitExceeded { limit: Limit::Wall },
+        None if cgroup.and_then(Cgroup::exceeded).is_some() => {
+            Verdict::LimitExceeded { limit: cgroup.and_then(Cgroup::exceeded).expect("just checked") }
+        }
         None => output
             .status
             .map_or_else(|| Verdict::CageError { reason: "the init died without reporting".into() }, verdict_of),

@@ -156,7 +156,7 @@ const STEP_NAMES: [&str; 18] = [
 ];
 
 /// Start the keeper and, through it, the workload.
-pub(crate) fn start(plan: &Plan) -> io::Result<Started> {
+pub(crate) fn start(plan: &Plan, cgroup: Option<&crate::cgroup::Cgroup>) -> io::Result<Started> {
     let (stdout_read, stdout_write) = pipe()?;
     // A larger pipe means fewer wake-ups for a loud program; best effort.
     // SAFETY: fcntl on a descriptor we own.
@@ -231,11 +231,18 @@ pub(crate) fn start(plan: &Plan) -> io::Result<Started> {
 
     // The keeper has unshared: write its id maps (only a process outside
     // the new user namespace may map ids other than its own).
+    // Into the run's cgroup too, before it forks anything.
     let mut byte = [0u8; 1];
-    let ready = read_full(&ready_read, &mut byte);
-    if ready.is_ok() {
-        write_id_maps(keeper)?;
-        write_full(&maps_write, &[1])?;
+    if read_full(&ready_read, &mut byte).unwrap_or(0) == 1 {
+        let admitted = cgroup.map_or(Ok(()), |cgroup| cgroup.add(keeper));
+        if let Err(error) = admitted.and_then(|()| write_id_maps(keeper)).and_then(|()| write_full(&maps_write, &[1])) {
+            // SAFETY: kill and waitpid on our own child.
+            unsafe {
+                libc::kill(keeper, libc::SIGKILL);
+                libc::waitpid(keeper, std::ptr::null_mut(), 0);
+            }
+            return Err(error);
+        }
     }
     drop(maps_write);
     Ok(Started {
