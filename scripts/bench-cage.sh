@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The cage's start-up and recording costs, side by side in one run:
 #   1. a static `true`: bare fork+exec, under `bwrap --unshare-all`, under
-#      `docklock cage run`;
+#      `docklock cage run` (with and without its per-run cgroup);
 #   2. a dynamically linked `ls -la /usr/bin`, the same three ways;
 #   3. 200 MB written to stdout under the cage (witness hashing), against
 #      this machine's single-core SHA3-256 throughput.
@@ -36,7 +36,8 @@ echo "## Start to exit"
 hyperfine --runs "$runs" --warmup 3 -N --export-markdown "$work/true.md" \
     -n bare "$true_dir/true" \
     -n bwrap "$bwrap_base $true_dir/true" \
-    -n "docklock cage" "$cage_base -- $true_dir/true" >/dev/null
+    -n "docklock cage" "$cage_base -- $true_dir/true" \
+    -n "docklock cage --no-cgroups" "$cage_base --no-cgroups -- $true_dir/true" >/dev/null
 cat "$work/true.md"
 echo
 hyperfine --runs "$runs" --warmup 3 -N --output=null --export-markdown "$work/ls.md" \

@@ -7,6 +7,9 @@
 //! where they are mounted and writable (as on hosts that still run v1 or a
 //! hybrid layout); otherwise none, and the witness header says which, so
 //! two runs are only compared under the same enforcement.
+//! A run can go without them (`RunSpec::cgroups`, `docklock cage run
+//! --no-cgroups`): moving a process into a v1 memory cgroup waits for an
+//! RCU grace period, up to about 10 ms on a host that starts runs rarely.
 
 use std::fs;
 use std::io;

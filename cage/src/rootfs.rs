@@ -13,8 +13,6 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Component, Path, PathBuf};
 
-use sha3::{Digest as _, Sha3_256};
-
 /// Which root filesystem a run uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rootfs {
@@ -100,7 +98,7 @@ pub fn prepare(rootfs: &Rootfs, cache: &Path) -> Result<Prepared, RootfsError> {
             description: "host".into(),
         }),
         Rootfs::Tarball(path) | Rootfs::Image(path) => {
-            let digest = cached_digest(path, cache)?;
+            let digest = crate::digests::digest(path, Some(cache)).map_err(io(format!("hash {}", path.display())))?;
             let hex = hex::encode(digest);
             let dir = cache.join("rootfs").join(&hex);
             if !dir.exists() {
@@ -136,45 +134,6 @@ pub fn prepare(rootfs: &Rootfs, cache: &Path) -> Result<Prepared, RootfsError> {
     }
 }
 
-/// SHA3-256 of an archive, remembered by (device, inode, size, mtime) so a
-/// large image is not hashed again on every run (git's index does the
-/// same). A stale entry cannot misstate a run: the digest names the cache
-/// entry that is mounted, so the witness header still names what ran.
-fn cached_digest(path: &Path, cache: &Path) -> Result<[u8; 32], RootfsError> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).map_err(io(format!("stat {}", path.display())))?;
-    let key = format!("{}-{}-{}-{}.{}", meta.dev(), meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec());
-    let entry = cache.join("digests").join(key);
-    if let Some(digest) = std::fs::read_to_string(&entry)
-        .ok()
-        .and_then(|text| hex::decode(text.trim()).ok())
-        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-    {
-        return Ok(digest);
-    }
-    let digest = file_digest(path)?;
-    // Best effort: a cache that cannot be written only costs a re-hash.
-    if std::fs::create_dir_all(cache.join("digests")).is_ok() {
-        let _ = std::fs::write(&entry, hex::encode(digest));
-    }
-    Ok(digest)
-}
-
-/// SHA3-256 of a file, streamed.
-pub fn file_digest(path: &Path) -> Result<[u8; 32], RootfsError> {
-    let mut file = File::open(path).map_err(io(format!("open {}", path.display())))?;
-    let mut hasher = Sha3_256::new();
-    let mut buffer = vec![0; 1 << 16];
-    loop {
-        let n = file.read(&mut buffer).map_err(io("read the rootfs archive"))?;
-        if n == 0 {
-            return Ok(hasher.finalize().into());
-        }
-        hasher.update(&buffer[..n]);
-    }
-}
-
-/// The entry path as safe relative components, or a refusal.
 fn safe_relative(path: &Path) -> Result<PathBuf, RootfsError> {
     let mut clean = PathBuf::new();
     for component in path.components() {
@@ -517,26 +476,5 @@ mod image_tests {
         assert!(!root.join("data/x").exists() && !root.join("data/y").exists(), "opaque directory");
         assert_eq!(std::fs::read(root.join("data/z")).unwrap(), b"5");
         assert!(!root.join("etc/.wh.a").exists(), "markers are not files");
-    }
-}
-
-#[cfg(test)]
-mod digest_tests {
-    use super::*;
-
-    #[test]
-    fn digests_are_remembered_until_the_file_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("image.tar");
-        std::fs::write(&file, b"first").unwrap();
-        let cache = dir.path().join("cache");
-        let first = cached_digest(&file, &cache).unwrap();
-        assert_eq!(first, file_digest(&file).unwrap());
-        assert_eq!(cached_digest(&file, &cache).unwrap(), first, "served from the cache");
-        assert_eq!(std::fs::read_dir(cache.join("digests")).unwrap().count(), 1);
-        std::fs::write(&file, b"second, longer").unwrap();
-        let second = cached_digest(&file, &cache).unwrap();
-        assert_ne!(second, first, "a changed file is hashed again");
-        assert_eq!(second, file_digest(&file).unwrap());
     }
 }

@@ -14,7 +14,7 @@ use crate::cgroup::{Cgroup, Enforcement};
 use crate::limits::{Limit, Limits};
 use crate::policy::{self, Policy};
 use crate::rootfs::{self, Prepared, Rootfs};
-use crate::sandbox::{self, Bind, Plan};
+use crate::sandbox::{self, Bind, Node, Plan};
 use crate::supervisor::{self, Ending, Supervisor};
 use crate::witness::{self, Record, WitnessWriter, CHUNK_BYTES};
 use crate::CAGE_UID;
@@ -51,6 +51,9 @@ pub struct RunSpec {
     pub rootfs: Rootfs,
     /// Where unpacked root filesystems are cached (by digest).
     pub cache: PathBuf,
+    /// Whether to bound the whole cage with a cgroup where one can be made
+    /// (the witness header records whether one was).
+    pub cgroups: bool,
 }
 
 /// The default cache directory: `$DOCKLOCK_CACHE_DIR`, else
@@ -201,7 +204,7 @@ pub fn run(
     };
     let policy = Policy::compile(policy::DEFAULT).map_err(|e| CageError::Spec(e.to_string()))?;
     // Dropped at the end of this function, after the keeper is reaped.
-    let cgroup = Cgroup::create(&spec.limits);
+    let cgroup = if spec.cgroups { Cgroup::create(&spec.limits) } else { None };
     let enforcement = cgroup.as_ref().map_or(Enforcement::None, Cgroup::version);
     let header = header(spec, &prepared, &policy, enforcement);
     witness.record(&Record::Header(header)).map_err(io("write the witness log"))?;
@@ -263,11 +266,12 @@ fn header(spec: &RunSpec, rootfs: &Prepared, policy: &Policy, cgroup: Enforcemen
     lines.join("\n")
 }
 
-/// Build the children's plan: directories and symlinks of the new root are
-/// created here, on the host, before the fork.
+/// Build the children's plan. Nothing of the new root is made on the
+/// host: the init builds it in a tmpfs from the skeleton.
 fn plan(spec: &RunSpec, rootfs: &Prepared, policy: &Policy, root: &Path, inputs: &Path) -> Result<Plan, CageError> {
     let c = |path: &Path| sandbox::cstring(path.as_os_str().as_encoded_bytes()).map_err(io("a path"));
     let mut binds = Vec::new();
+    let mut skeleton = Vec::new();
     // Each top-level entry of the rootfs: a directory or file is bound
     // read-only, a symlink (as on merged-/usr systems) recreated.
     for name in &rootfs.entries {
@@ -276,34 +280,30 @@ fn plan(spec: &RunSpec, rootfs: &Prepared, policy: &Policy, root: &Path, inputs:
         match std::fs::symlink_metadata(&source) {
             Ok(meta) if meta.file_type().is_symlink() => {
                 let link = std::fs::read_link(&source).map_err(io("read a rootfs symlink"))?;
-                std::os::unix::fs::symlink(link, &target).map_err(io("recreate a rootfs symlink"))?;
+                skeleton.push(Node::Symlink(c(&target)?, c(&link)?));
             }
             Ok(meta) if meta.is_dir() || meta.is_file() => {
-                if meta.is_dir() {
-                    std::fs::create_dir(&target).map_err(io("create a mount point"))?;
-                } else {
-                    File::create(&target).map_err(io("create a mount point"))?;
-                }
+                skeleton.push(if meta.is_dir() { Node::Dir(c(&target)?) } else { Node::File(c(&target)?) });
                 let locked = sandbox::locked_flags(&source).map_err(io("statvfs"))?;
                 binds.push(Bind { source: c(&source)?, target: c(&target)?, writable: false, device: false, locked });
             }
             _ => {}
         }
     }
-    std::fs::create_dir(root.join("dev")).map_err(io("create /dev"))?;
+    skeleton.push(Node::Dir(c(&root.join("dev"))?));
     for device in DEVICES {
         let target = root.join("dev").join(device);
-        File::create(&target).map_err(io("create a device mount point"))?;
+        skeleton.push(Node::File(c(&target)?));
         let host = Path::new("/dev").join(device);
         let locked = sandbox::locked_flags(&host).map_err(io("statvfs"))?;
         binds.push(Bind { source: c(&host)?, target: c(&target)?, writable: true, device: true, locked });
     }
     let target = root.join("in");
-    std::fs::create_dir(&target).map_err(io("create a mount point"))?;
+    skeleton.push(Node::Dir(c(&target)?));
     let locked = sandbox::locked_flags(inputs).map_err(io("statvfs"))?;
     binds.push(Bind { source: c(inputs)?, target: c(&target)?, writable: false, device: false, locked });
     for dir in ["tmp", "out", "proc", ".old"] {
-        std::fs::create_dir(root.join(dir)).map_err(io("create a mount point"))?;
+        skeleton.push(Node::Dir(c(&root.join(dir))?));
     }
     let program = sandbox::cstring(spec.program.as_bytes()).map_err(io("the program"))?;
     if !spec.program.starts_with('/') {
@@ -332,7 +332,7 @@ fn plan(spec: &RunSpec, rootfs: &Prepared, policy: &Policy, root: &Path, inputs:
     ];
     Ok(Plan {
         root: c(root)?,
-        root_locked: sandbox::locked_flags(root).map_err(io("statvfs"))?,
+        skeleton,
         binds,
         tmpfs: vec![
             (c(&root.join("tmp"))?, tmpfs_options(&format!("size={TMP_BYTES},mode=1777"))?),
@@ -378,7 +378,7 @@ fn execute(
 ) -> Result<(Verdict, Vec<String>), CageError> {
     let sandbox::Started { keeper, stdout, stderr, status, setup_error, keeper_fd, announce, collected } = started;
     let limits = &spec.limits;
-    let mut supervisor = Supervisor::new(&keeper_fd, spec.seed, limits.memory_mib << 20, limits.events);
+    let mut supervisor = Supervisor::new(&keeper_fd, &spec.cache, spec.seed, limits.memory_mib << 20, limits.events);
     let mut init = None;
     let output = std::thread::scope(|scope| {
         let output = scope.spawn(|| collect_output([stdout, stderr, status], limits, &keeper_fd, witness, stdout_sink));

@@ -36,10 +36,21 @@ pub(crate) struct Bind {
     pub(crate) locked: libc::c_ulong,
 }
 
+/// An entry of the new root's skeleton: a mount point or a symlink.
+pub(crate) enum Node {
+    Dir(CString),
+    File(CString),
+    /// A symlink at the first path pointing to the second.
+    Symlink(CString, CString),
+}
+
 /// Everything the children need, built before the fork.
 pub(crate) struct Plan {
+    /// An empty host directory; the init mounts the new root (a tmpfs,
+    /// so the host's disk sees none of it) there.
     pub(crate) root: CString,
-    pub(crate) root_locked: libc::c_ulong,
+    /// The root's mount points and symlinks, made in that tmpfs.
+    pub(crate) skeleton: Vec<Node>,
     pub(crate) binds: Vec<Bind>,
     pub(crate) tmpfs: Vec<(CString, CString)>,
     pub(crate) proc_dir: CString,
@@ -139,7 +150,7 @@ const STEP_NAMES: [&str; 18] = [
     "wait for id maps",
     "fork",
     "make mounts private",
-    "bind the new root",
+    "build the new root",
     "bind a host directory",
     "make a bind read-only",
     "mount a tmpfs",
@@ -193,6 +204,8 @@ pub(crate) fn start(plan: &Plan, cgroup: Option<&crate::cgroup::Cgroup>) -> io::
     let mut keep =
         [fds.stdin, fds.stdout, fds.stderr, fds.status, fds.error, fds.ready, fds.maps, fds.announce, fds.collected];
     keep.sort_unstable();
+    // SAFETY: getpid has no preconditions.
+    let runner = unsafe { libc::getpid() };
 
     // SAFETY: fork in a possibly multi-threaded process: the child below
     // calls only async-signal-safe system calls on memory prepared above,
@@ -203,7 +216,9 @@ pub(crate) fn start(plan: &Plan, cgroup: Option<&crate::cgroup::Cgroup>) -> io::
     }
     if keeper == 0 {
         // SAFETY: in the freshly forked child; see `keeper_main`.
-        unsafe { keeper_main(&Child { plan, fds: &fds, keep: &keep, argv: &argv, envp: &envp, filters: &filters }) }
+        unsafe {
+            keeper_main(&Child { plan, fds: &fds, keep: &keep, runner, argv: &argv, envp: &envp, filters: &filters })
+        }
     }
     drop((
         stdout_write,
@@ -395,6 +410,8 @@ struct Child<'a> {
     fds: &'a ChildFds,
     /// The descriptors of `fds`, sorted.
     keep: &'a [RawFd],
+    /// The runner's pid: the keeper's parent while the run lives.
+    runner: libc::pid_t,
     argv: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
     filters: &'a [libc::sock_fprog],
@@ -455,6 +472,17 @@ unsafe fn keeper_main(child: &Child<'_>) -> ! {
     if libc::read(fds.maps, byte.as_mut_ptr().cast(), 1) != 1 {
         fail(fds, Step::WaitMaps);
     }
+    // Only the cage's uid is mapped in the namespace: the init's new inodes
+    // (the root's skeleton) need it as their owner. The filesystem ids
+    // alone change; capabilities stay. Changing them clears the
+    // parent-death signal, so it is set again, and a parent that died in
+    // between is noticed.
+    libc::setfsuid(CAGE_UID);
+    libc::setfsgid(CAGE_UID);
+    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+    if libc::getppid() != child.runner {
+        libc::_exit(127);
+    }
     let init = libc::fork();
     if init < 0 {
         fail(fds, Step::Fork);
@@ -484,8 +512,27 @@ unsafe fn init_main(child: &Child<'_>) -> ! {
     if libc::mount(null, c"/".as_ptr(), null, libc::MS_REC | libc::MS_PRIVATE, none) != 0 {
         fail(fds, Step::PrivateMounts);
     }
-    if libc::mount(plan.root.as_ptr(), plan.root.as_ptr(), null, libc::MS_BIND | libc::MS_REC, none) != 0 {
+    let root_flags = libc::MS_NOSUID | libc::MS_NODEV;
+    if libc::mount(c"tmpfs".as_ptr(), plan.root.as_ptr(), c"tmpfs".as_ptr(), root_flags, c"mode=0755".as_ptr().cast())
+        != 0
+    {
         fail(fds, Step::BindRoot);
+    }
+    for node in &plan.skeleton {
+        let made = match node {
+            Node::Dir(path) => libc::mkdir(path.as_ptr(), 0o755),
+            Node::File(path) => {
+                let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644);
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+                fd
+            }
+            Node::Symlink(path, target) => libc::symlink(target.as_ptr(), path.as_ptr()),
+        };
+        if made < 0 {
+            fail(fds, Step::BindRoot);
+        }
     }
     for bind in &plan.binds {
         if libc::mount(bind.source.as_ptr(), bind.target.as_ptr(), null, libc::MS_BIND | libc::MS_REC, none) != 0 {
@@ -521,8 +568,7 @@ unsafe fn init_main(child: &Child<'_>) -> ! {
     if libc::umount2(c"/.old".as_ptr(), libc::MNT_DETACH) != 0 {
         fail(fds, Step::DetachOld);
     }
-    let root_flags =
-        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | plan.root_locked;
+    let root_flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
     if libc::mount(null, c"/".as_ptr(), null, root_flags, none) != 0 {
         fail(fds, Step::RootReadOnly);
     }

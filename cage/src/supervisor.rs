@@ -22,8 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
-use std::sync::Mutex;
+use std::path::Path;
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -42,8 +41,6 @@ const TICK_NS: u64 = 1_000;
 const RANDOM_BYTES_MAX: usize = 4096;
 /// Emulated data up to this size is recorded as is, larger as its digest.
 const DATA_RECORDED_MAX: usize = 64;
-/// Entries of the process-wide digest cache of witnessed files.
-const DIGEST_CACHE_MAX: usize = 4096;
 
 /// Why the supervisor ended a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +94,8 @@ struct Pending {
 /// The state of one run's supervision.
 pub(crate) struct Supervisor<'a> {
     keeper: &'a OwnedFd,
+    /// Where file digests are remembered across runs.
+    cache: &'a Path,
     rng: ChaCha20Rng,
     /// Logical nanoseconds since the run started.
     clock_ns: u64,
@@ -121,9 +120,16 @@ pub(crate) struct Supervisor<'a> {
 }
 
 impl<'a> Supervisor<'a> {
-    pub(crate) fn new(keeper: &'a OwnedFd, seed: [u8; 32], memory_bytes: u64, events_max: u64) -> Self {
+    pub(crate) fn new(
+        keeper: &'a OwnedFd,
+        cache: &'a Path,
+        seed: [u8; 32],
+        memory_bytes: u64,
+        events_max: u64,
+    ) -> Self {
         Self {
             keeper,
+            cache,
             rng: ChaCha20Rng::from_seed(seed),
             clock_ns: 0,
             memory_bytes,
@@ -272,7 +278,7 @@ impl<'a> Supervisor<'a> {
         {
             return;
         }
-        let Some(digest) = file_digest(host_path) else { return };
+        let Ok(digest) = crate::digests::digest(Path::new(host_path), Some(self.cache)) else { return };
         self.witnessed.insert(path.clone());
         self.event(Record::Read { path, digest }, pid);
     }
@@ -484,28 +490,6 @@ fn call_name(number: i64, foreign: bool) -> String {
 pub(crate) fn kill_keeper(keeper: &OwnedFd) {
     // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
     unsafe { libc::syscall(libc::SYS_pidfd_send_signal, keeper.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0) };
-}
-
-/// SHA3-256 of a file, remembered by identity (device, inode, size and
-/// change times) so a shared library is not rehashed on every run. The
-/// root filesystems are read-only to workloads.
-fn file_digest(path: &str) -> Option<[u8; 32]> {
-    type Identity = (u64, u64, u64, i64, i64, i64, i64);
-    static CACHE: Mutex<Option<HashMap<Identity, [u8; 32]>>> = Mutex::new(None);
-    let meta = std::fs::metadata(path).ok().filter(|meta| meta.is_file())?;
-    let identity =
-        (meta.dev(), meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec(), meta.ctime(), meta.ctime_nsec());
-    if let Some(digest) = CACHE.lock().ok()?.as_ref().and_then(|cache| cache.get(&identity)) {
-        return Some(*digest);
-    }
-    let digest = witness::digest_reader(std::fs::File::open(path).ok()?).ok()?;
-    let mut cache = CACHE.lock().ok()?;
-    let cache = cache.get_or_insert_with(HashMap::new);
-    if cache.len() >= DIGEST_CACHE_MAX {
-        cache.clear();
-    }
-    cache.insert(identity, digest);
-    Some(digest)
 }
 
 fn seize(pid: libc::pid_t) -> io::Result<()> {

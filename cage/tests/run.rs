@@ -19,6 +19,7 @@ fn spec(program: &str, args: &[&str]) -> RunSpec {
         stage_parent: None,
         rootfs: Rootfs::Host,
         cache: std::env::temp_dir().join("docklock-cage-test-cache"),
+        cgroups: true,
     }
 }
 

@@ -62,6 +62,9 @@ pub struct RunArgs {
     /// Output format of the verdict.
     #[arg(long, value_enum, default_value = "text")]
     output: Output,
+    /// Run without a cgroup (rlimits only; the witness header says so).
+    #[arg(long)]
+    no_cgroups: bool,
     /// The program (an absolute path inside the cage, or a name found in
     /// /usr/bin or /bin) and its arguments.
     #[arg(last = true, required = true)]
@@ -140,6 +143,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
         stage_parent: None,
         rootfs,
         cache: args.cache_dir.clone().unwrap_or_else(docklock_cage::run::default_cache),
+        cgroups: !args.no_cgroups,
     };
     let output = args.output;
     // The program's stdout goes to ours only for text output.
