@@ -637,6 +637,13 @@ unsafe fn workload_main(child: &Child<'_>) -> ! {
     // Every other descriptor closes at exec (the error pipe too, which is
     // how the runner learns the exec happened).
     libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+    // Fixed addresses (no ASLR) and a time-stamp counter that faults, so
+    // the supervisor answers it; both survive exec.
+    if libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong) < 0
+        || libc::prctl(libc::PR_SET_TSC, libc::PR_TSC_SIGSEGV, 0, 0, 0) != 0
+    {
+        fail(fds, Step::Identity);
+    }
     // Announce ourselves and wait until the supervisor has seized us: from
     // the filters on, traced and denied calls stop at the supervisor.
     let mut byte = [1u8];

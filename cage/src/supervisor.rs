@@ -39,6 +39,22 @@ const TICK_NS: u64 = 1_000;
 /// Most random bytes one `getrandom` returns (any count above 256 may be
 /// short; callers loop), so a witness record stays small.
 const RANDOM_BYTES_MAX: usize = 4096;
+/// The logical time-stamp counter's rate: a 3 GHz machine.
+const TSC_PER_NS: u64 = 3;
+/// A kernel-raised signal (`si_code`), as the #GP of a disabled RDTSC is.
+const SI_KERNEL: i32 = 0x80;
+/// Bound on the words walked to find and rewrite the auxiliary vector.
+const AUXV_WORDS_MAX: usize = 1 << 16;
+/// Auxiliary vector entry types (`<elf.h>`).
+const AT_NULL: u64 = 0;
+const AT_IGNORE: u64 = 1;
+const AT_HWCAP: u64 = 16;
+const AT_RANDOM: u64 = 25;
+const AT_HWCAP2: u64 = 26;
+const AT_SYSINFO_EHDR: u64 = 33;
+/// The hardware capability word every caged program sees (CPUID leaf 1
+/// EDX of a baseline x86-64 CPU).
+const VIRTUAL_HWCAP: u64 = 0x178b_fbff;
 /// Emulated data up to this size is recorded as is, larger as its digest.
 const DATA_RECORDED_MAX: usize = 64;
 
@@ -62,6 +78,8 @@ enum Handling<'a> {
     Emulate(fn(&mut Supervisor<'a>, libc::pid_t, &libc::user_regs_struct) -> i64),
     /// Let it run and look at what it opened.
     WitnessOpen,
+    /// Let it run unless the function names why not (a refusal source).
+    Check(fn(&libc::user_regs_struct) -> Option<&'static str>),
     /// End the run: this source of non-determinism is not handled.
     Refuse(&'static str),
 }
@@ -80,6 +98,9 @@ fn handling<'a>(name: &str) -> Handling<'a> {
         "getcpu" => Handling::Emulate(Supervisor::getcpu),
         "sched_getaffinity" => Handling::Emulate(Supervisor::sched_getaffinity),
         "open" | "openat" => Handling::WitnessOpen,
+        "rseq" => Handling::Emulate(|_, _, _| -i64::from(libc::ENOSYS)),
+        "prctl" => Handling::Check(prctl_allowed),
+        "arch_prctl" => Handling::Check(arch_prctl_allowed),
         "getrusage" => Handling::Refuse("resource usage"),
         _ => Handling::Refuse("an unhandled traced call"),
     }
@@ -186,10 +207,9 @@ impl<'a> Supervisor<'a> {
             libc::PTRACE_EVENT_SECCOMP => return self.on_seccomp(pid),
             libc::PTRACE_EVENT_EXEC => {
                 self.witness_exec(pid);
+                self.rewrite_auxv(pid);
                 0
             }
-            // A new child's first stop, and group stops (stopping inside
-            // the cage is not supported: the tracee goes on).
             libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK | libc::PTRACE_EVENT_CLONE => {
                 // Known from here, so the supervision lasts until it ends,
                 // unless it already ended: a child's first stop and even
@@ -203,11 +223,16 @@ impl<'a> Supervisor<'a> {
                 }
                 0
             }
+            // A new child's first stop, and group stops (stopping inside
+            // the cage is not supported: the tracee goes on).
             event if event != 0 => 0,
             _ if signal == libc::SIGTRAP | 0x80 => {
                 self.on_syscall_exit(pid);
                 0
             }
+            // The time-stamp counter is disabled in the cage: reading it
+            // faults, and the logical counter answers.
+            _ if signal == libc::SIGSEGV && self.emulate_tsc(pid) => 0,
             // A signal on its way to the tracee: deliver it.
             _ => signal,
         };
@@ -246,8 +271,87 @@ impl<'a> Supervisor<'a> {
                 // The next stop is this call's exit.
                 resume(pid, libc::PTRACE_SYSCALL, 0);
             }
+            Handling::Check(check) => match check(&regs) {
+                None => resume(pid, libc::PTRACE_CONT, 0),
+                Some(source) => self.end(Ending::Refused { source, call: name.to_owned() }, Some(pid)),
+            },
             Handling::Refuse(source) => self.end(Ending::Refused { source, call: name.to_owned() }, Some(pid)),
         }
+    }
+
+    /// At an exec stop, rewrite the new program's auxiliary vector on its
+    /// stack: no vDSO (libc then makes real, traced time calls), the 16
+    /// `AT_RANDOM` bytes from the seed, fixed hardware capability words.
+    fn rewrite_auxv(&mut self, pid: libc::pid_t) {
+        self.written.clear();
+        let Ok(regs) = registers(pid) else { return };
+        // The stack at exec: argc, argv..., NULL, envp..., NULL, auxv pairs.
+        let mut address = regs.rsp;
+        let Some(argc) = read_word(pid, address) else { return };
+        address += 8 * (argc + 2);
+        for _ in 0..AUXV_WORDS_MAX {
+            match read_word(pid, address) {
+                Some(0) => break,
+                Some(_) => address += 8,
+                None => return,
+            }
+        }
+        address += 8;
+        for _ in 0..AUXV_WORDS_MAX {
+            let (Some(kind), Some(value)) = (read_word(pid, address), read_word(pid, address + 8)) else { return };
+            let rewrite = match kind {
+                AT_NULL => break,
+                AT_SYSINFO_EHDR => Some((AT_IGNORE, 0)),
+                AT_HWCAP => Some((AT_HWCAP, VIRTUAL_HWCAP)),
+                AT_HWCAP2 => Some((AT_HWCAP2, 0)),
+                AT_RANDOM => {
+                    let mut bytes = [0u8; 16];
+                    self.rng.fill_bytes(&mut bytes);
+                    let _ = self.write(pid, value, &bytes);
+                    None
+                }
+                _ => None,
+            };
+            if let Some((kind, value)) = rewrite {
+                let mut pair = kind.to_ne_bytes().to_vec();
+                pair.extend_from_slice(&value.to_ne_bytes());
+                let _ = self.write(pid, address, &pair);
+            }
+            address += 16;
+        }
+        let written = std::mem::take(&mut self.written);
+        self.event(Record::Call { name: "exec auxv".into(), result: 0, data: witness::digest(&written).to_vec() }, pid);
+    }
+
+    /// A SIGSEGV at RDTSC or RDTSCP (the counter is disabled with
+    /// `PR_SET_TSC`): answer from the logical clock, step over the
+    /// instruction, and swallow the signal. Anything else is a real fault.
+    fn emulate_tsc(&mut self, pid: libc::pid_t) -> bool {
+        // SAFETY: siginfo_t is plain data; the kernel fills it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: info is a valid out pointer of the right type.
+        if unsafe { libc::ptrace(libc::PTRACE_GETSIGINFO, pid, 0, &mut info) } != 0 || info.si_code != SI_KERNEL {
+            return false;
+        }
+        let Ok(mut regs) = registers(pid) else { return false };
+        let Some(code) = read_word(pid, regs.rip) else { return false };
+        let bytes = code.to_le_bytes();
+        let (name, length) = match bytes {
+            [0x0f, 0x31, ..] => ("rdtsc", 2),
+            [0x0f, 0x01, 0xf9, ..] => ("rdtscp", 3),
+            _ => return false,
+        };
+        let tsc = self.now().saturating_mul(TSC_PER_NS);
+        regs.rax = tsc & 0xffff_ffff;
+        regs.rdx = tsc >> 32;
+        if name == "rdtscp" {
+            regs.rcx = 0; // IA32_TSC_AUX: CPU 0, node 0
+        }
+        regs.rip += length;
+        if !self.event(Record::Call { name: name.into(), result: tsc as i64, data: Vec::new() }, pid) {
+            return true; // The run is ending; the tracee was killed.
+        }
+        set_registers(pid, &regs).is_ok()
     }
 
     fn on_syscall_exit(&mut self, pid: libc::pid_t) {
@@ -466,6 +570,30 @@ impl<'a> Supervisor<'a> {
         }
         self.write(pid, regs.rdx, &1u64.to_ne_bytes()).map_or_else(|e| e, |()| 8)
     }
+}
+
+/// `prctl` options that would undo the cage: re-enable the time-stamp
+/// counter, or stack a seccomp filter whose trace data could pose as ours.
+fn prctl_allowed(regs: &libc::user_regs_struct) -> Option<&'static str> {
+    match regs.rdi as i32 {
+        libc::PR_SET_TSC | libc::PR_SET_SECCOMP => Some("undoing the cage"),
+        _ => None,
+    }
+}
+
+/// `arch_prctl` may manage TLS and read the CPUID setting, never change it.
+fn arch_prctl_allowed(regs: &libc::user_regs_struct) -> Option<&'static str> {
+    const ARCH_SET_CPUID: u64 = 0x1012;
+    (regs.rdi == ARCH_SET_CPUID).then_some("undoing the cage")
+}
+
+/// One 8-byte word of the tracee's memory.
+fn read_word(pid: libc::pid_t, address: u64) -> Option<u64> {
+    let mut word = [0u8; 8];
+    let local = libc::iovec { iov_base: word.as_mut_ptr().cast(), iov_len: 8 };
+    let remote = libc::iovec { iov_base: address as *mut libc::c_void, iov_len: 8 };
+    // SAFETY: local describes word; the kernel checks remote.
+    (unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } == 8).then(|| u64::from_ne_bytes(word))
 }
 
 fn timespec(ns: u64) -> Vec<u8> {

@@ -450,8 +450,11 @@ int main(int argc, char **argv) {
         .iter()
         .filter_map(|r| if let witness::Record::Call { name, .. } = r { Some(name.as_str()) } else { None })
         .collect();
-    // glibc asks for random bytes at start-up (its malloc), then the probe.
-    assert_eq!(calls, ["getrandom", "clock_gettime", "nanosleep", "clock_gettime", "getrandom", "uname"]);
+    // The exec (its auxiliary vector rewritten), glibc's start-up (rseq is
+    // answered ENOSYS; its malloc asks for random bytes), then the probe.
+    let expected =
+        ["exec auxv", "rseq", "getrandom", "clock_gettime", "nanosleep", "clock_gettime", "getrandom", "uname"];
+    assert_eq!(calls, expected);
 
     let (refused, stdout) = run_with(1, &["rusage"]);
     assert_eq!(refused.verdict, Verdict::Refused { source: "resource usage".into(), call: "getrusage".into() });
@@ -518,4 +521,84 @@ int main(void) {
     hungry.limits.memory_mib = 256;
     let (outcome, _) = cage(&hungry, dir.path());
     assert_eq!(outcome.verdict, Verdict::Ok, "with room for all four it runs");
+}
+
+/// Determinism probe: time through libc (the vDSO path when not caged),
+/// the time-stamp counter, AT_RANDOM, stack and heap addresses, the pid.
+/// Caged, two runs print the same and have the same root; natively, two
+/// runs differ (or the probe would prove nothing). Attempts to switch the
+/// counter back on or to stack a seccomp filter are refused.
+#[test]
+fn time_counter_randomness_and_addresses_are_virtual() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = compile_static(
+        dir.path(),
+        "probe",
+        r#"
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
+#include <x86intrin.h>
+int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "tsc-on")) {
+        printf("prctl returned %d\n", prctl(PR_SET_TSC, PR_TSC_ENABLE, 0, 0, 0));
+        return 0;
+    }
+    if (argc > 1 && !strcmp(argv[1], "own-filter")) {
+        printf("prctl returned %d\n", prctl(PR_SET_SECCOMP, 2, 0, 0, 0));
+        return 0;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    printf("time %ld.%09ld\n", (long)ts.tv_sec, ts.tv_nsec);
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    printf("monotonic %ld.%09ld\n", (long)ts.tv_sec, ts.tv_nsec);
+    unsigned aux;
+    unsigned long long a = __rdtsc(), b = __rdtscp(&aux);
+    printf("tsc %llu %llu aux %u\n", a, b, aux);
+    unsigned char *r = (unsigned char *)getauxval(AT_RANDOM);
+    printf("at_random ");
+    for (int i = 0; i < 16; i++) printf("%02x", r[i]);
+    int local;
+    void *heap = malloc(100000);
+    printf("\nstack %p heap %p vdso %lx pid %d\n", (void *)&local, heap, getauxval(AT_SYSINFO_EHDR), getpid());
+    return 0;
+}
+"#,
+    );
+    let caged = |args: &[&str]| {
+        let mut probe = spec("/in/probe", args);
+        probe.inputs = vec![("probe".into(), binary.clone())];
+        cage(&probe, dir.path())
+    };
+    let (first, first_out) = caged(&[]);
+    assert_eq!(first.verdict, Verdict::Ok, "{first_out}");
+    let (second, second_out) = caged(&[]);
+    assert_eq!((&second.root, &second_out), (&first.root, &first_out), "two caged runs agree");
+    assert!(first_out.contains("time 946684800."), "libc's clock is the logical clock: {first_out}");
+    assert!(first_out.contains("vdso 0 "), "no vDSO is announced: {first_out}");
+    assert!(first_out.contains(" aux 0\n"), "RDTSCP says CPU 0: {first_out}");
+    let native = || {
+        let output = std::process::Command::new(&binary).output().unwrap();
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let (native_first, native_second) = (native(), native());
+    for field in ["time", "tsc", "at_random", "stack"] {
+        let line = |text: &str| text.lines().find(|l| l.starts_with(field)).map(str::to_owned);
+        assert_ne!(line(&native_first), line(&native_second), "natively, {field} differs between runs");
+        assert_eq!(line(&first_out), line(&second_out), "caged, {field} is the same");
+    }
+    for attempt in ["tsc-on", "own-filter"] {
+        let (outcome, stdout) = caged(&[attempt]);
+        assert!(
+            matches!(&outcome.verdict, Verdict::Refused { source, call } if source == "undoing the cage" && call == "prctl"),
+            "{attempt}: {outcome:?}"
+        );
+        assert!(!stdout.contains("returned"), "{attempt}: {stdout}");
+    }
 }

@@ -3,8 +3,8 @@
 //! Exit codes: see README.md (0 success; 1 a request failed or a node is
 //! unreachable; 2 bad usage; 3 not found; 4 a precondition failed; 5 a
 //! proof does not verify; 6 already exists; 7 not authenticated or not
-//! permitted; `cage run`: 10 program failed, 11 limit exceeded, 14 cage
-//! error).
+//! permitted; `cage run`: 10 program failed, 11 limit exceeded, 12 policy
+//! violation, 13 refused, 14 cage error).
 
 use std::process::ExitCode;
 
