@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use rand_chacha::rand_core::{RngCore as _, SeedableRng as _};
 use serde::Serialize;
 
 use crate::cgroup::{Cgroup, Enforcement};
@@ -23,7 +24,15 @@ use crate::CAGE_UID;
 pub const CAGE_VERSION: &str = concat!("docklock-cage/", env!("CARGO_PKG_VERSION"));
 
 /// Device nodes bound from the host.
-const DEVICES: [&str; 4] = ["null", "zero", "random", "urandom"];
+const DEVICES: [&str; 2] = ["null", "zero"];
+/// Bytes of `/dev/random` and `/dev/urandom` in the cage: files of this
+/// size drawn from the seed (a stream of its own, so they are not the
+/// bytes `getrandom` returns). Each open reads from the start; past the
+/// end, a read returns end of file. Modern code uses `getrandom`, which
+/// has no bound.
+const DEV_RANDOM_BYTES: usize = 64 * 1024;
+/// The ChaCha20 stream of the seed they come from (`getrandom` uses 0).
+const DEV_RANDOM_STREAM: u64 = 1;
 /// Size of the `/tmp` scratch tmpfs.
 const TMP_BYTES: u64 = 64 << 20;
 /// Files and directories `/out` may hold.
@@ -291,6 +300,12 @@ fn plan(spec: &RunSpec, rootfs: &Prepared, policy: &Policy, root: &Path, inputs:
         }
     }
     skeleton.push(Node::Dir(c(&root.join("dev"))?));
+    let mut random = vec![0; DEV_RANDOM_BYTES];
+    let mut stream = rand_chacha::ChaCha20Rng::from_seed(spec.seed);
+    stream.set_stream(DEV_RANDOM_STREAM);
+    stream.fill_bytes(&mut random);
+    skeleton.push(Node::Contents(c(&root.join("dev/random"))?, random.clone()));
+    skeleton.push(Node::Contents(c(&root.join("dev/urandom"))?, random));
     for device in DEVICES {
         let target = root.join("dev").join(device);
         skeleton.push(Node::File(c(&target)?));
@@ -405,7 +420,7 @@ fn execute(
             return Err(error);
         }
     };
-    for event in &supervisor.events {
+    for event in &supervisor.take_events() {
         witness.record(event).map_err(io("write the witness log"))?;
     }
     let mut report = [0u8; 8];

@@ -39,7 +39,10 @@ pub(crate) struct Bind {
 /// An entry of the new root's skeleton: a mount point or a symlink.
 pub(crate) enum Node {
     Dir(CString),
+    /// An empty file (a mount point).
     File(CString),
+    /// A read-only file with these contents.
+    Contents(CString, Vec<u8>),
     /// A symlink at the first path pointing to the second.
     Symlink(CString, CString),
 }
@@ -523,6 +526,17 @@ unsafe fn init_main(child: &Child<'_>) -> ! {
             Node::Dir(path) => libc::mkdir(path.as_ptr(), 0o755),
             Node::File(path) => {
                 let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644);
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+                fd
+            }
+            Node::Contents(path, bytes) => {
+                let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o444);
+                if fd >= 0 && libc::write(fd, bytes.as_ptr().cast(), bytes.len()) != bytes.len() as isize {
+                    libc::close(fd);
+                    fail(fds, Step::BindRoot);
+                }
                 if fd >= 0 {
                     libc::close(fd);
                 }

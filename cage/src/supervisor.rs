@@ -26,6 +26,7 @@ use std::path::Path;
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+use sha3::{Digest as _, Sha3_256};
 
 use crate::policy::{DATA_DENY, DATA_FOREIGN};
 use crate::syscalls;
@@ -112,14 +113,53 @@ struct Pending {
     flags: i32,
 }
 
+/// One traced process (or thread): where it sits in the run's process
+/// tree, and its own random stream, logical clock and events. Per process,
+/// so that what one process sees does not depend on how the scheduler
+/// interleaved it with the others: a child is named by its parent's name
+/// and its rank among the parent's children, which the parent's program
+/// order fixes; it starts with its parent's clock.
+struct Process {
+    path: Vec<u32>,
+    children: u32,
+    rng: ChaCha20Rng,
+    /// Logical nanoseconds since the run started.
+    clock_ns: u64,
+    events: Vec<Record>,
+    /// Paths this process has witnessed (each once per process).
+    witnessed: HashSet<String>,
+}
+
+impl Process {
+    fn new(seed: &[u8; 32], path: Vec<u32>, clock_ns: u64) -> Self {
+        let mut hasher = Sha3_256::new();
+        hasher.update(b"docklock-process-v1");
+        hasher.update(seed);
+        for rank in &path {
+            hasher.update(rank.to_be_bytes());
+        }
+        Self {
+            rng: ChaCha20Rng::from_seed(hasher.finalize().into()),
+            path,
+            children: 0,
+            clock_ns,
+            events: Vec::new(),
+            witnessed: HashSet::new(),
+        }
+    }
+
+    /// The process's name in the witness log: `1`, `1.2`, `1.2.1`, ...
+    fn name(path: &[u32]) -> String {
+        path.iter().map(u32::to_string).collect::<Vec<_>>().join(".")
+    }
+}
+
 /// The state of one run's supervision.
 pub(crate) struct Supervisor<'a> {
     keeper: &'a OwnedFd,
     /// Where file digests are remembered across runs.
     cache: &'a Path,
-    rng: ChaCha20Rng,
-    /// Logical nanoseconds since the run started.
-    clock_ns: u64,
+    seed: [u8; 32],
     memory_bytes: u64,
     events_max: u64,
     /// Live tracees.
@@ -131,11 +171,18 @@ pub(crate) struct Supervisor<'a> {
     /// event must not bring them back.
     ended_before_fork_event: HashSet<libc::pid_t>,
     pending: HashMap<libc::pid_t, Pending>,
-    witnessed: HashSet<String>,
+    /// Live processes (and threads) by pid.
+    processes: HashMap<libc::pid_t, Process>,
+    /// First stops of new children whose parent's fork event has not been
+    /// handled yet: held until it is, so the child's place in the tree
+    /// (and with it its random stream) is known before it runs.
+    parked: HashSet<libc::pid_t>,
+    /// Ended processes: their place in the tree and their events.
+    ended: Vec<(Vec<u32>, Vec<Record>)>,
+    /// Events recorded so far, all processes together.
+    event_count: u64,
     /// Bytes the last emulation wrote into the workload.
     written: Vec<u8>,
-    /// The events, in the order handled.
-    pub(crate) events: Vec<Record>,
     /// Why the run was ended, if the supervisor ended it.
     pub(crate) ending: Option<Ending>,
 }
@@ -151,17 +198,18 @@ impl<'a> Supervisor<'a> {
         Self {
             keeper,
             cache,
-            rng: ChaCha20Rng::from_seed(seed),
-            clock_ns: 0,
+            seed,
             memory_bytes,
             events_max,
             tracees: HashSet::new(),
             forked: HashSet::new(),
             ended_before_fork_event: HashSet::new(),
             pending: HashMap::new(),
-            witnessed: HashSet::new(),
+            processes: HashMap::new(),
+            parked: HashSet::new(),
+            ended: Vec::new(),
+            event_count: 0,
             written: Vec::new(),
-            events: Vec::new(),
             ending: None,
         }
     }
@@ -174,6 +222,7 @@ impl<'a> Supervisor<'a> {
         match seize(workload).and_then(|()| crate::sandbox::release_workload(announce)) {
             Ok(()) => {
                 self.tracees.insert(workload);
+                self.processes.insert(workload, Process::new(&self.seed, vec![1], 0));
             }
             Err(error) => self.lose(format!("cannot trace the workload: {error}")),
         }
@@ -190,6 +239,10 @@ impl<'a> Supervisor<'a> {
             }
             if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
                 self.tracees.remove(&pid);
+                self.parked.remove(&pid);
+                if let Some(process) = self.processes.remove(&pid) {
+                    self.ended.push((process.path, process.events));
+                }
                 if pid != workload && !self.forked.remove(&pid) {
                     self.ended_before_fork_event.insert(pid);
                 }
@@ -216,12 +269,27 @@ impl<'a> Supervisor<'a> {
                 // its exit may be reported before its parent's fork event.
                 if let Ok(child) = event_message(pid) {
                     let child = child as libc::pid_t;
+                    if let Some(parent) = self.processes.get_mut(&pid) {
+                        parent.children += 1;
+                        let mut path = parent.path.clone();
+                        path.push(parent.children);
+                        let process = Process::new(&self.seed, path, parent.clock_ns);
+                        self.processes.insert(child, process);
+                    }
                     if !self.ended_before_fork_event.remove(&child) {
                         self.tracees.insert(child);
                         self.forked.insert(child);
                     }
+                    if self.parked.remove(&child) {
+                        resume(child, libc::PTRACE_CONT, 0);
+                    }
                 }
                 0
+            }
+            // A new child's first stop before its parent's fork event: held.
+            libc::PTRACE_EVENT_STOP if !self.processes.contains_key(&pid) => {
+                self.parked.insert(pid);
+                return;
             }
             // A new child's first stop, and group stops (stopping inside
             // the cage is not supported: the tracee goes on).
@@ -306,7 +374,7 @@ impl<'a> Supervisor<'a> {
                 AT_HWCAP2 => Some((AT_HWCAP2, 0)),
                 AT_RANDOM => {
                     let mut bytes = [0u8; 16];
-                    self.rng.fill_bytes(&mut bytes);
+                    self.process(pid).rng.fill_bytes(&mut bytes);
                     let _ = self.write(pid, value, &bytes);
                     None
                 }
@@ -341,7 +409,7 @@ impl<'a> Supervisor<'a> {
             [0x0f, 0x01, 0xf9, ..] => ("rdtscp", 3),
             _ => return false,
         };
-        let tsc = self.now().saturating_mul(TSC_PER_NS);
+        let tsc = self.now(pid).saturating_mul(TSC_PER_NS);
         regs.rax = tsc & 0xffff_ffff;
         regs.rdx = tsc >> 32;
         if name == "rdtscp" {
@@ -373,17 +441,19 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// Record a file read from the root filesystem, once per path. Files
+    /// Record a file read from the root filesystem, once per path and process. Files
     /// under `/in` are witnessed as inputs; `/out` and `/tmp` hold what the
     /// workload wrote itself; `/proc` and `/dev` are not files.
     fn witness_file(&mut self, pid: libc::pid_t, path: String, host_path: &str) {
         let own = ["/in/", "/out/", "/tmp/", "/proc/", "/dev/"];
-        if !path.starts_with('/') || own.iter().any(|prefix| path.starts_with(prefix)) || self.witnessed.contains(&path)
+        if !path.starts_with('/')
+            || own.iter().any(|prefix| path.starts_with(prefix))
+            || self.process(pid).witnessed.contains(&path)
         {
             return;
         }
         let Ok(digest) = crate::digests::digest(Path::new(host_path), Some(self.cache)) else { return };
-        self.witnessed.insert(path.clone());
+        self.process(pid).witnessed.insert(path.clone());
         self.event(Record::Read { path, digest }, pid);
     }
 
@@ -394,11 +464,12 @@ impl<'a> Supervisor<'a> {
 
     /// Append an event; past the limit, end the run instead.
     fn event(&mut self, record: Record, pid: libc::pid_t) -> bool {
-        if self.events.len() as u64 >= self.events_max {
+        if self.event_count >= self.events_max {
             self.end(Ending::TooManyEvents, Some(pid));
             return false;
         }
-        self.events.push(record);
+        self.event_count += 1;
+        self.process(pid).events.push(record);
         true
     }
 
@@ -428,10 +499,35 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// Read the logical clock and move it on.
-    fn now(&mut self) -> u64 {
-        self.clock_ns += TICK_NS;
-        self.clock_ns
+    /// The state of tracee `pid`. Every stop handled after the first is
+    /// of a known process; should one not be, it gets a place of its own
+    /// (after every known one) rather than bringing the supervisor down.
+    fn process(&mut self, pid: libc::pid_t) -> &mut Process {
+        let seed = self.seed;
+        self.processes.entry(pid).or_insert_with(|| Process::new(&seed, vec![u32::MAX, pid as u32], 0))
+    }
+
+    /// Read the process's logical clock and move it on.
+    fn now(&mut self, pid: libc::pid_t) -> u64 {
+        let process = self.process(pid);
+        process.clock_ns += TICK_NS;
+        process.clock_ns
+    }
+
+    /// Every process's events, in process-tree order, each process's
+    /// preceded by its name; the count is within the events limit.
+    pub(crate) fn take_events(&mut self) -> Vec<Record> {
+        let mut all = std::mem::take(&mut self.ended);
+        all.extend(self.processes.drain().map(|(_, process)| (process.path, process.events)));
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut records = Vec::new();
+        for (path, events) in all {
+            if !events.is_empty() {
+                records.push(Record::Process(Process::name(&path)));
+                records.extend(events);
+            }
+        }
+        records
     }
 
     fn getrandom(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
@@ -440,26 +536,26 @@ impl<'a> Supervisor<'a> {
             return -i64::from(libc::EINVAL);
         }
         let mut bytes = vec![0; (regs.rsi as usize).min(RANDOM_BYTES_MAX)];
-        self.rng.fill_bytes(&mut bytes);
+        self.process(pid).rng.fill_bytes(&mut bytes);
         self.write(pid, regs.rdi, &bytes).map_or_else(|e| e, |()| bytes.len() as i64)
     }
 
     /// Every clock reads the logical clock: the wall clocks from the fixed
     /// epoch, the others from a fixed boot time.
-    fn clock_value(&mut self, clock: u64) -> Option<u64> {
+    fn clock_value(&mut self, pid: libc::pid_t, clock: u64) -> Option<u64> {
         let realtime = [libc::CLOCK_REALTIME, libc::CLOCK_REALTIME_COARSE, libc::CLOCK_TAI];
         let clock = i32::try_from(clock as i64).ok().filter(|c| (0..=11).contains(c))?;
-        let now = self.now();
+        let now = self.now(pid);
         Some(if realtime.contains(&clock) { EPOCH_SECS * 1_000_000_000 + now } else { now })
     }
 
     fn clock_gettime(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
-        let Some(ns) = self.clock_value(regs.rdi) else { return -i64::from(libc::EINVAL) };
+        let Some(ns) = self.clock_value(pid, regs.rdi) else { return -i64::from(libc::EINVAL) };
         self.write(pid, regs.rsi, &timespec(ns)).map_or_else(|e| e, |()| 0)
     }
 
     fn gettimeofday(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
-        let ns = EPOCH_SECS * 1_000_000_000 + self.now();
+        let ns = EPOCH_SECS * 1_000_000_000 + self.now(pid);
         if regs.rdi != 0 {
             let mut timeval = (ns / 1_000_000_000).to_ne_bytes().to_vec();
             timeval.extend_from_slice(&(ns % 1_000_000_000 / 1_000).to_ne_bytes());
@@ -476,7 +572,7 @@ impl<'a> Supervisor<'a> {
     }
 
     fn time(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
-        let secs = EPOCH_SECS + self.now() / 1_000_000_000;
+        let secs = EPOCH_SECS + self.now(pid) / 1_000_000_000;
         if regs.rdi != 0 {
             if let Err(e) = self.write(pid, regs.rdi, &secs.to_ne_bytes()) {
                 return e;
@@ -486,7 +582,7 @@ impl<'a> Supervisor<'a> {
     }
 
     fn clock_getres(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
-        if self.clock_value(regs.rdi).is_none() {
+        if self.clock_value(pid, regs.rdi).is_none() {
             return -i64::from(libc::EINVAL);
         }
         if regs.rsi == 0 {
@@ -510,7 +606,8 @@ impl<'a> Supervisor<'a> {
             return -i64::from(libc::EINVAL);
         }
         let ns = (secs as u64).saturating_mul(1_000_000_000).saturating_add(nanos as u64);
-        self.clock_ns = if absolute { self.clock_ns.max(ns) } else { self.clock_ns.saturating_add(ns) };
+        let process = self.process(pid);
+        process.clock_ns = if absolute { process.clock_ns.max(ns) } else { process.clock_ns.saturating_add(ns) };
         self.written.extend_from_slice(&bytes);
         0
     }
@@ -520,7 +617,7 @@ impl<'a> Supervisor<'a> {
     }
 
     fn clock_nanosleep(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
-        if self.clock_value(regs.rdi).is_none() {
+        if self.clock_value(pid, regs.rdi).is_none() {
             return -i64::from(libc::EINVAL);
         }
         let absolute = regs.rsi & libc::TIMER_ABSTIME as u64 != 0;
@@ -539,7 +636,7 @@ impl<'a> Supervisor<'a> {
     fn sysinfo(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
         // SAFETY: sysinfo is plain data; zeroed is valid.
         let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
-        info.uptime = (self.now() / 1_000_000_000) as libc::c_long;
+        info.uptime = (self.now(pid) / 1_000_000_000) as libc::c_long;
         info.totalram = self.memory_bytes;
         info.freeram = self.memory_bytes;
         info.procs = 1;

@@ -58,6 +58,10 @@ pub enum Record {
         /// What it wrote.
         data: Vec<u8>,
     },
+    /// The supervisor's events that follow are of this process (its place
+    /// in the run's process tree: `1` is the workload, `1.2` its second
+    /// child).
+    Process(String),
     /// A file the workload read from its root filesystem (or exec'd):
     /// path inside the cage and content digest, once per path.
     Read {
@@ -79,12 +83,13 @@ impl Record {
             Record::End(_) => 6,
             Record::Call { .. } => 7,
             Record::Read { .. } => 8,
+            Record::Process(_) => 9,
         }
     }
 
     fn payload(&self) -> Vec<u8> {
         match self {
-            Record::Header(text) | Record::End(text) => text.as_bytes().to_vec(),
+            Record::Header(text) | Record::End(text) | Record::Process(text) => text.as_bytes().to_vec(),
             Record::Input { name, digest } | Record::Read { path: name, digest } => {
                 [digest.as_slice(), name.as_bytes()].concat()
             }
@@ -137,6 +142,7 @@ impl Record {
                 }
             }
             8 => Record::Read { digest: digest(&payload)?, path: text(payload[32..].to_vec())? },
+            9 => Record::Process(text(payload)?),
             other => return Err(format!("unknown record kind {other}")),
         })
     }
@@ -233,6 +239,7 @@ mod tests {
             Record::Stderr(b"warn".to_vec()),
             Record::Output { path: "r.txt".into(), size: 3, digest: digest(b"abc") },
             Record::Call { name: "getrandom".into(), result: 8, data: vec![7; 8] },
+            Record::Process("1.2".into()),
             Record::Read { path: "/usr/lib/libc.so.6".into(), digest: digest(b"libc") },
             Record::End("ok exit 0".into()),
         ];

@@ -593,6 +593,17 @@ int main(int argc, char **argv) {
         assert_ne!(line(&native_first), line(&native_second), "natively, {field} differs between runs");
         assert_eq!(line(&first_out), line(&second_out), "caged, {field} is the same");
     }
+    // /dev/urandom and /dev/random are the seed's too.
+    let read_urandom = |seed: u8| {
+        let mut reader = shell("head -c 16 /dev/urandom | od -An -tx1; head -c 4 /dev/random | od -An -tx1");
+        reader.seed = [seed; 32];
+        cage(&reader, dir.path())
+    };
+    let ((one, bytes_one), (again, bytes_again), (_, bytes_other)) =
+        (read_urandom(1), read_urandom(1), read_urandom(2));
+    assert_eq!((&one.verdict, &bytes_one, &one.root), (&Verdict::Ok, &bytes_again, &again.root));
+    assert_ne!(bytes_one, bytes_other, "another seed, other bytes");
+    assert_eq!(bytes_one.len(), 3 * 16 + 1 + 3 * 4 + 1, "{bytes_one}");
     for attempt in ["tsc-on", "own-filter"] {
         let (outcome, stdout) = caged(&[attempt]);
         assert!(

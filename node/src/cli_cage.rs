@@ -175,6 +175,7 @@ fn inspect(path: &std::path::Path, output: Output) -> anyhow::Result<()> {
         Record::End(verdict) => json!({"end": verdict}),
         Record::Call { name, result, data } => json!({"call": name, "result": result, "data": hex::encode(data)}),
         Record::Read { path, digest } => json!({"read": path, "digest": hex::encode(digest)}),
+        Record::Process(name) => json!({"process": name}),
     };
     if output == Output::Json {
         let document = json!({"root": hex::encode(root), "records": records.iter().map(describe).collect::<Vec<_>>()});
@@ -198,6 +199,7 @@ fn inspect(path: &std::path::Path, output: Output) -> anyhow::Result<()> {
                 println!("{index:>5} call   {name} = {result} wrote {}", hex::encode(data))
             }
             Record::Read { path, digest } => println!("{index:>5} read   {path} sha3-256:{}", hex::encode(digest)),
+            Record::Process(name) => println!("{index:>5} process {name}"),
         }
     }
     println!("root {} ({} records, recomputed from the log)", hex::encode(root), records.len());
