@@ -16,6 +16,7 @@
 //! Entry point: [`run::run`].
 
 mod cgroup;
+mod cpuid;
 mod digests;
 pub mod limits;
 pub mod policy;

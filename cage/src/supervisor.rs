@@ -28,6 +28,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use sha3::{Digest as _, Sha3_256};
 
+use crate::cpuid;
 use crate::policy::{DATA_DENY, DATA_FOREIGN};
 use crate::syscalls;
 use crate::witness::{self, Record};
@@ -238,19 +239,25 @@ impl<'a> Supervisor<'a> {
                 break; // ECHILD: nothing left to wait for.
             }
             if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
-                self.tracees.remove(&pid);
-                self.parked.remove(&pid);
-                if let Some(process) = self.processes.remove(&pid) {
-                    self.ended.push((process.path, process.events));
-                }
-                if pid != workload && !self.forked.remove(&pid) {
-                    self.ended_before_fork_event.insert(pid);
-                }
-                self.pending.remove(&pid);
+                self.on_exit(pid);
             } else if libc::WIFSTOPPED(status) {
                 self.tracees.insert(pid);
                 self.on_stop(pid, status);
             }
+        }
+    }
+
+    /// A tracee ended (and was reaped by this wait).
+    fn on_exit(&mut self, pid: libc::pid_t) {
+        self.tracees.remove(&pid);
+        self.parked.remove(&pid);
+        self.pending.remove(&pid);
+        let is_workload = self.processes.get(&pid).is_some_and(|process| process.path == [1]);
+        if let Some(process) = self.processes.remove(&pid) {
+            self.ended.push((process.path, process.events));
+        }
+        if !is_workload && !self.forked.remove(&pid) {
+            self.ended_before_fork_event.insert(pid);
         }
     }
 
@@ -261,6 +268,7 @@ impl<'a> Supervisor<'a> {
             libc::PTRACE_EVENT_EXEC => {
                 self.witness_exec(pid);
                 self.rewrite_auxv(pid);
+                self.fault_cpuid(pid);
                 0
             }
             libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK | libc::PTRACE_EVENT_CLONE => {
@@ -300,7 +308,7 @@ impl<'a> Supervisor<'a> {
             }
             // The time-stamp counter is disabled in the cage: reading it
             // faults, and the logical counter answers.
-            _ if signal == libc::SIGSEGV && self.emulate_tsc(pid) => 0,
+            _ if signal == libc::SIGSEGV && self.emulate_fault(pid) => 0,
             // A signal on its way to the tracee: deliver it.
             _ => signal,
         };
@@ -392,9 +400,10 @@ impl<'a> Supervisor<'a> {
     }
 
     /// A SIGSEGV at RDTSC or RDTSCP (the counter is disabled with
-    /// `PR_SET_TSC`): answer from the logical clock, step over the
-    /// instruction, and swallow the signal. Anything else is a real fault.
-    fn emulate_tsc(&mut self, pid: libc::pid_t) -> bool {
+    /// `PR_SET_TSC`) or at CPUID (faulting is on): answer from the logical
+    /// clock or the virtual CPU, step over the instruction, and swallow the
+    /// signal. Anything else is a real fault.
+    fn emulate_fault(&mut self, pid: libc::pid_t) -> bool {
         // SAFETY: siginfo_t is plain data; the kernel fills it.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: info is a valid out pointer of the right type.
@@ -403,23 +412,98 @@ impl<'a> Supervisor<'a> {
         }
         let Ok(mut regs) = registers(pid) else { return false };
         let Some(code) = read_word(pid, regs.rip) else { return false };
-        let bytes = code.to_le_bytes();
-        let (name, length) = match bytes {
-            [0x0f, 0x31, ..] => ("rdtsc", 2),
-            [0x0f, 0x01, 0xf9, ..] => ("rdtscp", 3),
+        let (record, length) = match code.to_le_bytes() {
+            [0x0f, 0x31, ..] | [0x0f, 0x01, 0xf9, ..] => {
+                let rdtscp = code.to_le_bytes()[1] == 0x01;
+                let tsc = self.now(pid).saturating_mul(TSC_PER_NS);
+                regs.rax = tsc & 0xffff_ffff;
+                regs.rdx = tsc >> 32;
+                if rdtscp {
+                    regs.rcx = 0; // IA32_TSC_AUX: CPU 0, node 0
+                }
+                let name = if rdtscp { "rdtscp" } else { "rdtsc" };
+                (Record::Call { name: name.into(), result: tsc as i64, data: Vec::new() }, if rdtscp { 3 } else { 2 })
+            }
+            [0x0f, 0xa2, ..] => {
+                let (leaf, subleaf) = (regs.rax as u32, regs.rcx as u32);
+                let [eax, ebx, ecx, edx] = cpuid::virtual_cpuid(leaf, subleaf);
+                (regs.rax, regs.rbx, regs.rcx, regs.rdx) = (eax.into(), ebx.into(), ecx.into(), edx.into());
+                let data = [leaf, subleaf, eax, ebx, ecx, edx].iter().flat_map(|word| word.to_le_bytes()).collect();
+                (Record::Call { name: "cpuid".into(), result: 0, data }, 2)
+            }
             _ => return false,
         };
-        let tsc = self.now(pid).saturating_mul(TSC_PER_NS);
-        regs.rax = tsc & 0xffff_ffff;
-        regs.rdx = tsc >> 32;
-        if name == "rdtscp" {
-            regs.rcx = 0; // IA32_TSC_AUX: CPU 0, node 0
-        }
         regs.rip += length;
-        if !self.event(Record::Call { name: name.into(), result: tsc as i64, data: Vec::new() }, pid) {
+        if !self.event(record, pid) {
             return true; // The run is ending; the tracee was killed.
         }
         set_registers(pid, &regs).is_ok()
+    }
+
+    /// Turn CPUID faulting on for the program just exec'd (exec turns it
+    /// off): make the tracee call `arch_prctl(ARCH_SET_CPUID, 0)` from its
+    /// entry point, then put its code and registers back. The call's
+    /// result is recorded; where the CPU cannot fault CPUID, the real CPU
+    /// shows through and the record says so.
+    fn fault_cpuid(&mut self, pid: libc::pid_t) {
+        // The exec stop is inside execve: first let execve return (its
+        // return value lands in rax on the way out).
+        if self.step_to_syscall_stop(pid).is_none() {
+            return;
+        }
+        let Ok(saved) = registers(pid) else { return };
+        // SAFETY: PEEKTEXT reads one word of the stopped tracee; errors
+        // come back as -1 with errno set, checked below.
+        let word = unsafe {
+            *libc::__errno_location() = 0;
+            libc::ptrace(libc::PTRACE_PEEKTEXT, pid, saved.rip, 0)
+        };
+        // SAFETY: reading errno.
+        if word == -1 && unsafe { *libc::__errno_location() } != 0 {
+            return;
+        }
+        let mut patched = (word as u64).to_le_bytes();
+        patched[..2].copy_from_slice(&[0x0f, 0x05]); // syscall
+        let mut regs = saved;
+        regs.rax = libc::SYS_arch_prctl as u64;
+        regs.rdi = ARCH_SET_CPUID;
+        regs.rsi = 0;
+        // SAFETY: POKETEXT writes one word of the stopped tracee's code
+        // (the kernel forces the write to its private copy of the page).
+        let poked = unsafe { libc::ptrace(libc::PTRACE_POKETEXT, pid, saved.rip, u64::from_le_bytes(patched)) } == 0;
+        if !poked || set_registers(pid, &regs).is_err() {
+            return;
+        }
+        // This tracee's stops are waited for here, one by one, until the
+        // call returns (its entry, then its exit; the seccomp stop between
+        // passes on); the main loop sees none of them.
+        let result = self.step_to_syscall_stop(pid).and_then(|()| self.step_to_syscall_stop(pid));
+        let result = result.and_then(|()| registers(pid).ok()).map(|regs| regs.rax as i64);
+        // SAFETY: as above; the original word goes back.
+        unsafe { libc::ptrace(libc::PTRACE_POKETEXT, pid, saved.rip, word) };
+        let _ = set_registers(pid, &saved);
+        if let Some(result) = result {
+            self.event(Record::Call { name: "cpuid faulting".into(), result, data: Vec::new() }, pid);
+        }
+    }
+
+    /// Resume `pid` to its next syscall entry or exit stop.
+    fn step_to_syscall_stop(&mut self, pid: libc::pid_t) -> Option<()> {
+        for _ in 0..4 {
+            resume(pid, libc::PTRACE_SYSCALL, 0);
+            let mut status = 0;
+            // SAFETY: waitpid on one tracee with a valid out pointer.
+            if unsafe { libc::waitpid(pid, &mut status, libc::__WALL) } != pid || !libc::WIFSTOPPED(status) {
+                // It died, and this wait reaped it.
+                self.on_exit(pid);
+                return None;
+            }
+            if libc::WSTOPSIG(status) == libc::SIGTRAP | 0x80 {
+                return Some(());
+            }
+            // A seccomp stop of the injected call passes on.
+        }
+        None
     }
 
     fn on_syscall_exit(&mut self, pid: libc::pid_t) {
@@ -680,9 +764,11 @@ fn prctl_allowed(regs: &libc::user_regs_struct) -> Option<&'static str> {
 
 /// `arch_prctl` may manage TLS and read the CPUID setting, never change it.
 fn arch_prctl_allowed(regs: &libc::user_regs_struct) -> Option<&'static str> {
-    const ARCH_SET_CPUID: u64 = 0x1012;
     (regs.rdi == ARCH_SET_CPUID).then_some("undoing the cage")
 }
+
+/// `arch_prctl` code that turns CPUID faulting on or off.
+const ARCH_SET_CPUID: u64 = 0x1012;
 
 /// One 8-byte word of the tracee's memory.
 fn read_word(pid: libc::pid_t, address: u64) -> Option<u64> {

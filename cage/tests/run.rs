@@ -452,8 +452,17 @@ int main(int argc, char **argv) {
         .collect();
     // The exec (its auxiliary vector rewritten), glibc's start-up (rseq is
     // answered ENOSYS; its malloc asks for random bytes), then the probe.
-    let expected =
-        ["exec auxv", "rseq", "getrandom", "clock_gettime", "nanosleep", "clock_gettime", "getrandom", "uname"];
+    let expected = [
+        "exec auxv",
+        "cpuid faulting",
+        "rseq",
+        "getrandom",
+        "clock_gettime",
+        "nanosleep",
+        "clock_gettime",
+        "getrandom",
+        "uname",
+    ];
     assert_eq!(calls, expected);
 
     let (refused, stdout) = run_with(1, &["rusage"]);
@@ -544,6 +553,7 @@ fn time_counter_randomness_and_addresses_are_virtual() {
 #include <time.h>
 #include <unistd.h>
 #include <x86intrin.h>
+#include <cpuid.h>
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "tsc-on")) {
         printf("prctl returned %d\n", prctl(PR_SET_TSC, PR_TSC_ENABLE, 0, 0, 0));
@@ -567,6 +577,12 @@ int main(int argc, char **argv) {
     int local;
     void *heap = malloc(100000);
     printf("\nstack %p heap %p vdso %lx pid %d\n", (void *)&local, heap, getauxval(AT_SYSINFO_EHDR), getpid());
+    unsigned eax, ebx, ecx, edx;
+    __cpuid(0, eax, ebx, ecx, edx);
+    char vendor[13] = {0};
+    memcpy(vendor, &ebx, 4); memcpy(vendor + 4, &edx, 4); memcpy(vendor + 8, &ecx, 4);
+    __cpuid(1, eax, ebx, ecx, edx);
+    printf("cpu %s rdrand %u\n", vendor, (ecx >> 30) & 1);
     return 0;
 }
 "#,
@@ -583,6 +599,22 @@ int main(int argc, char **argv) {
     assert!(first_out.contains("time 946684800."), "libc's clock is the logical clock: {first_out}");
     assert!(first_out.contains("vdso 0 "), "no vDSO is announced: {first_out}");
     assert!(first_out.contains(" aux 0\n"), "RDTSCP says CPU 0: {first_out}");
+    // CPUID faulting is a CPU feature (Intel's, and recent AMD's): where
+    // the host has it, CPUID is the virtual CPU's; where not, the witness
+    // records that it could not be turned on (so such runs are of another
+    // machine class) and the host's CPU shows through.
+    let (records, _) = witness::read(std::fs::File::open(dir.path().join("witness.log")).unwrap()).unwrap();
+    let faulting = records.iter().find_map(|r| match r {
+        witness::Record::Call { name, result, .. } if name == "cpuid faulting" => Some(*result),
+        _ => None,
+    });
+    let host_faults_cpuid = std::fs::read_to_string("/proc/cpuinfo").unwrap().contains(" cpuid_fault");
+    if host_faults_cpuid {
+        assert_eq!(faulting, Some(0));
+        assert!(first_out.contains("cpu DockLockVCPU rdrand 0\n"), "CPUID is the virtual CPU's: {first_out}");
+    } else {
+        assert_eq!(faulting, Some(-i64::from(libc::ENODEV)), "the failure to fault CPUID is witnessed");
+    }
     let native = || {
         let output = std::process::Command::new(&binary).output().unwrap();
         String::from_utf8(output.stdout).unwrap()
