@@ -11,8 +11,10 @@
 //! the kernel fails the call with `ENOSYS` without running it, so the
 //! policy stays fail-closed either way. Two adjustments in code, each
 //! stricter than the list: `clone` is allowed only without namespace flags
-//! (no nested user namespaces), and `clone3`, whose flags sit in memory a
-//! filter cannot read, fails with `ENOSYS` so libc falls back to `clone`.
+//! (no nested user namespaces) and goes to the supervisor with
+//! `CLONE_THREAD` (threads are refused until they can be scheduled
+//! deterministically), and `clone3`, whose flags sit in memory a filter
+//! cannot read, fails with `ENOSYS` so libc falls back to `clone`.
 
 use std::collections::BTreeMap;
 
@@ -120,10 +122,22 @@ impl Policy {
         // calls. The allowlist goes last: once it is installed, `seccomp`
         // itself is denied.
         let mut filters = Vec::new();
-        if !traced.is_empty() {
-            let calls = traced.iter().map(|name| (syscalls::number(name).expect("checked above"), Vec::new()));
+        let mut traced_rules: BTreeMap<i64, Vec<SeccompRule>> =
+            traced.iter().map(|name| (syscalls::number(name).expect("checked above"), Vec::new())).collect();
+        if allowed.iter().any(|name| name == "clone") {
+            let thread = SeccompCondition::new(
+                0,
+                SeccompArgLen::Qword,
+                SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64),
+                libc::CLONE_THREAD as u64,
+            )
+            .map_err(compile)?;
+            let clone = syscalls::number("clone").expect("known");
+            traced_rules.insert(clone, vec![SeccompRule::new(vec![thread]).map_err(compile)?]);
+        }
+        if !traced_rules.is_empty() {
             let trace = SeccompAction::Trace(DATA_TRACE);
-            filters.push(SeccompFilter::new(calls.collect(), SeccompAction::Allow, trace, arch).map_err(compile)?);
+            filters.push(SeccompFilter::new(traced_rules, SeccompAction::Allow, trace, arch).map_err(compile)?);
         }
         if allowed.iter().any(|name| name == "clone3") {
             let clone3 = BTreeMap::from([(syscalls::number("clone3").expect("known"), Vec::new())]);

@@ -104,6 +104,9 @@ fn handling<'a>(name: &str) -> Handling<'a> {
         "prctl" => Handling::Check(prctl_allowed),
         "arch_prctl" => Handling::Check(arch_prctl_allowed),
         "getrusage" => Handling::Refuse("resource usage"),
+        // Only thread creation reaches here (the filter passes other clones).
+        "clone" => Handling::Refuse("threads"),
+        "alarm" | "setitimer" => Handling::Refuse("timers"),
         _ => Handling::Refuse("an unhandled traced call"),
     }
 }

@@ -403,7 +403,18 @@ fn traced_calls_are_answered_recorded_or_refused() {
 #include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
+#include <pthread.h>
+static void *nothing(void *arg) { return arg; }
 int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "thread")) {
+        pthread_t thread;
+        printf("pthread_create returned %d\n", pthread_create(&thread, NULL, nothing, NULL));
+        return 0;
+    }
+    if (argc > 1 && !strcmp(argv[1], "alarm")) {
+        printf("alarm returned %u\n", alarm(5));
+        return 0;
+    }
     if (argc > 1 && !strcmp(argv[1], "rusage")) {
         struct rusage usage;
         printf("getrusage returned %ld\n", syscall(SYS_getrusage, RUSAGE_SELF, &usage));
@@ -465,9 +476,13 @@ int main(int argc, char **argv) {
     ];
     assert_eq!(calls, expected);
 
-    let (refused, stdout) = run_with(1, &["rusage"]);
-    assert_eq!(refused.verdict, Verdict::Refused { source: "resource usage".into(), call: "getrusage".into() });
-    assert!(!stdout.contains("returned"), "the refused call never returned: {stdout}");
+    for (what, source, call) in
+        [("rusage", "resource usage", "getrusage"), ("thread", "threads", "clone"), ("alarm", "timers", "alarm")]
+    {
+        let (refused, stdout) = run_with(1, &[what]);
+        assert_eq!(refused.verdict, Verdict::Refused { source: source.into(), call: call.into() }, "{what}");
+        assert!(!stdout.contains("returned"), "the refused call never returned: {stdout}");
+    }
 
     // A dynamically linked program's libraries are witnessed by digest.
     let (listed, _) = cage(&spec("/usr/bin/ls", &["/"]), dir.path());
