@@ -20,6 +20,7 @@ mod cpuid;
 mod digests;
 pub mod limits;
 pub mod policy;
+pub mod replay;
 pub mod rootfs;
 pub mod run;
 mod sandbox;

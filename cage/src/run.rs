@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::cgroup::{Cgroup, Enforcement};
 use crate::limits::{Limit, Limits};
 use crate::policy::{self, Policy};
+use crate::replay::escape;
 use crate::rootfs::{self, Prepared, Rootfs};
 use crate::sandbox::{self, Bind, Node, Plan};
 use crate::supervisor::{self, Ending, Supervisor};
@@ -263,13 +264,13 @@ fn header(spec: &RunSpec, rootfs: &Prepared, policy: &Policy, cgroup: Enforcemen
         format!("cage={CAGE_VERSION}"),
         format!("policy=default sha3-256:{}", hex::encode(policy.digest)),
         format!("rootfs={}", rootfs.description),
-        format!("program={}", spec.program),
+        format!("program={}", escape(&spec.program)),
         format!("seed={}", hex::encode(spec.seed)),
     ];
-    lines.extend(spec.args.iter().enumerate().map(|(i, arg)| format!("arg.{i}={arg}")));
+    lines.extend(spec.args.iter().enumerate().map(|(i, arg)| format!("arg.{i}={}", escape(arg))));
     let mut env = spec.env.clone();
     env.sort();
-    lines.extend(env.iter().map(|(key, value)| format!("env.{key}={value}")));
+    lines.extend(env.iter().map(|(key, value)| format!("env.{}={}", escape(key), escape(value))));
     lines.push(spec.limits.describe());
     lines.push(format!("cgroup={}", cgroup.name()));
     lines.join("\n")

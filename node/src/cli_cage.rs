@@ -17,6 +17,9 @@ use crate::cli::{Output, UsageError};
 pub enum CageCommand {
     /// Run a program in the cage; prints the verdict and the witness root.
     Run(Box<RunArgs>),
+    /// Run again what a witness log recorded and compare: prints `match`
+    /// and the root, or the first record where the runs differ (exit 5).
+    Replay(Box<ReplayArgs>),
     /// Print a witness log readably and recompute its root.
     Inspect {
         /// The witness log.
@@ -71,6 +74,26 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
+/// `docklock cage replay` flags.
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// The witness log of the run to replay.
+    witness: PathBuf,
+    /// An input the run had: NAME=PATH (its digest must be the recorded one).
+    #[arg(long = "in", value_name = "NAME=PATH")]
+    inputs: Vec<String>,
+    /// The root filesystem, if the run's was not `host` (its digest is
+    /// compared through the header).
+    #[arg(long, default_value = "host")]
+    rootfs: String,
+    /// Cache of unpacked root filesystems.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Write the replay's witness log here.
+    #[arg(long, default_value = "replay.witness.log")]
+    replay_witness: PathBuf,
+}
+
 /// The process exit code of each verdict.
 pub fn verdict_exit_code(verdict: &Verdict) -> u8 {
     match verdict {
@@ -110,6 +133,7 @@ fn resolve(program: &str) -> String {
 pub fn cage(command: CageCommand) -> anyhow::Result<()> {
     match command {
         CageCommand::Run(args) => run_command(*args),
+        CageCommand::Replay(args) => replay(*args),
         CageCommand::Inspect { witness, output } => inspect(&witness, output),
     }
 }
@@ -162,10 +186,82 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     }
 }
 
-fn inspect(path: &std::path::Path, output: Output) -> anyhow::Result<()> {
+fn read_witness(path: &std::path::Path) -> anyhow::Result<(Vec<Record>, [u8; 32])> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let (records, root) = witness::read(std::io::BufReader::new(file))
-        .map_err(|e| crate::cli_audit::VerificationFailed(format!("{}: {e}", path.display())))?;
+    witness::read(std::io::BufReader::new(file))
+        .map_err(|e| crate::cli_audit::VerificationFailed(format!("{}: {e}", path.display())).into())
+}
+
+fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let (recorded, root) = read_witness(&args.witness)?;
+    let Some(Record::Header(header)) = recorded.first() else {
+        return Err(UsageError(format!("{} has no header", args.witness.display())).into());
+    };
+    let run_spec = docklock_cage::replay::parse_header(header).map_err(UsageError)?;
+    let given: Vec<(String, String)> = args.inputs.iter().map(|input| pair(input, "--in")).collect::<Result<_, _>>()?;
+    let mut inputs = Vec::new();
+    for record in &recorded {
+        let Record::Input { name, digest } = record else { continue };
+        let (_, path) = given
+            .iter()
+            .find(|(given_name, _)| given_name == name)
+            .ok_or_else(|| UsageError(format!("the run had input {name:?}: pass --in {name}=PATH")))?;
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+        if witness::digest(&bytes) != *digest {
+            return Err(UsageError(format!(
+                "input {name:?} ({path}) is not the one recorded (sha3-256:{})",
+                hex::encode(digest)
+            ))
+            .into());
+        }
+        inputs.push((name.clone(), PathBuf::from(path)));
+    }
+    let rootfs = Rootfs::detect(&args.rootfs).map_err(|e| UsageError(format!("--rootfs: {e}")))?;
+    let cache = args.cache_dir.clone().unwrap_or_else(docklock_cage::run::default_cache);
+    let spec = run_spec.spec(inputs, rootfs, cache);
+    let outcome = run(&spec, &args.replay_witness, None, std::io::sink())?;
+    let (replayed, _) = read_witness(&args.replay_witness)?;
+    match docklock_cage::replay::first_difference(&recorded, &replayed) {
+        None => {
+            println!(
+                "match root {} ({} records, verdict {})",
+                hex::encode(root),
+                recorded.len(),
+                outcome.verdict.describe()
+            );
+            Ok(())
+        }
+        Some(index) => {
+            let show = |records: &[Record]| records.get(index).map_or_else(|| "nothing".to_owned(), summary);
+            println!("diverged at record {index}");
+            println!("  recorded: {}", show(&recorded));
+            println!("  replayed: {}", show(&replayed));
+            Err(crate::cli_audit::VerificationFailed(format!("the replay differs at record {index}")).into())
+        }
+    }
+}
+
+/// One record in a line.
+fn summary(record: &Record) -> String {
+    match record {
+        Record::Header(text) => format!("header {}", text.replace('\n', " | ")),
+        Record::Input { name, digest } => format!("input {name} sha3-256:{}", hex::encode(digest)),
+        Record::Stdout(bytes) => {
+            format!("stdout {} bytes {:?}", bytes.len(), String::from_utf8_lossy(&bytes[..bytes.len().min(80)]))
+        }
+        Record::Stderr(bytes) => {
+            format!("stderr {} bytes {:?}", bytes.len(), String::from_utf8_lossy(&bytes[..bytes.len().min(80)]))
+        }
+        Record::Output { path, size, digest } => format!("output {path} {size} bytes sha3-256:{}", hex::encode(digest)),
+        Record::End(verdict) => format!("end {verdict}"),
+        Record::Call { name, result, data } => format!("call {name} = {result} wrote {}", hex::encode(data)),
+        Record::Read { path, digest } => format!("read {path} sha3-256:{}", hex::encode(digest)),
+        Record::Process(name) => format!("process {name}"),
+    }
+}
+
+fn inspect(path: &std::path::Path, output: Output) -> anyhow::Result<()> {
+    let (records, root) = read_witness(path)?;
     let describe = |record: &Record| match record {
         Record::Header(text) => json!({"header": text}),
         Record::Input { name, digest } => json!({"input": name, "digest": hex::encode(digest)}),
@@ -188,18 +284,7 @@ fn inspect(path: &std::path::Path, output: Output) -> anyhow::Result<()> {
                 "{index:>5} header\n{}",
                 text.lines().map(|l| format!("        {l}")).collect::<Vec<_>>().join("\n")
             ),
-            Record::Input { name, digest } => println!("{index:>5} input  {name} sha3-256:{}", hex::encode(digest)),
-            Record::Stdout(bytes) => println!("{index:>5} stdout {} bytes", bytes.len()),
-            Record::Stderr(bytes) => println!("{index:>5} stderr {} bytes", bytes.len()),
-            Record::Output { path, size, digest } => {
-                println!("{index:>5} output {path} {size} bytes sha3-256:{}", hex::encode(digest))
-            }
-            Record::End(verdict) => println!("{index:>5} end    {verdict}"),
-            Record::Call { name, result, data } => {
-                println!("{index:>5} call   {name} = {result} wrote {}", hex::encode(data))
-            }
-            Record::Read { path, digest } => println!("{index:>5} read   {path} sha3-256:{}", hex::encode(digest)),
-            Record::Process(name) => println!("{index:>5} process {name}"),
+            other => println!("{index:>5} {}", summary(other)),
         }
     }
     println!("root {} ({} records, recomputed from the log)", hex::encode(root), records.len());

@@ -1,0 +1,65 @@
+//! `docklock cage run`, `inspect` and `replay` as a user runs them: the
+//! real binary, a real cage.
+
+use docklock_tests::cli as run_cli;
+
+/// A run with an input, replayed: `match` with the same root; replayed with
+/// a changed input it is refused before running; a forged witness log (one
+/// stdout byte changed and the log rewritten) replays as diverged at the
+/// changed record, exit code 5.
+#[test]
+fn a_run_replays_to_the_same_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("numbers.txt");
+    std::fs::write(&input, "3\n1\n2\n").unwrap();
+    let witness = dir.path().join("run.log");
+    let in_arg = format!("numbers={}", input.display());
+    let witness_arg = witness.display().to_string();
+    let script = "sort -n /in/numbers; head -c 8 /dev/urandom | od -An -tx1; date +%s";
+    let (code, stdout, stderr) = run_cli(&[
+        "cage",
+        "run",
+        "--seed",
+        &"ab".repeat(32),
+        "--in",
+        &in_arg,
+        "--witness",
+        &witness_arg,
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("1\n2\n3\n"), "{stdout}");
+    assert!(stdout.ends_with("946684800\n"), "date reads the logical clock: {stdout}");
+    let root =
+        stderr.lines().find_map(|l| l.strip_prefix("witness root ")).unwrap().split(' ').next().unwrap().to_owned();
+
+    let replay_log = dir.path().join("replay.log").display().to_string();
+    let replay = |witness: &str, input: &str| {
+        run_cli(&["cage", "replay", witness, "--in", &format!("numbers={input}"), "--replay-witness", &replay_log])
+    };
+    let (code, stdout, stderr) = replay(&witness_arg, &input.display().to_string());
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.starts_with(&format!("match root {root}")), "{stdout}");
+
+    let other = dir.path().join("other.txt");
+    std::fs::write(&other, "3\n1\n9\n").unwrap();
+    let (code, _, stderr) = replay(&witness_arg, &other.display().to_string());
+    assert_eq!(code, 2, "a different input is refused before running: {stderr}");
+
+    // Forge: change the recorded stdout and rewrite the log consistently.
+    let (mut records, _) = docklock_cage::witness::read(std::fs::File::open(&witness).unwrap()).unwrap();
+    let index = records.iter().position(|r| matches!(r, docklock_cage::witness::Record::Stdout(_))).unwrap();
+    records[index] = docklock_cage::witness::Record::Stdout(b"1\n2\n4\n".to_vec());
+    let forged = dir.path().join("forged.log");
+    let mut writer = docklock_cage::witness::WitnessWriter::new(std::fs::File::create(&forged).unwrap()).unwrap();
+    for record in &records {
+        writer.record(record).unwrap();
+    }
+    writer.finish().unwrap();
+    let (code, stdout, _) = replay(&forged.display().to_string(), &input.display().to_string());
+    assert_eq!(code, 5, "{stdout}");
+    assert!(stdout.contains(&format!("diverged at record {index}")), "{stdout}");
+}
