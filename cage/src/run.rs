@@ -434,10 +434,12 @@ fn execute(
         Some(Ending::Refused { source, call }) => Verdict::Refused { source: source.into(), call },
         Some(Ending::TooManyEvents) => Verdict::LimitExceeded { limit: Limit::Events },
         None if output.over_output => Verdict::LimitExceeded { limit: Limit::Output },
-        None if output.over_wall => Verdict::LimitExceeded { limit: Limit::Wall },
+        // What the kernel enforced (an OOM kill, a refused fork) explains
+        // a run better than the wall clock that ended it afterwards.
         None if cgroup.and_then(Cgroup::exceeded).is_some() => {
             Verdict::LimitExceeded { limit: cgroup.and_then(Cgroup::exceeded).expect("just checked") }
         }
+        None if output.over_wall => Verdict::LimitExceeded { limit: Limit::Wall },
         None => output
             .status
             .map_or_else(|| Verdict::CageError { reason: "the init died without reporting".into() }, verdict_of),

@@ -57,6 +57,8 @@ const AT_SYSINFO_EHDR: u64 = 33;
 /// The hardware capability word every caged program sees (CPUID leaf 1
 /// EDX of a baseline x86-64 CPU).
 const VIRTUAL_HWCAP: u64 = 0x178b_fbff;
+/// Largest directory listing buffer sorted (libc uses 32 KiB).
+const LISTING_BYTES_MAX: usize = 1 << 20;
 /// Emulated data up to this size is recorded as is, larger as its digest.
 const DATA_RECORDED_MAX: usize = 64;
 
@@ -78,8 +80,8 @@ enum Handling<'a> {
     /// Skip the call; the function writes the result into the workload and
     /// returns the value (or `-errno`).
     Emulate(fn(&mut Supervisor<'a>, libc::pid_t, &libc::user_regs_struct) -> i64),
-    /// Let it run and look at what it opened.
-    WitnessOpen,
+    /// Let it run, then look at (or fix up) its result.
+    AtExit(fn(&libc::user_regs_struct) -> Pending),
     /// Let it run unless the function names why not (a refusal source).
     Check(fn(&libc::user_regs_struct) -> Option<&'static str>),
     /// End the run: this source of non-determinism is not handled.
@@ -99,7 +101,12 @@ fn handling<'a>(name: &str) -> Handling<'a> {
         "sysinfo" => Handling::Emulate(Supervisor::sysinfo),
         "getcpu" => Handling::Emulate(Supervisor::getcpu),
         "sched_getaffinity" => Handling::Emulate(Supervisor::sched_getaffinity),
-        "open" | "openat" => Handling::WitnessOpen,
+        "open" => Handling::AtExit(|regs| Pending::Open { flags: regs.rsi as i32 }),
+        "openat" => Handling::AtExit(|regs| Pending::Open { flags: regs.rdx as i32 }),
+        "getdents64" => Handling::AtExit(|regs| Pending::Listing { buffer: regs.rsi }),
+        "stat" | "lstat" | "fstat" => Handling::AtExit(|regs| Pending::Stat { buffer: regs.rsi, statx: false }),
+        "newfstatat" => Handling::AtExit(|regs| Pending::Stat { buffer: regs.rdx, statx: false }),
+        "statx" => Handling::AtExit(|regs| Pending::Stat { buffer: regs.r8, statx: true }),
         "rseq" => Handling::Emulate(|_, _, _| -i64::from(libc::ENOSYS)),
         "prctl" => Handling::Check(prctl_allowed),
         "arch_prctl" => Handling::Check(arch_prctl_allowed),
@@ -112,9 +119,15 @@ fn handling<'a>(name: &str) -> Handling<'a> {
 }
 
 /// A call let through whose result the supervisor looks at.
-struct Pending {
-    /// The open flags.
-    flags: i32,
+#[derive(Clone, Copy)]
+enum Pending {
+    /// An open with these flags: witness what it opened.
+    Open { flags: i32 },
+    /// A directory listing into this buffer: sort it.
+    Listing { buffer: u64 },
+    /// A stat into this buffer (`statx`'s layout or `struct stat`'s):
+    /// normalise the fields that carry host identity.
+    Stat { buffer: u64, statx: bool },
 }
 
 /// One traced process (or thread): where it sits in the run's process
@@ -344,9 +357,8 @@ impl<'a> Supervisor<'a> {
                     resume(pid, libc::PTRACE_CONT, 0);
                 }
             }
-            Handling::WitnessOpen => {
-                let flags = if name == "open" { regs.rsi } else { regs.rdx } as i32;
-                self.pending.insert(pid, Pending { flags });
+            Handling::AtExit(pending) => {
+                self.pending.insert(pid, pending(&regs));
                 // The next stop is this call's exit.
                 resume(pid, libc::PTRACE_SYSCALL, 0);
             }
@@ -512,13 +524,90 @@ impl<'a> Supervisor<'a> {
     fn on_syscall_exit(&mut self, pid: libc::pid_t) {
         let Some(pending) = self.pending.remove(&pid) else { return };
         let Ok(regs) = registers(pid) else { return };
-        let fd = regs.rax as i64;
-        if fd < 0 || pending.flags & libc::O_ACCMODE == libc::O_WRONLY {
+        let result = regs.rax as i64;
+        if result < 0 {
             return;
         }
-        let Ok(path) = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) else { return };
-        let path = path.to_string_lossy().into_owned();
-        self.witness_file(pid, path, &format!("/proc/{pid}/fd/{fd}"));
+        match pending {
+            Pending::Open { flags } if flags & libc::O_ACCMODE != libc::O_WRONLY => {
+                let Ok(path) = std::fs::read_link(format!("/proc/{pid}/fd/{result}")) else { return };
+                let path = path.to_string_lossy().into_owned();
+                self.witness_file(pid, path, &format!("/proc/{pid}/fd/{result}"));
+            }
+            Pending::Open { .. } => {}
+            Pending::Listing { buffer } => self.sort_listing(pid, buffer, result as usize),
+            Pending::Stat { buffer, statx } => self.normalise_stat(pid, buffer, statx),
+        }
+    }
+
+    /// Sort the entries one `getdents64` returned by name, so a listing
+    /// does not show the filesystem's hash order. Each entry keeps its own
+    /// record; the offsets stay in their original positions, so the last
+    /// one still resumes the listing where the kernel left it. (A listing
+    /// longer than one buffer is sorted buffer by buffer: a documented
+    /// hole.)
+    fn sort_listing(&mut self, pid: libc::pid_t, buffer: u64, length: usize) {
+        let Some(bytes) = read_bytes(pid, buffer, length.min(LISTING_BYTES_MAX)) else { return };
+        let mut entries = Vec::new();
+        let mut offsets = Vec::new();
+        let mut at = 0;
+        while at + 19 <= bytes.len() {
+            let record_length = u16::from_ne_bytes([bytes[at + 16], bytes[at + 17]]) as usize;
+            if record_length < 19 || at + record_length > bytes.len() {
+                return; // Not a listing this code understands: leave it.
+            }
+            let record = bytes[at..at + record_length].to_vec();
+            offsets.push(record[8..16].to_vec());
+            let name_end = record[19..].iter().position(|&b| b == 0).map_or(record.len(), |end| 19 + end);
+            entries.push((record[19..name_end].to_vec(), record));
+            at += record_length;
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut sorted = Vec::with_capacity(at);
+        for ((_, mut record), offset) in entries.into_iter().zip(offsets) {
+            record[8..16].copy_from_slice(&offset);
+            sorted.extend_from_slice(&record);
+        }
+        let _ = self.write(pid, buffer, &sorted);
+        self.written.clear();
+    }
+
+    /// Put fixed values in the fields of a stat result that carry host
+    /// identity or host time: the device (1), and every timestamp (the
+    /// logical epoch). Inode numbers and block counts stay (a documented
+    /// hole).
+    fn normalise_stat(&mut self, pid: libc::pid_t, buffer: u64, statx: bool) {
+        let epoch = (EPOCH_SECS as i64).to_ne_bytes();
+        let fields: &[(u64, &[u8])] = if statx {
+            // stx_atime, stx_btime, stx_ctime, stx_mtime (seconds, then
+            // nanoseconds), stx_dev_major and stx_dev_minor.
+            &[
+                (64, &epoch),
+                (72, &[0; 4]),
+                (80, &epoch),
+                (88, &[0; 4]),
+                (96, &epoch),
+                (104, &[0; 4]),
+                (112, &epoch),
+                (120, &[0; 4]),
+                (136, &[0, 0, 0, 0, 1, 0, 0, 0]),
+            ]
+        } else {
+            // st_dev, then st_atime, st_mtime, st_ctime with nanoseconds.
+            &[
+                (0, &[1, 0, 0, 0, 0, 0, 0, 0]),
+                (72, &epoch),
+                (80, &[0; 8]),
+                (88, &epoch),
+                (96, &[0; 8]),
+                (104, &epoch),
+                (112, &[0; 8]),
+            ]
+        };
+        for (offset, bytes) in fields {
+            let _ = self.write(pid, buffer + offset, bytes);
+        }
+        self.written.clear();
     }
 
     /// The program just exec'd: witness its binary.
@@ -772,6 +861,15 @@ fn arch_prctl_allowed(regs: &libc::user_regs_struct) -> Option<&'static str> {
 
 /// `arch_prctl` code that turns CPUID faulting on or off.
 const ARCH_SET_CPUID: u64 = 0x1012;
+
+/// `length` bytes of the tracee's memory at `address`.
+fn read_bytes(pid: libc::pid_t, address: u64, length: usize) -> Option<Vec<u8>> {
+    let mut bytes = vec![0u8; length];
+    let local = libc::iovec { iov_base: bytes.as_mut_ptr().cast(), iov_len: length };
+    let remote = libc::iovec { iov_base: address as *mut libc::c_void, iov_len: length };
+    // SAFETY: local describes bytes; the kernel checks remote.
+    (unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } == length as isize).then_some(bytes)
+}
 
 /// One 8-byte word of the tracee's memory.
 fn read_word(pid: libc::pid_t, address: u64) -> Option<u64> {

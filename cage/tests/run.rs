@@ -270,8 +270,8 @@ fn hostile_attempts_are_contained() {
         );
     }
     // A fork bomb and a memory bomb end at their limits, and the host is fine.
-    let mut bomb = shell("bomb() { bomb | bomb & }; bomb; sleep 2; echo done");
-    bomb.limits.wall_ms = 5_000;
+    let mut bomb = shell("bomb() { bomb | bomb & }; bomb; while :; do :; done");
+    bomb.limits.wall_ms = 3_000;
     bomb.limits.processes = 32;
     let (outcome, _) = cage(&bomb, dir.path());
     if cgroups(dir.path()) {
@@ -651,6 +651,13 @@ int main(int argc, char **argv) {
     assert_eq!((&one.verdict, &bytes_one, &one.root), (&Verdict::Ok, &bytes_again, &again.root));
     assert_ne!(bytes_one, bytes_other, "another seed, other bytes");
     assert_eq!(bytes_one.len(), 3 * 16 + 1 + 3 * 4 + 1, "{bytes_one}");
+    // Directory listings come sorted (tmpfs lists newest first), and stat
+    // shows no host device or time.
+    let mut listing =
+        shell("mkdir /tmp/d; for f in c a b; do : > /tmp/d/$f; done; ls -U /tmp/d; stat -c '%Y %d' /tmp/d/a");
+    listing.seed = [1; 32];
+    let (outcome, stdout) = cage(&listing, dir.path());
+    assert_eq!((outcome.verdict, stdout.as_str()), (Verdict::Ok, "a\nb\nc\n946684800 1\n"));
     for attempt in ["tsc-on", "own-filter"] {
         let (outcome, stdout) = caged(&[attempt]);
         assert!(
