@@ -104,9 +104,6 @@ fn handling<'a>(name: &str) -> Handling<'a> {
         "open" => Handling::AtExit(|regs| Pending::Open { flags: regs.rsi as i32 }),
         "openat" => Handling::AtExit(|regs| Pending::Open { flags: regs.rdx as i32 }),
         "getdents64" => Handling::AtExit(|regs| Pending::Listing { buffer: regs.rsi }),
-        "stat" | "lstat" | "fstat" => Handling::AtExit(|regs| Pending::Stat { buffer: regs.rsi, statx: false }),
-        "newfstatat" => Handling::AtExit(|regs| Pending::Stat { buffer: regs.rdx, statx: false }),
-        "statx" => Handling::AtExit(|regs| Pending::Stat { buffer: regs.r8, statx: true }),
         "rseq" => Handling::Emulate(|_, _, _| -i64::from(libc::ENOSYS)),
         "prctl" => Handling::Check(prctl_allowed),
         "arch_prctl" => Handling::Check(arch_prctl_allowed),
@@ -125,9 +122,6 @@ enum Pending {
     Open { flags: i32 },
     /// A directory listing into this buffer: sort it.
     Listing { buffer: u64 },
-    /// A stat into this buffer (`statx`'s layout or `struct stat`'s):
-    /// normalise the fields that carry host identity.
-    Stat { buffer: u64, statx: bool },
 }
 
 /// One traced process (or thread): where it sits in the run's process
@@ -536,7 +530,6 @@ impl<'a> Supervisor<'a> {
             }
             Pending::Open { .. } => {}
             Pending::Listing { buffer } => self.sort_listing(pid, buffer, result as usize),
-            Pending::Stat { buffer, statx } => self.normalise_stat(pid, buffer, statx),
         }
     }
 
@@ -569,44 +562,6 @@ impl<'a> Supervisor<'a> {
             sorted.extend_from_slice(&record);
         }
         let _ = self.write(pid, buffer, &sorted);
-        self.written.clear();
-    }
-
-    /// Put fixed values in the fields of a stat result that carry host
-    /// identity or host time: the device (1), and every timestamp (the
-    /// logical epoch). Inode numbers and block counts stay (a documented
-    /// hole).
-    fn normalise_stat(&mut self, pid: libc::pid_t, buffer: u64, statx: bool) {
-        let epoch = (EPOCH_SECS as i64).to_ne_bytes();
-        let fields: &[(u64, &[u8])] = if statx {
-            // stx_atime, stx_btime, stx_ctime, stx_mtime (seconds, then
-            // nanoseconds), stx_dev_major and stx_dev_minor.
-            &[
-                (64, &epoch),
-                (72, &[0; 4]),
-                (80, &epoch),
-                (88, &[0; 4]),
-                (96, &epoch),
-                (104, &[0; 4]),
-                (112, &epoch),
-                (120, &[0; 4]),
-                (136, &[0, 0, 0, 0, 1, 0, 0, 0]),
-            ]
-        } else {
-            // st_dev, then st_atime, st_mtime, st_ctime with nanoseconds.
-            &[
-                (0, &[1, 0, 0, 0, 0, 0, 0, 0]),
-                (72, &epoch),
-                (80, &[0; 8]),
-                (88, &epoch),
-                (96, &[0; 8]),
-                (104, &epoch),
-                (112, &[0; 8]),
-            ]
-        };
-        for (offset, bytes) in fields {
-            let _ = self.write(pid, buffer + offset, bytes);
-        }
         self.written.clear();
     }
 

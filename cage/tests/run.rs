@@ -651,13 +651,12 @@ int main(int argc, char **argv) {
     assert_eq!((&one.verdict, &bytes_one, &one.root), (&Verdict::Ok, &bytes_again, &again.root));
     assert_ne!(bytes_one, bytes_other, "another seed, other bytes");
     assert_eq!(bytes_one.len(), 3 * 16 + 1 + 3 * 4 + 1, "{bytes_one}");
-    // Directory listings come sorted (tmpfs lists newest first), and stat
-    // shows no host device or time.
-    let mut listing =
-        shell("mkdir /tmp/d; for f in c a b; do : > /tmp/d/$f; done; ls -U /tmp/d; stat -c '%Y %d' /tmp/d/a");
-    listing.seed = [1; 32];
+    // Directory listings come sorted (tmpfs lists newest first), and inputs
+    // are dated at the logical epoch.
+    let mut listing = shell("mkdir /tmp/d; for f in c a b; do : > /tmp/d/$f; done; ls -U /tmp/d; stat -c %Y /in/probe");
+    listing.inputs = vec![("probe".into(), binary.clone())];
     let (outcome, stdout) = cage(&listing, dir.path());
-    assert_eq!((outcome.verdict, stdout.as_str()), (Verdict::Ok, "a\nb\nc\n946684800 1\n"));
+    assert_eq!((outcome.verdict, stdout.as_str()), (Verdict::Ok, "a\nb\nc\n946684800\n"));
     for attempt in ["tsc-on", "own-filter"] {
         let (outcome, stdout) = caged(&[attempt]);
         assert!(
