@@ -64,6 +64,10 @@ pub(crate) struct Plan {
     pub(crate) rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
     /// seccomp BPF programs, installed in order right before exec.
     pub(crate) filters: Vec<Vec<libc::sock_filter>>,
+    /// The CPU the workload runs on: the supervisor's, so each ptrace stop
+    /// switches between two tasks of one CPU instead of waking another
+    /// (measured: 60 µs per trapped call across CPUs, 23 µs on one).
+    pub(crate) cpu: Option<libc::cpu_set_t>,
 }
 
 /// Locked mount flags of the filesystem holding `path`.
@@ -651,6 +655,9 @@ unsafe fn workload_main(child: &Child<'_>) -> ! {
     // Every other descriptor closes at exec (the error pipe too, which is
     // how the runner learns the exec happened).
     libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+    if let Some(cpu) = &plan.cpu {
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), cpu);
+    }
     // Fixed addresses (no ASLR) and a time-stamp counter that faults, so
     // the supervisor answers it; both survive exec.
     if libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong) < 0
