@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The determinism layer's cost, native vs caged, side by side in one run
+# (the workloads Hermit publishes slowdowns for, plus the cost of one
+# trapped system call):
+#   1. a static `true`;  2. `ls -la /usr/bin`;  3. bzip2 of a 10 MB file;
+#   4. 200 shell spawns (`sh -c` loop);  5. a compute-bound loop;
+#   6. 100,000 `getrandom` calls (each one trapped and answered).
+#
+#   scripts/bench-determinism.sh [RUNS]     (default 10)
+#
+# Installs hyperfine and bzip2 if absent; needs gcc. Prints a markdown
+# table of means and slowdowns (paste into BENCHMARKS.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-10}
+
+source scripts/bench-common.sh
+ensure_packages hyperfine:hyperfine bzip2:bzip2 protoc:protobuf-compiler
+build_release
+
+work=$(mktemp -d)
+# The programs go where the cage's host rootfs shows them (read-only /usr).
+bin_dir=/usr/local/libexec/docklock-bench-determinism
+trap 'rm -rf "$work" "$bin_dir"' EXIT INT TERM
+mkdir -p "$bin_dir"
+printf 'int main(void){return 0;}\n' > "$work/true.c"
+cat > "$work/spin.c" <<'C'
+#include <stdio.h>
+int main(void) { unsigned long x = 1; for (unsigned long i = 0; i < 400000000UL; i++) x = x * 6364136223846793005UL + i; printf("%lu\n", x); return 0; }
+C
+cat > "$work/trap.c" <<'C'
+#include <stdio.h>
+#include <sys/random.h>
+int main(void) { unsigned char b[8]; unsigned long s = 0; for (int i = 0; i < 100000; i++) { getrandom(b, 8, 0); s += b[0]; } printf("%lu\n", s); return 0; }
+C
+for program in true spin trap; do gcc -static -O2 -o "$bin_dir/$program" "$work/$program.c"; done
+head -c 10000000 /dev/urandom > "$work/data"
+export DOCKLOCK_CACHE_DIR=$work/cache
+cage="$docklock cage run --no-cgroups --witness $work/w.log --limit events=300000 --limit wall-ms=600000"
+
+declare -a names natives caged
+add() { names+=("$1"); natives+=("$2"); caged+=("$3"); }
+add "static true" "$bin_dir/true" "$cage -- $bin_dir/true"
+add "ls -la /usr/bin" "/usr/bin/ls -la /usr/bin" "$cage -- /usr/bin/ls -la /usr/bin"
+add "bzip2 10 MB" "/usr/bin/bzip2 -c $work/data" "$cage --in data=$work/data -- /usr/bin/bzip2 -c /in/data"
+add "200 sh spawns" "/bin/sh -c 'for i in \$(seq 200); do /bin/sh -c :; done'" "$cage -- /bin/sh -c 'for i in \$(seq 200); do /bin/sh -c :; done'"
+add "compute loop" "$bin_dir/spin" "$cage -- $bin_dir/spin"
+add "100,000 getrandom" "$bin_dir/trap" "$cage -- $bin_dir/trap"
+
+echo "| workload | native ms | caged ms | slowdown |"
+echo "|---|---:|---:|---:|"
+for i in "${!names[@]}"; do
+    hyperfine --runs "$runs" --warmup 1 --output=null --export-json "$work/r.json" \
+        -n native "${natives[$i]}" -n caged "${caged[$i]}" >/dev/null 2>&1
+    python3 - "$work/r.json" "${names[$i]}" <<'PY'
+import json, sys
+results = {r["command"]: r["mean"] * 1000 for r in json.load(open(sys.argv[1]))["results"]}
+native, caged = results["native"], results["caged"]
+print(f"| {sys.argv[2]} | {native:.1f} | {caged:.1f} | {caged / native:.1f}x |")
+PY
+done
+# Per trapped call: the getrandom loop's extra time over 100,000 calls.
+python3 - "$work/r.json" <<'PY'
+import json, sys
+results = {r["command"]: r["mean"] for r in json.load(open(sys.argv[1]))["results"]}
+print(f"\nper trapped call: {(results['caged'] - results['native']) / 100000 * 1e6:.1f} µs")
+PY
