@@ -149,3 +149,48 @@ async fn lost_quorum_is_unavailable_then_recovers() -> anyhow::Result<()> {
     assert_eq!(cluster.client()?.get("before", false).await?.value, b"1");
     Ok(())
 }
+
+/// A leader killed right after acknowledging a write and restarted before
+/// anyone else is elected comes back leading its old term (openraft
+/// restores a committed vote for itself) without knowing how far it had
+/// committed. Its linearizable reads must still show the acknowledged
+/// write. (The Jepsen register workload found a read of nothing here, about
+/// once in thirty runs. This test exercises the same restart but rarely
+/// loses the race that exposes it: the restarted leader usually learns the
+/// commit index in the same round trip that confirms its leadership. It
+/// passed five of five attempts twice without the fix; the chaos tests
+/// remain the real check.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_leader_reads_its_acknowledged_writes() -> anyhow::Result<()> {
+    let (_dir, mut cluster) = started_cluster(3, &[]).await?;
+    for attempt in 0..5 {
+        let leader = cluster.wait_for_leader(WAIT).await?;
+        let key = format!("restart-{attempt}");
+        cluster.client_of(leader)?.put(&key, b"written".to_vec()).await?;
+        cluster.kill(leader)?;
+        cluster.start(leader)?;
+        let local = cluster.client_of(leader)?;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match local.get(&key, false).await {
+                Ok(kv) => {
+                    assert_eq!(
+                        kv.value, b"written",
+                        "attempt {attempt}: a linearizable read lost an acknowledged write"
+                    );
+                    break;
+                }
+                // An answer that the key is absent is a read, and a stale one.
+                Err(status) if status.code() == Code::NotFound => {
+                    panic!("attempt {attempt}: a linearizable read lost an acknowledged write: {status}")
+                }
+                // Not ready yet (starting, electing, catching up): try again.
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(status) => anyhow::bail!("attempt {attempt}: no read within {WAIT:?}: {status}"),
+            }
+        }
+    }
+    Ok(())
+}

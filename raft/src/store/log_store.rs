@@ -120,8 +120,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not flushed: losing it only means re-learning the commit index from
-        // the leader; saving it lets a restart apply committed entries at once.
+        // Not flushed: saving it lets a restart apply committed entries at
+        // once; losing it in a crash means a follower re-learns the commit
+        // index from the leader, and a leader that restarts into its old
+        // term must not trust it for reads (the node's read barrier reads at
+        // its last log index instead).
         self.write_meta(COMMITTED_KEY, &committed)
     }
 
