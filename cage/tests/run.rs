@@ -666,3 +666,55 @@ int main(int argc, char **argv) {
         assert!(!stdout.contains("returned"), "{attempt}: {stdout}");
     }
 }
+
+/// The same kind of attempts from a Rust program (static, built here with
+/// the toolchain's `rustc`): each fails or ends the run with a refusal,
+/// and nothing escapes.
+#[test]
+fn hostile_rust_program_is_contained() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("hostile.rs");
+    std::fs::write(
+        &source,
+        r#"
+use std::io::Write;
+use std::time::Duration;
+fn main() {
+    let what = std::env::args().nth(1).unwrap_or_default();
+    let outcome = match what.as_str() {
+        "net" => std::net::TcpStream::connect_timeout(&"1.1.1.1:53".parse().unwrap(), Duration::from_secs(1)).map(drop),
+        "read" => std::fs::read("/etc/shadow").map(drop),
+        "write" => std::fs::write("/usr/escaped", b"x"),
+        "proc" => std::fs::read("/proc/1/mem").map(drop),
+        "thread" => std::thread::spawn(|| ()).join().map_err(|_| std::io::Error::other("join")),
+        other => panic!("unknown attempt {other}"),
+    };
+    let mut out = std::io::stdout();
+    match outcome {
+        Ok(()) => writeln!(out, "ESCAPED {what}").unwrap(),
+        Err(error) => writeln!(out, "{what} failed: {error}").unwrap(),
+    }
+}
+"#,
+    )
+    .unwrap();
+    let binary = dir.path().join("hostile-rs");
+    let compiled = std::process::Command::new("rustc")
+        .args(["-O", "-C", "target-feature=+crt-static", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .status();
+    assert!(compiled.is_ok_and(|status| status.success()), "rustc builds a static program");
+    for what in ["net", "read", "write", "proc", "thread"] {
+        let mut attempt = spec("/in/hostile-rs", &[what]);
+        attempt.inputs = vec![("hostile-rs".into(), binary.clone())];
+        let (outcome, stdout) = cage(&attempt, dir.path());
+        assert!(!stdout.contains("ESCAPED"), "{what}: {stdout}");
+        if what == "thread" {
+            assert_eq!(outcome.verdict, Verdict::Refused { source: "threads".into(), call: "clone".into() });
+        } else {
+            assert_eq!(outcome.verdict, Verdict::Ok, "{what}: {stdout}");
+            assert!(stdout.starts_with(&format!("{what} failed")), "{what}: {stdout}");
+        }
+    }
+}
