@@ -523,12 +523,18 @@ impl<'a> Supervisor<'a> {
             return;
         }
         match pending {
-            Pending::Open { flags } if flags & libc::O_ACCMODE != libc::O_WRONLY => {
+            Pending::Open { flags } => {
                 let Ok(path) = std::fs::read_link(format!("/proc/{pid}/fd/{result}")) else { return };
                 let path = path.to_string_lossy().into_owned();
-                self.witness_file(pid, path, &format!("/proc/{pid}/fd/{result}"));
+                if !proc_path_allowed(&path) {
+                    // Opened but never read: the tracee dies at this stop.
+                    let ending = Ending::Refused { source: "host state in /proc", call: format!("open {path}") };
+                    return self.end(ending, Some(pid));
+                }
+                if flags & libc::O_ACCMODE != libc::O_WRONLY {
+                    self.witness_file(pid, path, &format!("/proc/{pid}/fd/{result}"));
+                }
             }
-            Pending::Open { .. } => {}
             Pending::Listing { buffer } => self.sort_listing(pid, buffer, result as usize),
         }
     }
@@ -606,13 +612,19 @@ impl<'a> Supervisor<'a> {
 
     /// End the run: kill the keeper (and with it the namespace) and the
     /// stopped tracee, whose call then never runs.
+    ///
+    /// Every live tracee is killed here too, not only through the
+    /// namespace's end (which comes a moment later): the workload's other
+    /// processes must not write another byte after the call that ended the
+    /// run. They share this thread's CPU, so none runs while this does.
     fn end(&mut self, ending: Ending, stopped: Option<libc::pid_t>) {
         self.ending.get_or_insert(ending);
-        kill_keeper(self.keeper);
-        if let Some(pid) = stopped {
-            // SAFETY: pid is a stopped tracee not yet reaped by this thread.
+        for pid in self.tracees.iter().chain(&self.parked).copied().chain(stopped) {
+            // SAFETY: every pid here is a tracee this thread has not reaped,
+            // so it cannot have been reused.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+        kill_keeper(self.keeper);
     }
 
     /// Write `bytes` at `address` in the tracee; `-EFAULT` if it cannot.
@@ -800,6 +812,48 @@ impl<'a> Supervisor<'a> {
     }
 }
 
+/// Whether opening `path` (as the cage sees it) is allowed: anything
+/// outside `/proc`, and in `/proc` only what a process may learn about
+/// itself and its namespace without seeing the host's state (times,
+/// memory, CPU, load, mount ids, the real auxiliary vector, kernel
+/// identity). Fail-closed: whatever is not listed is refused, uniformly.
+/// `/proc/filesystems`, `cap_last_cap` and `maps` stay readable (libselinux,
+/// libcap and runtimes' stack discovery read them); the kernel's
+/// configuration and the inode numbers they show are documented holes.
+fn proc_path_allowed(path: &str) -> bool {
+    const FIXED: [&str; 5] =
+        ["/proc", "/proc/filesystems", "/proc/sys/kernel/hostname", "/proc/sys/kernel/domainname", "/proc/self"];
+    const PER_PROCESS: [&str; 11] =
+        ["cmdline", "comm", "environ", "exe", "fd", "cwd", "root", "limits", "maps", "mounts", "task"];
+    // Kernel constants libraries read (libcap), and the namespace's own
+    // network devices (only loopback).
+    const FIXED_MORE: [&str; 1] = ["/proc/sys/kernel/cap_last_cap"];
+    if FIXED_MORE.contains(&path) || (path.ends_with("/net/dev") && path.matches('/').count() == 4) {
+        return true;
+    }
+    // Outside /proc (and /proc itself, whose listing shows only this
+    // namespace's pids): allowed.
+    let Some(rest) = path.strip_prefix("/proc/") else { return true };
+    if FIXED.contains(&path) {
+        return true;
+    }
+    // /proc/<pid>[/task/<tid>]/<entry>...
+    let mut parts = rest.split('/');
+    let is_id = |part: Option<&str>| part.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if !is_id(parts.next()) {
+        return false;
+    }
+    let mut entry = parts.next();
+    if entry == Some("task") {
+        match parts.next() {
+            None => return true,
+            tid if is_id(tid) => entry = parts.next(),
+            _ => return false,
+        }
+    }
+    entry.is_none_or(|entry| PER_PROCESS.contains(&entry))
+}
+
 /// `prctl` options that would undo the cage: re-enable the time-stamp
 /// counter, or stack a seccomp filter whose trace data could pose as ours.
 fn prctl_allowed(regs: &libc::user_regs_struct) -> Option<&'static str> {
@@ -910,6 +964,24 @@ fn set_registers(pid: libc::pid_t, regs: &libc::user_regs_struct) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_is_allowed_only_where_it_shows_no_host_state() {
+        for allowed in ["/usr/lib/libc.so.6", "/proc", "/proc/filesystems", "/proc/2", "/proc/2/maps", "/proc/2/fd"] {
+            assert!(proc_path_allowed(allowed), "{allowed}");
+        }
+        for allowed in ["/proc/2/task", "/proc/2/task/3/comm", "/proc/sys/kernel/hostname", "/proc/12/cmdline"] {
+            assert!(proc_path_allowed(allowed), "{allowed}");
+        }
+        for refused in ["/proc/uptime", "/proc/cpuinfo", "/proc/meminfo", "/proc/2/stat", "/proc/2/status"] {
+            assert!(!proc_path_allowed(refused), "{refused}");
+        }
+        for refused in ["/proc/2/auxv", "/proc/2/mountinfo", "/proc/sys/kernel/random/boot_id", "/proc/2/task/3/stat"] {
+            assert!(!proc_path_allowed(refused), "{refused}");
+        }
+        assert!(!proc_path_allowed("/proc/version"));
+        assert!(!proc_path_allowed("/proc/self2/maps"));
+    }
 
     #[test]
     fn denied_calls_are_named() {

@@ -262,9 +262,10 @@ fn hostile_attempts_are_contained() {
         assert!(!stdout.contains("ESCAPED"), "{name}: {stdout}");
         // Either the attempt failed and the script went on, or it made a
         // denied call and the run ended there (util-linux's mount and
-        // chroot do).
+        // chroot do), or it reached for host state (passwd reads the
+        // audit login uid in /proc) and was refused.
         assert!(
-            matches!(outcome.verdict, Verdict::Ok | Verdict::PolicyViolation { .. }),
+            matches!(outcome.verdict, Verdict::Ok | Verdict::PolicyViolation { .. } | Verdict::Refused { .. }),
             "{name}: {:?}",
             outcome.verdict
         );
@@ -651,6 +652,13 @@ int main(int argc, char **argv) {
     assert_eq!((&one.verdict, &bytes_one, &one.root), (&Verdict::Ok, &bytes_again, &again.root));
     assert_ne!(bytes_one, bytes_other, "another seed, other bytes");
     assert_eq!(bytes_one.len(), 3 * 16 + 1 + 3 * 4 + 1, "{bytes_one}");
+    // /proc shows this namespace, not the host: host state is refused.
+    let (outcome, stdout) = cage(&shell("cat /proc/self/cmdline; cat /proc/uptime; echo ESCAPED"), dir.path());
+    assert_eq!(
+        outcome.verdict,
+        Verdict::Refused { source: "host state in /proc".into(), call: "open /proc/uptime".into() }
+    );
+    assert!(!stdout.contains("ESCAPED"), "{stdout}");
     // Directory listings come sorted (tmpfs lists newest first), and inputs
     // are dated at the logical epoch.
     let mut listing = shell("mkdir /tmp/d; for f in c a b; do : > /tmp/d/$f; done; ls -U /tmp/d; stat -c %Y /in/probe");
