@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing DockLock needs on a fresh Debian machine
-# that has Rust (rustup, stable): a C toolchain (some dependencies build C)
+# that has Rust (rustup, stable): a C toolchain (some dependencies build C;
+# the cage's tests build static C programs), python3 (a cage test runs it)
 # and iptables (the chaos tests' partitions). Idempotent; later capabilities
 # add their packages here.
 set -euo pipefail
@@ -8,6 +9,8 @@ set -euo pipefail
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# The cage's tests run Debian's python3 (a runtime with its own randomness).
+[ -x /usr/bin/python3 ] || need_apt+=(python3)
 # The chaos tests cut links between loopback addresses with iptables.
 command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
 if [ ${#need_apt[@]} -gt 0 ]; then

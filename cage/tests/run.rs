@@ -726,3 +726,25 @@ fn main() {
         }
     }
 }
+
+/// A runtime with its own randomness: Python's string hashes, set order,
+/// clock, `os.urandom` and `uuid4` are the same in two caged runs (and
+/// the roots too), and differ between two native runs. Needs Debian's
+/// python3 (the README's setup installs it).
+#[test]
+fn python_is_deterministic_in_the_cage() {
+    let dir = tempfile::tempdir().unwrap();
+    let script =
+        "import time, os, uuid; print(hash('a'), {1, 2, 'x', 'y'}, time.time(), os.urandom(4).hex(), uuid.uuid4())";
+    let python = spec("/usr/bin/python3", &["-c", script]);
+    let (first, first_out) = cage(&python, dir.path());
+    assert_eq!(first.verdict, Verdict::Ok, "{first_out}");
+    let (second, second_out) = cage(&python, dir.path());
+    assert_eq!((&second.root, &second_out), (&first.root, &first_out));
+    assert!(first_out.contains(" 946684800."), "time.time() is the logical clock: {first_out}");
+    let native = || {
+        let output = std::process::Command::new("/usr/bin/python3").args(["-c", script]).output().unwrap();
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert_ne!(native(), native(), "natively, hashes, urandom and uuid4 differ between runs");
+}
