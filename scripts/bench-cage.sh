@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The cage's start-up and recording costs, side by side in one run:
 #   1. a static `true`: bare fork+exec, under `bwrap --unshare-all`, under
-#      `docklock cage run` (with and without its per-run cgroup);
+#      `docklock cage run` (with and without its per-run cgroup), and
+#      `docklock_cage::run` called in a loop by a process that stays up;
 #   2. a dynamically linked `ls -la /usr/bin`, the same three ways;
 #   3. 200 MB written to stdout under the cage (witness hashing), against
 #      this machine's single-core SHA3-256 throughput.
@@ -39,6 +40,13 @@ hyperfine --runs "$runs" --warmup 3 -N --export-markdown "$work/true.md" \
     -n "docklock cage" "$cage_base -- $true_dir/true" \
     -n "docklock cage --no-cgroups" "$cage_base --no-cgroups -- $true_dir/true" >/dev/null
 cat "$work/true.md"
+echo
+# The same from a process that stays up, as an agent runs the cage (no
+# binary start per run): mean and min over the same number of runs.
+read -r lib_mean lib_min < <("$bench" cage --program "$true_dir/true" --runs "$runs")
+read -r lib_cg_mean lib_cg_min < <("$bench" cage --program "$true_dir/true" --runs "$runs" --cgroups)
+echo "| in-process \`docklock_cage::run\` (no cgroup) | $lib_mean | $lib_min |"
+echo "| in-process \`docklock_cage::run\` (with cgroup) | $lib_cg_mean | $lib_cg_min |"
 echo
 hyperfine --runs "$runs" --warmup 3 -N --output=null --export-markdown "$work/ls.md" \
     -n "bare ls" "/usr/bin/ls -la /usr/bin" \

@@ -212,11 +212,11 @@ pub fn run(
         Ok(prepared) => prepared,
         Err(error) => return Err(CageError::Spec(error.to_string())),
     };
-    let policy = Policy::compile(policy::DEFAULT).map_err(|e| CageError::Spec(e.to_string()))?;
+    let policy = default_policy()?;
     // Dropped at the end of this function, after the keeper is reaped.
     let cgroup = if spec.cgroups { Cgroup::create(&spec.limits) } else { None };
     let enforcement = cgroup.as_ref().map_or(Enforcement::None, Cgroup::version);
-    let header = header(spec, &prepared, &policy, enforcement);
+    let header = header(spec, &prepared, policy, enforcement);
     witness.record(&Record::Header(header)).map_err(io("write the witness log"))?;
     let mut sorted_inputs = spec.inputs.clone();
     sorted_inputs.sort();
@@ -246,11 +246,14 @@ pub fn run(
     }
 
     let pinned = PinnedThread::to_current_cpu();
-    let mut plan = plan(spec, &prepared, &policy, &root, &inputs)?;
+    let mut plan = plan(spec, &prepared, policy, &root, &inputs)?;
     plan.cpu = pinned.as_ref().map(|pinned| pinned.cpu);
     let (verdict, collected) = match sandbox::start(&plan, cgroup.as_ref()) {
         Err(error) => (Verdict::CageError { reason: format!("cannot start the sandbox: {error}") }, Vec::new()),
-        Ok(started_run) => execute(started_run, spec, cgroup.as_ref(), &mut witness, &mut stdout, out_dir)?,
+        Ok(started_run) => {
+            let unpinned = pinned.as_ref().map(|pinned| pinned.previous);
+            execute(started_run, spec, cgroup.as_ref(), unpinned, &mut witness, &mut stdout, out_dir)?
+        }
     };
     witness.record(&Record::End(verdict.describe())).map_err(io("write the witness log"))?;
     let records = witness.len();
@@ -262,6 +265,15 @@ pub fn run(
         outputs: collected,
         wall_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// The default policy, compiled once per process.
+fn default_policy() -> Result<&'static Policy, CageError> {
+    static COMPILED: std::sync::OnceLock<Result<Policy, String>> = std::sync::OnceLock::new();
+    COMPILED
+        .get_or_init(|| Policy::compile(policy::DEFAULT).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| CageError::Spec(e.clone()))
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), CageError> {
@@ -399,6 +411,7 @@ fn execute(
     started: sandbox::Started,
     spec: &RunSpec,
     cgroup: Option<&Cgroup>,
+    unpinned: Option<libc::cpu_set_t>,
     witness: &mut WitnessWriter<BufWriter<File>>,
     stdout_sink: &mut (impl std::io::Write + Send),
     out_dir: Option<&Path>,
@@ -408,7 +421,14 @@ fn execute(
     let mut supervisor = Supervisor::new(&keeper_fd, &spec.cache, spec.seed, limits.memory_mib << 20, limits.events);
     let mut init = None;
     let output = std::thread::scope(|scope| {
-        let output = scope.spawn(|| collect_output([stdout, stderr, status], limits, &keeper_fd, witness, stdout_sink));
+        let output = scope.spawn(|| {
+            // Off the supervisor's CPU (a new thread inherits its pinning):
+            // hashing the output must not compete with the workload.
+            if let Some(set) = &unpinned {
+                set_affinity(set);
+            }
+            collect_output([stdout, stderr, status], limits, &keeper_fd, witness, stdout_sink)
+        });
         match sandbox::await_workload(&announce) {
             Ok(Some(workload)) => {
                 init = parent_of(workload);
@@ -491,12 +511,17 @@ impl PinnedThread {
     }
 }
 
-#[allow(unsafe_code)]
 impl Drop for PinnedThread {
     fn drop(&mut self) {
-        // SAFETY: previous is a valid set of the stated size.
-        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.previous) };
+        set_affinity(&self.previous);
     }
+}
+
+/// Set the calling thread's CPU affinity (best effort).
+#[allow(unsafe_code)]
+fn set_affinity(set: &libc::cpu_set_t) {
+    // SAFETY: set is a valid cpu_set_t of the stated size.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) };
 }
 
 /// The parent of `pid` as our PID namespace numbers it.

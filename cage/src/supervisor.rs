@@ -370,12 +370,21 @@ impl<'a> Supervisor<'a> {
     fn rewrite_auxv(&mut self, pid: libc::pid_t) {
         self.written.clear();
         let Ok(regs) = registers(pid) else { return };
-        // The stack at exec: argc, argv..., NULL, envp..., NULL, auxv pairs.
+        // The stack at exec: argc, argv..., NULL, envp..., NULL, auxv pairs;
+        // read in one call (word by word only past that window).
+        let window = read_stack(pid, regs.rsp);
+        let word = |address: u64| {
+            let at = usize::try_from(address - regs.rsp).ok()?;
+            match window.get(at..at + 8) {
+                Some(bytes) => Some(u64::from_ne_bytes(bytes.try_into().expect("8 bytes"))),
+                None => read_word(pid, address),
+            }
+        };
         let mut address = regs.rsp;
-        let Some(argc) = read_word(pid, address) else { return };
+        let Some(argc) = word(address) else { return };
         address += 8 * (argc + 2);
         for _ in 0..AUXV_WORDS_MAX {
-            match read_word(pid, address) {
+            match word(address) {
                 Some(0) => break,
                 Some(_) => address += 8,
                 None => return,
@@ -383,7 +392,7 @@ impl<'a> Supervisor<'a> {
         }
         address += 8;
         for _ in 0..AUXV_WORDS_MAX {
-            let (Some(kind), Some(value)) = (read_word(pid, address), read_word(pid, address + 8)) else { return };
+            let (Some(kind), Some(value)) = (word(address), word(address + 8)) else { return };
             let rewrite = match kind {
                 AT_NULL => break,
                 AT_SYSINFO_EHDR => Some((AT_IGNORE, 0)),
@@ -878,6 +887,31 @@ fn read_bytes(pid: libc::pid_t, address: u64, length: usize) -> Option<Vec<u8>> 
     let remote = libc::iovec { iov_base: address as *mut libc::c_void, iov_len: length };
     // SAFETY: local describes bytes; the kernel checks remote.
     (unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } == length as isize).then_some(bytes)
+}
+
+/// As much of the tracee's stack from `rsp` as is mapped, up to 64 KiB,
+/// in one call: one remote piece per page, so the read stops cleanly at
+/// the end of the mapping.
+fn read_stack(pid: libc::pid_t, rsp: u64) -> Vec<u8> {
+    const PAGE: u64 = 4096;
+    const PAGES: usize = 16;
+    let mut buffer = vec![0u8; PAGES * PAGE as usize];
+    let mut remote = Vec::with_capacity(PAGES + 1);
+    let mut at = rsp;
+    let end = rsp + (PAGES as u64) * PAGE;
+    while at < end {
+        let next = ((at / PAGE) + 1) * PAGE;
+        let length = next.min(end) - at;
+        remote.push(libc::iovec { iov_base: at as *mut libc::c_void, iov_len: length as usize });
+        at += length;
+    }
+    let total: usize = remote.iter().map(|iov| iov.iov_len).sum();
+    let local = libc::iovec { iov_base: buffer.as_mut_ptr().cast(), iov_len: total };
+    // SAFETY: local describes `total` bytes of buffer; the kernel checks
+    // the remote pieces against the tracee's address space.
+    let read = unsafe { libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), remote.len() as libc::c_ulong, 0) };
+    buffer.truncate(usize::try_from(read).unwrap_or(0));
+    buffer
 }
 
 /// One 8-byte word of the tracee's memory.

@@ -36,6 +36,22 @@ enum Cli {
     /// Single-core SHA3-256 throughput of this machine (the crate the cage
     /// hashes with), in MB/s.
     Sha3,
+    /// Start-to-exit time of caged runs from a process that stays up (as
+    /// an agent runs them), in ms.
+    Cage(CageArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CageArgs {
+    /// The program (absolute path, visible in the host rootfs).
+    #[arg(long)]
+    program: String,
+    /// Runs measured (after three warm-ups).
+    #[arg(long, default_value_t = 40)]
+    runs: usize,
+    /// Give each run a cgroup.
+    #[arg(long)]
+    cgroups: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -406,6 +422,38 @@ fn sha3_throughput() {
     println!("{:.0}", total as f64 / started.elapsed().as_secs_f64() / 1e6);
 }
 
+/// Caged runs in a loop in this process: mean and min start-to-exit.
+fn cage_starts(args: CageArgs) -> anyhow::Result<()> {
+    use docklock_cage::run::{run, RunSpec, Verdict};
+    let dir = tempfile::tempdir()?;
+    let spec = RunSpec {
+        program: args.program,
+        args: Vec::new(),
+        env: Vec::new(),
+        inputs: Vec::new(),
+        limits: docklock_cage::limits::Limits::default(),
+        seed: [0; 32],
+        stage_parent: None,
+        rootfs: docklock_cage::rootfs::Rootfs::Host,
+        cache: dir.path().join("cache"),
+        cgroups: args.cgroups,
+    };
+    let witness = dir.path().join("witness.log");
+    let mut times = Vec::with_capacity(args.runs);
+    for index in 0..args.runs + 3 {
+        let started = Instant::now();
+        let outcome = run(&spec, &witness, None, std::io::sink())?;
+        anyhow::ensure!(outcome.verdict == Verdict::Ok, "run {index}: {}", outcome.verdict.describe());
+        if index >= 3 {
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+    println!("{mean:.2} {min:.2}");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse() {
@@ -421,5 +469,8 @@ async fn main() -> anyhow::Result<()> {
             sha3_throughput();
             Ok(())
         }
+        // The cage forks from the calling thread and waits for its
+        // children: a blocking thread of its own.
+        Cli::Cage(args) => tokio::task::spawn_blocking(move || cage_starts(args)).await?,
     }
 }
