@@ -616,7 +616,9 @@ fn collect_output(
     let deadline = Instant::now() + Duration::from_millis(limits.wall_ms);
     let (mut over_wall, mut over_output, mut killed) = (false, false, false);
     let mut total = 0u64;
-    let mut pending = Vec::new();
+    // Stdout is read straight into the chunk being filled: no copy.
+    let mut chunk = vec![0; CHUNK_BYTES];
+    let mut filled = 0;
     let mut stderr = Vec::new();
     let mut status: Option<i32> = None;
     // Slots: stdout, stderr, status; None once at end of file.
@@ -655,7 +657,8 @@ fn collect_output(
                 open[slot] = None;
                 continue;
             }
-            let n = match sandbox::read_some(fd, &mut buffer) {
+            let target = if slot == 0 { &mut chunk[filled..] } else { &mut buffer[..] };
+            let n = match sandbox::read_some(fd, target) {
                 Ok(0) | Err(_) => {
                     open[slot] = None;
                     continue;
@@ -674,18 +677,19 @@ fn collect_output(
                 continue;
             }
             // Stdout is recorded in fixed chunks as it arrives.
-            pending.extend_from_slice(&buffer[..allowed]);
-            while pending.len() >= CHUNK_BYTES {
-                let rest = pending.split_off(CHUNK_BYTES);
-                let chunk = std::mem::replace(&mut pending, rest);
+            filled += allowed;
+            if filled == CHUNK_BYTES {
                 stdout_sink.write_all(&chunk).map_err(io("write stdout"))?;
-                witness.record(&Record::Stdout(chunk)).map_err(io("write the witness log"))?;
+                let full = Record::Stdout(std::mem::replace(&mut chunk, vec![0; CHUNK_BYTES]));
+                witness.record(&full).map_err(io("write the witness log"))?;
+                filled = 0;
             }
         }
     }
-    if !pending.is_empty() {
-        witness.record(&Record::Stdout(pending.clone())).map_err(io("write the witness log"))?;
-        stdout_sink.write_all(&pending).map_err(io("write stdout"))?;
+    if filled > 0 {
+        chunk.truncate(filled);
+        stdout_sink.write_all(&chunk).map_err(io("write stdout"))?;
+        witness.record(&Record::Stdout(chunk)).map_err(io("write the witness log"))?;
     }
     for chunk in stderr.chunks(CHUNK_BYTES) {
         witness.record(&Record::Stderr(chunk.to_vec())).map_err(io("write the witness log"))?;

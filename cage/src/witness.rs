@@ -87,9 +87,14 @@ impl Record {
         }
     }
 
-    fn payload(&self) -> Vec<u8> {
-        match self {
-            Record::Header(text) | Record::End(text) | Record::Process(text) => text.as_bytes().to_vec(),
+    /// The payload; borrowed where it is stored as is (output chunks are
+    /// most of a log's bytes, and are not copied).
+    fn payload(&self) -> std::borrow::Cow<'_, [u8]> {
+        use std::borrow::Cow;
+        Cow::Owned(match self {
+            Record::Header(text) | Record::End(text) | Record::Process(text) => {
+                return Cow::Borrowed(text.as_bytes());
+            }
             Record::Input { name, digest } | Record::Read { path: name, digest } => {
                 [digest.as_slice(), name.as_bytes()].concat()
             }
@@ -97,19 +102,23 @@ impl Record {
                 // Names are short (the syscall table); one length byte.
                 [&result.to_be_bytes(), &[name.len() as u8][..], name.as_bytes(), data].concat()
             }
-            Record::Stdout(bytes) | Record::Stderr(bytes) => bytes.clone(),
+            Record::Stdout(bytes) | Record::Stderr(bytes) => return Cow::Borrowed(bytes),
             Record::Output { path, size, digest } => [digest.as_slice(), &size.to_be_bytes(), path.as_bytes()].concat(),
-        }
+        })
+    }
+
+    /// The kind byte and payload length that start the record's bytes.
+    fn head(&self, payload: &[u8]) -> [u8; 5] {
+        let mut head = [0; 5];
+        head[0] = self.kind();
+        head[1..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+        head
     }
 
     /// The record's bytes: the Merkle leaf and what the file holds.
     pub fn encode(&self) -> Vec<u8> {
         let payload = self.payload();
-        let mut bytes = Vec::with_capacity(5 + payload.len());
-        bytes.push(self.kind());
-        bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        bytes.extend_from_slice(&payload);
-        bytes
+        [&self.head(&payload)[..], &payload].concat()
     }
 
     fn decode(kind: u8, payload: Vec<u8>) -> Result<Self, String> {
@@ -175,9 +184,12 @@ impl<W: Write> WitnessWriter<W> {
 
     /// Append a record.
     pub fn record(&mut self, record: &Record) -> std::io::Result<()> {
-        let bytes = record.encode();
-        self.tree.push(&bytes);
-        self.out.write_all(&bytes)
+        // The same bytes as `encode`, hashed and written in two pieces.
+        let payload = record.payload();
+        let head = record.head(&payload);
+        self.tree.push_parts(&[&head, &payload]);
+        self.out.write_all(&head)?;
+        self.out.write_all(&payload)
     }
 
     /// Records so far.

@@ -22,9 +22,16 @@ const NODE_PREFIX: u8 = 0x01;
 
 /// Hash of one log entry: `SHA3-256(0x00 || data)`.
 pub fn leaf_hash(data: &[u8]) -> Hash {
+    leaf_hash_parts(&[data])
+}
+
+/// [`leaf_hash`] of the concatenation of `parts`, without concatenating.
+pub fn leaf_hash_parts(parts: &[&[u8]]) -> Hash {
     let mut hasher = Sha3_256::new();
     hasher.update([LEAF_PREFIX]);
-    hasher.update(data);
+    for part in parts {
+        hasher.update(part);
+    }
     hasher.finalize().into()
 }
 
@@ -495,7 +502,12 @@ impl MemoryTree {
 
     /// Appends one entry (its data, not its hash).
     pub fn push(&mut self, data: &[u8]) {
-        for (level, index, hash) in self.frontier.append(leaf_hash(data)) {
+        self.push_parts(&[data]);
+    }
+
+    /// Appends one entry given as pieces to be concatenated.
+    pub fn push_parts(&mut self, parts: &[&[u8]]) {
+        for (level, index, hash) in self.frontier.append(leaf_hash_parts(parts)) {
             let level = level as usize;
             if self.levels.len() <= level {
                 self.levels.push(Vec::new());
