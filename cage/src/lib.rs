@@ -11,7 +11,10 @@
 //! seccomp policy with its `trace` class, the ptrace supervisor (which
 //! names denied calls and answers, witnesses or refuses traced ones),
 //! rlimits and cgroup limits, wall-time, output, `/out` and event limits,
-//! and the witness log are built. Not yet: the rest of determinism (issue 4).
+//! the witness log and replay are built, and the first slice of
+//! determinism (logical time and counter, seeded randomness, the virtual
+//! CPU, auxv, per-process state, sorted listings, a checked `/proc`).
+//! Not yet: the rest of issue 4 (see `docs/DETERMINISM.md`).
 //!
 //! Entry point: [`run::run`].
 
