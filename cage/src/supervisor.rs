@@ -278,7 +278,7 @@ impl<'a> Supervisor<'a> {
             libc::PTRACE_EVENT_EXEC => {
                 self.witness_exec(pid);
                 self.rewrite_auxv(pid);
-                self.fault_cpuid(pid);
+                self.after_exec(pid);
                 0
             }
             libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK | libc::PTRACE_EVENT_CLONE => {
@@ -458,16 +458,22 @@ impl<'a> Supervisor<'a> {
         set_registers(pid, &regs).is_ok()
     }
 
-    /// Turn CPUID faulting on for the program just exec'd (exec turns it
-    /// off): make the tracee call `arch_prctl(ARCH_SET_CPUID, 0)` from its
-    /// entry point, then put its code and registers back. The call's
-    /// result is recorded; where the CPU cannot fault CPUID, the real CPU
-    /// shows through and the record says so.
-    fn fault_cpuid(&mut self, pid: libc::pid_t) {
+    /// After an exec, make the tracee run, from its entry point, the calls
+    /// that set the cage up again: CPUID faulting on (exec turns it off),
+    /// and the vDSO and its data pages unmapped (the auxiliary vector no
+    /// longer names them, but `/proc/self/maps` would, and their clock
+    /// reads are not the logical clock's). Then its code and registers go
+    /// back. Each result is recorded; where the CPU cannot fault CPUID, the
+    /// real CPU shows through and the record says so.
+    fn after_exec(&mut self, pid: libc::pid_t) {
         // The exec stop is inside execve: first let execve return (its
         // return value lands in rax on the way out).
         if self.step_to_syscall_stop(pid).is_none() {
             return;
+        }
+        let mut calls = vec![("cpuid faulting".to_owned(), libc::SYS_arch_prctl, [ARCH_SET_CPUID, 0])];
+        for (name, start, end) in special_mappings(pid) {
+            calls.push((format!("unmap {name}"), libc::SYS_munmap, [start, end - start]));
         }
         let Ok(saved) = registers(pid) else { return };
         // SAFETY: PEEKTEXT reads one word of the stopped tracee; errors
@@ -482,27 +488,29 @@ impl<'a> Supervisor<'a> {
         }
         let mut patched = (word as u64).to_le_bytes();
         patched[..2].copy_from_slice(&[0x0f, 0x05]); // syscall
-        let mut regs = saved;
-        regs.rax = libc::SYS_arch_prctl as u64;
-        regs.rdi = ARCH_SET_CPUID;
-        regs.rsi = 0;
-        // SAFETY: POKETEXT writes one word of the stopped tracee's code
-        // (the kernel forces the write to its private copy of the page).
-        let poked = unsafe { libc::ptrace(libc::PTRACE_POKETEXT, pid, saved.rip, u64::from_le_bytes(patched)) } == 0;
-        if !poked || set_registers(pid, &regs).is_err() {
+                                                     // SAFETY: POKETEXT writes one word of the stopped tracee's code
+                                                     // (the kernel forces the write to its private copy of the page).
+        if unsafe { libc::ptrace(libc::PTRACE_POKETEXT, pid, saved.rip, u64::from_le_bytes(patched)) } != 0 {
             return;
         }
-        // This tracee's stops are waited for here, one by one, until the
-        // call returns (its entry, then its exit; the seccomp stop between
-        // passes on); the main loop sees none of them.
-        let result = self.step_to_syscall_stop(pid).and_then(|()| self.step_to_syscall_stop(pid));
-        let result = result.and_then(|()| registers(pid).ok()).map(|regs| regs.rax as i64);
+        for (name, number, [first, second]) in calls {
+            let mut regs = saved;
+            (regs.rax, regs.rdi, regs.rsi) = (number as u64, first, second);
+            if set_registers(pid, &regs).is_err() {
+                break;
+            }
+            // This tracee's stops are waited for here, one by one, until
+            // the call returns (its entry, then its exit; a seccomp stop
+            // between passes on); the main loop sees none of them.
+            let returned = self.step_to_syscall_stop(pid).and_then(|()| self.step_to_syscall_stop(pid));
+            let Some(result) = returned.and_then(|()| registers(pid).ok()).map(|regs| regs.rax as i64) else {
+                return; // It died meanwhile.
+            };
+            self.event(Record::Call { name, result, data: Vec::new() }, pid);
+        }
         // SAFETY: as above; the original word goes back.
         unsafe { libc::ptrace(libc::PTRACE_POKETEXT, pid, saved.rip, word) };
         let _ = set_registers(pid, &saved);
-        if let Some(result) = result {
-            self.event(Record::Call { name: "cpuid faulting".into(), result, data: Vec::new() }, pid);
-        }
     }
 
     /// Resume `pid` to its next syscall entry or exit stop.
@@ -912,6 +920,25 @@ fn read_stack(pid: libc::pid_t, rsp: u64) -> Vec<u8> {
     let read = unsafe { libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), remote.len() as libc::c_ulong, 0) };
     buffer.truncate(usize::try_from(read).unwrap_or(0));
     buffer
+}
+
+/// The kernel's special mappings in the tracee (`[vdso]`, `[vvar]`, and
+/// `[vvar_vclock]` on newer kernels): name, start, end.
+fn special_mappings(pid: libc::pid_t) -> Vec<(&'static str, u64, u64)> {
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return Vec::new() };
+    let mut found = Vec::new();
+    for line in maps.lines() {
+        let Some(name) = ["[vdso]", "[vvar]", "[vvar_vclock]"].into_iter().find(|name| line.ends_with(name)) else {
+            continue;
+        };
+        let range = line.split_whitespace().next().and_then(|range| range.split_once('-'));
+        let parsed = range
+            .and_then(|(start, end)| Some((u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?)));
+        if let Some((start, end)) = parsed.filter(|(start, end)| start < end) {
+            found.push((name, start, end));
+        }
+    }
+    found
 }
 
 /// One 8-byte word of the tracee's memory.

@@ -464,6 +464,17 @@ int main(int argc, char **argv) {
         .collect();
     // The exec (its auxiliary vector rewritten), glibc's start-up (rseq is
     // answered ENOSYS; its malloc asks for random bytes), then the probe.
+    // (Which special mappings there are to unmap depends on the kernel.)
+    let unmapped: Vec<(&str, i64)> = records
+        .iter()
+        .filter_map(|r| match r {
+            witness::Record::Call { name, result, .. } if name.starts_with("unmap ") => Some((name.as_str(), *result)),
+            _ => None,
+        })
+        .collect();
+    assert!(unmapped.contains(&("unmap [vdso]", 0)), "{unmapped:?}");
+    assert!(unmapped.iter().all(|(_, result)| *result == 0), "{unmapped:?}");
+    let calls: Vec<&str> = calls.into_iter().filter(|name| !name.starts_with("unmap ")).collect();
     let expected = [
         "exec auxv",
         "cpuid faulting",
@@ -599,6 +610,11 @@ int main(int argc, char **argv) {
     memcpy(vendor, &ebx, 4); memcpy(vendor + 4, &edx, 4); memcpy(vendor + 8, &ecx, 4);
     __cpuid(1, eax, ebx, ecx, edx);
     printf("cpu %s rdrand %u\n", vendor, (ecx >> 30) & 1);
+    FILE *maps = fopen("/proc/self/maps", "r");
+    char line[512];
+    int vdso = 0;
+    while (maps && fgets(line, sizeof line, maps)) vdso += strstr(line, "[vdso]") || strstr(line, "[vvar]");
+    printf("vdso mappings %d\n", vdso);
     return 0;
 }
 "#,
@@ -614,6 +630,7 @@ int main(int argc, char **argv) {
     assert_eq!((&second.root, &second_out), (&first.root, &first_out), "two caged runs agree");
     assert!(first_out.contains("time 946684800."), "libc's clock is the logical clock: {first_out}");
     assert!(first_out.contains("vdso 0 "), "no vDSO is announced: {first_out}");
+    assert!(first_out.contains("vdso mappings 0\n"), "the vDSO and vvar are unmapped: {first_out}");
     assert!(first_out.contains(" aux 0\n"), "RDTSCP says CPU 0: {first_out}");
     // CPUID faulting is a CPU feature (Intel's, and recent AMD's): where
     // the host has it, CPUID is the virtual CPU's; where not, the witness
