@@ -20,14 +20,9 @@ ensure_packages bwrap:bubblewrap hyperfine:hyperfine protoc:protobuf-compiler
 
 build_release
 
-work=$(mktemp -d)
-# The static `true` goes where all three see it without copying or hashing
-# it per run (the cage's host rootfs shows /usr read-only).
-true_dir=/usr/local/libexec/docklock-bench
-trap 'rm -rf "$work" "$true_dir"' EXIT INT TERM
+program_dirs docklock-bench
 printf 'int main(void){return 0;}\n' > "$work/true.c"
-mkdir -p "$true_dir"
-gcc -static -O2 -o "$true_dir/true" "$work/true.c"
+build_static true
 export DOCKLOCK_CACHE_DIR=$work/cache
 
 bwrap_base="bwrap --unshare-all --die-with-parent --ro-bind /usr /usr --symlink usr/lib /lib --symlink usr/lib64 /lib64 --symlink usr/bin /bin --tmpfs /tmp --dev /dev --proc /proc"
@@ -35,16 +30,16 @@ cage_base="$docklock cage run --witness $work/w.log"
 
 echo "## Start to exit"
 hyperfine --runs "$runs" --warmup 3 -N --export-markdown "$work/true.md" \
-    -n bare "$true_dir/true" \
-    -n bwrap "$bwrap_base $true_dir/true" \
-    -n "docklock cage" "$cage_base -- $true_dir/true" \
-    -n "docklock cage --no-cgroups" "$cage_base --no-cgroups -- $true_dir/true" >/dev/null
+    -n bare "$bin_dir/true" \
+    -n bwrap "$bwrap_base $bin_dir/true" \
+    -n "docklock cage" "$cage_base -- $bin_dir/true" \
+    -n "docklock cage --no-cgroups" "$cage_base --no-cgroups -- $bin_dir/true" >/dev/null
 cat "$work/true.md"
 echo
 # The same from a process that stays up, as an agent runs the cage (no
 # binary start per run): mean and min over the same number of runs.
-read -r lib_mean lib_min < <("$bench" cage --program "$true_dir/true" --runs "$runs")
-read -r lib_cg_mean lib_cg_min < <("$bench" cage --program "$true_dir/true" --runs "$runs" --cgroups)
+read -r lib_mean lib_min < <("$bench" cage --program "$bin_dir/true" --runs "$runs")
+read -r lib_cg_mean lib_cg_min < <("$bench" cage --program "$bin_dir/true" --runs "$runs" --cgroups)
 echo "| in-process \`docklock_cage::run\` (no cgroup) | $lib_mean | $lib_min |"
 echo "| in-process \`docklock_cage::run\` (with cgroup) | $lib_cg_mean | $lib_cg_min |"
 echo

@@ -20,3 +20,19 @@ build_release() {
     docklock=$PWD/target/release/docklock
     bench=$PWD/target/release/docklock-bench
 }
+
+# A temporary work directory ($work) and a directory for static programs
+# under /usr/local/libexec ($bin_dir, named $1), where the cage's host
+# rootfs shows them read-only so no run copies or hashes them as inputs;
+# both removed on exit.
+program_dirs() {
+    work=$(mktemp -d)
+    bin_dir=/usr/local/libexec/$1
+    trap 'rm -rf "$work" "$bin_dir"' EXIT INT TERM
+    mkdir -p "$bin_dir"
+}
+
+# Compile each $work/NAME.c statically into $bin_dir/NAME.
+build_static() {
+    for name in "$@"; do gcc -static -O2 -o "$bin_dir/$name" "$work/$name.c"; done
+}

@@ -18,11 +18,7 @@ source scripts/bench-common.sh
 ensure_packages hyperfine:hyperfine bzip2:bzip2 protoc:protobuf-compiler
 build_release
 
-work=$(mktemp -d)
-# The programs go where the cage's host rootfs shows them (read-only /usr).
-bin_dir=/usr/local/libexec/docklock-bench-determinism
-trap 'rm -rf "$work" "$bin_dir"' EXIT INT TERM
-mkdir -p "$bin_dir"
+program_dirs docklock-bench-determinism
 printf 'int main(void){return 0;}\n' > "$work/true.c"
 cat > "$work/spin.c" <<'C'
 #include <stdio.h>
@@ -33,7 +29,7 @@ cat > "$work/trap.c" <<'C'
 #include <sys/random.h>
 int main(void) { unsigned char b[8]; unsigned long s = 0; for (int i = 0; i < 100000; i++) { getrandom(b, 8, 0); s += b[0]; } printf("%lu\n", s); return 0; }
 C
-for program in true spin trap; do gcc -static -O2 -o "$bin_dir/$program" "$work/$program.c"; done
+build_static true spin trap
 head -c 10000000 /dev/urandom > "$work/data"
 export DOCKLOCK_CACHE_DIR=$work/cache
 cage="$docklock cage run --no-cgroups --witness $work/w.log --limit events=300000 --limit wall-ms=600000"

@@ -327,8 +327,8 @@ fn plan(spec: &RunSpec, rootfs: &Prepared, policy: &Policy, root: &Path, inputs:
     let mut stream = rand_chacha::ChaCha20Rng::from_seed(spec.seed);
     stream.set_stream(DEV_RANDOM_STREAM);
     stream.fill_bytes(&mut random);
-    skeleton.push(Node::Contents(c(&root.join("dev/random"))?, random.clone()));
-    skeleton.push(Node::Contents(c(&root.join("dev/urandom"))?, random));
+    skeleton.push(Node::Contents(c(&root.join("dev/random"))?, random));
+    skeleton.push(Node::Symlink(c(&root.join("dev/urandom"))?, sandbox::cstring(b"random").map_err(io("a path"))?));
     for device in DEVICES {
         let target = root.join("dev").join(device);
         skeleton.push(Node::File(c(&target)?));
@@ -467,13 +467,13 @@ fn execute(
         None if output.over_output => Verdict::LimitExceeded { limit: Limit::Output },
         // What the kernel enforced (an OOM kill, a refused fork) explains
         // a run better than the wall clock that ended it afterwards.
-        None if cgroup.and_then(Cgroup::exceeded).is_some() => {
-            Verdict::LimitExceeded { limit: cgroup.and_then(Cgroup::exceeded).expect("just checked") }
-        }
-        None if output.over_wall => Verdict::LimitExceeded { limit: Limit::Wall },
-        None => output
-            .status
-            .map_or_else(|| Verdict::CageError { reason: "the init died without reporting".into() }, verdict_of),
+        None => match cgroup.and_then(Cgroup::exceeded) {
+            Some(limit) => Verdict::LimitExceeded { limit },
+            None if output.over_wall => Verdict::LimitExceeded { limit: Limit::Wall },
+            None => output
+                .status
+                .map_or_else(|| Verdict::CageError { reason: "the init died without reporting".into() }, verdict_of),
+        },
     };
     let (Verdict::Ok | Verdict::ProgramFailed { .. }, Some(init)) = (&verdict, init) else {
         return finish(verdict, Vec::new());

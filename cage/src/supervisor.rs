@@ -173,16 +173,12 @@ pub(crate) struct Supervisor<'a> {
     seed: [u8; 32],
     memory_bytes: u64,
     events_max: u64,
-    /// Live tracees.
-    tracees: HashSet<libc::pid_t>,
-    /// Live tracees whose parent's fork event was handled. Every tracee
-    /// but the workload has exactly one such event.
-    forked: HashSet<libc::pid_t>,
     /// Tracees reaped before their parent's fork event was handled: that
     /// event must not bring them back.
     ended_before_fork_event: HashSet<libc::pid_t>,
     pending: HashMap<libc::pid_t, Pending>,
-    /// Live processes (and threads) by pid.
+    /// Live processes (and threads) by pid; with `parked`, every live
+    /// tracee.
     processes: HashMap<libc::pid_t, Process>,
     /// First stops of new children whose parent's fork event has not been
     /// handled yet: held until it is, so the child's place in the tree
@@ -212,8 +208,6 @@ impl<'a> Supervisor<'a> {
             seed,
             memory_bytes,
             events_max,
-            tracees: HashSet::new(),
-            forked: HashSet::new(),
             ended_before_fork_event: HashSet::new(),
             pending: HashMap::new(),
             processes: HashMap::new(),
@@ -232,12 +226,11 @@ impl<'a> Supervisor<'a> {
     pub(crate) fn supervise(&mut self, workload: libc::pid_t, announce: &OwnedFd) {
         match seize(workload).and_then(|()| crate::sandbox::release_workload(announce)) {
             Ok(()) => {
-                self.tracees.insert(workload);
                 self.processes.insert(workload, Process::new(&self.seed, vec![1], 0));
             }
             Err(error) => self.lose(format!("cannot trace the workload: {error}")),
         }
-        while !self.tracees.is_empty() {
+        while !self.processes.is_empty() || !self.parked.is_empty() {
             let mut status = 0;
             // SAFETY: waitpid with a valid out pointer; __WNOTHREAD keeps
             // other threads' children (other runs) out of this loop.
@@ -251,7 +244,6 @@ impl<'a> Supervisor<'a> {
             if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
                 self.on_exit(pid);
             } else if libc::WIFSTOPPED(status) {
-                self.tracees.insert(pid);
                 self.on_stop(pid, status);
             }
         }
@@ -259,15 +251,15 @@ impl<'a> Supervisor<'a> {
 
     /// A tracee ended (and was reaped by this wait).
     fn on_exit(&mut self, pid: libc::pid_t) {
-        self.tracees.remove(&pid);
-        self.parked.remove(&pid);
         self.pending.remove(&pid);
-        let is_workload = self.processes.get(&pid).is_some_and(|process| process.path == [1]);
-        if let Some(process) = self.processes.remove(&pid) {
-            self.ended.push((process.path, process.events));
-        }
-        if !is_workload && !self.forked.remove(&pid) {
-            self.ended_before_fork_event.insert(pid);
+        match self.processes.remove(&pid) {
+            Some(process) => self.ended.push((process.path, process.events)),
+            // Not known yet (perhaps parked): its parent's fork event is
+            // still to come.
+            None => {
+                self.parked.remove(&pid);
+                self.ended_before_fork_event.insert(pid);
+            }
         }
     }
 
@@ -287,19 +279,15 @@ impl<'a> Supervisor<'a> {
                 // its exit may be reported before its parent's fork event.
                 if let Ok(child) = event_message(pid) {
                     let child = child as libc::pid_t;
-                    if let Some(parent) = self.processes.get_mut(&pid) {
-                        parent.children += 1;
-                        let mut path = parent.path.clone();
-                        path.push(parent.children);
-                        let process = Process::new(&self.seed, path, parent.clock_ns);
-                        self.processes.insert(child, process);
-                    }
                     if !self.ended_before_fork_event.remove(&child) {
-                        self.tracees.insert(child);
-                        self.forked.insert(child);
-                    }
-                    if self.parked.remove(&child) {
-                        resume(child, libc::PTRACE_CONT, 0);
+                        let parent = self.process(pid);
+                        parent.children += 1;
+                        let (path, clock_ns) = ([parent.path.as_slice(), &[parent.children]].concat(), parent.clock_ns);
+                        let process = Process::new(&self.seed, path, clock_ns);
+                        self.processes.insert(child, process);
+                        if self.parked.remove(&child) {
+                            resume(child, libc::PTRACE_CONT, 0);
+                        }
                     }
                 }
                 0
@@ -431,16 +419,10 @@ impl<'a> Supervisor<'a> {
         let Ok(mut regs) = registers(pid) else { return false };
         let Some(code) = read_word(pid, regs.rip) else { return false };
         let (record, length) = match code.to_le_bytes() {
-            [0x0f, 0x31, ..] | [0x0f, 0x01, 0xf9, ..] => {
-                let rdtscp = code.to_le_bytes()[1] == 0x01;
-                let tsc = self.now(pid).saturating_mul(TSC_PER_NS);
-                regs.rax = tsc & 0xffff_ffff;
-                regs.rdx = tsc >> 32;
-                if rdtscp {
-                    regs.rcx = 0; // IA32_TSC_AUX: CPU 0, node 0
-                }
-                let name = if rdtscp { "rdtscp" } else { "rdtsc" };
-                (Record::Call { name: name.into(), result: tsc as i64, data: Vec::new() }, if rdtscp { 3 } else { 2 })
+            [0x0f, 0x31, ..] => (self.logical_tsc(pid, &mut regs, "rdtsc"), 2),
+            [0x0f, 0x01, 0xf9, ..] => {
+                regs.rcx = 0; // IA32_TSC_AUX: CPU 0, node 0
+                (self.logical_tsc(pid, &mut regs, "rdtscp"), 3)
             }
             [0x0f, 0xa2, ..] => {
                 let (leaf, subleaf) = (regs.rax as u32, regs.rcx as u32);
@@ -456,6 +438,14 @@ impl<'a> Supervisor<'a> {
             return true; // The run is ending; the tracee was killed.
         }
         set_registers(pid, &regs).is_ok()
+    }
+
+    /// The logical time-stamp counter into EDX:EAX, and its record.
+    fn logical_tsc(&mut self, pid: libc::pid_t, regs: &mut libc::user_regs_struct, name: &str) -> Record {
+        let tsc = self.now(pid).saturating_mul(TSC_PER_NS);
+        regs.rax = tsc & 0xffff_ffff;
+        regs.rdx = tsc >> 32;
+        Record::Call { name: name.into(), result: tsc as i64, data: Vec::new() }
     }
 
     /// After an exec, make the tracee run, from its entry point, the calls
@@ -636,7 +626,7 @@ impl<'a> Supervisor<'a> {
     /// run. They share this thread's CPU, so none runs while this does.
     fn end(&mut self, ending: Ending, stopped: Option<libc::pid_t>) {
         self.ending.get_or_insert(ending);
-        for pid in self.tracees.iter().chain(&self.parked).copied().chain(stopped) {
+        for pid in self.processes.keys().chain(&self.parked).copied().chain(stopped) {
             // SAFETY: every pid here is a tracee this thread has not reaped,
             // so it cannot have been reused.
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -753,13 +743,7 @@ impl<'a> Supervisor<'a> {
 
     /// Sleeping returns at once, the logical clock moved on by the request.
     fn sleep(&mut self, pid: libc::pid_t, request: u64, absolute: bool) -> i64 {
-        let mut bytes = [0u8; 16];
-        let local = libc::iovec { iov_base: bytes.as_mut_ptr().cast(), iov_len: 16 };
-        let remote = libc::iovec { iov_base: request as *mut libc::c_void, iov_len: 16 };
-        // SAFETY: local describes bytes; the kernel checks remote.
-        if unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } != 16 {
-            return -i64::from(libc::EFAULT);
-        }
+        let Some(bytes) = read_bytes(pid, request, 16) else { return -i64::from(libc::EFAULT) };
         let secs = i64::from_ne_bytes(bytes[..8].try_into().expect("8 bytes"));
         let nanos = i64::from_ne_bytes(bytes[8..].try_into().expect("8 bytes"));
         if secs < 0 || !(0..1_000_000_000).contains(&nanos) {
@@ -943,11 +927,7 @@ fn special_mappings(pid: libc::pid_t) -> Vec<(&'static str, u64, u64)> {
 
 /// One 8-byte word of the tracee's memory.
 fn read_word(pid: libc::pid_t, address: u64) -> Option<u64> {
-    let mut word = [0u8; 8];
-    let local = libc::iovec { iov_base: word.as_mut_ptr().cast(), iov_len: 8 };
-    let remote = libc::iovec { iov_base: address as *mut libc::c_void, iov_len: 8 };
-    // SAFETY: local describes word; the kernel checks remote.
-    (unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } == 8).then(|| u64::from_ne_bytes(word))
+    read_bytes(pid, address, 8).map(|bytes| u64::from_ne_bytes(bytes.try_into().expect("8 bytes")))
 }
 
 fn timespec(ns: u64) -> Vec<u8> {

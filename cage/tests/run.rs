@@ -53,6 +53,14 @@ fn cgroups(dir: &Path) -> bool {
     enforced
 }
 
+/// A program passed in as an input, run from `/in` under its file name.
+fn input_program(binary: &Path, args: &[&str]) -> RunSpec {
+    let name = binary.file_name().unwrap().to_str().unwrap().to_owned();
+    let mut run = spec(&format!("/in/{name}"), args);
+    run.inputs = vec![(name, binary.to_owned())];
+    run
+}
+
 fn shell(script: &str) -> RunSpec {
     spec("/bin/sh", &["-c", script])
 }
@@ -368,8 +376,7 @@ int main(int argc, char **argv) {
         ("chroot", 161, "chroot"),
     ];
     for what in denied.iter().map(|(what, _, _)| *what).chain(["mem", "socket", "kill"]) {
-        let mut attempt = spec("/in/hostile", &[what]);
-        attempt.inputs = vec![("hostile".into(), binary.clone())];
+        let attempt = input_program(&binary, &[what]);
         let (outcome, stdout) = cage(&attempt, dir.path());
         if let Some((_, number, call)) = denied.iter().find(|(name, _, _)| *name == what) {
             let expected = Verdict::PolicyViolation { number: *number, call: (*call).into() };
@@ -440,8 +447,7 @@ int main(int argc, char **argv) {
 "#,
     );
     let run_with = |seed: u8, args: &[&str]| {
-        let mut traced = spec("/in/traced", args);
-        traced.inputs = vec![("traced".into(), binary.clone())];
+        let mut traced = input_program(&binary, args);
         traced.seed = [seed; 32];
         cage(&traced, dir.path())
     };
@@ -544,8 +550,7 @@ int main(void) {
 }
 "#,
     );
-    let mut hungry = spec("/in/hungry", &[]);
-    hungry.inputs = vec![("hungry".into(), binary)];
+    let mut hungry = input_program(&binary, &[]);
     hungry.limits.memory_mib = 64;
     hungry.limits.wall_ms = 20_000;
     let (outcome, _) = cage(&hungry, dir.path());
@@ -620,8 +625,7 @@ int main(int argc, char **argv) {
 "#,
     );
     let caged = |args: &[&str]| {
-        let mut probe = spec("/in/probe", args);
-        probe.inputs = vec![("probe".into(), binary.clone())];
+        let probe = input_program(&binary, args);
         cage(&probe, dir.path())
     };
     let (first, first_out) = caged(&[]);
@@ -731,8 +735,7 @@ fn main() {
         .status();
     assert!(compiled.is_ok_and(|status| status.success()), "rustc builds a static program");
     for what in ["net", "read", "write", "proc", "thread"] {
-        let mut attempt = spec("/in/hostile-rs", &[what]);
-        attempt.inputs = vec![("hostile-rs".into(), binary.clone())];
+        let attempt = input_program(&binary, &[what]);
         let (outcome, stdout) = cage(&attempt, dir.path());
         assert!(!stdout.contains("ESCAPED"), "{what}: {stdout}");
         if what == "thread" {

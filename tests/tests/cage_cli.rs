@@ -1,7 +1,7 @@
 //! `docklock cage run`, `inspect` and `replay` as a user runs them: the
 //! real binary, a real cage.
 
-use docklock_tests::cli as run_cli;
+use docklock_tests::cli;
 
 /// A run with an input, replayed: `match` with the same root; replayed with
 /// a changed input it is refused before running; a forged witness log (one
@@ -16,7 +16,7 @@ fn a_run_replays_to_the_same_root() {
     let in_arg = format!("numbers={}", input.display());
     let witness_arg = witness.display().to_string();
     let script = "sort -n /in/numbers; head -c 8 /dev/urandom | od -An -tx1; date +%s";
-    let (code, stdout, stderr) = run_cli(&[
+    let (code, stdout, stderr) = cli(&[
         "cage",
         "run",
         "--seed",
@@ -38,7 +38,7 @@ fn a_run_replays_to_the_same_root() {
 
     let replay_log = dir.path().join("replay.log").display().to_string();
     let replay = |witness: &str, input: &str| {
-        run_cli(&["cage", "replay", witness, "--in", &format!("numbers={input}"), "--replay-witness", &replay_log])
+        cli(&["cage", "replay", witness, "--in", &format!("numbers={input}"), "--replay-witness", &replay_log])
     };
     let (code, stdout, stderr) = replay(&witness_arg, &input.display().to_string());
     assert_eq!(code, 0, "{stdout}{stderr}");
