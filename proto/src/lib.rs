@@ -22,6 +22,7 @@ pub mod client;
 pub mod crypto;
 pub mod identity;
 pub mod ledger;
+pub mod node;
 /// The Merkle tree (the `docklock-merkle` crate, re-exported).
 pub use docklock_merkle as merkle;
 
