@@ -425,6 +425,14 @@ fn summary(body: &EventBody) -> String {
         EventBody::VariablePut { key, version, .. } => format!("{key} version {version}"),
         EventBody::VariableDeleted { key } => key.clone(),
         EventBody::AgreementAdmitted { id, .. } => id.to_hex(),
+        EventBody::NodeRegistered { node_id, .. } => format!("node {node_id}"),
+        EventBody::NodeStatusChanged { node_id, status, draining } => {
+            format!("node {node_id} {status}{}", if *draining { " draining" } else { "" })
+        }
+        EventBody::AgreementPlaced { id, attempt, nodes, added } => {
+            format!("{} attempt {attempt} on {nodes:?} (added {added:?})", id.to_hex())
+        }
+        EventBody::AgreementPending { id, reason } => format!("{} pending: {reason}", id.to_hex()),
     }
 }
 

@@ -136,6 +136,7 @@ pub fn refusal(outcome: &Outcome, key: &str) -> Option<Status> {
         Outcome::Unauthenticated { reason } => Some(Status::unauthenticated(reason.clone())),
         Outcome::PermissionDenied { reason } => Some(Status::permission_denied(reason.clone())),
         Outcome::FailedPrecondition { reason } => Some(Status::failed_precondition(reason.clone())),
+        Outcome::NotFound { reason } => Some(Status::not_found(reason.clone())),
         Outcome::AlreadyExists { id } => {
             let mut status =
                 Status::already_exists(format!("agreement {id} exists already (same envelope or idempotency key)"));
@@ -150,7 +151,9 @@ pub fn refusal(outcome: &Outcome, key: &str) -> Option<Status> {
         | Outcome::Admitted { .. }
         | Outcome::IdentityChanged { .. }
         | Outcome::Bootstrapped { .. }
-        | Outcome::CheckpointRecorded { .. } => None,
+        | Outcome::CheckpointRecorded { .. }
+        | Outcome::NodeChanged { .. }
+        | Outcome::Reconciled { .. } => None,
     }
 }
 

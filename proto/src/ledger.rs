@@ -16,6 +16,7 @@ use crate::canonical::{DecodeError, Reader, Writer};
 use crate::crypto::{Fingerprint, PublicKey, Signature};
 use crate::identity::Role;
 use crate::merkle::{self, Hash};
+use crate::node::NodeStatus;
 
 /// Domain prefix of an event.
 pub const EVENT_PREFIX: &str = "docklock-event-v1";
@@ -92,6 +93,42 @@ pub enum EventBody {
         /// The canonical envelope.
         envelope: Vec<u8>,
     },
+    /// A worker registered (or re-registered) itself; the event holds its
+    /// signed registration.
+    NodeRegistered {
+        /// The node.
+        node_id: u64,
+        /// The canonical envelope around a [`crate::node::NodeRegistration`].
+        envelope: Vec<u8>,
+    },
+    /// A worker's status or drain flag changed.
+    NodeStatusChanged {
+        /// The node.
+        node_id: u64,
+        /// Its status now.
+        status: NodeStatus,
+        /// Whether it is draining now.
+        draining: bool,
+    },
+    /// An agreement's replicas changed: `added` were chosen by attempt
+    /// `attempt`; `nodes` is every live replica after the change.
+    AgreementPlaced {
+        /// The agreement.
+        id: AgreementId,
+        /// The attempt that chose `added`.
+        attempt: u64,
+        /// Every live replica.
+        nodes: Vec<u64>,
+        /// The replicas this attempt added.
+        added: Vec<u64>,
+    },
+    /// An agreement is waiting for nodes.
+    AgreementPending {
+        /// The agreement.
+        id: AgreementId,
+        /// Which constraint excluded how many nodes.
+        reason: String,
+    },
 }
 
 impl EventBody {
@@ -105,6 +142,10 @@ impl EventBody {
             Self::VariablePut { .. } => "variable-put",
             Self::VariableDeleted { .. } => "variable-deleted",
             Self::AgreementAdmitted { .. } => "agreement-admitted",
+            Self::NodeRegistered { .. } => "node-registered",
+            Self::NodeStatusChanged { .. } => "node-status-changed",
+            Self::AgreementPlaced { .. } => "agreement-placed",
+            Self::AgreementPending { .. } => "agreement-pending",
         }
     }
 }
@@ -167,6 +208,20 @@ impl Event {
             EventBody::AgreementAdmitted { id, envelope } => {
                 w.u8(7).fixed(&id.0).bytes(envelope);
             }
+            EventBody::NodeRegistered { node_id, envelope } => {
+                w.u8(8).u64(*node_id).bytes(envelope);
+            }
+            EventBody::NodeStatusChanged { node_id, status, draining } => {
+                w.u8(9).u64(*node_id).u8(*status as u8).bool(*draining);
+            }
+            EventBody::AgreementPlaced { id, attempt, nodes, added } => {
+                w.u8(10).fixed(&id.0).u64(*attempt);
+                u64_list(&mut w, nodes);
+                u64_list(&mut w, added);
+            }
+            EventBody::AgreementPending { id, reason } => {
+                w.u8(11).fixed(&id.0).str(reason);
+            }
         }
         w.finish()
     }
@@ -202,6 +257,24 @@ impl Event {
                 id: AgreementId(r.array("agreement id")?),
                 envelope: r.bytes("envelope")?.to_vec(),
             },
+            8 => EventBody::NodeRegistered { node_id: r.u64("node id")?, envelope: r.bytes("envelope")?.to_vec() },
+            9 => EventBody::NodeStatusChanged {
+                node_id: r.u64("node id")?,
+                status: {
+                    let code = r.u8("node status")?;
+                    *NodeStatus::ALL
+                        .get(code as usize)
+                        .ok_or_else(|| DecodeError::invalid("node status", format!("unknown code {code}")))?
+                },
+                draining: r.bool("draining")?,
+            },
+            10 => EventBody::AgreementPlaced {
+                id: AgreementId(r.array("agreement id")?),
+                attempt: r.u64("attempt")?,
+                nodes: read_u64_list(&mut r, "nodes")?,
+                added: read_u64_list(&mut r, "added")?,
+            },
+            11 => EventBody::AgreementPending { id: AgreementId(r.array("agreement id")?), reason: r.str("reason")? },
             other => return Err(DecodeError::invalid("event kind", format!("unknown kind {other}"))),
         };
         r.finish()?;

@@ -55,6 +55,38 @@ impl fmt::Display for NodeType {
     }
 }
 
+/// A node's committed status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    /// Registered and heard from within the TTL.
+    Ready,
+    /// Silent for longer than the TTL.
+    Down,
+    /// Removed by an operator; never placed on again.
+    Left,
+}
+
+impl NodeStatus {
+    /// Every status, in code order.
+    pub const ALL: [NodeStatus; 3] = [Self::Ready, Self::Down, Self::Left];
+
+    /// The name users see.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Down => "down",
+            Self::Left => "left",
+        }
+    }
+}
+
+impl fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// What a node offers.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Capacity {

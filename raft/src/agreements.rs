@@ -6,38 +6,51 @@
 //! tagged algorithm, the key is registered, unrevoked and may submit, and
 //! neither the agreement nor the signer's idempotency key exists yet.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use docklock_proto::agreement::{AgreementId, Spec, SpecError};
+use docklock_proto::agreement::{AgreementId, Constraints, Spec, SpecError};
 use docklock_proto::crypto::Fingerprint;
 use docklock_proto::ledger::EventBody;
 use serde::{Deserialize, Serialize};
 use sha3::{Digest as _, Sha3_256};
 
 use crate::identities::{decode_envelope, verify_envelope};
+use crate::nodes::Replica;
 use crate::registry::Registry;
 use crate::types::Outcome;
 
 /// Most agreements the registry holds.
 pub const AGREEMENTS_MAX: usize = 1_000_000;
 
-/// Where an agreement is in its life. Placement and execution add states.
+/// Where an agreement is in its life. Execution adds states.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "kebab-case")]
 pub enum AgreementStatus {
     /// Signed, checked and committed.
     Admitted,
+    /// Waiting for enough eligible nodes (the reason says which constraint
+    /// excluded how many).
+    Pending,
+    /// Every replica has a node.
+    Placed,
 }
 
 impl AgreementStatus {
     /// Every status.
-    pub const ALL: [AgreementStatus; 1] = [AgreementStatus::Admitted];
+    pub const ALL: [AgreementStatus; 3] = [Self::Admitted, Self::Pending, Self::Placed];
 
     /// The name users see.
     pub fn name(self) -> &'static str {
         match self {
             Self::Admitted => "admitted",
+            Self::Pending => "pending",
+            Self::Placed => "placed",
         }
+    }
+
+    /// Whether the scheduler still places replicas for it.
+    pub fn is_schedulable(self) -> bool {
+        matches!(self, Self::Admitted | Self::Pending | Self::Placed)
     }
 }
 
@@ -59,6 +72,26 @@ pub struct AgreementRecord {
     pub replicas: u32,
     /// The spec's labels.
     pub labels: BTreeMap<String, String>,
+    /// Where it may run.
+    pub constraints: Constraints,
+    /// Memory each replica needs, MiB (its memory limit).
+    pub memory_mib: u64,
+    /// The latest placement attempt (0: never placed).
+    pub attempt: u64,
+    /// Live replicas.
+    pub placed: Vec<Replica>,
+    /// Nodes that held a replica and lost it; never chosen again for it.
+    pub lost: BTreeSet<u64>,
+    /// Why it waits for nodes, while it does.
+    pub pending: Option<String>,
+}
+
+impl AgreementRecord {
+    /// Move to `status`, recorded as set by ledger event `event`.
+    pub(crate) fn set_status(&mut self, status: AgreementStatus, event: u64) {
+        self.status = status;
+        self.history.push((status, event));
+    }
 }
 
 /// An agreement that passed every check.
@@ -153,9 +186,16 @@ impl Registry {
             event_index,
             replicas: spec.replicas,
             labels: spec.labels,
+            constraints: spec.constraints,
+            memory_mib: spec.limits.memory_mib,
+            attempt: 0,
+            placed: Vec::new(),
+            lost: BTreeSet::new(),
+            pending: None,
         };
         self.agreements.insert(id, record);
         self.bump_revision();
+        self.place_agreement(&id);
         Outcome::Admitted { id, event_index }
     }
 }

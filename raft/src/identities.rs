@@ -152,10 +152,7 @@ impl Registry {
             });
         }
         match &change.kind {
-            ChangeKind::Add { key, role } => {
-                if *role == Role::Node {
-                    return Err(Outcome::Invalid { reason: "node keys are registered by their node".into() });
-                }
+            ChangeKind::Add { key, .. } => {
                 if let Some(existing) = self.identities.get(&key.fingerprint()) {
                     let state =
                         if existing.revoked { "was revoked and cannot return" } else { "is registered already" };
@@ -231,13 +228,19 @@ impl Registry {
                 Err(denied(format!("node {} has a different key registered ({existing})", claim.node_id)))
             };
         }
-        if !self.members.contains(&claim.node_id) {
-            return Err(denied(format!("node {} is not a member of the cluster", claim.node_id)));
+        match self.identities.get(&fingerprint) {
+            // A worker outside the Raft membership: an admin authorised its
+            // key (role node, no node yet), and the claim binds it to an id.
+            Some(record) if record.role == Role::Node && record.node_id.is_none() && !record.revoked => {
+                Ok(Some((envelope, claim)))
+            }
+            Some(_) => Err(Outcome::FailedPrecondition { reason: format!("key {fingerprint} is registered already") }),
+            None if !self.members.contains(&claim.node_id) => Err(denied(format!(
+                "node {} is not a member of the cluster; an admin must add its key with role node first",
+                claim.node_id
+            ))),
+            None => Ok(Some((envelope, claim))),
         }
-        if self.identities.contains_key(&fingerprint) {
-            return Err(Outcome::FailedPrecondition { reason: format!("key {fingerprint} is registered already") });
-        }
-        Ok(Some((envelope, claim)))
     }
 
     pub(crate) fn register_node(&mut self, bytes: &[u8]) -> Outcome {

@@ -15,6 +15,7 @@ pub mod agreements;
 pub mod identities;
 pub mod ledger;
 pub mod network;
+pub mod nodes;
 pub mod proposer;
 pub mod registry;
 pub mod sessions;

@@ -77,7 +77,12 @@ fn request_bytes(request: &Request) -> usize {
         }
         crate::types::Command::ChangeIdentity { envelope }
         | crate::types::Command::RegisterNode { envelope }
-        | crate::types::Command::SubmitAgreement { envelope } => envelope.len(),
+        | crate::types::Command::SubmitAgreement { envelope }
+        | crate::types::Command::RegisterWorker { envelope } => envelope.len(),
+        crate::types::Command::SetNodeStatus { .. }
+        | crate::types::Command::DrainNode { .. }
+        | crate::types::Command::RemoveNode { .. }
+        | crate::types::Command::Reconcile => 16,
         crate::types::Command::Checkpoint { checkpoint } => {
             checkpoint.signature.as_bytes().len() + checkpoint.signer_key.as_bytes().len()
         }

@@ -4,17 +4,20 @@
 //! request): no clock, no randomness, no IO, ordered maps only. The registry
 //! lives in memory; its durable form is the snapshot (see `store`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use docklock_proto::agreement::{AgreementId, Digest};
 use docklock_proto::crypto::Fingerprint;
 use docklock_proto::ledger::EventBody;
-use imbl::OrdMap;
+use docklock_proto::node::NodeStatus;
+use docklock_scheduler::Ring;
+use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
 use crate::agreements::AgreementRecord;
 use crate::identities::IdentityRecord;
 use crate::ledger::{LedgerState, LedgerWrites};
+use crate::nodes::NodeRecord;
 use crate::sessions::{self, Seen, Sessions, SessionsState};
 use crate::types::{Command, Expect, Outcome, Request, Response, Variable};
 
@@ -56,6 +59,14 @@ pub struct RegistryState {
     pub idempotency: OrdMap<(Fingerprint, String), AgreementId>,
     /// The ledger's head.
     pub ledger: LedgerState,
+    /// Workers by id.
+    pub nodes: OrdMap<u64, NodeRecord>,
+    /// Agreements waiting for (more) nodes.
+    pub unsettled: OrdSet<AgreementId>,
+    /// Whether a walk of `unsettled` is under way.
+    pub reconcile_due: bool,
+    /// Where that walk is.
+    pub reconcile_cursor: Option<AgreementId>,
 }
 
 /// The replicated registry.
@@ -71,6 +82,14 @@ pub struct Registry {
     pub(crate) agreements: OrdMap<AgreementId, AgreementRecord>,
     pub(crate) idempotency: OrdMap<(Fingerprint, String), AgreementId>,
     pub(crate) ledger: LedgerState,
+    pub(crate) nodes: OrdMap<u64, NodeRecord>,
+    pub(crate) unsettled: OrdSet<AgreementId>,
+    pub(crate) reconcile_due: bool,
+    pub(crate) reconcile_cursor: Option<AgreementId>,
+    /// The placement ring, derived from `nodes`; not state.
+    pub(crate) ring: Ring,
+    /// Agreements by node holding a live replica, derived; not state.
+    pub(crate) assigned: BTreeMap<u64, BTreeSet<AgreementId>>,
     /// Rows produced by `apply` and not yet taken by the store; not state.
     pub(crate) writes: LedgerWrites,
     /// The log entry being applied; not state.
@@ -80,7 +99,7 @@ pub struct Registry {
 impl Registry {
     /// Build from a snapshot's state.
     pub fn from_state(state: RegistryState) -> Self {
-        Self {
+        let mut registry = Self {
             variables: state.variables,
             counters: state.counters,
             sessions: Sessions::from_state(state.sessions),
@@ -91,9 +110,17 @@ impl Registry {
             agreements: state.agreements,
             idempotency: state.idempotency,
             ledger: state.ledger,
+            nodes: state.nodes,
+            unsettled: state.unsettled,
+            reconcile_due: state.reconcile_due,
+            reconcile_cursor: state.reconcile_cursor,
+            ring: Ring::new(),
+            assigned: BTreeMap::new(),
             writes: LedgerWrites::default(),
             raft_index: 0,
-        }
+        };
+        registry.rebuild_derived();
+        registry
     }
 
     /// A copy of the whole state, for a snapshot.
@@ -109,6 +136,10 @@ impl Registry {
             agreements: self.agreements.clone(),
             idempotency: self.idempotency.clone(),
             ledger: self.ledger.clone(),
+            nodes: self.nodes.clone(),
+            unsettled: self.unsettled.clone(),
+            reconcile_due: self.reconcile_due,
+            reconcile_cursor: self.reconcile_cursor,
         }
     }
 
@@ -241,6 +272,19 @@ impl Registry {
             Command::RegisterNode { envelope } => self.register_node(envelope),
             Command::SubmitAgreement { envelope } => self.submit_agreement(envelope),
             Command::Checkpoint { checkpoint } => self.record_checkpoint(checkpoint),
+            Command::RegisterWorker { envelope } => self.register_worker(envelope),
+            Command::SetNodeStatus { node_id, status } => {
+                if *status == NodeStatus::Left {
+                    return Outcome::Invalid { reason: "removal is its own request".into() };
+                }
+                self.change_node(*node_id, Some(*status), None)
+            }
+            Command::DrainNode { node_id, drain } => self.change_node(*node_id, None, Some(*drain)),
+            Command::RemoveNode { node_id } => self.change_node(*node_id, Some(NodeStatus::Left), None),
+            Command::Reconcile => {
+                let tried = self.reconcile_batch(None);
+                Outcome::Reconciled { tried: tried as u64, unsettled: self.unsettled.len() as u64 }
+            }
         }
     }
 

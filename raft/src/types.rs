@@ -3,6 +3,7 @@
 use docklock_proto::agreement::AgreementId;
 use docklock_proto::crypto::{Fingerprint, PublicKey};
 use docklock_proto::ledger::Checkpoint;
+use docklock_proto::node::NodeStatus;
 use serde::{Deserialize, Serialize};
 
 /// A node's id in the Raft group. Chosen by the operator (`--id N`), never
@@ -138,6 +139,34 @@ pub enum Command {
         /// The signed checkpoint.
         checkpoint: Box<Checkpoint>,
     },
+    /// A worker describing itself: an envelope around a
+    /// [`docklock_proto::node::NodeRegistration`] signed by its node key.
+    RegisterWorker {
+        /// The canonical envelope.
+        #[serde(with = "serde_bytes")]
+        envelope: Vec<u8>,
+    },
+    /// The leader's liveness decision: `ready` or `down`.
+    SetNodeStatus {
+        /// The worker.
+        node_id: u64,
+        /// Its new status.
+        status: NodeStatus,
+    },
+    /// Start or stop draining a worker.
+    DrainNode {
+        /// The worker.
+        node_id: u64,
+        /// Drain (true) or undrain (false).
+        drain: bool,
+    },
+    /// Remove a worker for good; its placements move.
+    RemoveNode {
+        /// The worker.
+        node_id: u64,
+    },
+    /// Re-place the next batch of agreements waiting for nodes.
+    Reconcile,
 }
 
 /// The precondition of a compare-and-set.
@@ -256,6 +285,27 @@ pub enum Outcome {
     CheckpointRecorded {
         /// Events covered.
         tree_size: u64,
+    },
+    /// The named object does not exist; nothing changed.
+    NotFound {
+        /// What is missing.
+        reason: String,
+    },
+    /// A worker's state after a registration or status change.
+    NodeChanged {
+        /// The worker.
+        node_id: u64,
+        /// Its status.
+        status: NodeStatus,
+        /// Whether it is draining.
+        draining: bool,
+    },
+    /// A reconcile batch ran.
+    Reconciled {
+        /// Agreements it tried to place.
+        tried: u64,
+        /// Agreements still waiting for nodes.
+        unsettled: u64,
     },
     /// The write's serial is older than the retained window of its client, so
     /// its first outcome is no longer known; nothing changed.

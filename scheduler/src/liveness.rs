@@ -10,30 +10,7 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
-
-/// A node's committed status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NodeStatus {
-    /// Registered and heard from within the TTL.
-    Ready,
-    /// Silent for longer than the TTL.
-    Down,
-    /// Removed by an operator; never placed on again.
-    Left,
-}
-
-impl NodeStatus {
-    /// The name users see.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Ready => "ready",
-            Self::Down => "down",
-            Self::Left => "left",
-        }
-    }
-}
+pub use docklock_proto::node::NodeStatus;
 
 /// Heartbeat timing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,587 @@
+//! Workers and placements in the registry.
+//!
+//! A worker registers itself with a [`NodeRegistration`] signed by its node
+//! key; the leader commits `ready`/`down` changes its heartbeats imply; an
+//! operator drains, undrains or removes it. Placement runs inside `apply`
+//! with the pure walk of `docklock-scheduler`, so every replica of the
+//! registry makes the same decision and any of them can explain it.
+//!
+//! Agreements that need (re)placement wait in `unsettled`. Each applied
+//! change that could help them (a node registering, coming back, being
+//! undrained) retries a bounded batch of them inline, and sets
+//! `reconcile_due` if more remain: the leader then proposes `Reconcile`
+//! until the queue has been walked once. No single entry does unbounded work.
+
+use docklock_proto::agreement::AgreementId;
+use docklock_proto::ledger::EventBody;
+use docklock_proto::node::{NodeRegistration, NodeStatus};
+use docklock_scheduler::placement::{self, Candidate, Placement, Request};
+use docklock_scheduler::ring::{self, Ring};
+use serde::{Deserialize, Serialize};
+
+use crate::agreements::AgreementStatus;
+use crate::identities::{decode_envelope, verify_envelope};
+use crate::registry::Registry;
+use crate::types::Outcome;
+
+/// Most workers the registry holds (removed ones included).
+pub const NODES_MAX: usize = 100_000;
+/// Virtual nodes per core of capacity.
+pub const VNODES_PER_CORE: u32 = 32;
+/// Agreements one applied entry re-places at most.
+pub const RECONCILE_BATCH: usize = 512;
+
+/// A registered worker.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// What it said about itself, last time it registered.
+    pub registration: NodeRegistration,
+    /// Its status.
+    pub status: NodeStatus,
+    /// No new placements; existing ones move off.
+    pub draining: bool,
+    /// The ledger event of its latest registration.
+    pub registered_event: u64,
+    /// The ledger event of its latest status or drain change.
+    pub status_event: Option<u64>,
+}
+
+impl NodeRecord {
+    fn candidate(&self) -> Candidate<'_> {
+        let registration = &self.registration;
+        Candidate {
+            ready: self.status == NodeStatus::Ready,
+            draining: self.draining,
+            node_type: registration.node_type,
+            zone: &registration.zone,
+            labels: &registration.labels,
+            capacity: &registration.capacity,
+        }
+    }
+}
+
+/// One live replica of an agreement.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replica {
+    /// Where it runs.
+    pub node: u64,
+    /// The placement attempt that chose it; reports name it, and a report
+    /// for any other attempt is stale.
+    pub attempt: u64,
+}
+
+/// Build the ring from the node records (the ring is derived state).
+pub(crate) fn build_ring<'a>(nodes: impl Iterator<Item = (&'a u64, &'a NodeRecord)>) -> Ring {
+    let mut ring = Ring::new();
+    for (id, record) in nodes {
+        if record.status != NodeStatus::Left {
+            let registration = &record.registration;
+            ring.insert(*id, ring::vnodes_for(VNODES_PER_CORE, registration.capacity.cpu_millis), &registration.zone);
+        }
+    }
+    ring
+}
+
+impl Registry {
+    /// A worker by id.
+    pub fn node(&self, id: u64) -> Option<&NodeRecord> {
+        self.nodes.get(&id)
+    }
+
+    /// Every worker, by id.
+    pub fn nodes(&self) -> impl Iterator<Item = (&u64, &NodeRecord)> {
+        self.nodes.iter()
+    }
+
+    /// Workers not removed: the count the heartbeat interval scales with.
+    pub fn live_node_count(&self) -> usize {
+        self.ring.node_count()
+    }
+
+    /// Agreements currently assigned to `node`.
+    pub fn assigned_to(&self, node: u64) -> impl Iterator<Item = &AgreementId> {
+        self.assigned.get(&node).into_iter().flatten()
+    }
+
+    /// Whether agreements wait for a reconcile the leader should propose.
+    pub fn reconcile_due(&self) -> bool {
+        self.reconcile_due
+    }
+
+    /// Agreements waiting for (more) nodes.
+    pub fn unsettled_count(&self) -> usize {
+        self.unsettled.len()
+    }
+
+    /// Check a signed registration against the current state.
+    pub fn check_registration(&self, bytes: &[u8]) -> Result<NodeRegistration, Outcome> {
+        let envelope = decode_envelope(bytes)?;
+        let registration = NodeRegistration::decode(&envelope.message)
+            .map_err(|error| Outcome::Invalid { reason: error.to_string() })?;
+        verify_envelope(&envelope)?;
+        if Some(registration.cluster_id.as_str()) != self.cluster_id() {
+            return Err(Outcome::FailedPrecondition {
+                reason: format!(
+                    "registration is for cluster {:?}, this is {:?}",
+                    registration.cluster_id,
+                    self.cluster_id()
+                ),
+            });
+        }
+        let id = registration.node_id;
+        match self.node_key(id) {
+            Some(record) if record.key == envelope.signer && !record.revoked => {}
+            Some(_) => {
+                return Err(Outcome::PermissionDenied {
+                    reason: format!("registration for node {id} is not signed by its live node key"),
+                })
+            }
+            None => {
+                return Err(Outcome::FailedPrecondition {
+                    reason: format!("node {id} has no registered key; it must claim one first"),
+                })
+            }
+        }
+        match self.nodes.get(&id) {
+            Some(existing) if existing.status == NodeStatus::Left => Err(Outcome::FailedPrecondition {
+                reason: format!("node {id} was removed; a removed id is not reused"),
+            }),
+            None if self.nodes.len() >= NODES_MAX => {
+                Err(Outcome::LimitExceeded { reason: format!("registry holds {NODES_MAX} nodes") })
+            }
+            _ => Ok(registration),
+        }
+    }
+
+    pub(crate) fn register_worker(&mut self, bytes: &[u8]) -> Outcome {
+        let registration = match self.check_registration(bytes) {
+            Ok(registration) => registration,
+            Err(refusal) => return refusal,
+        };
+        let id = registration.node_id;
+        let previous = self.nodes.get(&id).cloned();
+        if let Some(previous) = &previous {
+            if previous.registration == registration && previous.status == NodeStatus::Ready {
+                // A restart that changed nothing: no event, no revision.
+                return Outcome::NodeChanged { node_id: id, status: previous.status, draining: previous.draining };
+            }
+        }
+        let registered_event = self.record(EventBody::NodeRegistered { node_id: id, envelope: bytes.to_vec() });
+        let draining = previous.as_ref().is_some_and(|p| p.draining);
+        let record = NodeRecord {
+            registration,
+            status: NodeStatus::Ready,
+            draining,
+            registered_event,
+            status_event: previous.and_then(|p| p.status_event),
+        };
+        let registration = &record.registration;
+        self.ring.insert(id, ring::vnodes_for(VNODES_PER_CORE, registration.capacity.cpu_millis), &registration.zone);
+        self.nodes.insert(id, record);
+        self.bump_revision();
+        self.nodes_grew();
+        Outcome::NodeChanged { node_id: id, status: NodeStatus::Ready, draining }
+    }
+
+    /// Set a worker's status (the leader's liveness decision) or drain flag
+    /// (an operator's). Removal is final.
+    pub(crate) fn change_node(&mut self, id: u64, status: Option<NodeStatus>, draining: Option<bool>) -> Outcome {
+        let Some(record) = self.nodes.get(&id).cloned() else {
+            return Outcome::NotFound { reason: format!("node {id} is not registered") };
+        };
+        if record.status == NodeStatus::Left {
+            return Outcome::FailedPrecondition { reason: format!("node {id} was removed") };
+        }
+        let (old_status, old_draining) = (record.status, record.draining);
+        let (new_status, new_draining) = (status.unwrap_or(old_status), draining.unwrap_or(old_draining));
+        if (new_status, new_draining) == (old_status, old_draining) {
+            return Outcome::NodeChanged { node_id: id, status: old_status, draining: old_draining };
+        }
+        let event =
+            self.record(EventBody::NodeStatusChanged { node_id: id, status: new_status, draining: new_draining });
+        let mut record = record;
+        record.status = new_status;
+        record.draining = new_draining;
+        record.status_event = Some(event);
+        self.nodes.insert(id, record);
+        self.bump_revision();
+        if new_status == NodeStatus::Left {
+            self.ring.remove(id);
+        }
+        let usable = |status: NodeStatus, draining: bool| status == NodeStatus::Ready && !draining;
+        if usable(old_status, old_draining) && !usable(new_status, new_draining) {
+            self.node_lost(id);
+        } else if usable(new_status, new_draining) {
+            self.nodes_grew();
+        }
+        Outcome::NodeChanged { node_id: id, status: new_status, draining: new_draining }
+    }
+
+    /// A node can no longer hold work: every live replica on it is dropped
+    /// and its agreements queue for a replacement.
+    fn node_lost(&mut self, node: u64) {
+        let lost: Vec<AgreementId> = self.assigned.remove(&node).unwrap_or_default().into_iter().collect();
+        for id in &lost {
+            let mut record = self.agreements.get(id).expect("assigned agreements exist").clone();
+            record.placed.retain(|replica| replica.node != node);
+            record.lost.insert(node);
+            self.agreements.insert(*id, record);
+            self.unsettled.insert(*id);
+        }
+        self.reconcile_batch(Some(lost));
+    }
+
+    /// More capacity may be available: walk the whole queue again.
+    fn nodes_grew(&mut self) {
+        self.reconcile_cursor = None;
+        self.reconcile_due = !self.unsettled.is_empty();
+        self.reconcile_batch(None);
+    }
+
+    /// Re-place a bounded batch: `first` (just lost a replica) and then the
+    /// queue from the cursor if a walk is due. Returns how many were tried.
+    pub(crate) fn reconcile_batch(&mut self, first: Option<Vec<AgreementId>>) -> usize {
+        let mut tried = 0;
+        for id in first.into_iter().flatten() {
+            if tried >= RECONCILE_BATCH {
+                // The rest stay queued; a full walk picks them up.
+                self.reconcile_due = true;
+                break;
+            }
+            self.place_agreement(&id);
+            tried += 1;
+        }
+        if !self.reconcile_due {
+            return tried;
+        }
+        use std::ops::Bound;
+        let lower = self.reconcile_cursor.map_or(Bound::Unbounded, Bound::Excluded);
+        let batch: Vec<AgreementId> = self
+            .unsettled
+            .range((lower, Bound::Unbounded))
+            .take(RECONCILE_BATCH.saturating_sub(tried).max(1))
+            .copied()
+            .collect();
+        for id in &batch {
+            self.place_agreement(id);
+        }
+        tried += batch.len();
+        let last = batch.last().copied();
+        let more =
+            last.is_some_and(|last| self.unsettled.range((Bound::Excluded(last), Bound::Unbounded)).next().is_some());
+        self.reconcile_cursor = if more { last } else { None };
+        self.reconcile_due = more;
+        tried
+    }
+
+    /// The placement walk for `id` against the current ring, keeping its live
+    /// replicas: what `apply` would decide now.
+    pub fn compute_placement(&self, id: &AgreementId) -> Option<Placement> {
+        let record = self.agreements.get(id)?;
+        let keep: Vec<u64> = record.placed.iter().map(|replica| replica.node).collect();
+        let request = Request {
+            key: ring::key_point(&id.0),
+            replicas: record.replicas,
+            constraints: &record.constraints,
+            memory_mib: record.memory_mib,
+            keep: &keep,
+            avoid: &record.lost,
+        };
+        Some(placement::place(&self.ring, &request, |node| self.nodes.get(&node).map(NodeRecord::candidate)))
+    }
+
+    /// Place (or top up) one agreement and record what changed.
+    pub(crate) fn place_agreement(&mut self, id: &AgreementId) {
+        let Some(record) = self.agreements.get(id) else { return };
+        if !record.status.is_schedulable() {
+            self.unsettled.remove(id);
+            return;
+        }
+        let placement = self.compute_placement(id).expect("agreement exists");
+        let mut record = record.clone();
+        let mut changed = false;
+        if !placement.added.is_empty() {
+            changed = true;
+            record.attempt += 1;
+            let attempt = record.attempt;
+            record.placed.extend(placement.added.iter().map(|&node| Replica { node, attempt }));
+            let nodes = record.placed.iter().map(|replica| replica.node).collect();
+            let event =
+                self.record(EventBody::AgreementPlaced { id: *id, attempt, nodes, added: placement.added.clone() });
+            for node in &placement.added {
+                self.assigned.entry(*node).or_default().insert(*id);
+            }
+            if placement.complete(record.replicas) && record.status != AgreementStatus::Placed {
+                record.set_status(AgreementStatus::Placed, event);
+            }
+        }
+        match placement.shortfall(record.replicas) {
+            None => {
+                changed |= record.pending.take().is_some();
+                self.unsettled.remove(id);
+            }
+            Some(reason) => {
+                if record.pending.as_ref() != Some(&reason) || record.status != AgreementStatus::Pending {
+                    changed = true;
+                    let event = self.record(EventBody::AgreementPending { id: *id, reason: reason.clone() });
+                    if record.status != AgreementStatus::Pending {
+                        record.set_status(AgreementStatus::Pending, event);
+                    }
+                }
+                record.pending = Some(reason);
+                self.unsettled.insert(*id);
+            }
+        }
+        if changed {
+            self.agreements.insert(*id, record);
+            self.bump_revision();
+        }
+    }
+
+    /// Rebuild the derived indexes (ring, assignments) from the state.
+    pub(crate) fn rebuild_derived(&mut self) {
+        self.ring = build_ring(self.nodes.iter());
+        self.assigned.clear();
+        for (id, record) in self.agreements.iter() {
+            for replica in &record.placed {
+                self.assigned.entry(replica.node).or_default().insert(*id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use docklock_proto::agreement::{Envelope, Spec};
+    use docklock_proto::crypto::{Algorithm, KeyPair};
+    use docklock_proto::identity::{ChangeKind, IdentityChange, NodeKeyClaim, Role};
+    use docklock_proto::node::{Capacity, NodeType};
+
+    use super::*;
+    use crate::types::{Command, Request};
+
+    fn apply(registry: &mut Registry, command: Command) -> Outcome {
+        registry.apply(&Request { session: None, command }, 1).outcome
+    }
+
+    struct Setup {
+        registry: Registry,
+        admin: KeyPair,
+        keys: BTreeMap<u64, KeyPair>,
+    }
+
+    fn registration(id: u64, zone: &str) -> NodeRegistration {
+        NodeRegistration {
+            cluster_id: "c".into(),
+            node_id: id,
+            address: format!("127.0.0.1:{}", 7000 + id),
+            node_type: NodeType::Compute,
+            zone: zone.into(),
+            labels: BTreeMap::new(),
+            capacity: Capacity { cpu_millis: 2000, memory_mib: 4096, features: Default::default() },
+        }
+    }
+
+    impl Setup {
+        /// Members 1..=3 and `workers` more nodes (4..) authorised by the admin.
+        fn new(workers: u64) -> Self {
+            let mut registry = Registry::default();
+            registry.apply_membership(1, vec![1, 2, 3], vec![]);
+            let admin = KeyPair::generate(Algorithm::MlDsa65);
+            apply(&mut registry, Command::Bootstrap { cluster_id: "c".into(), admin: Some(admin.public().clone()) });
+            let mut setup = Self { registry, admin, keys: BTreeMap::new() };
+            for id in 1..=3 + workers {
+                let key = KeyPair::generate(Algorithm::MlDsa65);
+                if id > 3 {
+                    setup.admin_change(ChangeKind::Add { key: key.public().clone(), role: Role::Node });
+                }
+                let claim = NodeKeyClaim { cluster_id: "c".into(), node_id: id };
+                let claim = Command::RegisterNode { envelope: Envelope::sign(claim.canonical(), &key).canonical() };
+                assert!(matches!(apply(&mut setup.registry, claim), Outcome::IdentityChanged { .. }), "claim {id}");
+                setup.keys.insert(id, key);
+            }
+            setup
+        }
+
+        fn admin_change(&mut self, kind: ChangeKind) -> Outcome {
+            let change = IdentityChange { cluster_id: "c".into(), epoch: self.registry.identity_epoch(), kind };
+            let envelope = Envelope::sign(change.canonical(), &self.admin).canonical();
+            apply(&mut self.registry, Command::ChangeIdentity { envelope })
+        }
+
+        fn register(&mut self, registration: &NodeRegistration) -> Outcome {
+            let key = &self.keys[&registration.node_id];
+            let envelope = Envelope::sign(registration.canonical(), key).canonical();
+            apply(&mut self.registry, Command::RegisterWorker { envelope })
+        }
+
+        fn register_all(&mut self, zones: u64) {
+            let ids: Vec<u64> = self.keys.keys().copied().collect();
+            for id in ids {
+                let outcome = self.register(&registration(id, &format!("z{}", id % zones)));
+                assert!(matches!(outcome, Outcome::NodeChanged { status: NodeStatus::Ready, .. }), "{outcome:?}");
+            }
+        }
+
+        fn submit(&mut self, name: &str, replicas: u32, extra: &str) -> AgreementId {
+            let yaml = format!(
+                "program: sha3-256:{}\nreplicas: {replicas}\ntimeout_secs: 60\nidempotency_key: {name}\n{extra}",
+                "01".repeat(32)
+            );
+            let envelope = Envelope::sign(Spec::from_yaml(&yaml).unwrap().canonical(), &self.admin);
+            match apply(&mut self.registry, Command::SubmitAgreement { envelope: envelope.canonical() }) {
+                Outcome::Admitted { id, .. } => id,
+                other => panic!("not admitted: {other:?}"),
+            }
+        }
+
+        fn nodes_of(&self, id: &AgreementId) -> Vec<u64> {
+            self.registry.agreement(id).unwrap().placed.iter().map(|r| r.node).collect()
+        }
+    }
+
+    /// Registration needs the node's own live key; a worker outside the Raft
+    /// membership needs an admin-authorised key; removed ids stay removed.
+    #[test]
+    fn registration_is_authenticated() {
+        let mut setup = Setup::new(1);
+        let stranger = KeyPair::generate(Algorithm::MlDsa65);
+        let forged = Envelope::sign(registration(2, "z").canonical(), &stranger).canonical();
+        let outcome = apply(&mut setup.registry, Command::RegisterWorker { envelope: forged });
+        assert!(matches!(outcome, Outcome::PermissionDenied { .. }), "{outcome:?}");
+        let claim = NodeKeyClaim { cluster_id: "c".into(), node_id: 9 };
+        let claim = Command::RegisterNode { envelope: Envelope::sign(claim.canonical(), &stranger).canonical() };
+        assert!(matches!(apply(&mut setup.registry, claim), Outcome::PermissionDenied { .. }), "unauthorised worker");
+        let mut other_cluster = registration(4, "z");
+        other_cluster.cluster_id = "d".into();
+        assert!(matches!(setup.register(&other_cluster), Outcome::FailedPrecondition { .. }));
+        assert!(matches!(setup.register(&registration(4, "z")), Outcome::NodeChanged { .. }));
+        let revision = setup.registry.revision();
+        assert!(matches!(setup.register(&registration(4, "z")), Outcome::NodeChanged { .. }));
+        assert_eq!(setup.registry.revision(), revision, "an unchanged re-registration is not a state change");
+        assert!(matches!(apply(&mut setup.registry, Command::RemoveNode { node_id: 4 }), Outcome::NodeChanged { .. }));
+        assert!(matches!(setup.register(&registration(4, "z")), Outcome::FailedPrecondition { .. }));
+        assert!(matches!(
+            apply(&mut setup.registry, Command::DrainNode { node_id: 77, drain: true }),
+            Outcome::NotFound { .. }
+        ));
+    }
+
+    /// An agreement is placed at admission on k distinct nodes in distinct
+    /// zones; without enough nodes it is pending with a reason and is placed
+    /// as soon as nodes register.
+    #[test]
+    fn placement_at_admission_and_pending_until_nodes_appear() {
+        let mut setup = Setup::new(3);
+        let early = setup.submit("early", 3, "");
+        let record = setup.registry.agreement(&early).unwrap();
+        assert_eq!(record.status, AgreementStatus::Pending);
+        assert_eq!(record.pending.as_deref(), Some("needs 3 nodes, 0 eligible"));
+        for id in 1..=2 {
+            setup.register(&registration(id, &format!("z{id}")));
+        }
+        assert_eq!(setup.registry.agreement(&early).unwrap().status, AgreementStatus::Pending);
+        assert_eq!(setup.nodes_of(&early).len(), 2, "partial placement holds what it found");
+        setup.register_all(3);
+        let record = setup.registry.agreement(&early).unwrap();
+        assert_eq!(record.status, AgreementStatus::Placed);
+        assert_eq!(record.pending, None);
+        assert_eq!(setup.registry.unsettled_count(), 0);
+
+        let job = setup.submit("job", 3, "");
+        let nodes = setup.nodes_of(&job);
+        let zones: BTreeSet<_> =
+            nodes.iter().map(|n| setup.registry.node(*n).unwrap().registration.zone.clone()).collect();
+        assert_eq!(zones.len(), 3, "{nodes:?}");
+        let record = setup.registry.agreement(&job).unwrap();
+        assert_eq!(record.status, AgreementStatus::Placed);
+        assert!(record.placed.iter().all(|r| r.attempt == 1));
+
+        let picky = setup.submit("picky", 1, "constraints: {zones: [mars]}\n");
+        let reason = setup.registry.agreement(&picky).unwrap().pending.clone().unwrap();
+        assert_eq!(reason, "needs 1 nodes, 0 eligible (6 zone not allowed)");
+    }
+
+    /// A node going down or draining moves exactly its replicas, as new
+    /// attempts; it does not get them back when it returns.
+    #[test]
+    fn lost_replicas_move_as_new_attempts() {
+        let mut setup = Setup::new(5);
+        setup.register_all(2);
+        let ids: Vec<AgreementId> = (0..40).map(|i| setup.submit(&format!("j{i}"), 3, "")).collect();
+        let before: BTreeMap<_, _> = ids.iter().map(|id| (*id, setup.nodes_of(id))).collect();
+        let victim = 2;
+        let down = Command::SetNodeStatus { node_id: victim, status: NodeStatus::Down };
+        assert!(matches!(apply(&mut setup.registry, down), Outcome::NodeChanged { status: NodeStatus::Down, .. }));
+        for id in &ids {
+            let after = setup.nodes_of(id);
+            let record = setup.registry.agreement(id).unwrap();
+            if before[id].contains(&victim) {
+                assert!(!after.contains(&victim));
+                assert_eq!(after.len(), 3);
+                let kept: Vec<u64> = before[id].iter().copied().filter(|&n| n != victim).collect();
+                assert_eq!(after[..2], kept[..], "survivors stay");
+                assert_eq!(record.attempt, 2);
+                assert_eq!(record.placed[2].attempt, 2);
+                assert!(record.lost.contains(&victim));
+            } else {
+                assert_eq!(after, before[id], "an agreement not on the lost node did not move");
+                assert_eq!(record.attempt, 1);
+            }
+        }
+        assert_eq!(setup.registry.assigned_to(victim).count(), 0);
+        let moved: BTreeMap<_, _> = ids.iter().map(|id| (*id, setup.nodes_of(id))).collect();
+        let back = Command::SetNodeStatus { node_id: victim, status: NodeStatus::Ready };
+        apply(&mut setup.registry, back);
+        let after_return: BTreeMap<_, _> = ids.iter().map(|id| (*id, setup.nodes_of(id))).collect();
+        assert_eq!(after_return, moved, "a returning node takes nothing back");
+
+        let drained = moved.values().flatten().copied().next().unwrap();
+        apply(&mut setup.registry, Command::DrainNode { node_id: drained, drain: true });
+        assert_eq!(setup.registry.assigned_to(drained).count(), 0, "drain moves everything off");
+        let fresh = setup.submit("after-drain", 3, "");
+        assert!(!setup.nodes_of(&fresh).contains(&drained), "no new placements on a draining node");
+    }
+
+    /// More lost replicas than one batch: the rest wait for `Reconcile`
+    /// commands, each bounded, until every agreement is placed again.
+    #[test]
+    fn reconcile_is_batched() {
+        let mut setup = Setup::new(0);
+        setup.register(&registration(1, "a"));
+        let ids: Vec<AgreementId> = (0..RECONCILE_BATCH + 20).map(|i| setup.submit(&format!("b{i}"), 1, "")).collect();
+        assert!(ids.iter().all(|id| setup.nodes_of(id) == [1]));
+        apply(&mut setup.registry, Command::SetNodeStatus { node_id: 1, status: NodeStatus::Down });
+        assert_eq!(setup.registry.unsettled_count(), ids.len(), "nowhere to go: all pending");
+        setup.register(&registration(2, "a"));
+        assert!(setup.registry.reconcile_due(), "one batch was not enough");
+        let mut rounds = 0;
+        while setup.registry.reconcile_due() {
+            let Outcome::Reconciled { tried, .. } = apply(&mut setup.registry, Command::Reconcile) else { panic!() };
+            assert!(tried as usize <= RECONCILE_BATCH);
+            rounds += 1;
+        }
+        assert_eq!(rounds, 1);
+        assert_eq!(setup.registry.unsettled_count(), 0);
+        assert!(ids.iter().all(|id| setup.nodes_of(id) == [2]));
+    }
+
+    /// The derived ring and assignments rebuilt from a snapshot's state give
+    /// the same decisions as the live registry.
+    #[test]
+    fn snapshot_rebuilds_the_same_decisions() {
+        let mut setup = Setup::new(4);
+        setup.register_all(3);
+        let ids: Vec<AgreementId> = (0..10).map(|i| setup.submit(&format!("s{i}"), 2, "")).collect();
+        let rebuilt = Registry::from_state(setup.registry.to_state());
+        assert_eq!(rebuilt.to_state(), setup.registry.to_state());
+        for id in &ids {
+            assert_eq!(rebuilt.compute_placement(id), setup.registry.compute_placement(id));
+        }
+        for node in 1..=7 {
+            assert!(rebuilt.assigned_to(node).eq(setup.registry.assigned_to(node)));
+        }
+    }
+}
