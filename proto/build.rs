@@ -6,7 +6,12 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/docklock/v1/registry.proto", "proto/docklock/v1/audit.proto", "proto/docklock/v1/raft.proto"];
+    let files = [
+        "proto/docklock/v1/registry.proto",
+        "proto/docklock/v1/audit.proto",
+        "proto/docklock/v1/raft.proto",
+        "proto/docklock/v1/nodes.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

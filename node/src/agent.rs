@@ -30,8 +30,10 @@ use sha3::{Digest, Sha3_256};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-use crate::api::{ApiLimits, ClusterService, NodeContext, VariablesService};
+use crate::api::{ApiLimits, ClusterService, NetworkSettings, NodeContext, VariablesService};
 use crate::audit_api::{AgreementsService, IdentitiesService, LedgerService};
+use crate::worker::WorkerConfig;
+use docklock_scheduler::liveness::Timing;
 
 /// How a node finds its cluster.
 #[derive(Debug, Clone)]
@@ -67,6 +69,10 @@ pub struct AgentConfig {
     pub admin_key: Option<PathBuf>,
     /// Time between checkpoints while the ledger grows.
     pub checkpoint_interval: Duration,
+    /// What this node offers as a worker; `None`: it only votes.
+    pub worker: Option<WorkerConfig>,
+    /// Worker heartbeat timing (the leader's side).
+    pub heartbeat_timing: Timing,
 }
 
 impl AgentConfig {
@@ -176,8 +182,8 @@ impl Agent {
             raft.clone(),
             state,
             config.limits.clone(),
-            local_address,
             key,
+            NetworkSettings { local_address, timing: config.heartbeat_timing },
         );
 
         let listener =
@@ -185,6 +191,10 @@ impl Agent {
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(node.clone(), listener, stopped));
         tokio::spawn(snapshot_by_requests(node.clone(), config.raft.snapshot_requests));
+        tokio::spawn(crate::nodes_api::liveness_duty(node.clone()));
+        if let Some(worker) = &config.worker {
+            tokio::spawn(crate::worker::worker_duty(node.clone(), worker.clone(), config.advertise.clone()));
+        }
         let bootstrap_admin = match &config.bootstrap {
             Bootstrap::Initial(_) => Some(admin),
             Bootstrap::Join(_) => None,
@@ -426,6 +436,7 @@ async fn serve(
         .add_service(IdentitiesService::server(node.clone()))
         .add_service(AgreementsService::server(node.clone()))
         .add_service(LedgerService::server(node.clone()))
+        .add_service(crate::nodes_api::NodesService::server(node.clone()))
         .add_service(health_service)
         .add_service(reflection)
         // Accepted sockets need TCP_NODELAY set here: the builder's own
@@ -455,6 +466,7 @@ async fn report_health(node: Arc<NodeContext>, health: tonic_health::server::Hea
                 "docklock.v1.Identities",
                 "docklock.v1.Agreements",
                 "docklock.v1.Ledger",
+                "docklock.v1.Nodes",
             ] {
                 health.set_service_status(service, status).await;
             }

@@ -27,8 +27,10 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::Status;
 
+use crate::nodes_api::Heartbeats;
 use crate::read_barrier::ReadBarrier;
 use crate::status::{self, NotLeader, RegistryError};
+use docklock_scheduler::liveness::Timing;
 
 /// Size bounds of the public API.
 #[derive(Debug, Clone)]
@@ -68,6 +70,15 @@ impl ApiLimits {
 /// Time a forwarded request may take.
 const FORWARD_TIMEOUT_MS: u64 = 10_000;
 
+/// How a node reaches others and how often workers must reach it.
+#[derive(Debug, Clone, Copy)]
+pub struct NetworkSettings {
+    /// The address this node dials from (its listen address).
+    pub local_address: Option<std::net::IpAddr>,
+    /// Worker heartbeat timing.
+    pub timing: Timing,
+}
+
 /// What the services share: this node's Raft, state and identity.
 pub struct NodeContext {
     /// This node's id.
@@ -82,6 +93,8 @@ pub struct NodeContext {
     pub limits: ApiLimits,
     /// This node's key: signs checkpoints and its own registration.
     pub key: Arc<KeyPair>,
+    /// Workers' heartbeats, while this node leads.
+    pub heartbeats: Heartbeats,
     reads: ReadBarrier,
     proposer: Proposer,
     leaders: ChannelCache,
@@ -95,14 +108,16 @@ impl NodeContext {
         raft: Raft,
         state: StateView,
         limits: ApiLimits,
-        local_address: Option<std::net::IpAddr>,
         key: KeyPair,
+        network: NetworkSettings,
     ) -> Arc<Self> {
+        let NetworkSettings { local_address, timing } = network;
         let reads = ReadBarrier::new(raft.clone());
         let proposer = Proposer::start(raft.clone());
         let leaders = ChannelCache::new(Duration::from_secs(1), Duration::from_millis(FORWARD_TIMEOUT_MS))
             .with_local_address(local_address);
-        Arc::new(Self { id, cluster_id, raft, state, limits, key: Arc::new(key), reads, proposer, leaders })
+        let heartbeats = Heartbeats::new(timing);
+        Arc::new(Self { id, cluster_id, raft, state, limits, key: Arc::new(key), heartbeats, reads, proposer, leaders })
     }
 
     /// Propose a registry command and wait for its outcome.

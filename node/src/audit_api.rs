@@ -49,7 +49,7 @@ fn invalid(error: impl std::fmt::Display) -> Status {
 }
 
 /// Decode an envelope at the edge: size, encoding, signature.
-fn precheck_envelope(bytes: &[u8]) -> Result<Envelope, Status> {
+pub(crate) fn precheck_envelope(bytes: &[u8]) -> Result<Envelope, Status> {
     if bytes.len() > docklock_proto::agreement::ENVELOPE_BYTES_MAX {
         return Err(Status::resource_exhausted(format!(
             "envelope is {} bytes, more than {}",
@@ -61,16 +61,16 @@ fn precheck_envelope(bytes: &[u8]) -> Result<Envelope, Status> {
     Ok(envelope)
 }
 
-fn verify(envelope: &Envelope) -> Result<(), Status> {
+pub(crate) fn verify(envelope: &Envelope) -> Result<(), Status> {
     envelope.verify().map_err(|error| Status::unauthenticated(error.to_string()))
 }
 
-fn parse_agreement_id(text: &str) -> Result<AgreementId, Status> {
+pub(crate) fn parse_agreement_id(text: &str) -> Result<AgreementId, Status> {
     AgreementId::from_hex(text).map_err(Status::invalid_argument)
 }
 
 /// Run a signed write on the leader (forwarding once) and return its outcome.
-async fn signed_write<T, F, RF>(
+pub(crate) async fn signed_write<T, F, RF>(
     node: &NodeContext,
     forwarded: bool,
     command: Command,
@@ -224,6 +224,9 @@ fn agreement_info(id: &AgreementId, record: &AgreementRecord, envelope: Option<V
         labels: record.labels.clone().into_iter().collect(),
         envelope: envelope.unwrap_or_default(),
         spec_yaml,
+        attempt: record.attempt,
+        placed: record.placed.iter().map(|r| v1::ReplicaInfo { node: r.node, attempt: r.attempt }).collect(),
+        pending_reason: record.pending.clone().unwrap_or_default(),
         history: record
             .history
             .iter()

@@ -1,5 +1,6 @@
 //! Command-line parsing and the client commands.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,6 +17,8 @@ use tonic::Code;
 
 use crate::agent::{parse_initial_cluster, Agent, AgentConfig, Bootstrap};
 use crate::api::ApiLimits;
+use crate::worker::WorkerConfig;
+use docklock_scheduler::liveness::Timing;
 
 /// DockLock: run signed workloads deterministically and prove what ran.
 #[derive(Parser, Debug)]
@@ -61,6 +64,13 @@ enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: crate::cli_audit::AgreementCommand,
+    },
+    /// List, drain, undrain and remove workers.
+    Node {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: crate::cli_nodes::NodeCommand,
     },
     /// Proofs from the audit ledger, and their offline verification.
     Audit {
@@ -240,6 +250,29 @@ pub struct AgentArgs {
     /// Milliseconds between ledger checkpoints while the ledger grows.
     #[arg(long, env = "DOCKLOCK_CHECKPOINT_INTERVAL_MS")]
     checkpoint_interval_ms: Option<u64>,
+    /// Do not work: vote and serve only, take no placements.
+    #[arg(long, env = "DOCKLOCK_NO_WORKER")]
+    no_worker: bool,
+    /// Worker type: compute, storage, gateway, validator or hybrid (default hybrid).
+    #[arg(long, env = "DOCKLOCK_NODE_TYPE")]
+    node_type: Option<String>,
+    /// Worker zone (failure domain; default "default").
+    #[arg(long, env = "DOCKLOCK_ZONE")]
+    zone: Option<String>,
+    /// Worker label KEY=VALUE (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// CPU offered, in thousandths of a core (default: the host's cores).
+    #[arg(long, env = "DOCKLOCK_CPU_MILLIS")]
+    cpu_millis: Option<u64>,
+    /// Memory offered, MiB (default: the host's).
+    #[arg(long, env = "DOCKLOCK_MEMORY_MIB")]
+    memory_mib: Option<u64>,
+    /// Base worker heartbeat interval in a small cluster, in milliseconds;
+    /// a node is down after three intervals of silence. The interval grows
+    /// with the number of workers (the leader takes at most 2,000/s).
+    #[arg(long, env = "DOCKLOCK_WORKER_HEARTBEAT_MS")]
+    worker_heartbeat_ms: Option<u64>,
     /// Log filter (tracing env-filter syntax); RUST_LOG overrides it.
     #[arg(long, env = "DOCKLOCK_LOG", default_value = "info,openraft=warn,sled=warn,h2=warn,tower=warn")]
     log: String,
@@ -265,6 +298,14 @@ struct AgentFile {
     cache_bytes: Option<u64>,
     admin_key: Option<PathBuf>,
     checkpoint_interval_ms: Option<u64>,
+    no_worker: Option<bool>,
+    node_type: Option<String>,
+    zone: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    cpu_millis: Option<u64>,
+    memory_mib: Option<u64>,
+    worker_heartbeat_ms: Option<u64>,
 }
 
 impl AgentArgs {
@@ -323,7 +364,28 @@ impl AgentArgs {
         if !(10..=3_600_000).contains(&checkpoint_interval_ms) {
             bail!("--checkpoint-interval-ms must be between 10 and 3600000");
         }
+        let worker_heartbeat_ms = self.worker_heartbeat_ms.or(file.worker_heartbeat_ms).unwrap_or(1_000);
+        if !(50..=60_000).contains(&worker_heartbeat_ms) {
+            bail!("--worker-heartbeat-ms must be between 50 and 60000");
+        }
+        let heartbeat_timing = Timing { base_interval_ms: worker_heartbeat_ms, ..Timing::default() };
+        let no_worker = self.no_worker || file.no_worker.unwrap_or(false);
+        let mut labels: Vec<String> = file.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.extend(self.labels);
+        let worker = (!no_worker)
+            .then(|| {
+                WorkerConfig::detect(
+                    self.node_type.or(file.node_type).as_deref(),
+                    self.zone.or(file.zone),
+                    &labels,
+                    self.cpu_millis.or(file.cpu_millis),
+                    self.memory_mib.or(file.memory_mib),
+                )
+            })
+            .transpose()?;
         let config = AgentConfig {
+            worker,
+            heartbeat_timing,
             admin_key,
             checkpoint_interval: Duration::from_millis(checkpoint_interval_ms),
             id,
@@ -362,6 +424,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key { command } => crate::cli_audit::key(command),
         Command::Identity { client, command } => crate::cli_audit::identity(&client, command).await,
         Command::Agreement { client, command } => crate::cli_audit::agreement(&client, command).await,
+        Command::Node { client, command } => crate::cli_nodes::run(&client, command).await,
         Command::Audit { client, command } => crate::cli_audit::audit(&client, command).await,
         Command::Cage { command } => crate::cli_cage::cage(command),
         Command::Demo(args) => crate::demo::run(args).await,

@@ -10,6 +10,7 @@ use docklock_proto::crypto::{Algorithm, Fingerprint, KeyPair, PublicKey};
 use docklock_proto::identity::{ChangeKind, Role};
 use docklock_proto::ledger::{Bundle, Checkpoint, EventBody};
 use docklock_proto::v1;
+use docklock_proto::v1::nodes_client::NodesClient;
 use serde_json::json;
 
 use crate::cli::{ClientArgs, Output};
@@ -91,6 +92,14 @@ pub enum AgreementCommand {
         /// Status (admitted, ...).
         #[arg(long)]
         status: Option<String>,
+    },
+    /// Where an agreement runs; with --explain, the ring walk that decided it.
+    Placement {
+        /// Agreement id.
+        id: String,
+        /// Show every node the walk visited and why it was chosen or skipped.
+        #[arg(long)]
+        explain: bool,
     },
     /// Print the status and each change until interrupted.
     Watch {
@@ -244,7 +253,78 @@ fn agreement_json(info: &v1::AgreementInfo) -> serde_json::Value {
         "replicas": info.replicas,
         "labels": info.labels,
         "history": info.history.iter().map(|c| json!({"status": c.status, "event_index": c.event_index})).collect::<Vec<_>>(),
+        "attempt": info.attempt,
+        "placed": replicas_json(&info.placed),
+        "pending_reason": info.pending_reason,
     })
+}
+
+fn replicas_json(replicas: &[v1::ReplicaInfo]) -> serde_json::Value {
+    json!(replicas.iter().map(|r| json!({"node": r.node, "attempt": r.attempt})).collect::<Vec<_>>())
+}
+
+fn replicas_text(replicas: &[v1::ReplicaInfo]) -> String {
+    if replicas.is_empty() {
+        return "nowhere".to_owned();
+    }
+    replicas.iter().map(|r| format!("node {} (attempt {})", r.node, r.attempt)).collect::<Vec<_>>().join(", ")
+}
+
+fn print_placement(placement: &v1::PlacementResponse, explain: bool, json_output: bool) -> anyhow::Result<()> {
+    if json_output {
+        let mut document = json!({
+            "agreement_id": placement.agreement_id,
+            "status": placement.status,
+            "replicas": placement.replicas,
+            "attempt": placement.attempt,
+            "placed": replicas_json(&placement.placed),
+            "lost": placement.lost,
+            "pending_reason": placement.pending_reason,
+            "would_add": placement.would_add,
+            "from_scratch": placement.from_scratch,
+        });
+        if explain {
+            document["key_point"] = json!(placement.key_point);
+            document["walk"] = json!(placement
+                .walk
+                .iter()
+                .map(|s| json!({"point": s.point, "node": s.node, "decision": s.decision}))
+                .collect::<Vec<_>>());
+            document["steps_omitted"] = json!(placement.steps_omitted);
+        }
+        println!("{}", serde_json::to_string_pretty(&document)?);
+        return Ok(());
+    }
+    println!(
+        "agreement {}: {}, {} replicas, attempt {}",
+        placement.agreement_id, placement.status, placement.replicas, placement.attempt
+    );
+    println!("placed    {}", replicas_text(&placement.placed));
+    if !placement.lost.is_empty() {
+        println!("lost      {:?} (never placed there again)", placement.lost);
+    }
+    if !placement.pending_reason.is_empty() {
+        println!("pending   {}", placement.pending_reason);
+    }
+    if !explain {
+        return Ok(());
+    }
+    println!("ring walk from {} (recomputed from committed state):", placement.key_point);
+    for step in &placement.walk {
+        let holds = placement.placed.iter().find(|r| r.node == step.node);
+        let holds = holds.map(|r| format!("  [holds attempt {}]", r.attempt)).unwrap_or_default();
+        println!("  {}  node {:<6} {}{holds}", step.point, step.node, step.decision);
+    }
+    if placement.steps_omitted > 0 {
+        println!("  ... {} more nodes visited", placement.steps_omitted);
+    }
+    if placement.would_add.is_empty() {
+        println!("recomputation agrees: nothing to add");
+    } else {
+        println!("recomputation would add {:?} (a reconcile is pending)", placement.would_add);
+    }
+    println!("the walk alone chooses {:?}", placement.from_scratch);
+    Ok(())
 }
 
 fn parse_id(text: &str) -> anyhow::Result<AgreementId> {
@@ -284,6 +364,10 @@ pub async fn agreement(args: &ClientArgs, command: AgreementCommand) -> anyhow::
                 println!("status    {}", info.status);
                 println!("signer    {}", info.signer);
                 println!("event     {}", info.event_index);
+                println!("placed    {}", replicas_text(&info.placed));
+                if !info.pending_reason.is_empty() {
+                    println!("pending   {}", info.pending_reason);
+                }
                 println!("spec:\n{}", info.spec_yaml);
             }
         }
@@ -314,6 +398,16 @@ pub async fn agreement(args: &ClientArgs, command: AgreementCommand) -> anyhow::
                     println!("{:<64} {:<10} {:>8} {}", info.id, info.status, info.event_index, &info.signer[..16]);
                 }
             }
+        }
+        AgreementCommand::Placement { id, explain } => {
+            let request = v1::PlacementRequest { agreement_id: parse_id(&id)?.to_hex() };
+            let placement = client
+                .call(|channel| {
+                    let request = request.clone();
+                    async move { NodesClient::new(channel).placement(request).await }
+                })
+                .await?;
+            print_placement(&placement, explain, json_output)?;
         }
         AgreementCommand::Watch { id, once } => {
             let mut stream = client.watch_agreement(&parse_id(&id)?, !once).await?;

@@ -115,6 +115,9 @@ pub struct NodeRegistration {
     pub labels: BTreeMap<String, String>,
     /// What it offers.
     pub capacity: Capacity,
+    /// SHA3-256 of the token its heartbeats carry: only the holder of the
+    /// registration's token can keep the node alive.
+    pub heartbeat_digest: [u8; 32],
 }
 
 fn check(what: &'static str, value: &str) -> Result<(), DecodeError> {
@@ -125,6 +128,15 @@ fn check(what: &'static str, value: &str) -> Result<(), DecodeError> {
 }
 
 impl NodeRegistration {
+    /// The digest a registration carries for a heartbeat `token`.
+    pub fn token_digest(token: &[u8]) -> [u8; 32] {
+        use sha3::{Digest as _, Sha3_256};
+        let mut hasher = Sha3_256::new();
+        hasher.update(b"docklock-heartbeat-token-v1\0");
+        hasher.update(token);
+        hasher.finalize().into()
+    }
+
     /// Check the bounds a registration must meet.
     pub fn validate(&self) -> Result<(), DecodeError> {
         check("address", &self.address)?;
@@ -151,7 +163,7 @@ impl NodeRegistration {
         w.str(&self.cluster_id).u64(self.node_id).str(&self.address).u8(self.node_type as u8).str(&self.zone);
         w.str_map(&self.labels).u64(self.capacity.cpu_millis).u64(self.capacity.memory_mib);
         let features: Vec<String> = self.capacity.features.iter().cloned().collect();
-        w.strs(&features);
+        w.strs(&features).fixed(&self.heartbeat_digest);
         w.finish()
     }
 
@@ -174,6 +186,7 @@ impl NodeRegistration {
         if features.len() != listed.len() || !listed.is_sorted() {
             return Err(DecodeError::invalid("features", "not sorted and distinct"));
         }
+        let heartbeat_digest = r.array("heartbeat digest")?;
         r.finish()?;
         let registration = Self {
             cluster_id,
@@ -183,6 +196,7 @@ impl NodeRegistration {
             zone,
             labels,
             capacity: Capacity { cpu_millis, memory_mib, features },
+            heartbeat_digest,
         };
         registration.validate()?;
         Ok(registration)
@@ -206,6 +220,7 @@ mod tests {
                 memory_mib: 4096,
                 features: ["cgroup-v2".to_owned(), "ptrace".to_owned()].into(),
             },
+            heartbeat_digest: [7; 32],
         }
     }
 

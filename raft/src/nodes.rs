@@ -274,11 +274,13 @@ impl Registry {
         tried
     }
 
-    /// The placement walk for `id` against the current ring, keeping its live
-    /// replicas: what `apply` would decide now.
-    pub fn compute_placement(&self, id: &AgreementId) -> Option<Placement> {
+    /// The placement walk for `id` against the current ring, avoiding the
+    /// nodes that lost it: keeping its live replicas (what `apply` would
+    /// decide now), or `from_scratch` (the whole walk, for explanations).
+    pub fn compute_placement(&self, id: &AgreementId, from_scratch: bool) -> Option<Placement> {
         let record = self.agreements.get(id)?;
-        let keep: Vec<u64> = record.placed.iter().map(|replica| replica.node).collect();
+        let keep: Vec<u64> =
+            if from_scratch { Vec::new() } else { record.placed.iter().map(|replica| replica.node).collect() };
         let request = Request {
             key: ring::key_point(&id.0),
             replicas: record.replicas,
@@ -297,7 +299,7 @@ impl Registry {
             self.unsettled.remove(id);
             return;
         }
-        let placement = self.compute_placement(id).expect("agreement exists");
+        let placement = self.compute_placement(id, false).expect("agreement exists");
         let mut record = record.clone();
         let mut changed = false;
         if !placement.added.is_empty() {
@@ -381,6 +383,7 @@ mod tests {
             zone: zone.into(),
             labels: BTreeMap::new(),
             capacity: Capacity { cpu_millis: 2000, memory_mib: 4096, features: Default::default() },
+            heartbeat_digest: NodeRegistration::token_digest(b"token"),
         }
     }
 
@@ -578,7 +581,7 @@ mod tests {
         let rebuilt = Registry::from_state(setup.registry.to_state());
         assert_eq!(rebuilt.to_state(), setup.registry.to_state());
         for id in &ids {
-            assert_eq!(rebuilt.compute_placement(id), setup.registry.compute_placement(id));
+            assert_eq!(rebuilt.compute_placement(id, false), setup.registry.compute_placement(id, false));
         }
         for node in 1..=7 {
             assert!(rebuilt.assigned_to(node).eq(setup.registry.assigned_to(node)));

@@ -48,7 +48,8 @@ pub struct Request<'a> {
     pub memory_mib: u64,
     /// Replicas that stay where they are.
     pub keep: &'a [u64],
-    /// Nodes that must not be chosen (they held the agreement and lost it).
+    /// Nodes that held the agreement and lost it: chosen again only when no
+    /// other eligible node is left.
     pub avoid: &'a BTreeSet<u64>,
 }
 
@@ -100,6 +101,8 @@ pub enum Decision {
     Chosen,
     /// Chosen after the walk found no node in an unused zone.
     ChosenSharingZone,
+    /// Chosen although it held the agreement before: no other node is left.
+    ChosenAgain,
     /// Eligible, but its zone was used and enough nodes were found elsewhere.
     SpareSameZone,
     /// Not eligible.
@@ -161,6 +164,7 @@ impl fmt::Display for Decision {
             Self::Kept => f.write_str("kept (surviving replica)"),
             Self::Chosen => f.write_str("chosen"),
             Self::ChosenSharingZone => f.write_str("chosen (no node left in an unused zone)"),
+            Self::ChosenAgain => f.write_str("chosen again (it held this agreement before; no other node is left)"),
             Self::SpareSameZone => f.write_str("eligible, passed over: its zone is used"),
             Self::Skipped(skip) => write!(f, "skipped: {}", skip.describe()),
         }
@@ -231,6 +235,7 @@ pub fn place<'a>(ring: &Ring, request: &Request<'_>, lookup: impl Fn(u64) -> Opt
     let mut zones_seen: BTreeSet<&str> = BTreeSet::new();
     let mut seen: BTreeSet<u64> = BTreeSet::new();
     let mut spares: Vec<(u64, u64)> = Vec::new();
+    let mut returning: Vec<u64> = Vec::new();
     for (point, node) in ring.walk(request.key) {
         let found = walk.placement.nodes.len();
         if found >= wanted || (found + spares.len() >= wanted && zones_seen.len() >= ring.zone_count()) {
@@ -251,12 +256,13 @@ pub fn place<'a>(ring: &Ring, request: &Request<'_>, lookup: impl Fn(u64) -> Opt
             continue;
         };
         zones_seen.insert(candidate.zone);
-        if request.avoid.contains(&node) {
-            walk.step(point, node, Decision::Skipped(Skip::HeldBefore));
-            continue;
-        }
         if let Err(skip) = eligibility(request, &candidate) {
             walk.step(point, node, Decision::Skipped(skip));
+            continue;
+        }
+        if request.avoid.contains(&node) {
+            returning.push(node);
+            walk.step(point, node, Decision::Skipped(Skip::HeldBefore));
             continue;
         }
         if zones_used.insert(candidate.zone) {
@@ -268,15 +274,25 @@ pub fn place<'a>(ring: &Ring, request: &Request<'_>, lookup: impl Fn(u64) -> Opt
             walk.step(point, node, Decision::SpareSameZone);
         }
     }
-    // Too few zones: fill from the spares, in ring order.
-    for (_, node) in spares {
+    // Too few zones: fill from the spares, in ring order; then, as a last
+    // resort, from the nodes that held the agreement before.
+    let fill = spares.into_iter().map(|(_, node)| (node, Decision::ChosenSharingZone));
+    for (node, decision) in fill.chain(returning.into_iter().map(|node| (node, Decision::ChosenAgain))) {
         if walk.placement.nodes.len() >= wanted {
             break;
         }
         walk.placement.nodes.push(node);
         walk.placement.added.push(node);
+        if decision == Decision::ChosenAgain {
+            if let Some(count) = walk.placement.skipped.get_mut(&Skip::HeldBefore) {
+                *count -= 1;
+                if *count == 0 {
+                    walk.placement.skipped.remove(&Skip::HeldBefore);
+                }
+            }
+        }
         if let Some(step) = walk.placement.steps.iter_mut().find(|s| s.node == node) {
-            step.decision = Decision::ChosenSharingZone;
+            step.decision = decision;
         }
     }
     walk.placement
@@ -326,8 +342,18 @@ mod tests {
         }
 
         fn place_with(&self, key: u64, replicas: u32, constraints: &Constraints, keep: &[u64]) -> Placement {
-            let avoid = BTreeSet::new();
-            let request = Request { key, replicas, constraints, memory_mib: 256, keep, avoid: &avoid };
+            self.place_avoiding(key, replicas, constraints, keep, &BTreeSet::new())
+        }
+
+        fn place_avoiding(
+            &self,
+            key: u64,
+            replicas: u32,
+            constraints: &Constraints,
+            keep: &[u64],
+            avoid: &BTreeSet<u64>,
+        ) -> Placement {
+            let request = Request { key, replicas, constraints, memory_mib: 256, keep, avoid };
             place(&self.ring, &request, |id| {
                 self.nodes.get(&id).map(|n| Candidate {
                     ready: n.ready,
@@ -469,6 +495,29 @@ mod tests {
                     assert_eq!(&fresh, old, "key {i} did not hold node 7 but moved");
                 }
             }
+        }
+    }
+
+    /// A node that lost an agreement is passed over while any other node
+    /// qualifies, and chosen again only as the last resort.
+    #[test]
+    fn held_before_is_the_last_resort() {
+        let cluster = uniform(4, 1);
+        let any = Constraints::default();
+        for i in 0..200 {
+            let first = cluster.place(key(i), 3);
+            let lost = first[0];
+            let survivors = &first[1..];
+            let avoid: BTreeSet<u64> = [lost].into();
+            let refill = cluster.place_avoiding(key(i), 3, &any, survivors, &avoid);
+            assert_eq!(refill.added.len(), 1);
+            assert_ne!(refill.added[0], lost, "another node was free");
+            let small = uniform(3, 1);
+            let first = small.place(key(i), 3);
+            let refill = small.place_avoiding(key(i), 3, &any, &first[1..], &[first[0]].into());
+            assert_eq!(refill.added, [first[0]], "no other node: the same one again");
+            assert!(refill.steps.iter().any(|s| s.decision == Decision::ChosenAgain));
+            assert_eq!(refill.shortfall(3), None);
         }
     }
 

@@ -1,0 +1,113 @@
+//! `docklock node ...`: list workers, drain, undrain and remove them.
+
+use clap::Subcommand;
+use docklock_proto::v1::{self, nodes_client::NodesClient};
+use serde_json::json;
+
+use crate::cli::{ClientArgs, Output};
+
+/// `docklock node ...`
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// Every worker with its status, zone, capacity and placements.
+    List,
+    /// Stop placing on a node and move its placements off.
+    Drain {
+        /// Node id.
+        id: u64,
+    },
+    /// Let a drained node take new placements again.
+    Undrain {
+        /// Node id.
+        id: u64,
+    },
+    /// Remove a worker for good (its placements move; the id is not reused).
+    Remove {
+        /// Node id.
+        id: u64,
+    },
+}
+
+fn node_json(node: &v1::NodeInfo) -> serde_json::Value {
+    json!({
+        "id": node.id,
+        "address": node.address,
+        "node_type": node.node_type,
+        "zone": node.zone,
+        "labels": node.labels,
+        "cpu_millis": node.cpu_millis,
+        "memory_mib": node.memory_mib,
+        "features": node.features,
+        "status": node.status,
+        "draining": node.draining,
+        "placements": node.placements,
+        "registered_event": node.registered_event,
+        "status_event": node.status_event,
+        "heard_ms_ago": node.heard_ms_ago,
+    })
+}
+
+fn print_node(node: &v1::NodeInfo, output: Output) {
+    if output == Output::Json {
+        println!("{}", node_json(node));
+    } else {
+        let draining = if node.draining { ", draining" } else { "" };
+        println!("node {} is {}{draining}, {} placements", node.id, node.status, node.placements);
+    }
+}
+
+/// Run `docklock node ...`.
+pub async fn run(args: &ClientArgs, command: NodeCommand) -> anyhow::Result<()> {
+    let client = args.client()?;
+    let node = match command {
+        NodeCommand::List => {
+            let list = client
+                .call(|channel| async move { NodesClient::new(channel).list(v1::ListNodesRequest {}).await })
+                .await?;
+            if args.output == Output::Json {
+                let document = json!({
+                    "nodes": list.nodes.iter().map(node_json).collect::<Vec<_>>(),
+                    "heartbeat_interval_ms": list.interval_ms,
+                    "ttl_ms": list.ttl_ms,
+                    "unsettled": list.unsettled,
+                });
+                println!("{}", serde_json::to_string_pretty(&document)?);
+            } else {
+                println!(
+                    "{:>6} {:<8} {:<9} {:<12} {:<10} {:>6} {:>8} {:>10} ADDRESS",
+                    "ID", "STATUS", "TYPE", "ZONE", "DRAINING", "CPU", "MEM MiB", "PLACEMENTS"
+                );
+                for node in &list.nodes {
+                    println!(
+                        "{:>6} {:<8} {:<9} {:<12} {:<10} {:>6.1} {:>8} {:>10} {}",
+                        node.id,
+                        node.status,
+                        node.node_type,
+                        node.zone,
+                        if node.draining { "yes" } else { "no" },
+                        node.cpu_millis as f64 / 1000.0,
+                        node.memory_mib,
+                        node.placements,
+                        node.address
+                    );
+                }
+                println!(
+                    "heartbeat every {} ms, down after {} ms of silence; {} agreements wait for nodes",
+                    list.interval_ms, list.ttl_ms, list.unsettled
+                );
+            }
+            return Ok(());
+        }
+        NodeCommand::Drain { id } | NodeCommand::Undrain { id } => {
+            let drain = matches!(command, NodeCommand::Drain { .. });
+            let request = v1::DrainNodeRequest { id, drain };
+            client.call(|channel| async move { NodesClient::new(channel).drain(request).await }).await?
+        }
+        NodeCommand::Remove { id } => {
+            let request = v1::RemoveNodeRequest { id };
+            client.call(|channel| async move { NodesClient::new(channel).remove(request).await }).await?
+        }
+    };
+    print_node(&node, args.output);
+    Ok(())
+}
