@@ -11,7 +11,7 @@ use docklock_proto::client::{Client, ClientOptions};
 use docklock_proto::crypto::{Algorithm, KeyPair};
 use docklock_proto::identity::{ChangeKind, Role};
 use docklock_proto::ledger::{Bundle, Checkpoint};
-use docklock_tests::{binary, cli, LocalCluster, FAST_TIMING, WAIT};
+use docklock_tests::{cli, LocalCluster, WAIT};
 use tonic::Code;
 
 const SPEC: &str = "program: sha3-256:0101010101010101010101010101010101010101010101010101010101010101
@@ -21,33 +21,9 @@ timeout_secs: 600
 labels: {team: risk}
 ";
 
-/// A started cluster whose first admin key is `dir/admin.key`, with every
-/// node's key registered.
+/// A started 3-node cluster with checkpoints every 100 ms.
 async fn audited_cluster() -> anyhow::Result<(tempfile::TempDir, LocalCluster, KeyPair)> {
-    let dir = tempfile::tempdir()?;
-    let admin = KeyPair::generate(Algorithm::MlDsa65);
-    admin.write_new(&dir.path().join("admin.key"))?;
-    admin.public().write_new(&dir.path().join("admin.pub"))?;
-    let mut args: Vec<&str> = FAST_TIMING.to_vec();
-    args.extend_from_slice(&["--checkpoint-interval-ms", "100"]);
-    let mut cluster = LocalCluster::new(&binary(), dir.path(), 3, &args)?;
-    cluster.set_admin_key(&dir.path().join("admin.pub"));
-    cluster.start_all()?;
-    cluster.wait_for_leader(WAIT).await?;
-    wait_for_node_keys(&cluster.client()?, 3).await?;
-    Ok((dir, cluster, admin))
-}
-
-async fn wait_for_node_keys(client: &Client, count: usize) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let identities = client.list_identities().await?;
-        if identities.identities.iter().filter(|i| i.role == "node").count() >= count {
-            return Ok(());
-        }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "node keys not registered: {identities:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    docklock_tests::audited_cluster(3, &["--checkpoint-interval-ms", "100"]).await
 }
 
 async fn add_submitter(client: &Client, admin: &KeyPair, alg: Algorithm) -> anyhow::Result<KeyPair> {
@@ -109,11 +85,13 @@ async fn cli_round_trip_from_keys_to_offline_verification() -> anyhow::Result<()
         let (code, out, _) = docklock(&["agreement", "get", &id, "--output", "json"]);
         assert_eq!(code, 0);
         let info: serde_json::Value = serde_json::from_str(&out)?;
-        assert_eq!(info["status"], "admitted");
+        // Three ready workers: placed at admission, on all three.
+        assert_eq!(info["status"], "placed");
+        assert_eq!(info["placed"].as_array().map(Vec::len), Some(3), "{info}");
         assert!(info["spec_yaml"].as_str().unwrap().contains(name));
         let (code, out, _) = docklock(&["agreement", "watch", &id, "--once", "--output", "json"]);
         assert_eq!(code, 0);
-        assert!(out.contains("admitted"));
+        assert!(out.contains("placed"));
 
         let bundle_path = at(&format!("{name}.bundle.json"));
         let (code, out, err) = docklock(&["audit", "proof", &id, "--out", path_str(&bundle_path)]);
@@ -145,7 +123,7 @@ async fn cli_round_trip_from_keys_to_offline_verification() -> anyhow::Result<()
         assert!(err.contains(words), "{name}: {err}");
     }
 
-    let (code, out, _) = docklock(&["agreement", "list", "--status", "admitted", "--output", "json"]);
+    let (code, out, _) = docklock(&["agreement", "list", "--status", "placed", "--output", "json"]);
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&out)?.as_array().map(Vec::len), Some(2));
 
@@ -295,7 +273,7 @@ async fn concurrent_submissions_through_every_node_yield_one_agreement() -> anyh
     // A following watch streams the current status first, then waits.
     let mut watch = cluster.client()?.watch_agreement(&envelope.id(), true).await?;
     let first = watch.message().await?.expect("the current status");
-    assert_eq!(first.status, "admitted");
+    assert_eq!(first.status, "placed");
     let next = tokio::time::timeout(Duration::from_millis(500), watch.message()).await;
     assert!(next.is_err(), "nothing more until the status changes: {next:?}");
     Ok(())
