@@ -26,6 +26,11 @@ pub enum NodeCommand {
         /// Node id.
         id: u64,
     },
+    /// Pause placement for maintenance: admitted agreements wait, lost
+    /// replicas are not replaced, until `resume-scheduling`.
+    PauseScheduling,
+    /// Resume placement: everything waiting is placed in bounded batches.
+    ResumeScheduling,
 }
 
 fn node_json(node: &v1::NodeInfo) -> serde_json::Value {
@@ -70,6 +75,7 @@ pub async fn run(args: &ClientArgs, command: NodeCommand) -> anyhow::Result<()> 
                     "heartbeat_interval_ms": list.interval_ms,
                     "ttl_ms": list.ttl_ms,
                     "unsettled": list.unsettled,
+                    "scheduling_paused": list.scheduling_paused,
                 });
                 println!("{}", serde_json::to_string_pretty(&document)?);
             } else {
@@ -92,8 +98,11 @@ pub async fn run(args: &ClientArgs, command: NodeCommand) -> anyhow::Result<()> 
                     );
                 }
                 println!(
-                    "heartbeat every {} ms, down after {} ms of silence; {} agreements wait for nodes",
-                    list.interval_ms, list.ttl_ms, list.unsettled
+                    "heartbeat every {} ms, down after {} ms of silence; {} agreements wait for nodes{}",
+                    list.interval_ms,
+                    list.ttl_ms,
+                    list.unsettled,
+                    if list.scheduling_paused { "; scheduling is PAUSED" } else { "" }
                 );
             }
             return Ok(());
@@ -102,6 +111,18 @@ pub async fn run(args: &ClientArgs, command: NodeCommand) -> anyhow::Result<()> 
             let drain = matches!(command, NodeCommand::Drain { .. });
             let request = v1::DrainNodeRequest { id, drain };
             client.call(|channel| async move { NodesClient::new(channel).drain(request).await }).await?
+        }
+        NodeCommand::PauseScheduling | NodeCommand::ResumeScheduling => {
+            let request = v1::SetSchedulingRequest { paused: matches!(command, NodeCommand::PauseScheduling) };
+            let info =
+                client.call(|channel| async move { NodesClient::new(channel).set_scheduling(request).await }).await?;
+            if args.output == Output::Json {
+                println!("{}", json!({"paused": info.paused, "unsettled": info.unsettled}));
+            } else {
+                let state = if info.paused { "paused" } else { "running" };
+                println!("scheduling {state}; {} agreements wait for placement", info.unsettled);
+            }
+            return Ok(());
         }
         NodeCommand::Remove { id } => {
             let request = v1::RemoveNodeRequest { id };

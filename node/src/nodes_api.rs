@@ -237,6 +237,7 @@ impl nodes_server::Nodes for NodesService {
             interval_ms,
             ttl_ms,
             unsettled: registry.unsettled_count() as u64,
+            scheduling_paused: registry.scheduling_paused(),
         }))
     }
 
@@ -261,6 +262,26 @@ impl nodes_server::Nodes for NodesService {
         self.change(forwarded, message.id, command, async move |mut client| {
             client.remove(mark_forwarded(message)).await
         })
+        .await
+    }
+
+    async fn set_scheduling(
+        &self,
+        request: tonic::Request<v1::SetSchedulingRequest>,
+    ) -> Result<tonic::Response<v1::SchedulingInfo>, Status> {
+        let forwarded = is_forwarded(&request);
+        let message = request.into_inner();
+        let command = Command::SetScheduling { paused: message.paused };
+        signed_write(
+            &self.node,
+            forwarded,
+            command,
+            |outcome| match outcome {
+                Outcome::Scheduling { paused, unsettled } => Ok(v1::SchedulingInfo { paused, unsettled }),
+                other => Err(unexpected_outcome("scheduling switch", &other)),
+            },
+            |channel| async move { NodesClient::new(channel).set_scheduling(mark_forwarded(message)).await },
+        )
         .await
     }
 
@@ -300,6 +321,10 @@ impl nodes_server::Nodes for NodesService {
     }
 }
 
+/// Most `Reconcile` entries the liveness duty proposes per tick, back to
+/// back (each re-places at most one batch).
+const RECONCILES_PER_TICK: usize = 64;
+
 /// The leader's liveness duty: every tick, commit the status changes the
 /// heartbeats imply, and keep reconciling while agreements wait for a walk.
 pub async fn liveness_duty(node: Arc<NodeContext>) {
@@ -332,9 +357,17 @@ pub async fn liveness_duty(node: Arc<NodeContext>) {
                 tracing::debug!(?error, "liveness change not committed; will retry");
             }
         }
-        if reconcile {
-            if let Err(error) = node.write(Request { session: None, command: Command::Reconcile }).await {
-                tracing::debug!(?error, "reconcile not committed; will retry");
+        if !reconcile {
+            continue;
+        }
+        for _ in 0..RECONCILES_PER_TICK {
+            match node.write(Request { session: None, command: Command::Reconcile }).await {
+                Ok(_) if node.state.read().registry.reconcile_due() => {}
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::debug!(?error, "reconcile not committed; will retry");
+                    break;
+                }
             }
         }
     }

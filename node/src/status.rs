@@ -153,7 +153,8 @@ pub fn refusal(outcome: &Outcome, key: &str) -> Option<Status> {
         | Outcome::Bootstrapped { .. }
         | Outcome::CheckpointRecorded { .. }
         | Outcome::NodeChanged { .. }
-        | Outcome::Reconciled { .. } => None,
+        | Outcome::Reconciled { .. }
+        | Outcome::Scheduling { .. } => None,
     }
 }
 

@@ -142,8 +142,10 @@ pub async fn worker_duty(node: Arc<NodeContext>, config: WorkerConfig, advertise
                     tracing::info!(node = node.id, zone = %config.zone, "registered as a worker");
                 }
                 registered = true;
-                // Twice per interval: one lost heartbeat never costs a TTL.
-                interval = Duration::from_millis((response.interval_ms / 2).max(50));
+                // The leader sizes the interval so that all workers together
+                // stay within its heartbeat budget; the TTL is three of them,
+                // so one lost heartbeat never makes a node down.
+                interval = Duration::from_millis(response.interval_ms.max(50));
             }
             Err(status) if matches!(status.code(), Code::NotFound | Code::Unauthenticated) => {
                 tracing::warn!(node = node.id, %status, "heartbeat refused; registering again");

@@ -6,11 +6,13 @@
 //! with the pure walk of `docklock-scheduler`, so every replica of the
 //! registry makes the same decision and any of them can explain it.
 //!
-//! Agreements that need (re)placement wait in `unsettled`. Each applied
-//! change that could help them (a node registering, coming back, being
-//! undrained) retries a bounded batch of them inline, and sets
-//! `reconcile_due` if more remain: the leader then proposes `Reconcile`
-//! until the queue has been walked once. No single entry does unbounded work.
+//! Agreements that need (re)placement wait in `unsettled`. A new agreement
+//! is placed in the entry that admits it, and a lost replica is replaced in
+//! the entry that loses it (up to a batch). A change that could help waiting
+//! agreements (a node registering, coming back, being undrained) only sets
+//! `reconcile_due`: the leader then proposes `Reconcile` entries, each
+//! re-placing one bounded batch, until the queue has been walked once. No
+//! single entry does unbounded work.
 
 use docklock_proto::agreement::AgreementId;
 use docklock_proto::ledger::EventBody;
@@ -218,7 +220,8 @@ impl Registry {
     }
 
     /// A node can no longer hold work: every live replica on it is dropped
-    /// and its agreements queue for a replacement.
+    /// and its agreements queue for a replacement. Up to one batch is
+    /// re-placed at once; if more are left, a full walk of the queue is due.
     fn node_lost(&mut self, node: u64) {
         let lost: Vec<AgreementId> = self.assigned.remove(&node).unwrap_or_default().into_iter().collect();
         for id in &lost {
@@ -228,50 +231,62 @@ impl Registry {
             self.agreements.insert(*id, record);
             self.unsettled.insert(*id);
         }
-        self.reconcile_batch(Some(lost));
-    }
-
-    /// More capacity may be available: walk the whole queue again.
-    fn nodes_grew(&mut self) {
-        self.reconcile_cursor = None;
-        self.reconcile_due = !self.unsettled.is_empty();
-        self.reconcile_batch(None);
-    }
-
-    /// Re-place a bounded batch: `first` (just lost a replica) and then the
-    /// queue from the cursor if a walk is due. Returns how many were tried.
-    pub(crate) fn reconcile_batch(&mut self, first: Option<Vec<AgreementId>>) -> usize {
-        let mut tried = 0;
-        for id in first.into_iter().flatten() {
-            if tried >= RECONCILE_BATCH {
-                // The rest stay queued; a full walk picks them up.
-                self.reconcile_due = true;
-                break;
-            }
-            self.place_agreement(&id);
-            tried += 1;
+        if lost.len() > RECONCILE_BATCH {
+            self.start_walk();
         }
-        if !self.reconcile_due {
-            return tried;
+        if !self.scheduling_paused {
+            for id in lost.iter().take(RECONCILE_BATCH) {
+                self.place_agreement(id);
+            }
+        }
+    }
+
+    /// More capacity may be available: walk the whole queue again. The walk
+    /// is the leader's `Reconcile` proposals, not this entry: a burst of
+    /// registrations must not each retry the queue.
+    fn nodes_grew(&mut self) {
+        self.start_walk();
+    }
+
+    fn start_walk(&mut self) {
+        self.reconcile_cursor = None;
+        self.reconcile_due = !self.unsettled.is_empty() && !self.scheduling_paused;
+    }
+
+    /// Whether placement is paused by an operator.
+    pub fn scheduling_paused(&self) -> bool {
+        self.scheduling_paused
+    }
+
+    /// Pause or resume placement. While paused, admitted agreements wait in
+    /// the queue and lost replicas are not replaced; resuming walks the queue.
+    pub(crate) fn set_scheduling(&mut self, paused: bool) -> Outcome {
+        if self.scheduling_paused != paused {
+            self.scheduling_paused = paused;
+            self.bump_revision();
+            self.start_walk();
+        }
+        Outcome::Scheduling { paused, unsettled: self.unsettled.len() as u64 }
+    }
+
+    /// Re-place the next batch of the queue walk. Returns how many were tried.
+    pub(crate) fn reconcile_batch(&mut self) -> usize {
+        if !self.reconcile_due || self.scheduling_paused {
+            return 0;
         }
         use std::ops::Bound;
         let lower = self.reconcile_cursor.map_or(Bound::Unbounded, Bound::Excluded);
-        let batch: Vec<AgreementId> = self
-            .unsettled
-            .range((lower, Bound::Unbounded))
-            .take(RECONCILE_BATCH.saturating_sub(tried).max(1))
-            .copied()
-            .collect();
+        let batch: Vec<AgreementId> =
+            self.unsettled.range((lower, Bound::Unbounded)).take(RECONCILE_BATCH).copied().collect();
         for id in &batch {
             self.place_agreement(id);
         }
-        tried += batch.len();
         let last = batch.last().copied();
         let more =
             last.is_some_and(|last| self.unsettled.range((Bound::Excluded(last), Bound::Unbounded)).next().is_some());
         self.reconcile_cursor = if more { last } else { None };
         self.reconcile_due = more;
-        tried
+        batch.len()
     }
 
     /// The placement walk for `id` against the current ring, avoiding the
@@ -297,6 +312,10 @@ impl Registry {
         let Some(record) = self.agreements.get(id) else { return };
         if !record.status.is_schedulable() {
             self.unsettled.remove(id);
+            return;
+        }
+        if self.scheduling_paused {
+            self.unsettled.insert(*id);
             return;
         }
         let placement = self.compute_placement(id, false).expect("agreement exists");
@@ -440,6 +459,19 @@ mod tests {
             }
         }
 
+        /// Apply `Reconcile` while the leader would; returns how many entries.
+        fn settle(&mut self) -> usize {
+            let mut rounds = 0;
+            while self.registry.reconcile_due() {
+                let Outcome::Reconciled { tried, .. } = apply(&mut self.registry, Command::Reconcile) else {
+                    panic!("not a reconcile outcome")
+                };
+                assert!(tried as usize <= RECONCILE_BATCH);
+                rounds += 1;
+            }
+            rounds
+        }
+
         fn nodes_of(&self, id: &AgreementId) -> Vec<u64> {
             self.registry.agreement(id).unwrap().placed.iter().map(|r| r.node).collect()
         }
@@ -485,9 +517,12 @@ mod tests {
         for id in 1..=2 {
             setup.register(&registration(id, &format!("z{id}")));
         }
+        assert_eq!(setup.nodes_of(&early).len(), 0, "registration alone places nothing");
+        assert_eq!(setup.settle(), 1);
         assert_eq!(setup.registry.agreement(&early).unwrap().status, AgreementStatus::Pending);
         assert_eq!(setup.nodes_of(&early).len(), 2, "partial placement holds what it found");
         setup.register_all(3);
+        setup.settle();
         let record = setup.registry.agreement(&early).unwrap();
         assert_eq!(record.status, AgreementStatus::Placed);
         assert_eq!(record.pending, None);
@@ -559,16 +594,30 @@ mod tests {
         apply(&mut setup.registry, Command::SetNodeStatus { node_id: 1, status: NodeStatus::Down });
         assert_eq!(setup.registry.unsettled_count(), ids.len(), "nowhere to go: all pending");
         setup.register(&registration(2, "a"));
-        assert!(setup.registry.reconcile_due(), "one batch was not enough");
-        let mut rounds = 0;
-        while setup.registry.reconcile_due() {
-            let Outcome::Reconciled { tried, .. } = apply(&mut setup.registry, Command::Reconcile) else { panic!() };
-            assert!(tried as usize <= RECONCILE_BATCH);
-            rounds += 1;
-        }
-        assert_eq!(rounds, 1);
+        assert_eq!(setup.settle(), 2, "two batches for one batch and twenty");
         assert_eq!(setup.registry.unsettled_count(), 0);
         assert!(ids.iter().all(|id| setup.nodes_of(id) == [2]));
+    }
+
+    /// While placement is paused, admissions wait and lost replicas are not
+    /// replaced; resuming places everything through bounded batches.
+    #[test]
+    fn pause_holds_placement_until_resumed() {
+        let mut setup = Setup::new(2);
+        setup.register_all(5);
+        let placed = setup.submit("before", 2, "");
+        apply(&mut setup.registry, Command::SetScheduling { paused: true });
+        let held: Vec<AgreementId> = (0..600).map(|i| setup.submit(&format!("p{i}"), 2, "")).collect();
+        assert!(held.iter().all(|id| setup.registry.agreement(id).unwrap().status == AgreementStatus::Admitted));
+        let victim = setup.nodes_of(&placed)[0];
+        apply(&mut setup.registry, Command::SetNodeStatus { node_id: victim, status: NodeStatus::Down });
+        assert_eq!(setup.nodes_of(&placed).len(), 1, "no replacement while paused");
+        assert!(!setup.registry.reconcile_due(), "no walk while paused");
+        let outcome = apply(&mut setup.registry, Command::SetScheduling { paused: false });
+        assert_eq!(outcome, Outcome::Scheduling { paused: false, unsettled: 601 });
+        assert_eq!(setup.settle(), 2);
+        assert_eq!(setup.registry.unsettled_count(), 0);
+        assert!(held.iter().chain([&placed]).all(|id| setup.nodes_of(id).len() == 2));
     }
 
     /// The derived ring and assignments rebuilt from a snapshot's state give

@@ -67,6 +67,8 @@ pub struct RegistryState {
     pub reconcile_due: bool,
     /// Where that walk is.
     pub reconcile_cursor: Option<AgreementId>,
+    /// Placement paused by an operator.
+    pub scheduling_paused: bool,
 }
 
 /// The replicated registry.
@@ -86,6 +88,7 @@ pub struct Registry {
     pub(crate) unsettled: OrdSet<AgreementId>,
     pub(crate) reconcile_due: bool,
     pub(crate) reconcile_cursor: Option<AgreementId>,
+    pub(crate) scheduling_paused: bool,
     /// The placement ring, derived from `nodes`; not state.
     pub(crate) ring: Ring,
     /// Agreements by node holding a live replica, derived; not state.
@@ -114,6 +117,7 @@ impl Registry {
             unsettled: state.unsettled,
             reconcile_due: state.reconcile_due,
             reconcile_cursor: state.reconcile_cursor,
+            scheduling_paused: state.scheduling_paused,
             ring: Ring::new(),
             assigned: BTreeMap::new(),
             writes: LedgerWrites::default(),
@@ -140,6 +144,7 @@ impl Registry {
             unsettled: self.unsettled.clone(),
             reconcile_due: self.reconcile_due,
             reconcile_cursor: self.reconcile_cursor,
+            scheduling_paused: self.scheduling_paused,
         }
     }
 
@@ -281,8 +286,9 @@ impl Registry {
             }
             Command::DrainNode { node_id, drain } => self.change_node(*node_id, None, Some(*drain)),
             Command::RemoveNode { node_id } => self.change_node(*node_id, Some(NodeStatus::Left), None),
+            Command::SetScheduling { paused } => self.set_scheduling(*paused),
             Command::Reconcile => {
-                let tried = self.reconcile_batch(None);
+                let tried = self.reconcile_batch();
                 Outcome::Reconciled { tried: tried as u64, unsettled: self.unsettled.len() as u64 }
             }
         }

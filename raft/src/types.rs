@@ -167,6 +167,11 @@ pub enum Command {
     },
     /// Re-place the next batch of agreements waiting for nodes.
     Reconcile,
+    /// Pause or resume placement (an operator's switch).
+    SetScheduling {
+        /// Pause (true) or resume (false).
+        paused: bool,
+    },
 }
 
 /// The precondition of a compare-and-set.
@@ -299,6 +304,13 @@ pub enum Outcome {
         status: NodeStatus,
         /// Whether it is draining.
         draining: bool,
+    },
+    /// Placement is paused or running.
+    Scheduling {
+        /// Whether it is paused now.
+        paused: bool,
+        /// Agreements waiting for placement.
+        unsettled: u64,
     },
     /// A reconcile batch ran.
     Reconciled {
