@@ -222,15 +222,20 @@ impl nodes_server::Nodes for NodesService {
 
     async fn list(
         &self,
-        _request: tonic::Request<v1::ListNodesRequest>,
+        request: tonic::Request<v1::ListNodesRequest>,
     ) -> Result<tonic::Response<v1::ListNodesResponse>, Status> {
+        let counts_only = request.into_inner().counts_only;
         self.node.read_barrier().await.map_err(RegistryError::into_status)?;
         let term = leading_term(&self.node);
         let applied = self.node.state.read();
         let registry = &applied.registry;
         let heard =
             |id: u64| term.map(|term| self.node.heartbeats.with(term, |l, now| now - l.last_heard(id).min(now)));
-        let nodes = registry.nodes().map(|(id, record)| node_info(registry, *id, record, heard(*id))).collect();
+        let nodes = if counts_only {
+            Vec::new()
+        } else {
+            registry.nodes().map(|(id, record)| node_info(registry, *id, record, heard(*id))).collect()
+        };
         let (interval_ms, ttl_ms) = self.node.heartbeats.timing_for(registry);
         Ok(tonic::Response::new(v1::ListNodesResponse {
             nodes,

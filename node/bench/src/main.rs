@@ -8,6 +8,7 @@
 //! the DockLock/etcd ratios.
 
 mod ledger;
+mod scheduler;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +40,11 @@ enum Cli {
     /// Start-to-exit time of caged runs from a process that stays up (as
     /// an agent runs them), in ms.
     Cage(CageArgs),
+    /// Placement rate and join/leave movement, in process.
+    SchedulerRing(scheduler::RingArgs),
+    /// Simulated workers against a real cluster: heartbeat cost, down
+    /// detection, committed placements per second.
+    SchedulerCluster(scheduler::ClusterArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -472,5 +478,7 @@ async fn main() -> anyhow::Result<()> {
         // The cage forks from the calling thread and waits for its
         // children: a blocking thread of its own.
         Cli::Cage(args) => tokio::task::spawn_blocking(move || cage_starts(args)).await?,
+        Cli::SchedulerRing(args) => tokio::task::spawn_blocking(move || scheduler::ring_bench(args)).await?,
+        Cli::SchedulerCluster(args) => scheduler::cluster_bench(args).await,
     }
 }
