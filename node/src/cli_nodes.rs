@@ -67,7 +67,9 @@ pub async fn run(args: &ClientArgs, command: NodeCommand) -> anyhow::Result<()> 
     let node = match command {
         NodeCommand::List => {
             let list = client
-                .call(|channel| async move { NodesClient::new(channel).list(v1::ListNodesRequest { counts_only: false }).await })
+                .call(|channel| async move {
+                    NodesClient::new(channel).list(v1::ListNodesRequest { counts_only: false }).await
+                })
                 .await?;
             if args.output == Output::Json {
                 let document = json!({

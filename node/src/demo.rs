@@ -1,7 +1,8 @@
 //! `docklock demo`: a 3-node cluster on loopback, as real processes, that
-//! admits a signed agreement, survives losing its leader, and proves what it
-//! admitted with a bundle checked offline. Later capabilities (placement,
-//! caged runs, verification by replication) extend this story.
+//! admits a signed agreement and places it on its three workers, survives
+//! losing its leader (whose replica is released and placed again when it
+//! returns), and proves what it admitted with a bundle checked offline.
+//! Caged runs and verification by replication (issue 8) extend this story.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use docklock_proto::agreement::{Envelope, Spec};
 use docklock_proto::crypto::{Algorithm, KeyPair};
 use docklock_proto::identity::{ChangeKind, Role};
 use docklock_proto::ledger::Bundle;
+use docklock_proto::v1::{self, nodes_client::NodesClient};
 
 use crate::launcher::{LocalCluster, FAST_TIMING};
 
@@ -39,7 +41,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let binary = std::env::current_exe().context("cannot find the docklock binary")?;
     let mut args = FAST_TIMING.to_vec();
-    args.extend_from_slice(&["--checkpoint-interval-ms", "200"]);
+    args.extend_from_slice(&["--checkpoint-interval-ms", "200", "--worker-heartbeat-ms", "200"]);
     let mut cluster = LocalCluster::new(&binary, &dir, 3, &args)?;
     let admin = KeyPair::generate(Algorithm::MlDsa65);
     let admin_pub = dir.join("admin.key.pub");
@@ -86,6 +88,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     step(4, "a submitter key (Dilithium3) is added by the admin, then signs and submits an agreement");
     let client = cluster.client()?;
+    wait_for(WAIT, "step 4: the three workers to register", || async {
+        let list =
+            client
+                .call(|channel| async move {
+                    NodesClient::new(channel).list(v1::ListNodesRequest { counts_only: false }).await
+                })
+                .await?;
+        Ok((list.nodes.iter().filter(|node| node.status == "ready").count() == 3).then_some(()))
+    })
+    .await?;
     let submitter = KeyPair::generate(Algorithm::Dilithium3);
     client
         .change_identity(ChangeKind::Add { key: submitter.public().clone(), role: Role::Submitter }, &admin)
@@ -95,6 +107,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let envelope = Envelope::sign(spec.canonical(), &submitter);
     let admitted = client.submit_agreement(&envelope).await.context("step 4: submitting")?;
     println!("    agreement {} admitted as ledger event {}", admitted.id, admitted.event_index);
+    let info = client.get_agreement(&admitted.id).await.context("step 4: reading the agreement")?;
+    println!("    placed by consistent hashing at admission, {}: {}", info.status, replicas(&info));
     let forged = Envelope { signer: KeyPair::generate(Algorithm::MlDsa65).public().clone(), ..envelope.clone() };
     let refused = client.submit_agreement(&forged).await.err().map(|status| status.code());
     println!("    the same spec under a forged signer is refused: {refused:?}");
@@ -115,6 +129,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .await
         .context("step 5: write after failover")?;
     println!("    a write after failover committed at revision {}", after.revision);
+    let lost = wait_for(WAIT, "step 5: the killed worker's replica to be released", || async {
+        let info = cluster.client()?.get_agreement(&admitted.id).await?;
+        Ok((!info.placed.iter().any(|r| r.node == leader)).then_some(info))
+    })
+    .await?;
+    println!(
+        "    node {leader} missed its heartbeats and is down; the agreement is {} ({}) on {}",
+        lost.status,
+        lost.pending_reason,
+        replicas(&lost)
+    );
 
     step(6, &format!("restart node {leader} from its data directory"));
     cluster.start(leader)?;
@@ -128,6 +153,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "    node {leader} caught up to revision {}; its local state has all {KEYS} variables and {:?}",
         after.revision,
         String::from_utf8_lossy(&failover.value)
+    );
+
+    let back = wait_for(WAIT, "step 6: the agreement to be placed again", || async {
+        let info = cluster.client()?.get_agreement(&admitted.id).await?;
+        Ok((info.status == "placed").then_some(info))
+    })
+    .await?;
+    println!(
+        "    node {leader} is ready again; the agreement is placed again, attempt {}: {}",
+        back.attempt,
+        replicas(&back)
     );
 
     let mut heads = Vec::new();
@@ -176,6 +212,36 @@ timeout_secs: 600
 idempotency_key: demo-report
 labels: {origin: docklock-demo}
 ";
+
+fn replicas(info: &v1::AgreementInfo) -> String {
+    let nodes: Vec<String> = info.placed.iter().map(|r| format!("node {} (attempt {})", r.node, r.attempt)).collect();
+    if nodes.is_empty() {
+        "no node".to_owned()
+    } else {
+        nodes.join(", ")
+    }
+}
+
+/// Poll `check` every 100 ms until it gives a value or `timeout` passes.
+async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(error) if Instant::now() >= deadline => return Err(error.context(format!("waiting for {what}"))),
+            Err(_) => {}
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 fn short(key: &KeyPair) -> String {
     key.public().fingerprint().to_hex()[..16].to_owned()
