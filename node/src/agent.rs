@@ -118,7 +118,7 @@ pub fn cluster_id_for(name: &str, members: &BTreeMap<NodeId, String>, admin: Opt
 pub const NODE_KEY_FILE: &str = "node.key";
 
 /// Load the node's key, creating it (mode 0600) at first start.
-fn node_key(data_dir: &std::path::Path) -> anyhow::Result<KeyPair> {
+pub(crate) fn node_key(data_dir: &std::path::Path) -> anyhow::Result<KeyPair> {
     let path = data_dir.join(NODE_KEY_FILE);
     if !path.exists() {
         KeyPair::generate(Algorithm::MlDsa65).write_new(&path)?;

@@ -251,8 +251,13 @@ pub struct AgentArgs {
     #[arg(long, env = "DOCKLOCK_CHECKPOINT_INTERVAL_MS")]
     checkpoint_interval_ms: Option<u64>,
     /// Do not work: vote and serve only, take no placements.
-    #[arg(long, env = "DOCKLOCK_NO_WORKER")]
+    #[arg(long, env = "DOCKLOCK_NO_WORKER", conflicts_with = "worker_only")]
     no_worker: bool,
+    /// Work only: no Raft, no registry replica; register and heartbeat
+    /// through the members given with --join (HOST:PORT,...). An admin must
+    /// first add DATA_DIR/node.key.pub with role node.
+    #[arg(long, env = "DOCKLOCK_WORKER_ONLY", requires = "join")]
+    worker_only: bool,
     /// Worker type: compute, storage, gateway, validator or hybrid (default hybrid).
     #[arg(long, env = "DOCKLOCK_NODE_TYPE")]
     node_type: Option<String>,
@@ -308,7 +313,32 @@ struct AgentFile {
     worker_heartbeat_ms: Option<u64>,
 }
 
+/// A worker-only node's settings.
+struct WorkerOnlyConfig {
+    id: u64,
+    listen: SocketAddr,
+    advertise: String,
+    data_dir: PathBuf,
+    endpoints: Vec<String>,
+    worker: WorkerConfig,
+}
+
 impl AgentArgs {
+    fn resolve_worker_only(self) -> anyhow::Result<WorkerOnlyConfig> {
+        let id = self.id.context("--id is required")?;
+        if id == 0 {
+            bail!("node id 0 is reserved; ids start at 1");
+        }
+        let listen = self.listen.context("--listen is required")?;
+        let data_dir = self.data_dir.context("--data-dir is required")?;
+        let endpoints: Vec<String> =
+            self.join.context("--join is required")?.split(',').map(str::trim).map(str::to_owned).collect();
+        let worker =
+            WorkerConfig::detect(self.node_type.as_deref(), self.zone, &self.labels, self.cpu_millis, self.memory_mib)?;
+        let advertise = self.advertise.unwrap_or_else(|| listen.to_string());
+        Ok(WorkerOnlyConfig { id, listen, advertise, data_dir, endpoints, worker })
+    }
+
     fn resolve(self) -> anyhow::Result<AgentConfig> {
         let file: AgentFile = match &self.config {
             Some(path) => {
@@ -436,12 +466,45 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log))
         .context("invalid --log filter")?;
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    if args.worker_only {
+        let config = args.resolve_worker_only().map_err(|error| UsageError(one_line(&error)))?;
+        return run_worker_only(config).await;
+    }
     let config = args.resolve().map_err(|error| UsageError(one_line(&error)))?;
     let agent = Agent::start(config).await?;
     tracing::info!(node = agent.node.id, "serving");
     wait_for_signal().await;
     tracing::info!("shutting down");
     agent.stop().await
+}
+
+async fn run_worker_only(config: WorkerOnlyConfig) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let worker = crate::worker::WorkerOnly::start(
+        config.id,
+        &config.data_dir,
+        config.advertise,
+        config.endpoints,
+        config.worker,
+    )
+    .await?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let working = tokio::spawn(worker.clone().run());
+    tracing::info!(node = config.id, "serving as a worker only");
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    worker.stop();
+    server.abort();
+    working.abort();
+    Ok(())
 }
 
 async fn wait_for_signal() {

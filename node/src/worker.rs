@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use docklock_proto::agreement::Envelope;
 use docklock_proto::client::{Client, ClientOptions};
+use docklock_proto::crypto::KeyPair;
+use docklock_proto::identity::NodeKeyClaim;
 use docklock_proto::node::{Capacity, NodeRegistration, NodeType};
 use docklock_proto::v1::{self, nodes_client::NodesClient};
 use tonic::Code;
@@ -100,27 +102,65 @@ fn host_features() -> BTreeSet<String> {
 /// Pause after a failed registration or heartbeat round.
 const RETRY: Duration = Duration::from_millis(500);
 
+/// Who a worker is.
+pub struct WorkerIdentity {
+    /// Its node id.
+    pub id: u64,
+    /// The cluster it works for.
+    pub cluster_id: String,
+    /// Its node key: signs the registration.
+    pub key: Arc<KeyPair>,
+    /// The address it advertises.
+    pub address: String,
+}
+
+/// What the loop asks its host about.
+pub trait WorkerHost: Send + Sync {
+    /// Whether the node's key is registered (registration must wait for it).
+    fn key_registered(&self) -> bool;
+    /// Whether the host is shutting down.
+    fn stopping(&self) -> bool;
+}
+
+impl WorkerHost for NodeContext {
+    fn key_registered(&self) -> bool {
+        self.state.read().registry.node_key(self.id).is_some()
+    }
+
+    fn stopping(&self) -> bool {
+        self.raft.metrics().borrow().state == openraft::ServerState::Shutdown
+    }
+}
+
 /// Register this node as a worker once its key is in the registry, then
 /// heartbeat for as long as the node runs.
 pub async fn worker_duty(node: Arc<NodeContext>, config: WorkerConfig, advertise: String) {
     let options = ClientOptions { attempts_max: 4, deadline: Duration::from_secs(5), ..ClientOptions::default() };
     let Ok(client) = Client::new(vec![advertise.clone()], options) else { return };
+    let identity =
+        WorkerIdentity { id: node.id, cluster_id: node.cluster_id.clone(), key: node.key.clone(), address: advertise };
+    work(&*node, &identity, &config, &client).await;
+}
+
+/// Register `identity` as a worker through `client`, then heartbeat until the
+/// host stops or the node is removed.
+pub async fn work(host: &dyn WorkerHost, identity: &WorkerIdentity, config: &WorkerConfig, client: &Client) {
+    let id = identity.id;
     let token: [u8; 32] = rand::random();
-    let registration = config.registration(&node.cluster_id, node.id, &advertise, &token);
-    let envelope = Envelope::sign(registration.canonical(), &node.key).canonical();
+    let registration = config.registration(&identity.cluster_id, id, &identity.address, &token);
+    let envelope = Envelope::sign(registration.canonical(), &identity.key).canonical();
     let mut registered = false;
     let mut interval = RETRY;
     loop {
-        if node.raft.metrics().borrow().state == openraft::ServerState::Shutdown {
+        if host.stopping() {
             return;
         }
-        let key_registered = node.state.read().registry.node_key(node.id).is_some();
-        if !key_registered {
+        if !host.key_registered() {
             tokio::time::sleep(RETRY).await;
             continue;
         }
         let result = if registered {
-            let request = v1::HeartbeatRequest { node_id: node.id, token: token.to_vec() };
+            let request = v1::HeartbeatRequest { node_id: id, token: token.to_vec() };
             client
                 .call(|channel| {
                     let request = request.clone();
@@ -139,7 +179,7 @@ pub async fn worker_duty(node: Arc<NodeContext>, config: WorkerConfig, advertise
         match result {
             Ok(response) => {
                 if !registered {
-                    tracing::info!(node = node.id, zone = %config.zone, "registered as a worker");
+                    tracing::info!(node = id, zone = %config.zone, "registered as a worker");
                 }
                 registered = true;
                 // The leader sizes the interval so that all workers together
@@ -148,19 +188,122 @@ pub async fn worker_duty(node: Arc<NodeContext>, config: WorkerConfig, advertise
                 interval = Duration::from_millis(response.interval_ms.max(50));
             }
             Err(status) if matches!(status.code(), Code::NotFound | Code::Unauthenticated) => {
-                tracing::warn!(node = node.id, %status, "heartbeat refused; registering again");
+                tracing::warn!(node = id, %status, "heartbeat refused; registering again");
                 registered = false;
                 interval = RETRY;
             }
             Err(status) if status.code() == Code::FailedPrecondition => {
-                tracing::error!(node = node.id, %status, "this node was removed; it no longer works for the cluster");
+                tracing::error!(node = id, %status, "this node was removed; it no longer works for the cluster");
                 return;
             }
             Err(status) => {
-                tracing::debug!(node = node.id, %status, "heartbeat failed; will retry");
+                tracing::debug!(node = id, %status, "heartbeat failed; will retry");
                 interval = RETRY.min(interval);
             }
         }
         tokio::time::sleep(interval).await;
+    }
+}
+
+/// A worker-only node: no Raft, no registry replica. It claims its node key
+/// (which an admin must have added with role `node`), then registers and
+/// heartbeats through the cluster's public API. It serves gRPC health on its
+/// listen address so the address it registers answers.
+pub struct WorkerOnly {
+    identity: WorkerIdentity,
+    config: WorkerConfig,
+    client: Client,
+    claimed: std::sync::atomic::AtomicBool,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl WorkerHost for WorkerOnly {
+    fn key_registered(&self) -> bool {
+        self.claimed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl WorkerOnly {
+    /// Prepare a worker-only node `id` with its data in `data_dir`, reaching
+    /// the cluster through `endpoints`.
+    pub async fn start(
+        id: u64,
+        data_dir: &std::path::Path,
+        address: String,
+        endpoints: Vec<String>,
+        config: WorkerConfig,
+    ) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+        let key = crate::agent::node_key(data_dir)?;
+        let public = data_dir.join(format!("{}.pub", crate::agent::NODE_KEY_FILE));
+        if !public.exists() {
+            key.public().write_new(&public)?;
+        }
+        let client = Client::new(endpoints, ClientOptions::default())?;
+        let cluster_id = client.status().await.context("cannot reach the cluster")?.cluster_id;
+        check_worker_identity(data_dir, id, &cluster_id)?;
+        let identity = WorkerIdentity { id, cluster_id, key: Arc::new(key), address };
+        let claimed = std::sync::atomic::AtomicBool::new(false);
+        let stopping = std::sync::atomic::AtomicBool::new(false);
+        Ok(Arc::new(Self { identity, config, client, claimed, stopping }))
+    }
+
+    /// Claim the key (retrying until an admin has authorised it), then work.
+    pub async fn run(self: Arc<Self>) {
+        let claim = NodeKeyClaim { cluster_id: self.identity.cluster_id.clone(), node_id: self.identity.id };
+        let envelope = Envelope::sign(claim.canonical(), &self.identity.key).canonical();
+        let mut warned = false;
+        while !self.stopping() {
+            match self.client.register_node(envelope.clone()).await {
+                Ok(_) => {
+                    self.claimed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
+                Err(status) if status.code() == Code::PermissionDenied && !warned => {
+                    warned = true;
+                    tracing::error!(
+                        node = self.identity.id,
+                        key = %self.identity.key.public().fingerprint(),
+                        %status,
+                        "this worker's key is not authorised; an admin must run: \
+                         docklock identity add DATA_DIR/node.key.pub --role node --key ADMIN_KEY"
+                    );
+                }
+                Err(status) => tracing::debug!(%status, "key claim failed; will retry"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        work(&*self, &self.identity, &self.config, &self.client).await;
+    }
+
+    /// Stop heartbeating.
+    pub fn stop(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The file recording which cluster and node id a worker's data directory
+/// belongs to.
+const WORKER_IDENTITY_FILE: &str = "worker-identity";
+
+fn check_worker_identity(data_dir: &std::path::Path, id: u64, cluster_id: &str) -> anyhow::Result<()> {
+    let path = data_dir.join(WORKER_IDENTITY_FILE);
+    let expected = format!("{cluster_id} {id}\n");
+    match std::fs::read_to_string(&path) {
+        Ok(stored) if stored == expected => Ok(()),
+        Ok(stored) => bail!(
+            "data directory {} belongs to {:?} (cluster, node), not {:?}; use its id and cluster or another directory",
+            data_dir.display(),
+            stored.trim(),
+            expected.trim()
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, expected).with_context(|| format!("cannot write {}", path.display()))
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
     }
 }

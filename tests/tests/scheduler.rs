@@ -185,3 +185,79 @@ async fn leader_failover_does_not_mark_live_workers_down() -> anyhow::Result<()>
     assert_eq!(changes, [(leader, "down".to_owned())], "status changes after the failover");
     Ok(())
 }
+
+/// Kills a child process when dropped.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+/// A worker-only agent (no Raft) waits for an admin to authorise its key,
+/// then registers, takes placements, and is marked down when it dies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_only_node_joins_after_authorisation_and_takes_work() -> anyhow::Result<()> {
+    let (dir, cluster, admin) = scheduler_cluster(3).await?;
+    let client = cluster.client()?;
+    let endpoints = cluster.endpoints().join(",");
+    let data_dir = dir.path().join("worker-10");
+    let port = docklock_node::launcher::free_port(std::net::Ipv4Addr::LOCALHOST)?;
+    let log = std::fs::File::create(dir.path().join("worker-10.log"))?;
+    let child = std::process::Command::new(docklock_tests::binary())
+        .args(["agent", "--worker-only", "--id", "10", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["--join", &endpoints, "--zone", "edge", "--worker-heartbeat-ms", HEARTBEAT_MS])
+        .stderr(log)
+        .spawn()?;
+    let mut worker = ChildGuard(child);
+    let public_key = data_dir.join("node.key.pub");
+    let deadline = Instant::now() + WAIT;
+    while !public_key.exists() {
+        assert!(Instant::now() < deadline, "the worker wrote no key");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!workers(&client).await?.nodes.iter().any(|n| n.id == 10), "registered without authorisation");
+
+    let admin_key = dir.path().join("admin.key");
+    let (code, out, err) = cli(&[
+        "identity",
+        "add",
+        public_key.to_str().unwrap(),
+        "--role",
+        "node",
+        "--key",
+        admin_key.to_str().unwrap(),
+        "--endpoints",
+        &endpoints,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    docklock_tests::wait_for_workers(&client, 4).await?;
+    let row = workers(&client).await?.nodes.into_iter().find(|n| n.id == 10).expect("worker 10 is listed");
+    assert_eq!((row.zone.as_str(), row.address), ("edge", format!("127.0.0.1:{port}")));
+    assert!(
+        cluster.client()?.status().await?.members.iter().all(|m| m.id != 10),
+        "a worker-only node is no Raft member"
+    );
+
+    let ids = submit(&client, &admin, "everywhere", 1, 4).await?;
+    let placed = placements(&client, &ids).await?;
+    assert!(placed[&ids[0]].0.contains(&10), "k = 4 on four workers uses the worker-only node: {placed:?}");
+
+    worker.0.kill()?;
+    let deadline = Instant::now() + TTL + Duration::from_secs(2);
+    loop {
+        let info = client.get_agreement(&ids[0]).await?;
+        if !info.placed.iter().any(|r| r.node == 10) {
+            assert_eq!(info.status, "pending");
+            break;
+        }
+        assert!(Instant::now() < deadline, "worker 10's replica was not released");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
