@@ -100,6 +100,10 @@ pub enum AgreementCommand {
         /// Show every node the walk visited and why it was chosen or skipped.
         #[arg(long)]
         explain: bool,
+        /// Recompute on the contacted node from its own replica of the
+        /// registry (no leader involved).
+        #[arg(long)]
+        stale: bool,
     },
     /// Print the status and each change until interrupted.
     Watch {
@@ -399,8 +403,8 @@ pub async fn agreement(args: &ClientArgs, command: AgreementCommand) -> anyhow::
                 }
             }
         }
-        AgreementCommand::Placement { id, explain } => {
-            let request = v1::PlacementRequest { agreement_id: parse_id(&id)?.to_hex() };
+        AgreementCommand::Placement { id, explain, stale } => {
+            let request = v1::PlacementRequest { agreement_id: parse_id(&id)?.to_hex(), stale };
             let placement = client
                 .call(|channel| {
                     let request = request.clone();

@@ -31,6 +31,13 @@ pub enum NodeCommand {
     PauseScheduling,
     /// Resume placement: everything waiting is placed in bounded batches.
     ResumeScheduling,
+    /// Set the ring's virtual nodes per core of capacity (1 to 256; default
+    /// 32): more spreads load more evenly, fewer makes the ring smaller.
+    ConfigureRing {
+        /// Virtual nodes per core.
+        #[arg(long)]
+        vnodes_per_core: u32,
+    },
 }
 
 fn node_json(node: &v1::NodeInfo) -> serde_json::Value {
@@ -61,6 +68,21 @@ fn print_node(node: &v1::NodeInfo, output: Output) {
     }
 }
 
+fn print_scheduling(info: &v1::SchedulingInfo, output: Output) {
+    if output == Output::Json {
+        println!(
+            "{}",
+            json!({"paused": info.paused, "unsettled": info.unsettled, "vnodes_per_core": info.vnodes_per_core})
+        );
+    } else {
+        let state = if info.paused { "paused" } else { "running" };
+        println!(
+            "scheduling {state}, {} virtual nodes per core; {} agreements wait for placement",
+            info.vnodes_per_core, info.unsettled
+        );
+    }
+}
+
 /// Run `docklock node ...`.
 pub async fn run(args: &ClientArgs, command: NodeCommand) -> anyhow::Result<()> {
     let client = args.client()?;
@@ -78,6 +100,7 @@ pub async fn run(args: &ClientArgs, command: NodeCommand) -> anyhow::Result<()> 
                     "ttl_ms": list.ttl_ms,
                     "unsettled": list.unsettled,
                     "scheduling_paused": list.scheduling_paused,
+                    "vnodes_per_core": list.vnodes_per_core,
                 });
                 println!("{}", serde_json::to_string_pretty(&document)?);
             } else {
@@ -118,12 +141,14 @@ pub async fn run(args: &ClientArgs, command: NodeCommand) -> anyhow::Result<()> 
             let request = v1::SetSchedulingRequest { paused: matches!(command, NodeCommand::PauseScheduling) };
             let info =
                 client.call(|channel| async move { NodesClient::new(channel).set_scheduling(request).await }).await?;
-            if args.output == Output::Json {
-                println!("{}", json!({"paused": info.paused, "unsettled": info.unsettled}));
-            } else {
-                let state = if info.paused { "paused" } else { "running" };
-                println!("scheduling {state}; {} agreements wait for placement", info.unsettled);
-            }
+            print_scheduling(&info, args.output);
+            return Ok(());
+        }
+        NodeCommand::ConfigureRing { vnodes_per_core } => {
+            let request = v1::ConfigureRingRequest { vnodes_per_core };
+            let info =
+                client.call(|channel| async move { NodesClient::new(channel).configure_ring(request).await }).await?;
+            print_scheduling(&info, args.output);
             return Ok(());
         }
         NodeCommand::Remove { id } => {

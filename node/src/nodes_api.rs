@@ -243,6 +243,7 @@ impl nodes_server::Nodes for NodesService {
             ttl_ms,
             unsettled: registry.unsettled_count() as u64,
             scheduling_paused: registry.scheduling_paused(),
+            vnodes_per_core: registry.vnodes_per_core(),
         }))
     }
 
@@ -277,16 +278,22 @@ impl nodes_server::Nodes for NodesService {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
         let command = Command::SetScheduling { paused: message.paused };
-        signed_write(
-            &self.node,
-            forwarded,
-            command,
-            |outcome| match outcome {
-                Outcome::Scheduling { paused, unsettled } => Ok(v1::SchedulingInfo { paused, unsettled }),
-                other => Err(unexpected_outcome("scheduling switch", &other)),
-            },
-            |channel| async move { NodesClient::new(channel).set_scheduling(mark_forwarded(message)).await },
-        )
+        signed_write(&self.node, forwarded, command, scheduling_info, |channel| async move {
+            NodesClient::new(channel).set_scheduling(mark_forwarded(message)).await
+        })
+        .await
+    }
+
+    async fn configure_ring(
+        &self,
+        request: tonic::Request<v1::ConfigureRingRequest>,
+    ) -> Result<tonic::Response<v1::SchedulingInfo>, Status> {
+        let forwarded = is_forwarded(&request);
+        let message = request.into_inner();
+        let command = Command::ConfigureRing { vnodes_per_core: message.vnodes_per_core };
+        signed_write(&self.node, forwarded, command, scheduling_info, |channel| async move {
+            NodesClient::new(channel).configure_ring(mark_forwarded(message)).await
+        })
         .await
     }
 
@@ -294,8 +301,11 @@ impl nodes_server::Nodes for NodesService {
         &self,
         request: tonic::Request<v1::PlacementRequest>,
     ) -> Result<tonic::Response<v1::PlacementResponse>, Status> {
-        let id: AgreementId = parse_agreement_id(&request.into_inner().agreement_id)?;
-        self.node.read_barrier().await.map_err(RegistryError::into_status)?;
+        let message = request.into_inner();
+        let id: AgreementId = parse_agreement_id(&message.agreement_id)?;
+        if !message.stale {
+            self.node.read_barrier().await.map_err(RegistryError::into_status)?;
+        }
         let applied = self.node.state.read();
         let registry = &applied.registry;
         let record = registry.agreement(&id).ok_or_else(|| Status::not_found(format!("agreement {id} not found")))?;
@@ -323,6 +333,15 @@ impl nodes_server::Nodes for NodesService {
             would_add: now.added.clone(),
             from_scratch: fresh.nodes,
         }))
+    }
+}
+
+fn scheduling_info(outcome: Outcome) -> Result<v1::SchedulingInfo, RegistryError> {
+    match outcome {
+        Outcome::Scheduling { paused, unsettled, vnodes_per_core } => {
+            Ok(v1::SchedulingInfo { paused, unsettled, vnodes_per_core })
+        }
+        other => Err(unexpected_outcome("scheduler setting", &other)),
     }
 }
 

@@ -28,8 +28,10 @@ use crate::types::Outcome;
 
 /// Most workers the registry holds (removed ones included).
 pub const NODES_MAX: usize = 100_000;
-/// Virtual nodes per core of capacity.
+/// Virtual nodes per core of capacity, unless configured.
 pub const VNODES_PER_CORE: u32 = 32;
+/// Most virtual nodes per core an operator may configure.
+pub const VNODES_PER_CORE_MAX: u32 = 256;
 /// Agreements one applied entry re-places at most.
 pub const RECONCILE_BATCH: usize = 512;
 
@@ -73,15 +75,19 @@ pub struct Replica {
 }
 
 /// Build the ring from the node records (the ring is derived state).
-pub(crate) fn build_ring<'a>(nodes: impl Iterator<Item = (&'a u64, &'a NodeRecord)>) -> Ring {
+pub(crate) fn build_ring<'a>(nodes: impl Iterator<Item = (&'a u64, &'a NodeRecord)>, per_core: u32) -> Ring {
     let mut ring = Ring::new();
     for (id, record) in nodes {
         if record.status != NodeStatus::Left {
-            let registration = &record.registration;
-            ring.insert(*id, ring::vnodes_for(VNODES_PER_CORE, registration.capacity.cpu_millis), &registration.zone);
+            insert_node(&mut ring, *id, record, per_core);
         }
     }
     ring
+}
+
+fn insert_node(ring: &mut Ring, id: u64, record: &NodeRecord, per_core: u32) {
+    let registration = &record.registration;
+    ring.insert(id, ring::vnodes_for(per_core, registration.capacity.cpu_millis), &registration.zone);
 }
 
 impl Registry {
@@ -177,8 +183,8 @@ impl Registry {
             registered_event,
             status_event: previous.and_then(|p| p.status_event),
         };
-        let registration = &record.registration;
-        self.ring.insert(id, ring::vnodes_for(VNODES_PER_CORE, registration.capacity.cpu_millis), &registration.zone);
+        let per_core = self.vnodes_per_core();
+        insert_node(&mut self.ring, id, &record, per_core);
         self.nodes.insert(id, record);
         self.bump_revision();
         self.nodes_grew();
@@ -253,6 +259,37 @@ impl Registry {
         self.reconcile_due = !self.unsettled.is_empty() && !self.scheduling_paused;
     }
 
+    /// Virtual nodes per core of capacity on the ring.
+    pub fn vnodes_per_core(&self) -> u32 {
+        match self.vnodes_per_core {
+            0 => VNODES_PER_CORE,
+            configured => configured,
+        }
+    }
+
+    /// Change the ring's virtual nodes per core. The ring is rebuilt; live
+    /// replicas stay where they are (a walk after this keeps them), only
+    /// future placements follow the new ring.
+    pub(crate) fn configure_vnodes(&mut self, per_core: u32) -> Outcome {
+        if !(1..=VNODES_PER_CORE_MAX).contains(&per_core) {
+            return Outcome::Invalid { reason: format!("vnodes per core must be between 1 and {VNODES_PER_CORE_MAX}") };
+        }
+        if per_core != self.vnodes_per_core() {
+            self.vnodes_per_core = per_core;
+            self.ring = build_ring(self.nodes.iter(), per_core);
+            self.bump_revision();
+        }
+        self.scheduling_outcome()
+    }
+
+    fn scheduling_outcome(&self) -> Outcome {
+        Outcome::Scheduling {
+            paused: self.scheduling_paused,
+            unsettled: self.unsettled.len() as u64,
+            vnodes_per_core: self.vnodes_per_core(),
+        }
+    }
+
     /// Whether placement is paused by an operator.
     pub fn scheduling_paused(&self) -> bool {
         self.scheduling_paused
@@ -266,7 +303,7 @@ impl Registry {
             self.bump_revision();
             self.start_walk();
         }
-        Outcome::Scheduling { paused, unsettled: self.unsettled.len() as u64 }
+        self.scheduling_outcome()
     }
 
     /// Re-place the next batch of the queue walk. Returns how many were tried.
@@ -361,7 +398,7 @@ impl Registry {
 
     /// Rebuild the derived indexes (ring, assignments) from the state.
     pub(crate) fn rebuild_derived(&mut self) {
-        self.ring = build_ring(self.nodes.iter());
+        self.ring = build_ring(self.nodes.iter(), self.vnodes_per_core());
         self.assigned.clear();
         for (id, record) in self.agreements.iter() {
             for replica in &record.placed {
@@ -614,10 +651,36 @@ mod tests {
         assert_eq!(setup.nodes_of(&placed).len(), 1, "no replacement while paused");
         assert!(!setup.registry.reconcile_due(), "no walk while paused");
         let outcome = apply(&mut setup.registry, Command::SetScheduling { paused: false });
-        assert_eq!(outcome, Outcome::Scheduling { paused: false, unsettled: 601 });
+        assert_eq!(outcome, Outcome::Scheduling { paused: false, unsettled: 601, vnodes_per_core: VNODES_PER_CORE });
         assert_eq!(setup.settle(), 2);
         assert_eq!(setup.registry.unsettled_count(), 0);
         assert!(held.iter().chain([&placed]).all(|id| setup.nodes_of(id).len() == 2));
+    }
+
+    /// The ring's virtual node count is a cluster setting: changing it
+    /// rebuilds the ring for future placements and moves no live replica.
+    #[test]
+    fn vnodes_per_core_is_configurable() {
+        let mut setup = Setup::new(5);
+        setup.register_all(1);
+        let ids: Vec<AgreementId> = (0..30).map(|i| setup.submit(&format!("v{i}"), 2, "")).collect();
+        let before: Vec<_> = ids.iter().map(|id| setup.nodes_of(id)).collect();
+        let fresh_before: Vec<_> =
+            ids.iter().map(|id| setup.registry.compute_placement(id, true).unwrap().nodes).collect();
+        assert!(matches!(
+            apply(&mut setup.registry, Command::ConfigureRing { vnodes_per_core: 0 }),
+            Outcome::Invalid { .. }
+        ));
+        let outcome = apply(&mut setup.registry, Command::ConfigureRing { vnodes_per_core: 3 });
+        assert!(matches!(outcome, Outcome::Scheduling { vnodes_per_core: 3, .. }), "{outcome:?}");
+        assert_eq!(setup.registry.ring.point_count(), 8 * 3 * 2, "eight 2-core nodes, 3 points per core");
+        let after: Vec<_> = ids.iter().map(|id| setup.nodes_of(id)).collect();
+        assert_eq!(after, before, "live replicas stay");
+        let fresh_after: Vec<_> =
+            ids.iter().map(|id| setup.registry.compute_placement(id, true).unwrap().nodes).collect();
+        assert_ne!(fresh_after, fresh_before, "the ring itself changed");
+        let rebuilt = Registry::from_state(setup.registry.to_state());
+        assert_eq!(rebuilt.ring.point_count(), setup.registry.ring.point_count(), "the setting survives a snapshot");
     }
 
     /// The derived ring and assignments rebuilt from a snapshot's state give

@@ -69,6 +69,8 @@ pub struct RegistryState {
     pub reconcile_cursor: Option<AgreementId>,
     /// Placement paused by an operator.
     pub scheduling_paused: bool,
+    /// Virtual nodes per core on the ring (0: the default).
+    pub vnodes_per_core: u32,
 }
 
 /// The replicated registry.
@@ -89,6 +91,7 @@ pub struct Registry {
     pub(crate) reconcile_due: bool,
     pub(crate) reconcile_cursor: Option<AgreementId>,
     pub(crate) scheduling_paused: bool,
+    pub(crate) vnodes_per_core: u32,
     /// The placement ring, derived from `nodes`; not state.
     pub(crate) ring: Ring,
     /// Agreements by node holding a live replica, derived; not state.
@@ -118,6 +121,7 @@ impl Registry {
             reconcile_due: state.reconcile_due,
             reconcile_cursor: state.reconcile_cursor,
             scheduling_paused: state.scheduling_paused,
+            vnodes_per_core: state.vnodes_per_core,
             ring: Ring::new(),
             assigned: BTreeMap::new(),
             writes: LedgerWrites::default(),
@@ -145,6 +149,7 @@ impl Registry {
             reconcile_due: self.reconcile_due,
             reconcile_cursor: self.reconcile_cursor,
             scheduling_paused: self.scheduling_paused,
+            vnodes_per_core: self.vnodes_per_core,
         }
     }
 
@@ -287,6 +292,7 @@ impl Registry {
             Command::DrainNode { node_id, drain } => self.change_node(*node_id, None, Some(*drain)),
             Command::RemoveNode { node_id } => self.change_node(*node_id, Some(NodeStatus::Left), None),
             Command::SetScheduling { paused } => self.set_scheduling(*paused),
+            Command::ConfigureRing { vnodes_per_core } => self.configure_vnodes(*vnodes_per_core),
             Command::Reconcile => {
                 let tried = self.reconcile_batch();
                 Outcome::Reconciled { tried: tried as u64, unsettled: self.unsettled.len() as u64 }

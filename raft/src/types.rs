@@ -167,6 +167,11 @@ pub enum Command {
     },
     /// Re-place the next batch of agreements waiting for nodes.
     Reconcile,
+    /// Set the ring's virtual nodes per core of capacity.
+    ConfigureRing {
+        /// Virtual nodes per core.
+        vnodes_per_core: u32,
+    },
     /// Pause or resume placement (an operator's switch).
     SetScheduling {
         /// Pause (true) or resume (false).
@@ -305,12 +310,14 @@ pub enum Outcome {
         /// Whether it is draining.
         draining: bool,
     },
-    /// Placement is paused or running.
+    /// The scheduler's settings after a change.
     Scheduling {
-        /// Whether it is paused now.
+        /// Whether placement is paused.
         paused: bool,
         /// Agreements waiting for placement.
         unsettled: u64,
+        /// Virtual nodes per core on the ring.
+        vnodes_per_core: u32,
     },
     /// A reconcile batch ran.
     Reconciled {

@@ -141,6 +141,40 @@ async fn drain_moves_placements_off_and_takes_no_new_ones() -> anyhow::Result<()
     let later = submit(&client, &admin, "after-undrain", 12, 3).await?;
     assert!(!holding(&placements(&client, &later).await?, drained).is_empty(), "undrained node takes new work");
 
+    // Every node recomputes the same decision from its own replica of the
+    // registry: the explanation is a pure function of committed state.
+    let id = later[0].to_hex();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answers: Vec<String> = cluster
+            .endpoints()
+            .iter()
+            .map(|node| {
+                let (code, out, err) = cli(&[
+                    "agreement",
+                    "placement",
+                    &id,
+                    "--explain",
+                    "--stale",
+                    "--output",
+                    "json",
+                    "--endpoints",
+                    node,
+                ]);
+                assert_eq!(code, 0, "{err}");
+                out
+            })
+            .collect();
+        if answers.windows(2).all(|pair| pair[0] == pair[1]) {
+            let explained: serde_json::Value = serde_json::from_str(&answers[0])?;
+            assert_eq!(explained["placed"].as_array().map(Vec::len), Some(3), "{explained}");
+            assert!(!explained["walk"].as_array().unwrap().is_empty(), "{explained}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "nodes explain differently: {answers:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Unknown node: a clear NOT_FOUND, exit code and message.
     let (code, _, err) = cli(&["node", "drain", "99", "--endpoints", &endpoints]);
     assert_ne!(code, 0);
