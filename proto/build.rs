@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/docklock/v1/audit.proto",
         "proto/docklock/v1/raft.proto",
         "proto/docklock/v1/nodes.proto",
+        "proto/docklock/v1/artifacts.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

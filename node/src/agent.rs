@@ -31,7 +31,9 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::{ApiLimits, ClusterService, NetworkSettings, NodeContext, VariablesService};
+use crate::artifacts::{ArtifactStore, ArtifactsService, StoreLimits};
 use crate::audit_api::{AgreementsService, IdentitiesService, LedgerService};
+use crate::executor::Executor;
 use crate::worker::WorkerConfig;
 use docklock_scheduler::liveness::Timing;
 
@@ -73,6 +75,8 @@ pub struct AgentConfig {
     pub worker: Option<WorkerConfig>,
     /// Worker heartbeat timing (the leader's side).
     pub heartbeat_timing: Timing,
+    /// Bounds of the artifact store.
+    pub store_limits: StoreLimits,
 }
 
 impl AgentConfig {
@@ -186,14 +190,18 @@ impl Agent {
             NetworkSettings { local_address, timing: config.heartbeat_timing },
         );
 
+        let store = ArtifactStore::open(&config.data_dir, config.store_limits)
+            .with_context(|| format!("cannot open the artifact store in {}", config.data_dir.display()))?;
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(node.clone(), listener, stopped));
+        let server = tokio::spawn(serve(node.clone(), store.clone(), listener, stopped));
         tokio::spawn(snapshot_by_requests(node.clone(), config.raft.snapshot_requests));
         tokio::spawn(crate::nodes_api::liveness_duty(node.clone()));
         if let Some(worker) = &config.worker {
             tokio::spawn(crate::worker::worker_duty(node.clone(), worker.clone(), config.advertise.clone()));
+            let executor = Executor::new(node.clone(), store.clone(), &config.data_dir, &config.advertise)?;
+            tokio::spawn(executor.duty());
         }
         let bootstrap_admin = match &config.bootstrap {
             Bootstrap::Initial(_) => Some(admin),
@@ -417,6 +425,7 @@ async fn ledger_duties(
 
 async fn serve(
     node: Arc<NodeContext>,
+    store: Arc<ArtifactStore>,
     listener: TcpListener,
     stopped: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<(), tonic::transport::Error> {
@@ -437,6 +446,7 @@ async fn serve(
         .add_service(AgreementsService::server(node.clone()))
         .add_service(LedgerService::server(node.clone()))
         .add_service(crate::nodes_api::NodesService::server(node.clone()))
+        .add_service(ArtifactsService::server(store))
         .add_service(health_service)
         .add_service(reflection)
         // Accepted sockets need TCP_NODELAY set here: the builder's own

@@ -227,6 +227,25 @@ fn agreement_info(id: &AgreementId, record: &AgreementRecord, envelope: Option<V
         attempt: record.attempt,
         placed: record.placed.iter().map(|r| v1::ReplicaInfo { node: r.node, attempt: r.attempt }).collect(),
         pending_reason: record.pending.clone().unwrap_or_default(),
+        runs: record
+            .runs
+            .iter()
+            .map(|(node, run)| {
+                let revealed = run.revealed.as_ref();
+                v1::RunInfo {
+                    node: *node,
+                    attempt: run.attempt,
+                    commitment: hex::encode(run.commitment),
+                    root: revealed.map(|r| hex::encode(r.root)).unwrap_or_default(),
+                    verdict: revealed.map(|r| r.verdict.clone()).unwrap_or_default(),
+                    stdout: revealed.map(|r| r.stdout.to_string()).unwrap_or_default(),
+                    witness: revealed.map(|r| r.witness.to_string()).unwrap_or_default(),
+                    outputs: revealed
+                        .map(|r| r.outputs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect(),
         history: record
             .history
             .iter()
@@ -325,6 +344,29 @@ impl agreements_server::Agreements for AgreementsService {
         let (page, more) = applied.registry.list_agreements(start_after, signer, status, limit);
         let agreements = page.iter().map(|(id, record)| agreement_info(id, record, None)).collect();
         Ok(tonic::Response::new(v1::ListAgreementsResponse { agreements, more }))
+    }
+
+    async fn report(
+        &self,
+        request: tonic::Request<v1::ReportRunRequest>,
+    ) -> Result<tonic::Response<v1::ReportRunResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let message = request.into_inner();
+        let envelope = precheck_envelope(&message.envelope)?;
+        docklock_proto::report::RunReport::decode(&envelope.message).map_err(invalid)?;
+        verify(&envelope)?;
+        let command = Command::ReportRun { envelope: message.envelope.clone() };
+        let accept = |outcome| match outcome {
+            Outcome::RunReported { status } => Ok(v1::ReportRunResponse { status: status.name().to_owned() }),
+            other => Err(unexpected_outcome("run report", &other)),
+        };
+        signed_write(&self.node, forwarded, command, accept, |channel| async move {
+            AgreementsClient::new(channel)
+                .max_encoding_message_size(SIGNED_REQUEST_BYTES_MAX)
+                .report(mark_forwarded(message))
+                .await
+        })
+        .await
     }
 
     type WatchStream = WatchStream;

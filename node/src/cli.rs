@@ -17,6 +17,7 @@ use tonic::Code;
 
 use crate::agent::{parse_initial_cluster, Agent, AgentConfig, Bootstrap};
 use crate::api::ApiLimits;
+use crate::artifacts::StoreLimits;
 use crate::worker::WorkerConfig;
 use docklock_scheduler::liveness::Timing;
 
@@ -64,6 +65,31 @@ enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: crate::cli_audit::AgreementCommand,
+    },
+    /// Upload, download and list content-addressed artifacts.
+    Artifact {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: crate::cli_runs::ArtifactCommand,
+    },
+    /// Upload a spec's local files, sign it and submit it; with --wait,
+    /// follow it to its verdict (exit 0 verified, 8 otherwise).
+    Run {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The spec (YAML); `program`, `image` and `inputs` may name local
+        /// files, relative to the spec, which are uploaded first.
+        spec: PathBuf,
+        /// The signer's key pair file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Follow the agreement to its verdict.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        wait_secs: u64,
     },
     /// List, drain, undrain and remove workers.
     Node {
@@ -278,6 +304,12 @@ pub struct AgentArgs {
     /// with the number of workers (the leader takes at most 2,000/s).
     #[arg(long, env = "DOCKLOCK_WORKER_HEARTBEAT_MS")]
     worker_heartbeat_ms: Option<u64>,
+    /// Largest artifact this node stores, in bytes (default 1 GiB).
+    #[arg(long, env = "DOCKLOCK_ARTIFACT_BYTES_MAX")]
+    artifact_bytes_max: Option<u64>,
+    /// Largest total of this node's artifact store, in bytes (default 16 GiB).
+    #[arg(long, env = "DOCKLOCK_STORE_BYTES_MAX")]
+    store_bytes_max: Option<u64>,
     /// Log filter (tracing env-filter syntax); RUST_LOG overrides it.
     #[arg(long, env = "DOCKLOCK_LOG", default_value = "info,openraft=warn,sled=warn,h2=warn,tower=warn")]
     log: String,
@@ -311,6 +343,8 @@ struct AgentFile {
     cpu_millis: Option<u64>,
     memory_mib: Option<u64>,
     worker_heartbeat_ms: Option<u64>,
+    artifact_bytes_max: Option<u64>,
+    store_bytes_max: Option<u64>,
 }
 
 /// A worker-only node's settings.
@@ -413,7 +447,15 @@ impl AgentArgs {
                 )
             })
             .transpose()?;
+        let mut store_limits = StoreLimits::default();
+        if let Some(bytes) = self.artifact_bytes_max.or(file.artifact_bytes_max) {
+            store_limits.artifact_bytes_max = bytes;
+        }
+        if let Some(bytes) = self.store_bytes_max.or(file.store_bytes_max) {
+            store_limits.store_bytes_max = bytes;
+        }
         let config = AgentConfig {
+            store_limits,
             worker,
             heartbeat_timing,
             admin_key,
@@ -455,6 +497,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Identity { client, command } => crate::cli_audit::identity(&client, command).await,
         Command::Agreement { client, command } => crate::cli_audit::agreement(&client, command).await,
         Command::Node { client, command } => crate::cli_nodes::run(&client, command).await,
+        Command::Artifact { client, command } => crate::cli_runs::artifact(&client, command).await,
+        Command::Run { client, spec, key, wait, wait_secs } => {
+            crate::cli_runs::run(&client, &spec, &key, wait, Duration::from_secs(wait_secs)).await
+        }
         Command::Audit { client, command } => crate::cli_audit::audit(&client, command).await,
         Command::Cage { command } => crate::cli_cage::cage(command),
         Command::Demo(args) => crate::demo::run(args).await,
@@ -718,6 +764,11 @@ pub fn one_line(error: &anyhow::Error) -> String {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// An agreement whose run ended other than `verified`; exits 8.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotVerified(pub String);
+
 /// The documented exit code for `error`.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     if error.is::<UsageError>() {
@@ -725,6 +776,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     }
     if error.is::<crate::cli_audit::VerificationFailed>() {
         return 5;
+    }
+    if error.is::<NotVerified>() {
+        return 8;
     }
     if let Some(verdict) = error.downcast_ref::<crate::cli_cage::VerdictNotOk>() {
         return verdict.1;

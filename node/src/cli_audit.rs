@@ -105,6 +105,30 @@ pub enum AgreementCommand {
         #[arg(long)]
         stale: bool,
     },
+    /// The run's status: each replica's commitment, root and verdict.
+    Status {
+        /// Agreement id.
+        id: String,
+    },
+    /// The stdout of a replica's run (the first revealed one by default).
+    Logs {
+        /// Agreement id.
+        id: String,
+        /// Whose run.
+        #[arg(long)]
+        node: Option<u64>,
+    },
+    /// Download the files the run left in `/out`.
+    Outputs {
+        /// Agreement id.
+        id: String,
+        /// Directory to write them to.
+        #[arg(long)]
+        out: PathBuf,
+        /// Whose run (the first revealed one by default; verified runs agree).
+        #[arg(long)]
+        node: Option<u64>,
+    },
     /// Print the status and each change until interrupted.
     Watch {
         /// Agreement id.
@@ -413,6 +437,14 @@ pub async fn agreement(args: &ClientArgs, command: AgreementCommand) -> anyhow::
                 .await?;
             print_placement(&placement, explain, json_output)?;
         }
+        AgreementCommand::Status { id } => {
+            let info = client.get_agreement(&parse_id(&id)?).await?;
+            crate::cli_runs::print_status(&info, args.output)?;
+        }
+        AgreementCommand::Logs { id, node } => crate::cli_runs::logs(args, &parse_id(&id)?, node).await?,
+        AgreementCommand::Outputs { id, out, node } => {
+            crate::cli_runs::outputs(args, &parse_id(&id)?, &out, node).await?;
+        }
         AgreementCommand::Watch { id, once } => {
             let mut stream = client.watch_agreement(&parse_id(&id)?, !once).await?;
             while let Some(info) = stream.message().await? {
@@ -531,6 +563,10 @@ fn summary(body: &EventBody) -> String {
             format!("{} attempt {attempt} on {nodes:?} (added {added:?})", id.to_hex())
         }
         EventBody::AgreementPending { id, reason } => format!("{} pending: {reason}", id.to_hex()),
+        EventBody::RunReported { id, node, .. } => format!("{} report by node {node}", id.to_hex()),
+        EventBody::AgreementConcluded { id, verdict, roots } => {
+            format!("{} {verdict} by nodes {:?}", id.to_hex(), roots.iter().map(|(n, _)| n).collect::<Vec<_>>())
+        }
     }
 }
 

@@ -14,12 +14,15 @@
 
 pub mod agent;
 pub mod api;
+pub mod artifacts;
 pub mod audit_api;
 pub mod cli;
 pub mod cli_audit;
 pub mod cli_cage;
 pub mod cli_nodes;
+pub mod cli_runs;
 pub mod demo;
+pub mod executor;
 pub mod launcher;
 pub mod nodes_api;
 pub mod read_barrier;

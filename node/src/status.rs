@@ -154,7 +154,8 @@ pub fn refusal(outcome: &Outcome, key: &str) -> Option<Status> {
         | Outcome::CheckpointRecorded { .. }
         | Outcome::NodeChanged { .. }
         | Outcome::Reconciled { .. }
-        | Outcome::Scheduling { .. } => None,
+        | Outcome::Scheduling { .. }
+        | Outcome::RunReported { .. } => None,
     }
 }
 

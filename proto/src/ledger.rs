@@ -129,6 +129,25 @@ pub enum EventBody {
         /// Which constraint excluded how many nodes.
         reason: String,
     },
+    /// A node's signed execution report (commit or reveal); the event holds
+    /// the whole envelope, so a proof of it proves what the node said.
+    RunReported {
+        /// The agreement.
+        id: AgreementId,
+        /// The reporting node.
+        node: u64,
+        /// The canonical envelope around a [`crate::report::RunReport`].
+        envelope: Vec<u8>,
+    },
+    /// Every replica revealed: the verdict and each node's root.
+    AgreementConcluded {
+        /// The agreement.
+        id: AgreementId,
+        /// `verified` (all roots equal) or `diverged`.
+        verdict: String,
+        /// Each replica's node and witness root.
+        roots: Vec<(u64, [u8; 32])>,
+    },
 }
 
 impl EventBody {
@@ -146,6 +165,8 @@ impl EventBody {
             Self::NodeStatusChanged { .. } => "node-status-changed",
             Self::AgreementPlaced { .. } => "agreement-placed",
             Self::AgreementPending { .. } => "agreement-pending",
+            Self::RunReported { .. } => "run-reported",
+            Self::AgreementConcluded { .. } => "agreement-concluded",
         }
     }
 }
@@ -222,6 +243,15 @@ impl Event {
             EventBody::AgreementPending { id, reason } => {
                 w.u8(11).fixed(&id.0).str(reason);
             }
+            EventBody::RunReported { id, node, envelope } => {
+                w.u8(12).fixed(&id.0).u64(*node).bytes(envelope);
+            }
+            EventBody::AgreementConcluded { id, verdict, roots } => {
+                w.u8(13).fixed(&id.0).str(verdict).u32(roots.len() as u32);
+                for (node, root) in roots {
+                    w.u64(*node).fixed(root);
+                }
+            }
         }
         w.finish()
     }
@@ -275,6 +305,23 @@ impl Event {
                 added: read_u64_list(&mut r, "added")?,
             },
             11 => EventBody::AgreementPending { id: AgreementId(r.array("agreement id")?), reason: r.str("reason")? },
+            12 => EventBody::RunReported {
+                id: AgreementId(r.array("agreement id")?),
+                node: r.u64("node")?,
+                envelope: r.bytes("envelope")?.to_vec(),
+            },
+            13 => {
+                let id = AgreementId(r.array("agreement id")?);
+                let verdict = r.str("verdict")?;
+                let count = r.u32("roots")? as usize;
+                if count > 1024 {
+                    return Err(DecodeError::invalid("roots", format!("{count} items")));
+                }
+                let roots = (0..count)
+                    .map(|_| Ok((r.u64("node")?, r.array("root")?)))
+                    .collect::<Result<Vec<_>, DecodeError>>()?;
+                EventBody::AgreementConcluded { id, verdict, roots }
+            }
             other => return Err(DecodeError::invalid("event kind", format!("unknown kind {other}"))),
         };
         r.finish()?;

@@ -16,6 +16,7 @@
 //! [`ledger::Bundle::verify`].
 
 pub mod agreement;
+pub mod artifact_client;
 pub mod audit_client;
 pub mod canonical;
 pub mod client;
@@ -23,6 +24,7 @@ pub mod crypto;
 pub mod identity;
 pub mod ledger;
 pub mod node;
+pub mod report;
 /// The Merkle tree (the `docklock-merkle` crate, re-exported).
 pub use docklock_merkle as merkle;
 

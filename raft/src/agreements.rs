@@ -17,6 +17,7 @@ use sha3::{Digest as _, Sha3_256};
 use crate::identities::{decode_envelope, verify_envelope};
 use crate::nodes::Replica;
 use crate::registry::Registry;
+use crate::runs::RunRecord;
 use crate::types::Outcome;
 
 /// Most agreements the registry holds.
@@ -33,11 +34,18 @@ pub enum AgreementStatus {
     Pending,
     /// Every replica has a node.
     Placed,
+    /// A replica has committed to a run's result.
+    Running,
+    /// Every replica revealed the same witness root.
+    Verified,
+    /// Replicas revealed different roots.
+    Diverged,
 }
 
 impl AgreementStatus {
     /// Every status.
-    pub const ALL: [AgreementStatus; 3] = [Self::Admitted, Self::Pending, Self::Placed];
+    pub const ALL: [AgreementStatus; 6] =
+        [Self::Admitted, Self::Pending, Self::Placed, Self::Running, Self::Verified, Self::Diverged];
 
     /// The name users see.
     pub fn name(self) -> &'static str {
@@ -45,12 +53,15 @@ impl AgreementStatus {
             Self::Admitted => "admitted",
             Self::Pending => "pending",
             Self::Placed => "placed",
+            Self::Running => "running",
+            Self::Verified => "verified",
+            Self::Diverged => "diverged",
         }
     }
 
     /// Whether the scheduler still places replicas for it.
     pub fn is_schedulable(self) -> bool {
-        matches!(self, Self::Admitted | Self::Pending | Self::Placed)
+        matches!(self, Self::Admitted | Self::Pending | Self::Placed | Self::Running)
     }
 }
 
@@ -84,6 +95,8 @@ pub struct AgreementRecord {
     pub lost: BTreeSet<u64>,
     /// Why it waits for nodes, while it does.
     pub pending: Option<String>,
+    /// Each replica's reported run, by node.
+    pub runs: BTreeMap<u64, RunRecord>,
 }
 
 impl AgreementRecord {
@@ -192,6 +205,7 @@ impl Registry {
             placed: Vec::new(),
             lost: BTreeSet::new(),
             pending: None,
+            runs: BTreeMap::new(),
         };
         self.agreements.insert(id, record);
         self.bump_revision();

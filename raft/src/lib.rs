@@ -18,6 +18,7 @@ pub mod network;
 pub mod nodes;
 pub mod proposer;
 pub mod registry;
+pub mod runs;
 pub mod sessions;
 pub mod store;
 pub mod types;

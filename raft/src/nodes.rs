@@ -234,6 +234,8 @@ impl Registry {
             let mut record = self.agreements.get(id).expect("assigned agreements exist").clone();
             record.placed.retain(|replica| replica.node != node);
             record.lost.insert(node);
+            // Its run, if it reported one, is void: the replacement runs anew.
+            record.runs.remove(&node);
             self.agreements.insert(*id, record);
             self.unsettled.insert(*id);
         }
@@ -369,7 +371,8 @@ impl Registry {
             for node in &placement.added {
                 self.assigned.entry(*node).or_default().insert(*id);
             }
-            if placement.complete(record.replicas) && record.status != AgreementStatus::Placed {
+            let waiting = matches!(record.status, AgreementStatus::Admitted | AgreementStatus::Pending);
+            if placement.complete(record.replicas) && waiting {
                 record.set_status(AgreementStatus::Placed, event);
             }
         }
@@ -400,7 +403,7 @@ impl Registry {
     pub(crate) fn rebuild_derived(&mut self) {
         self.ring = build_ring(self.nodes.iter(), self.vnodes_per_core());
         self.assigned.clear();
-        for (id, record) in self.agreements.iter() {
+        for (id, record) in self.agreements.iter().filter(|(_, record)| record.status.is_schedulable()) {
             for replica in &record.placed {
                 self.assigned.entry(replica.node).or_default().insert(*id);
             }

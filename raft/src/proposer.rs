@@ -78,7 +78,8 @@ fn request_bytes(request: &Request) -> usize {
         crate::types::Command::ChangeIdentity { envelope }
         | crate::types::Command::RegisterNode { envelope }
         | crate::types::Command::SubmitAgreement { envelope }
-        | crate::types::Command::RegisterWorker { envelope } => envelope.len(),
+        | crate::types::Command::RegisterWorker { envelope }
+        | crate::types::Command::ReportRun { envelope } => envelope.len(),
         crate::types::Command::SetNodeStatus { .. }
         | crate::types::Command::DrainNode { .. }
         | crate::types::Command::RemoveNode { .. }

@@ -293,6 +293,7 @@ impl Registry {
             Command::RemoveNode { node_id } => self.change_node(*node_id, Some(NodeStatus::Left), None),
             Command::SetScheduling { paused } => self.set_scheduling(*paused),
             Command::ConfigureRing { vnodes_per_core } => self.configure_vnodes(*vnodes_per_core),
+            Command::ReportRun { envelope } => self.report_run(envelope),
             Command::Reconcile => {
                 let tried = self.reconcile_batch();
                 Outcome::Reconciled { tried: tried as u64, unsettled: self.unsettled.len() as u64 }

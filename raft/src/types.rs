@@ -167,6 +167,13 @@ pub enum Command {
     },
     /// Re-place the next batch of agreements waiting for nodes.
     Reconcile,
+    /// A node's signed execution report: an envelope around a
+    /// [`docklock_proto::report::RunReport`].
+    ReportRun {
+        /// The canonical envelope.
+        #[serde(with = "serde_bytes")]
+        envelope: Vec<u8>,
+    },
     /// Set the ring's virtual nodes per core of capacity.
     ConfigureRing {
         /// Virtual nodes per core.
@@ -309,6 +316,11 @@ pub enum Outcome {
         status: NodeStatus,
         /// Whether it is draining.
         draining: bool,
+    },
+    /// A run report was recorded (or was a repeat).
+    RunReported {
+        /// The agreement's status after it.
+        status: crate::agreements::AgreementStatus,
     },
     /// The scheduler's settings after a change.
     Scheduling {

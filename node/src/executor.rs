@@ -1,0 +1,348 @@
+//! The executor: runs this node's placed replicas in the cage and reports
+//! them.
+//!
+//! Every tick it looks, in its own replica of the registry, for agreements
+//! where this node holds a live replica it has not revealed yet. For each
+//! one (at most `RUNS_IN_FLIGHT` at a time): fetch the program and inputs
+//! (from this node's store or a peer, digest-checked), run the cage with the
+//! agreement's spec and seed, store stdout, the witness log and outputs as
+//! artifacts, remember the result on disk, commit to the witness root, and
+//! reveal it once every replica has committed. A restarted node finds the
+//! remembered result and resumes at the report it had not made: no run is
+//! lost and none is reported twice for one attempt.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use docklock_cage::limits::Limits;
+use docklock_cage::rootfs::Rootfs;
+use docklock_cage::run::RunSpec;
+use docklock_proto::agreement::{AgreementId, Digest, Envelope, Spec, Workload};
+use docklock_proto::client::{ChannelCache, Client, ClientOptions};
+use docklock_proto::ledger::{Event, EventBody};
+use docklock_proto::node::NodeStatus;
+use docklock_proto::report::{commitment, Hash, Phase, Revealed, RunReport};
+use docklock_proto::v1::{self, agreements_client::AgreementsClient};
+use docklock_raft::agreements::AgreementStatus;
+use serde::{Deserialize, Serialize};
+use sha3::{Digest as _, Sha3_256};
+use tonic::Code;
+
+use crate::api::NodeContext;
+use crate::artifacts::ArtifactStore;
+
+/// Runs this node executes at once (the machine has two cores).
+const RUNS_IN_FLIGHT: usize = 1;
+/// How often the executor looks for work.
+const TICK: Duration = Duration::from_millis(100);
+/// Name of the program among the cage's inputs.
+const PROGRAM_INPUT: &str = ".docklock-program";
+
+/// What a finished run left, remembered on disk until it is revealed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunResult {
+    root: String,
+    nonce: String,
+    verdict: String,
+    stdout: Digest,
+    witness: Digest,
+    outputs: BTreeMap<String, Digest>,
+}
+
+impl RunResult {
+    fn revealed(&self) -> anyhow::Result<Revealed> {
+        Ok(Revealed {
+            root: parse_hash(&self.root)?,
+            nonce: parse_hash(&self.nonce)?,
+            verdict: self.verdict.clone(),
+            stdout: self.stdout,
+            witness: self.witness,
+            outputs: self.outputs.clone(),
+        })
+    }
+}
+
+fn parse_hash(text: &str) -> anyhow::Result<Hash> {
+    let bytes = hex::decode(text)?;
+    bytes.try_into().map_err(|_| anyhow::anyhow!("not 32 bytes"))
+}
+
+/// The seed of an agreement's run: the spec's, else derived from its id.
+pub fn seed_of(id: &AgreementId, spec: &Spec) -> [u8; 32] {
+    spec.seed.unwrap_or_else(|| {
+        let mut hasher = Sha3_256::new();
+        hasher.update(b"docklock-seed-v1\0");
+        hasher.update(id.0);
+        hasher.finalize().into()
+    })
+}
+
+/// The cage limits of a spec.
+pub fn cage_limits(spec: &Spec) -> Limits {
+    let limits = &spec.limits;
+    Limits {
+        cpu_secs: limits.cpu_ms.div_ceil(1000).max(1),
+        wall_ms: limits.wall_ms,
+        memory_mib: limits.memory_mib,
+        processes: limits.processes,
+        open_files: limits.open_files,
+        output_bytes: limits.output_bytes,
+        file_size_bytes: limits.file_size_bytes,
+        out_bytes: limits.output_bytes,
+        ..Limits::default()
+    }
+}
+
+/// The executor of one node.
+pub struct Executor {
+    node: Arc<NodeContext>,
+    store: Arc<ArtifactStore>,
+    runs_dir: PathBuf,
+    cache_dir: PathBuf,
+    client: Client,
+    channels: ChannelCache,
+    in_flight: Mutex<BTreeSet<(AgreementId, u64)>>,
+    permits: tokio::sync::Semaphore,
+}
+
+impl Executor {
+    /// An executor for `node`, keeping runs under `data_dir/runs`.
+    pub fn new(
+        node: Arc<NodeContext>,
+        store: Arc<ArtifactStore>,
+        data_dir: &Path,
+        advertise: &str,
+    ) -> anyhow::Result<Arc<Self>> {
+        let runs_dir = data_dir.join("runs");
+        std::fs::create_dir_all(&runs_dir)?;
+        let options = ClientOptions { deadline: Duration::from_secs(10), ..ClientOptions::default() };
+        let client = Client::new(vec![advertise.to_owned()], options)?;
+        let channels = ChannelCache::new(Duration::from_secs(2), Duration::from_secs(60));
+        Ok(Arc::new(Self {
+            node,
+            store,
+            runs_dir,
+            cache_dir: data_dir.join("cage-cache"),
+            client,
+            channels,
+            in_flight: Mutex::new(BTreeSet::new()),
+            permits: tokio::sync::Semaphore::new(RUNS_IN_FLIGHT),
+        }))
+    }
+
+    /// Look for work every tick until the node stops.
+    pub async fn duty(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if self.node.raft.metrics().borrow().state == openraft::ServerState::Shutdown {
+                return;
+            }
+            for job in self.pending_jobs() {
+                if !self.in_flight.lock().expect("in-flight set").insert(job) {
+                    continue;
+                }
+                let executor = self.clone();
+                tokio::spawn(async move {
+                    let (id, attempt) = job;
+                    if let Err(error) = executor.clone().execute(id, attempt).await {
+                        tracing::warn!(agreement = %id, attempt, error = format!("{error:#}"), "run not reported; will retry");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    executor.in_flight.lock().expect("in-flight set").remove(&job);
+                });
+            }
+        }
+    }
+
+    /// Replicas on this node, running or placed, not revealed yet.
+    fn pending_jobs(&self) -> Vec<(AgreementId, u64)> {
+        let applied = self.node.state.read();
+        let registry = &applied.registry;
+        registry
+            .assigned_to(self.node.id)
+            .filter_map(|id| {
+                let record = registry.agreement(id)?;
+                if !matches!(record.status, AgreementStatus::Placed | AgreementStatus::Running) {
+                    return None;
+                }
+                let replica = record.placed.iter().find(|r| r.node == self.node.id)?;
+                let done = record
+                    .runs
+                    .get(&self.node.id)
+                    .is_some_and(|run| run.attempt == replica.attempt && run.revealed.is_some());
+                (!done).then_some((*id, replica.attempt))
+            })
+            .collect()
+    }
+
+    fn run_dir(&self, id: &AgreementId, attempt: u64) -> PathBuf {
+        self.runs_dir.join(id.to_hex()).join(attempt.to_string())
+    }
+
+    /// Run (or resume) one replica to its reveal.
+    async fn execute(self: Arc<Self>, id: AgreementId, attempt: u64) -> anyhow::Result<()> {
+        let dir = self.run_dir(&id, attempt);
+        let result_path = dir.join("result.json");
+        let result = match std::fs::read(&result_path) {
+            Ok(bytes) => serde_json::from_slice::<RunResult>(&bytes).context("reading the remembered result")?,
+            Err(_) => {
+                let _permit = self.permits.acquire().await?;
+                let result = self.run(&id, &dir).await?;
+                let temporary = dir.join("result.json.tmp");
+                std::fs::write(&temporary, serde_json::to_vec_pretty(&result)?)?;
+                std::fs::rename(&temporary, &result_path)?;
+                result
+            }
+        };
+        let revealed = result.revealed()?;
+        let commit = Phase::Commit(commitment(&revealed.root, &revealed.nonce));
+        self.report(id, attempt, commit).await?;
+        // Reveal once every replica has committed.
+        loop {
+            match self.report(id, attempt, Phase::Reveal(Box::new(revealed.clone()))).await {
+                Ok(status) => {
+                    tracing::info!(agreement = %id, attempt, root = %result.root, %status, "run revealed");
+                    return Ok(());
+                }
+                Err(status)
+                    if status.code() == Code::FailedPrecondition && status.message().contains("have committed") =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(status) => bail!("reveal refused: {}", status.message()),
+            }
+            if !self.still_mine(&id, attempt) {
+                return Ok(());
+            }
+        }
+    }
+
+    fn still_mine(&self, id: &AgreementId, attempt: u64) -> bool {
+        let applied = self.node.state.read();
+        applied.registry.agreement(id).is_some_and(|record| {
+            record.status.is_schedulable()
+                && record.placed.iter().any(|r| r.node == self.node.id && r.attempt == attempt)
+        })
+    }
+
+    async fn report(&self, id: AgreementId, attempt: u64, phase: Phase) -> Result<String, tonic::Status> {
+        let report =
+            RunReport { cluster_id: self.node.cluster_id.clone(), agreement: id, attempt, node: self.node.id, phase };
+        let envelope = Envelope::sign(report.canonical(), &self.node.key).canonical();
+        let request = v1::ReportRunRequest { envelope };
+        let response = self
+            .client
+            .call(|channel| {
+                let request = request.clone();
+                async move { AgreementsClient::new(channel).report(request).await }
+            })
+            .await?;
+        Ok(response.status)
+    }
+
+    /// The spec as admitted: read from the agreement's ledger event.
+    fn spec(&self, id: &AgreementId) -> anyhow::Result<Spec> {
+        let index = self.node.state.read().registry.agreement(id).context("agreement gone")?.event_index;
+        let bytes = self.node.state.ledger().event(index)?;
+        let EventBody::AgreementAdmitted { envelope, .. } = Event::decode(&bytes)?.body else {
+            bail!("ledger event {index} is not the admission of {id}");
+        };
+        Ok(Spec::decode(&Envelope::decode(&envelope)?.message)?)
+    }
+
+    /// Peers to fetch artifacts from: every ready worker but this one.
+    fn peers(&self) -> Vec<(u64, String)> {
+        let applied = self.node.state.read();
+        applied
+            .registry
+            .nodes()
+            .filter(|(id, record)| **id != self.node.id && record.status == NodeStatus::Ready)
+            .map(|(id, record)| (*id, record.registration.address.clone()))
+            .collect()
+    }
+
+    async fn fetch(&self, digest: Digest) -> anyhow::Result<PathBuf> {
+        self.store.fetch(digest, &self.peers(), &self.channels).await.map_err(anyhow::Error::msg)?;
+        Ok(self.store.path(&digest))
+    }
+
+    /// Fetch what the spec names and run it in the cage.
+    async fn run(&self, id: &AgreementId, dir: &Path) -> anyhow::Result<RunResult> {
+        let spec = self.spec(id)?;
+        if spec.inputs.contains_key(PROGRAM_INPUT) {
+            bail!("an input may not be named {PROGRAM_INPUT}");
+        }
+        std::fs::create_dir_all(dir)?;
+        let mut inputs = Vec::new();
+        for (name, digest) in &spec.inputs {
+            inputs.push((name.clone(), self.fetch(*digest).await?));
+        }
+        let (program, args, rootfs) = match spec.workload {
+            Workload::Program(digest) => {
+                let stored = self.fetch(digest).await?;
+                // The store's files are not executable; the cage keeps an
+                // input's execute bits.
+                let program = dir.join("program");
+                std::fs::copy(&stored, &program)?;
+                std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+                inputs.push((PROGRAM_INPUT.to_owned(), program));
+                (format!("/in/{PROGRAM_INPUT}"), spec.args.clone(), Rootfs::Host)
+            }
+            Workload::Image(digest) => {
+                let image = self.fetch(digest).await?;
+                let program = spec.args.first().context("an image agreement names its program as args[0]")?.clone();
+                (program, spec.args[1..].to_vec(), Rootfs::Image(image))
+            }
+        };
+        let run_spec = RunSpec {
+            program,
+            args,
+            env: spec.env.clone().into_iter().collect(),
+            inputs,
+            limits: cage_limits(&spec),
+            seed: seed_of(id, &spec),
+            stage_parent: Some(dir.to_owned()),
+            rootfs,
+            cache: self.cache_dir.clone(),
+            cgroups: true,
+        };
+        let witness_path = dir.join("witness.log");
+        let out_dir = dir.join("out");
+        let stdout_path = dir.join("stdout");
+        let (outcome, witness_path, out_dir, stdout_path) = tokio::task::spawn_blocking(move || {
+            let stdout = std::fs::File::create(&stdout_path)?;
+            let outcome = docklock_cage::run::run(&run_spec, &witness_path, Some(&out_dir), stdout)?;
+            anyhow::Ok((outcome, witness_path, out_dir, stdout_path))
+        })
+        .await??;
+        let store = self.store.clone();
+        let (stdout, witness, outputs) = tokio::task::spawn_blocking(move || {
+            let stdout = store.put_file(&stdout_path)?;
+            let witness = store.put_file(&witness_path)?;
+            let mut outputs = BTreeMap::new();
+            for name in &outcome.outputs {
+                let path = out_dir.join(name);
+                if path.is_file() {
+                    outputs.insert(name.clone(), store.put_file(&path)?);
+                }
+            }
+            anyhow::Ok((stdout, witness, outputs))
+        })
+        .await??;
+        tracing::info!(agreement = %id, verdict = %outcome.verdict.describe(), root = %outcome.root, "run finished");
+        let nonce: [u8; 32] = rand::random();
+        Ok(RunResult {
+            root: outcome.root,
+            nonce: hex::encode(nonce),
+            verdict: outcome.verdict.describe(),
+            stdout,
+            witness,
+            outputs,
+        })
+    }
+}
