@@ -91,6 +91,18 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         wait_secs: u64,
     },
+    /// Replay an agreement's run locally in the cage (its witness log and
+    /// inputs fetched from the cluster) and check the root it committed;
+    /// exits 5 on a mismatch.
+    Verify {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Agreement id.
+        id: String,
+        /// Replay this node's run (default: the first revealed).
+        #[arg(long)]
+        node: Option<u64>,
+    },
     /// List, drain, undrain and remove workers.
     Node {
         #[command(flatten)]
@@ -498,6 +510,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agreement { client, command } => crate::cli_audit::agreement(&client, command).await,
         Command::Node { client, command } => crate::cli_nodes::run(&client, command).await,
         Command::Artifact { client, command } => crate::cli_runs::artifact(&client, command).await,
+        Command::Verify { client, id, node } => {
+            let id = docklock_proto::agreement::AgreementId::from_hex(&id).map_err(UsageError)?;
+            crate::cli_runs::verify(&client, &id, node).await
+        }
         Command::Run { client, spec, key, wait, wait_secs } => {
             crate::cli_runs::run(&client, &spec, &key, wait, Duration::from_secs(wait_secs)).await
         }

@@ -193,12 +193,30 @@ fn read_witness(path: &std::path::Path) -> anyhow::Result<(Vec<Record>, [u8; 32]
 }
 
 fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    let (recorded, root) = read_witness(&args.witness)?;
+    let given: Vec<(String, String)> = args.inputs.iter().map(|input| pair(input, "--in")).collect::<Result<_, _>>()?;
+    let given: Vec<(String, PathBuf)> = given.into_iter().map(|(name, path)| (name, PathBuf::from(path))).collect();
+    let rootfs = Rootfs::detect(&args.rootfs).map_err(|e| UsageError(format!("--rootfs: {e}")))?;
+    let cache = args.cache_dir.clone().unwrap_or_else(docklock_cage::run::default_cache);
+    replay_run(&args.witness, &given, rootfs, cache, &args.replay_witness)?;
+    Ok(())
+}
+
+/// Run again what the witness log at `witness` recorded, with the inputs
+/// `given` by name (each checked against its recorded digest), and compare
+/// record by record. Prints `match ...` or the first difference (and fails
+/// with exit code 5). Returns the root.
+pub fn replay_run(
+    witness_path: &std::path::Path,
+    given: &[(String, PathBuf)],
+    rootfs: Rootfs,
+    cache: PathBuf,
+    replay_witness: &std::path::Path,
+) -> anyhow::Result<[u8; 32]> {
+    let (recorded, root) = read_witness(witness_path)?;
     let Some(Record::Header(header)) = recorded.first() else {
-        return Err(UsageError(format!("{} has no header", args.witness.display())).into());
+        return Err(UsageError(format!("{} has no header", witness_path.display())).into());
     };
     let run_spec = docklock_cage::replay::parse_header(header).map_err(UsageError)?;
-    let given: Vec<(String, String)> = args.inputs.iter().map(|input| pair(input, "--in")).collect::<Result<_, _>>()?;
     let mut inputs = Vec::new();
     for record in &recorded {
         let Record::Input { name, digest } = record else { continue };
@@ -206,21 +224,20 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             .iter()
             .find(|(given_name, _)| given_name == name)
             .ok_or_else(|| UsageError(format!("the run had input {name:?}: pass --in {name}=PATH")))?;
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         if witness::digest(&bytes) != *digest {
             return Err(UsageError(format!(
-                "input {name:?} ({path}) is not the one recorded (sha3-256:{})",
+                "input {name:?} ({}) is not the one recorded (sha3-256:{})",
+                path.display(),
                 hex::encode(digest)
             ))
             .into());
         }
-        inputs.push((name.clone(), PathBuf::from(path)));
+        inputs.push((name.clone(), path.clone()));
     }
-    let rootfs = Rootfs::detect(&args.rootfs).map_err(|e| UsageError(format!("--rootfs: {e}")))?;
-    let cache = args.cache_dir.clone().unwrap_or_else(docklock_cage::run::default_cache);
     let spec = run_spec.spec(inputs, rootfs, cache);
-    let outcome = run(&spec, &args.replay_witness, None, std::io::sink())?;
-    let (replayed, _) = read_witness(&args.replay_witness)?;
+    let outcome = run(&spec, replay_witness, None, std::io::sink())?;
+    let (replayed, _) = read_witness(replay_witness)?;
     match docklock_cage::replay::first_difference(&recorded, &replayed) {
         None => {
             println!(
@@ -229,7 +246,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
                 recorded.len(),
                 outcome.verdict.describe()
             );
-            Ok(())
+            Ok(root)
         }
         Some(index) => {
             let show = |records: &[Record]| records.get(index).map_or_else(|| "nothing".to_owned(), summary);
@@ -239,6 +256,18 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             Err(crate::cli_audit::VerificationFailed(format!("the replay differs at record {index}")).into())
         }
     }
+}
+
+/// The inputs a witness log recorded: (name, digest).
+pub fn recorded_inputs(witness_path: &std::path::Path) -> anyhow::Result<Vec<(String, [u8; 32])>> {
+    let (recorded, _) = read_witness(witness_path)?;
+    Ok(recorded
+        .into_iter()
+        .filter_map(|record| match record {
+            Record::Input { name, digest } => Some((name, digest)),
+            _ => None,
+        })
+        .collect())
 }
 
 /// One record in a line.

@@ -280,3 +280,45 @@ pub async fn outputs(args: &ClientArgs, id: &AgreementId, out: &Path, node: Opti
     }
     Ok(())
 }
+
+/// `docklock verify ID`: fetch one replica's witness log and every input it
+/// recorded, replay the run locally in the cage, and compare with the
+/// roots the cluster committed.
+pub async fn verify(args: &ClientArgs, id: &AgreementId, node: Option<u64>) -> anyhow::Result<()> {
+    let client = args.client()?;
+    let info = client.get_agreement(id).await?;
+    let run = chosen_run(&info, node)?.clone();
+    let addresses = holders(&client, &args.endpoints).await;
+    let work = tempfile::tempdir()?;
+    let witness = work.path().join("witness.log");
+    client.download_any(&addresses, &parse_digest(&run.witness)?, &witness).await?;
+    let mut inputs = Vec::new();
+    for (index, (name, digest)) in crate::cli_cage::recorded_inputs(&witness)?.into_iter().enumerate() {
+        let path = work.path().join(format!("input-{index}"));
+        client.download_any(&addresses, &Digest(digest), &path).await?;
+        // Modes as the executor staged them: the program executable, the
+        // rest as the store keeps them.
+        let mode = if name == crate::executor::PROGRAM_INPUT { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        inputs.push((name, path));
+    }
+    let replayed = work.path().join("replayed.log");
+    let cache = docklock_cage::run::default_cache();
+    let root = tokio::task::spawn_blocking(move || {
+        crate::cli_cage::replay_run(&witness, &inputs, docklock_cage::rootfs::Rootfs::Host, cache, &replayed)
+    })
+    .await??;
+    let root = hex::encode(root);
+    let agreeing: Vec<u64> = info.runs.iter().filter(|r| r.root == root).map(|r| r.node).collect();
+    if agreeing.is_empty() {
+        return Err(crate::cli_audit::VerificationFailed(format!(
+            "the replayed root {root} is not a root the cluster committed"
+        ))
+        .into());
+    }
+    println!(
+        "verified locally: agreement {} ({}) replays to root {root}, the root nodes {agreeing:?} committed",
+        info.id, info.status
+    );
+    Ok(())
+}

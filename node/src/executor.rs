@@ -39,7 +39,7 @@ const RUNS_IN_FLIGHT: usize = 1;
 /// How often the executor looks for work.
 const TICK: Duration = Duration::from_millis(100);
 /// Name of the program among the cage's inputs.
-const PROGRAM_INPUT: &str = ".docklock-program";
+pub const PROGRAM_INPUT: &str = ".docklock-program";
 
 /// What a finished run left, remembered on disk until it is revealed.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -74,6 +74,12 @@ async fn a_signed_workload_runs_on_three_nodes_and_is_verified() -> anyhow::Resu
     let status: serde_json::Value = serde_json::from_str(&status)?;
     assert_eq!(status["status"], "verified");
 
+    // Anyone can replay it: the witness log and inputs come from the cluster,
+    // the run happens here, in this process's cage.
+    let (code, out, err) = cli(&["verify", &id, "--endpoints", &endpoints]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("verified locally"), "{out}");
+
     // The same spec with another seed draws other random bytes, and is
     // verified too.
     let reseeded = format!("{yaml}seed: {}\nidempotency_key: reseeded\n", "ab".repeat(32));
