@@ -197,21 +197,22 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let given: Vec<(String, PathBuf)> = given.into_iter().map(|(name, path)| (name, PathBuf::from(path))).collect();
     let rootfs = Rootfs::detect(&args.rootfs).map_err(|e| UsageError(format!("--rootfs: {e}")))?;
     let cache = args.cache_dir.clone().unwrap_or_else(docklock_cage::run::default_cache);
-    replay_run(&args.witness, &given, rootfs, cache, &args.replay_witness)?;
+    let (root, records, verdict) = replay_run(&args.witness, &given, rootfs, cache, &args.replay_witness)?;
+    println!("match root {} ({records} records, verdict {verdict})", hex::encode(root));
     Ok(())
 }
 
 /// Run again what the witness log at `witness` recorded, with the inputs
 /// `given` by name (each checked against its recorded digest), and compare
-/// record by record. Prints `match ...` or the first difference (and fails
-/// with exit code 5). Returns the root.
+/// record by record. On a difference, prints it and fails with exit code
+/// 5; on a match returns the root, the record count and the verdict.
 pub fn replay_run(
     witness_path: &std::path::Path,
     given: &[(String, PathBuf)],
     rootfs: Rootfs,
     cache: PathBuf,
     replay_witness: &std::path::Path,
-) -> anyhow::Result<[u8; 32]> {
+) -> anyhow::Result<([u8; 32], usize, String)> {
     let (recorded, root) = read_witness(witness_path)?;
     let Some(Record::Header(header)) = recorded.first() else {
         return Err(UsageError(format!("{} has no header", witness_path.display())).into());
@@ -239,15 +240,7 @@ pub fn replay_run(
     let outcome = run(&spec, replay_witness, None, std::io::sink())?;
     let (replayed, _) = read_witness(replay_witness)?;
     match docklock_cage::replay::first_difference(&recorded, &replayed) {
-        None => {
-            println!(
-                "match root {} ({} records, verdict {})",
-                hex::encode(root),
-                recorded.len(),
-                outcome.verdict.describe()
-            );
-            Ok(root)
-        }
+        None => Ok((root, recorded.len(), outcome.verdict.describe())),
         Some(index) => {
             let show = |records: &[Record]| records.get(index).map_or_else(|| "nothing".to_owned(), summary);
             println!("diverged at record {index}");

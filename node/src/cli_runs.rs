@@ -287,8 +287,24 @@ pub async fn outputs(args: &ClientArgs, id: &AgreementId, out: &Path, node: Opti
 pub async fn verify(args: &ClientArgs, id: &AgreementId, node: Option<u64>) -> anyhow::Result<()> {
     let client = args.client()?;
     let info = client.get_agreement(id).await?;
-    let run = chosen_run(&info, node)?.clone();
-    let addresses = holders(&client, &args.endpoints).await;
+    let (root, agreeing) = replay_locally(&client, &args.endpoints, &info, node).await?;
+    println!(
+        "verified locally: agreement {} ({}) replays to root {root}, the root nodes {agreeing:?} committed",
+        info.id, info.status
+    );
+    Ok(())
+}
+
+/// Replay one revealed run of `info` here; returns the root and the nodes
+/// that committed it. A root no node committed is a verification failure.
+pub async fn replay_locally(
+    client: &Client,
+    endpoints: &[String],
+    info: &v1::AgreementInfo,
+    node: Option<u64>,
+) -> anyhow::Result<(String, Vec<u64>)> {
+    let run = chosen_run(info, node)?.clone();
+    let addresses = holders(client, endpoints).await;
     let work = tempfile::tempdir()?;
     let witness = work.path().join("witness.log");
     client.download_any(&addresses, &parse_digest(&run.witness)?, &witness).await?;
@@ -304,7 +320,7 @@ pub async fn verify(args: &ClientArgs, id: &AgreementId, node: Option<u64>) -> a
     }
     let replayed = work.path().join("replayed.log");
     let cache = docklock_cage::run::default_cache();
-    let root = tokio::task::spawn_blocking(move || {
+    let (root, _, _) = tokio::task::spawn_blocking(move || {
         crate::cli_cage::replay_run(&witness, &inputs, docklock_cage::rootfs::Rootfs::Host, cache, &replayed)
     })
     .await??;
@@ -316,9 +332,5 @@ pub async fn verify(args: &ClientArgs, id: &AgreementId, node: Option<u64>) -> a
         ))
         .into());
     }
-    println!(
-        "verified locally: agreement {} ({}) replays to root {root}, the root nodes {agreeing:?} committed",
-        info.id, info.status
-    );
-    Ok(())
+    Ok((root, agreeing))
 }

@@ -13,7 +13,7 @@ use clap::Args;
 use docklock_proto::agreement::{Envelope, Spec};
 use docklock_proto::crypto::{Algorithm, KeyPair};
 use docklock_proto::identity::{ChangeKind, Role};
-use docklock_proto::ledger::Bundle;
+use docklock_proto::ledger::{Bundle, EventBody};
 use docklock_proto::v1::{self, nodes_client::NodesClient};
 
 use crate::launcher::{LocalCluster, FAST_TIMING};
@@ -86,7 +86,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("    all {} reads agree", KEYS * 3);
 
-    step(4, "a submitter key (Dilithium3) is added by the admin, then signs and submits an agreement");
+    step(4, "an admin adds a submitter key (Dilithium3); it uploads a program and an input and signs an agreement");
     let client = cluster.client()?;
     wait_for(WAIT, "step 4: the three workers to register", || async {
         let list =
@@ -103,12 +103,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .change_identity(ChangeKind::Add { key: submitter.public().clone(), role: Role::Submitter }, &admin)
         .await
         .context("step 4: adding the submitter")?;
-    let spec = Spec::from_yaml(SPEC).context("step 4: the embedded spec")?;
+    let shell = std::fs::canonicalize("/bin/sh").context("step 4: this host has no /bin/sh")?;
+    let rows_path = dir.join("rows.csv");
+    std::fs::write(&rows_path, ROWS)?;
+    let program = client.upload_file(&shell, |_, _| {}).await.context("step 4: uploading the program")?;
+    let rows = client.upload_file(&rows_path, |_, _| {}).await.context("step 4: uploading the input")?;
+    println!("    program {} ({}) and input rows.csv {rows} uploaded", shell.display(), program);
+    let spec = Spec::from_yaml(&spec_yaml(&program.to_string(), &rows.to_string())).context("step 4: the spec")?;
     let envelope = Envelope::sign(spec.canonical(), &submitter);
     let admitted = client.submit_agreement(&envelope).await.context("step 4: submitting")?;
     println!("    agreement {} admitted as ledger event {}", admitted.id, admitted.event_index);
-    let info = client.get_agreement(&admitted.id).await.context("step 4: reading the agreement")?;
-    println!("    placed by consistent hashing at admission, {}: {}", info.status, replicas(&info));
     let forged = Envelope { signer: KeyPair::generate(Algorithm::MlDsa65).public().clone(), ..envelope.clone() };
     let refused = client.submit_agreement(&forged).await.err().map(|status| status.code());
     println!("    the same spec under a forged signer is refused: {refused:?}");
@@ -116,102 +120,126 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         bail!("step 4: a forged envelope was not refused as unauthenticated");
     }
 
-    step(5, &format!("kill -9 the leader (node {leader})"));
+    step(5, "placed on k = 3 workers by consistent hashing, run in each node's cage, verified by replication");
+    let info = wait_for(WAIT, "step 5: the verdict", || async {
+        let info = client.get_agreement(&admitted.id).await?;
+        Ok(matches!(info.status.as_str(), "verified" | "diverged").then_some(info))
+    })
+    .await?;
+    println!("    placed on {}", replicas(&info));
+    for run in &info.runs {
+        println!("    node {} ran it: {}, witness root {}", run.node, run.verdict, run.root);
+    }
+    if info.status != "verified" {
+        bail!("step 5: the agreement is {}, not verified", info.status);
+    }
+    let verdict_event = info.history.iter().find(|change| change.status == "verified").map(|c| c.event_index);
+    println!("    {} roots agree: verified (ledger event {})", info.runs.len(), verdict_event.unwrap_or_default());
+    let result = dir.join("result.txt");
+    let digest = info.runs[0].outputs.get("result.txt").context("step 5: no result.txt among the outputs")?;
+    client
+        .download_any(
+            &cluster.endpoints(),
+            &docklock_proto::agreement::Digest::parse(digest).map_err(anyhow::Error::msg)?,
+            &result,
+        )
+        .await
+        .context("step 5: downloading the output")?;
+    println!("    /out/result.txt: {}", std::fs::read_to_string(&result)?.trim_end());
+
+    step(6, &format!("kill -9 the leader (node {leader})"));
     cluster.kill(leader)?;
-    let new_leader = cluster.wait_for_leader(WAIT).await.context("step 5: no new leader after the kill")?;
+    let new_leader = cluster.wait_for_leader(WAIT).await.context("step 6: no new leader after the kill")?;
     if new_leader == leader {
-        bail!("step 5: the killed node is still reported as leader");
+        bail!("step 6: the killed node is still reported as leader");
     }
     println!("    node {new_leader} was elected leader");
     let after = cluster
         .client()?
         .put("demo/after-failover", b"written while node was down".to_vec())
         .await
-        .context("step 5: write after failover")?;
+        .context("step 6: write after failover")?;
     println!("    a write after failover committed at revision {}", after.revision);
-    let lost = wait_for(WAIT, "step 5: the killed worker's replica to be released", || async {
-        let info = cluster.client()?.get_agreement(&admitted.id).await?;
-        Ok((!info.placed.iter().any(|r| r.node == leader)).then_some(info))
-    })
-    .await?;
-    println!(
-        "    node {leader} missed its heartbeats and is down; the agreement is {} ({}) on {}",
-        lost.status,
-        lost.pending_reason,
-        replicas(&lost)
-    );
+    let status = cluster.client()?.get_agreement(&admitted.id).await?.status;
+    println!("    the new leader reports the agreement {status}");
 
-    step(6, &format!("restart node {leader} from its data directory"));
+    step(7, &format!("restart node {leader} from its data directory"));
     cluster.start(leader)?;
     cluster
         .wait_for_revision(leader, after.revision, WAIT)
         .await
-        .context("step 6: the restarted node did not catch up")?;
-    check_all(&cluster, leader, true).await.context("step 6: the restarted node's own state")?;
-    let failover = cluster.client_of(leader)?.get("demo/after-failover", true).await?;
-    println!(
-        "    node {leader} caught up to revision {}; its local state has all {KEYS} variables and {:?}",
-        after.revision,
-        String::from_utf8_lossy(&failover.value)
-    );
-
-    let back = wait_for(WAIT, "step 6: the agreement to be placed again", || async {
-        let info = cluster.client()?.get_agreement(&admitted.id).await?;
-        Ok((info.status == "placed").then_some(info))
-    })
-    .await?;
-    println!(
-        "    node {leader} is ready again; the agreement is placed again, attempt {}: {}",
-        back.attempt,
-        replicas(&back)
-    );
-
+        .context("step 7: the restarted node did not catch up")?;
+    check_all(&cluster, leader, true).await.context("step 7: the restarted node's own state")?;
+    println!("    node {leader} caught up to revision {}; its local state has every variable", after.revision);
+    let verdict_event = verdict_event.context("step 7: no verdict event")?;
     let mut heads = Vec::new();
     for node in cluster.nodes.values() {
-        heads.push(client.chain_head_of(&node.addr, Some(admitted.event_index + 1)).await?.1);
+        heads.push(client.chain_head_of(&node.addr, Some(verdict_event + 1)).await?.1);
     }
     if heads.windows(2).any(|pair| pair[0] != pair[1]) {
-        bail!("step 6: the nodes' ledger chains differ");
+        bail!("step 7: the nodes' ledger chains differ");
     }
-    println!("    all 3 nodes hold the same ledger hash chain up to the agreement's event");
+    println!("    all 3 nodes hold the same ledger hash chain up to the verdict");
 
-    step(7, "prove the admission: an inclusion proof and a signed checkpoint, checked offline");
-    let bundle = client.inclusion_bundle(admitted.event_index).await.context("step 7: fetching the proof")?;
-    client.check_node_key(&bundle.checkpoint).await.context("step 7: the checkpoint signer")?;
+    step(8, "prove the verdict: an inclusion proof of its ledger event and a signed checkpoint, checked offline");
+    let bundle = client.inclusion_bundle(verdict_event).await.context("step 8: fetching the proof")?;
+    client.check_node_key(&bundle.checkpoint).await.context("step 8: the checkpoint signer")?;
     // In a temporary cluster directory the proof would vanish with it.
     let bundle_path = if temp.path() == dir {
         std::env::temp_dir().join(format!("docklock-demo-proof-{}.json", &admitted.id.to_hex()[..16]))
     } else {
-        dir.join("agreement-proof.json")
+        dir.join("verdict-proof.json")
     };
     std::fs::write(&bundle_path, serde_json::to_string_pretty(&bundle)?)?;
     let reread: Bundle = serde_json::from_str(&std::fs::read_to_string(&bundle_path)?)?;
-    let verified = reread.verify(&[]).context("step 7: the bundle does not verify")?;
+    let verified = reread.verify(&[]).context("step 8: the bundle does not verify")?;
+    let EventBody::AgreementConcluded { verdict, roots, .. } = &verified.event.body else {
+        bail!("step 8: the proven event is not the verdict");
+    };
     println!(
-        "    {} verifies offline: event {} of a checkpoint of {} events signed by node {}",
+        "    {} verifies offline: event {} ({verdict} by nodes {:?}) of a checkpoint of {} events signed by node {}",
         bundle_path.display(),
         verified.event.index,
+        roots.iter().map(|(node, _)| node).collect::<Vec<_>>(),
         verified.checkpoint.tree_size,
         verified.checkpoint.signer_node
     );
     println!("    (check it yourself: docklock audit verify {})", bundle_path.display());
 
+    step(9, "replay the run here: its witness log and inputs from the cluster, the program in this process's cage");
+    let (root, agreeing) = crate::cli_runs::replay_locally(&client, &cluster.endpoints(), &info, None)
+        .await
+        .context("step 9: the local replay")?;
+    println!("    the replay matches record for record: root {root}, as nodes {agreeing:?} committed");
+
     println!(
-        "demo finished in {:.1} s: the signed agreement and every acknowledged write survived the leader's loss, \
-         and the admission is proven",
+        "demo finished in {:.1} s: the signed agreement ran on three nodes and was verified by their agreeing roots; \
+         the verdict and every acknowledged write survived the leader's loss, and the verdict is proven and replayed",
         started.elapsed().as_secs_f64()
     );
     Ok(())
 }
 
-/// The agreement the demo signs.
-const SPEC: &str = "program: sha3-256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
-args: [--rows, '1000']
-replicas: 3
-timeout_secs: 600
-idempotency_key: demo-report
-labels: {origin: docklock-demo}
-";
+/// The demo's input.
+pub const ROWS: &str = "region,amount\neu-1,120\nus-2,75\nap-3,210\n";
+
+/// The demo's workload, run by `/bin/sh -c`: count the input's rows, draw
+/// seeded random bytes and read the time, and write all three to /out. It
+/// is deterministic only because the cage makes it so.
+pub const SCRIPT: &str = "set -e
+rows=$(wc -l < /in/rows.csv)
+random=$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')
+now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+echo \"rows=$rows random=$random time=$now\" > /out/result.txt
+cat /out/result.txt";
+
+/// The agreement the demo signs: `program` runs `SCRIPT` over `rows`.
+pub fn spec_yaml(program: &str, rows: &str) -> String {
+    format!(
+        "program: {program}\nargs: ['-c', {SCRIPT:?}]\ninputs: {{rows.csv: {rows}}}\nreplicas: 3\n\
+         timeout_secs: 120\nidempotency_key: demo-report\nlabels: {{origin: docklock-demo}}\n"
+    )
+}
 
 fn replicas(info: &v1::AgreementInfo) -> String {
     let nodes: Vec<String> = info.placed.iter().map(|r| format!("node {} (attempt {})", r.node, r.attempt)).collect();

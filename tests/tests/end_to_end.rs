@@ -5,20 +5,11 @@
 
 use std::time::{Duration, Instant};
 
+use docklock_node::demo;
 use docklock_proto::agreement::{AgreementId, Envelope, Spec};
 use docklock_proto::client::Client;
 use docklock_proto::v1;
 use docklock_tests::{audited_cluster, cli, WAIT};
-
-/// The workload: count the input's rows, draw seeded random bytes and read
-/// the (logical) time, and write all three to /out. Deterministic only
-/// because the cage makes it so.
-const SCRIPT: &str = "set -e
-rows=$(wc -l < /in/rows.csv)
-random=$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')
-now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-echo \"rows=$rows random=$random time=$now\" > /out/result.txt
-cat /out/result.txt";
 
 async fn wait_for_verdict(client: &Client, id: &AgreementId) -> anyhow::Result<v1::AgreementInfo> {
     let deadline = Instant::now() + WAIT * 2;
@@ -38,14 +29,12 @@ async fn a_signed_workload_runs_on_three_nodes_and_is_verified() -> anyhow::Resu
     let (dir, cluster, admin) = audited_cluster(3, &["--worker-heartbeat-ms", "200"]).await?;
     let client = cluster.client()?;
     let input = dir.path().join("rows.csv");
-    std::fs::write(&input, "a,1\nb,2\nc,3\n")?;
+    std::fs::write(&input, demo::ROWS)?;
     let shell = std::fs::canonicalize("/bin/sh")?;
     let program = client.upload_file(&shell, |_, _| {}).await?;
     let rows = client.upload_file(&input, |_, _| {}).await?;
-    let yaml = format!(
-        "program: {program}\nargs: ['-c', {script:?}]\ninputs: {{rows.csv: {rows}}}\nreplicas: 3\ntimeout_secs: 120\n",
-        script = SCRIPT
-    );
+    // The demo's workload: what `docklock demo` shows is what is tested.
+    let yaml = demo::spec_yaml(&program.to_string(), &rows.to_string());
     let envelope = Envelope::sign(Spec::from_yaml(&yaml)?.canonical(), &admin);
     let submitted = client.submit_agreement(&envelope).await?;
     let info = wait_for_verdict(&client, &submitted.id).await?;
@@ -64,7 +53,7 @@ async fn a_signed_workload_runs_on_three_nodes_and_is_verified() -> anyhow::Resu
         cli(&["agreement", "outputs", &id, "--out", out.to_str().unwrap(), "--endpoints", &endpoints]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     let result = std::fs::read_to_string(out.join("result.txt"))?;
-    assert!(result.starts_with("rows=3 random="), "{result}");
+    assert!(result.starts_with("rows=4 random="), "{result}");
     assert!(result.trim_end().ends_with("time=2000-01-01T00:00:00Z"), "the logical clock: {result}");
     let (code, logs, stderr) = cli(&["agreement", "logs", &id, "--endpoints", &endpoints]);
     assert_eq!(code, 0, "{stderr}");
@@ -82,7 +71,8 @@ async fn a_signed_workload_runs_on_three_nodes_and_is_verified() -> anyhow::Resu
 
     // The same spec with another seed draws other random bytes, and is
     // verified too.
-    let reseeded = format!("{yaml}seed: {}\nidempotency_key: reseeded\n", "ab".repeat(32));
+    let reseeded = yaml.replace("idempotency_key: demo-report", "idempotency_key: reseeded")
+        + &format!("seed: {}\n", "ab".repeat(32));
     let submitted = client.submit_agreement(&Envelope::sign(Spec::from_yaml(&reseeded)?.canonical(), &admin)).await?;
     let other = wait_for_verdict(&client, &submitted.id).await?;
     assert_eq!(other.status, "verified");
