@@ -180,3 +180,164 @@ impl Registry {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use docklock_proto::agreement::{Digest, Envelope, Spec};
+    use docklock_proto::crypto::{Algorithm, KeyPair};
+    use docklock_proto::identity::NodeKeyClaim;
+    use docklock_proto::node::{Capacity, NodeRegistration, NodeStatus, NodeType};
+
+    use super::*;
+    use crate::types::{Command, Request};
+
+    fn apply(registry: &mut Registry, command: Command) -> Outcome {
+        registry.apply(&Request { session: None, command }, 1).outcome
+    }
+
+    /// A registry with three registered workers and one agreement placed on
+    /// all of them.
+    fn setup() -> (Registry, BTreeMap<u64, KeyPair>, AgreementId) {
+        let mut registry = Registry::default();
+        registry.apply_membership(1, vec![1, 2, 3, 4], vec![]);
+        let admin = KeyPair::generate(Algorithm::MlDsa65);
+        apply(&mut registry, Command::Bootstrap { cluster_id: "c".into(), admin: Some(admin.public().clone()) });
+        let mut keys = BTreeMap::new();
+        for id in 1..=4 {
+            let key = KeyPair::generate(Algorithm::MlDsa65);
+            let claim = NodeKeyClaim { cluster_id: "c".into(), node_id: id };
+            apply(&mut registry, Command::RegisterNode { envelope: Envelope::sign(claim.canonical(), &key).canonical() });
+            let registration = NodeRegistration {
+                cluster_id: "c".into(),
+                node_id: id,
+                address: format!("127.0.0.1:{}", 7000 + id),
+                node_type: NodeType::Compute,
+                zone: format!("z{id}"),
+                labels: BTreeMap::new(),
+                capacity: Capacity { cpu_millis: 1000, memory_mib: 4096, features: Default::default() },
+                heartbeat_digest: [0; 32],
+            };
+            let envelope = Envelope::sign(registration.canonical(), &key).canonical();
+            apply(&mut registry, Command::RegisterWorker { envelope });
+            keys.insert(id, key);
+        }
+        // Node 4 stays out of the first placement: draining.
+        apply(&mut registry, Command::DrainNode { node_id: 4, drain: true });
+        let yaml = format!("program: sha3-256:{}\nreplicas: 3\ntimeout_secs: 60\n", "01".repeat(32));
+        let envelope = Envelope::sign(Spec::from_yaml(&yaml).unwrap().canonical(), &admin).canonical();
+        let Outcome::Admitted { id, .. } = apply(&mut registry, Command::SubmitAgreement { envelope }) else {
+            panic!("not admitted")
+        };
+        (registry, keys, id)
+    }
+
+    fn revealed(root: u8) -> Revealed {
+        Revealed {
+            root: [root; 32],
+            nonce: [root.wrapping_add(100); 32],
+            verdict: "ok".into(),
+            stdout: Digest([0; 32]),
+            witness: Digest([1; 32]),
+            outputs: BTreeMap::new(),
+        }
+    }
+
+    fn report(keys: &BTreeMap<u64, KeyPair>, id: AgreementId, node: u64, attempt: u64, phase: Phase) -> Command {
+        let report = RunReport { cluster_id: "c".into(), agreement: id, attempt, node, phase };
+        Command::ReportRun { envelope: Envelope::sign(report.canonical(), &keys[&node]).canonical() }
+    }
+
+    fn commit(keys: &BTreeMap<u64, KeyPair>, id: AgreementId, node: u64, attempt: u64, root: u8) -> Command {
+        let r = revealed(root);
+        report(keys, id, node, attempt, Phase::Commit(commitment(&r.root, &r.nonce)))
+    }
+
+    fn reveal(keys: &BTreeMap<u64, KeyPair>, id: AgreementId, node: u64, attempt: u64, root: u8) -> Command {
+        report(keys, id, node, attempt, Phase::Reveal(Box::new(revealed(root))))
+    }
+
+    fn status(registry: &Registry, id: &AgreementId) -> AgreementStatus {
+        registry.agreement(id).unwrap().status
+    }
+
+    /// Commit, then reveal once all have committed; equal roots verify.
+    #[test]
+    fn agreeing_roots_verify() {
+        let (mut registry, keys, id) = setup();
+        assert_eq!(status(&registry, &id), AgreementStatus::Placed);
+        assert!(matches!(apply(&mut registry, commit(&keys, id, 1, 1, 7)), Outcome::RunReported { .. }));
+        assert_eq!(status(&registry, &id), AgreementStatus::Running);
+        let early = apply(&mut registry, reveal(&keys, id, 1, 1, 7));
+        assert!(matches!(&early, Outcome::FailedPrecondition { reason } if reason.contains("have committed")), "{early:?}");
+        apply(&mut registry, commit(&keys, id, 2, 1, 7));
+        apply(&mut registry, commit(&keys, id, 3, 1, 7));
+        let revision = registry.revision();
+        assert!(matches!(apply(&mut registry, commit(&keys, id, 3, 1, 7)), Outcome::RunReported { .. }), "a retry");
+        assert_eq!(registry.revision(), revision, "a repeated commit changes nothing");
+        assert!(matches!(apply(&mut registry, commit(&keys, id, 3, 1, 8)), Outcome::FailedPrecondition { .. }));
+        for node in 1..=3 {
+            apply(&mut registry, reveal(&keys, id, node, 1, 7));
+        }
+        assert_eq!(status(&registry, &id), AgreementStatus::Verified);
+        assert_eq!(registry.assigned_to(1).count(), 0, "a concluded agreement holds no live replica");
+    }
+
+    /// A root that differs on one node: diverged, every root recorded.
+    #[test]
+    fn differing_roots_diverge() {
+        let (mut registry, keys, id) = setup();
+        for (node, root) in [(1, 7), (2, 7), (3, 9)] {
+            apply(&mut registry, commit(&keys, id, node, 1, root));
+        }
+        for (node, root) in [(1, 7), (2, 7), (3, 9)] {
+            apply(&mut registry, reveal(&keys, id, node, 1, root));
+        }
+        assert_eq!(status(&registry, &id), AgreementStatus::Diverged);
+        let runs = &registry.agreement(&id).unwrap().runs;
+        assert_eq!(runs[&3].revealed.as_ref().unwrap().root, [9; 32]);
+    }
+
+    /// Forged, foreign and stale reports are refused; a reveal must open its
+    /// commitment; a lost replica's run is void and its replacement reports
+    /// under the new attempt.
+    #[test]
+    fn reports_are_authenticated_and_fenced() {
+        let (mut registry, keys, id) = setup();
+        let by_other_key = {
+            let report = RunReport {
+                cluster_id: "c".into(),
+                agreement: id,
+                attempt: 1,
+                node: 1,
+                phase: Phase::Commit([0; 32]),
+            };
+            Command::ReportRun { envelope: Envelope::sign(report.canonical(), &keys[&2]).canonical() }
+        };
+        assert!(matches!(apply(&mut registry, by_other_key), Outcome::PermissionDenied { .. }));
+        assert!(matches!(apply(&mut registry, commit(&keys, id, 4, 1, 7)), Outcome::FailedPrecondition { .. }), "no replica");
+        assert!(matches!(apply(&mut registry, commit(&keys, id, 1, 2, 7)), Outcome::FailedPrecondition { .. }), "future attempt");
+        for node in 1..=3 {
+            apply(&mut registry, commit(&keys, id, node, 1, 7));
+        }
+        let lying = report(&keys, id, 1, 1, Phase::Reveal(Box::new(revealed(8))));
+        assert!(matches!(apply(&mut registry, lying), Outcome::Invalid { .. }), "does not open the commitment");
+
+        // Node 3 is lost; node 4 takes its place as attempt 2.
+        apply(&mut registry, Command::DrainNode { node_id: 4, drain: false });
+        apply(&mut registry, Command::SetNodeStatus { node_id: 3, status: NodeStatus::Down });
+        let record = registry.agreement(&id).unwrap();
+        assert!(!record.runs.contains_key(&3), "the lost replica's run is void");
+        assert!(record.placed.iter().any(|r| r.node == 4 && r.attempt == 2), "{:?}", record.placed);
+        assert!(matches!(apply(&mut registry, reveal(&keys, id, 3, 1, 7)), Outcome::FailedPrecondition { .. }), "fenced");
+        assert!(matches!(apply(&mut registry, commit(&keys, id, 4, 1, 7)), Outcome::FailedPrecondition { .. }), "stale");
+        apply(&mut registry, commit(&keys, id, 4, 2, 7));
+        for (node, attempt) in [(1, 1), (2, 1), (4, 2)] {
+            apply(&mut registry, reveal(&keys, id, node, attempt, 7));
+        }
+        assert_eq!(status(&registry, &id), AgreementStatus::Verified);
+        let after = apply(&mut registry, commit(&keys, id, 1, 1, 7));
+        assert!(matches!(after, Outcome::FailedPrecondition { .. }), "concluded: {after:?}");
+    }
+}
