@@ -80,6 +80,19 @@ pub fn seed_of(id: &AgreementId, spec: &Spec) -> [u8; 32] {
     })
 }
 
+/// A test-only fault: in debug builds, `DOCKLOCK_TEST_FAULT_SEED=1` makes
+/// this node run with another seed, so its witness root differs from its
+/// peers' (the divergence test uses it). Release builds have no such knob.
+fn test_fault_seed(seed: [u8; 32]) -> [u8; 32] {
+    #[cfg(debug_assertions)]
+    if std::env::var_os("DOCKLOCK_TEST_FAULT_SEED").is_some() {
+        let mut perturbed = seed;
+        perturbed[0] ^= 1;
+        return perturbed;
+    }
+    seed
+}
+
 /// The cage limits of a spec.
 pub fn cage_limits(spec: &Spec) -> Limits {
     let limits = &spec.limits;
@@ -305,7 +318,7 @@ impl Executor {
             env: spec.env.clone().into_iter().collect(),
             inputs,
             limits: cage_limits(&spec),
-            seed: seed_of(id, &spec),
+            seed: test_fault_seed(seed_of(id, &spec)),
             stage_parent: Some(dir.to_owned()),
             rootfs,
             cache: self.cache_dir.clone(),

@@ -52,6 +52,7 @@ pub struct LocalCluster {
     extra_args: Vec<String>,
     initial_args: Vec<String>,
     env: Vec<(String, String)>,
+    node_env: Vec<(u64, String, String)>,
     /// The nodes by id.
     pub nodes: BTreeMap<u64, LocalNode>,
 }
@@ -89,6 +90,7 @@ impl LocalCluster {
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
             initial_args: Vec::new(),
             env: Vec::new(),
+            node_env: Vec::new(),
             nodes,
         })
     }
@@ -117,6 +119,11 @@ impl LocalCluster {
     /// Give the initial members this first admin public key file.
     pub fn set_admin_key(&mut self, public_key: &Path) {
         self.initial_args = vec!["--admin-key".to_owned(), public_key.display().to_string()];
+    }
+
+    /// Set an environment variable for node `id` whenever it starts from now on.
+    pub fn set_node_env(&mut self, id: u64, key: &str, value: &str) {
+        self.node_env.push((id, key.to_owned(), value.to_owned()));
     }
 
     /// Set an environment variable for every agent started from now on (the
@@ -165,6 +172,7 @@ impl LocalCluster {
             .args(bootstrap)
             .args(&self.extra_args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(self.node_env.iter().filter(|(node, _, _)| *node == id).map(|(_, k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

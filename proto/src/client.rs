@@ -161,6 +161,7 @@ impl Client {
         let mut backoff_ms = BACKOFF_START_MS;
         let mut attempts = 0;
         let mut next_endpoint = 0;
+        let mut failed = std::collections::BTreeSet::new();
         while attempts < self.options.attempts_max && started.elapsed() < self.options.deadline {
             let leader = self.leader.lock().expect("leader lock").clone();
             let addr = match leader {
@@ -178,8 +179,19 @@ impl Client {
                     return Ok(response.into_inner());
                 }
                 Err(status) if retryable(&status) => {
-                    let hint = leader_hint(&status).filter(|hint| *hint != addr);
+                    // A hint naming a node that just failed us is stale (a
+                    // dead leader that followers still name until they
+                    // elect another): do not chase it, wait instead.
+                    let hint = leader_hint(&status).filter(|hint| *hint != addr && !failed.contains(hint));
+                    if leader_hint(&status).is_none() {
+                        failed.insert(addr.clone());
+                    }
                     let followed = hint.is_some();
+                    if !followed && leader_hint(&status).is_some() {
+                        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                        backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
+                        failed.clear();
+                    }
                     *self.leader.lock().expect("leader lock") = hint;
                     last_error = status;
                     // A fresh leader hint is worth trying at once; a round of

@@ -208,7 +208,10 @@ mod tests {
         for id in 1..=4 {
             let key = KeyPair::generate(Algorithm::MlDsa65);
             let claim = NodeKeyClaim { cluster_id: "c".into(), node_id: id };
-            apply(&mut registry, Command::RegisterNode { envelope: Envelope::sign(claim.canonical(), &key).canonical() });
+            apply(
+                &mut registry,
+                Command::RegisterNode { envelope: Envelope::sign(claim.canonical(), &key).canonical() },
+            );
             let registration = NodeRegistration {
                 cluster_id: "c".into(),
                 node_id: id,
@@ -270,7 +273,10 @@ mod tests {
         assert!(matches!(apply(&mut registry, commit(&keys, id, 1, 1, 7)), Outcome::RunReported { .. }));
         assert_eq!(status(&registry, &id), AgreementStatus::Running);
         let early = apply(&mut registry, reveal(&keys, id, 1, 1, 7));
-        assert!(matches!(&early, Outcome::FailedPrecondition { reason } if reason.contains("have committed")), "{early:?}");
+        assert!(
+            matches!(&early, Outcome::FailedPrecondition { reason } if reason.contains("have committed")),
+            "{early:?}"
+        );
         apply(&mut registry, commit(&keys, id, 2, 1, 7));
         apply(&mut registry, commit(&keys, id, 3, 1, 7));
         let revision = registry.revision();
@@ -306,18 +312,19 @@ mod tests {
     fn reports_are_authenticated_and_fenced() {
         let (mut registry, keys, id) = setup();
         let by_other_key = {
-            let report = RunReport {
-                cluster_id: "c".into(),
-                agreement: id,
-                attempt: 1,
-                node: 1,
-                phase: Phase::Commit([0; 32]),
-            };
+            let report =
+                RunReport { cluster_id: "c".into(), agreement: id, attempt: 1, node: 1, phase: Phase::Commit([0; 32]) };
             Command::ReportRun { envelope: Envelope::sign(report.canonical(), &keys[&2]).canonical() }
         };
         assert!(matches!(apply(&mut registry, by_other_key), Outcome::PermissionDenied { .. }));
-        assert!(matches!(apply(&mut registry, commit(&keys, id, 4, 1, 7)), Outcome::FailedPrecondition { .. }), "no replica");
-        assert!(matches!(apply(&mut registry, commit(&keys, id, 1, 2, 7)), Outcome::FailedPrecondition { .. }), "future attempt");
+        assert!(
+            matches!(apply(&mut registry, commit(&keys, id, 4, 1, 7)), Outcome::FailedPrecondition { .. }),
+            "no replica"
+        );
+        assert!(
+            matches!(apply(&mut registry, commit(&keys, id, 1, 2, 7)), Outcome::FailedPrecondition { .. }),
+            "future attempt"
+        );
         for node in 1..=3 {
             apply(&mut registry, commit(&keys, id, node, 1, 7));
         }
@@ -330,8 +337,14 @@ mod tests {
         let record = registry.agreement(&id).unwrap();
         assert!(!record.runs.contains_key(&3), "the lost replica's run is void");
         assert!(record.placed.iter().any(|r| r.node == 4 && r.attempt == 2), "{:?}", record.placed);
-        assert!(matches!(apply(&mut registry, reveal(&keys, id, 3, 1, 7)), Outcome::FailedPrecondition { .. }), "fenced");
-        assert!(matches!(apply(&mut registry, commit(&keys, id, 4, 1, 7)), Outcome::FailedPrecondition { .. }), "stale");
+        assert!(
+            matches!(apply(&mut registry, reveal(&keys, id, 3, 1, 7)), Outcome::FailedPrecondition { .. }),
+            "fenced"
+        );
+        assert!(
+            matches!(apply(&mut registry, commit(&keys, id, 4, 1, 7)), Outcome::FailedPrecondition { .. }),
+            "stale"
+        );
         apply(&mut registry, commit(&keys, id, 4, 2, 7));
         for (node, attempt) in [(1, 1), (2, 1), (4, 2)] {
             apply(&mut registry, reveal(&keys, id, node, attempt, 7));

@@ -14,7 +14,16 @@ use docklock_tests::{audited_cluster, cli, WAIT};
 async fn wait_for_verdict(client: &Client, id: &AgreementId) -> anyhow::Result<v1::AgreementInfo> {
     let deadline = Instant::now() + WAIT * 2;
     loop {
-        let info = client.get_agreement(id).await?;
+        // A failover (some tests kill the leader) may outlast one call's
+        // retries: keep asking until the test's own deadline.
+        let info = match client.get_agreement(id).await {
+            Ok(info) => info,
+            Err(status) if status.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(status) => return Err(status.into()),
+        };
         if info.status == "verified" || info.status == "diverged" {
             return Ok(info);
         }
@@ -78,5 +87,94 @@ async fn a_signed_workload_runs_on_three_nodes_and_is_verified() -> anyhow::Resu
     assert_eq!(other.status, "verified");
     assert_ne!(other.runs[0].root, info.runs[0].root, "another seed, another run");
     eprintln!("verified: {result:?} roots {} and {}", info.runs[0].root, other.runs[0].root);
+    Ok(())
+}
+
+async fn submit_demo_workload(
+    client: &Client,
+    admin: &docklock_proto::crypto::KeyPair,
+    dir: &std::path::Path,
+    key: &str,
+) -> anyhow::Result<AgreementId> {
+    let input = dir.join("rows.csv");
+    std::fs::write(&input, demo::ROWS)?;
+    let program = client.upload_file(&std::fs::canonicalize("/bin/sh")?, |_, _| {}).await?;
+    let rows = client.upload_file(&input, |_, _| {}).await?;
+    let yaml = demo::spec_yaml(&program.to_string(), &rows.to_string()).replace("demo-report", key);
+    Ok(client.submit_agreement(&Envelope::sign(Spec::from_yaml(&yaml)?.canonical(), admin)).await?.id)
+}
+
+/// One node runs with a test-only fault (debug builds: another seed): the
+/// verdict is `diverged`, the honest nodes' roots agree and the faulty
+/// node's root is the odd one out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_with_a_different_result_makes_the_run_diverge() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let admin = docklock_proto::crypto::KeyPair::generate(docklock_proto::crypto::Algorithm::MlDsa65);
+    admin.public().write_new(&dir.path().join("admin.pub"))?;
+    let mut args: Vec<&str> = docklock_tests::FAST_TIMING.to_vec();
+    args.extend_from_slice(&["--worker-heartbeat-ms", "200"]);
+    let mut cluster = docklock_tests::LocalCluster::new(&docklock_tests::binary(), dir.path(), 3, &args)?;
+    cluster.set_admin_key(&dir.path().join("admin.pub"));
+    cluster.set_node_env(2, "DOCKLOCK_TEST_FAULT_SEED", "1");
+    cluster.start_all()?;
+    cluster.wait_for_leader(WAIT).await?;
+    let client = cluster.client()?;
+    docklock_tests::wait_for_node_keys(&client, 3).await?;
+    docklock_tests::wait_for_workers(&client, 3).await?;
+    let id = submit_demo_workload(&client, &admin, dir.path(), "diverging").await?;
+    let info = wait_for_verdict(&client, &id).await?;
+    assert_eq!(info.status, "diverged", "{info:?}");
+    let root_of = |node: u64| info.runs.iter().find(|run| run.node == node).map(|run| run.root.clone()).unwrap();
+    assert_eq!(root_of(1), root_of(3), "the honest nodes agree");
+    assert_ne!(root_of(2), root_of(1), "the faulty node is the odd one out");
+    let (code, _, err) = cli(&["agreement", "status", &id.to_hex(), "--endpoints", &cluster.endpoints().join(",")]);
+    assert_eq!(code, 0, "{err}");
+    Ok(())
+}
+
+/// Submit a run of about a second of shell arithmetic (long enough to be
+/// killed mid-run) and return its id once a replica has started.
+async fn submit_long_run(
+    client: &Client,
+    admin: &docklock_proto::crypto::KeyPair,
+    tag: &str,
+) -> anyhow::Result<AgreementId> {
+    let program = client.upload_file(&std::fs::canonicalize("/bin/sh")?, |_, _| {}).await?;
+    let script = "i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done; echo counted $i";
+    let yaml = format!(
+        "program: {program}\nargs: ['-c', {script:?}]\nreplicas: 3\ntimeout_secs: 120\nidempotency_key: {tag}\n"
+    );
+    let id = client.submit_agreement(&Envelope::sign(Spec::from_yaml(&yaml)?.canonical(), admin)).await?.id;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let info = client.get_agreement(&id).await?;
+    anyhow::ensure!(!matches!(info.status.as_str(), "verified" | "diverged"), "finished before the kill: {info:?}");
+    Ok(id)
+}
+
+/// kill -9 of a worker, then of the leader, while they run: each lost
+/// replica moves to another worker as a new attempt, and each run still
+/// ends `verified`.
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_survive_a_worker_and_the_leader_killed_mid_run() -> anyhow::Result<()> {
+    let (_dir, mut cluster, admin) = audited_cluster(5, &["--worker-heartbeat-ms", "200"]).await?;
+    let client = cluster.client()?;
+    for round in ["worker", "leader"] {
+        let id = submit_long_run(&client, &admin, round).await?;
+        let placed = client.get_agreement(&id).await?;
+        let leader = cluster.wait_for_leader(WAIT).await?;
+        let holders: Vec<u64> = placed.placed.iter().map(|r| r.node).collect();
+        let victim = match round {
+            "worker" => *holders.iter().find(|&&n| n != leader).expect("a follower replica"),
+            _ => leader,
+        };
+        cluster.kill(victim)?;
+        let info = wait_for_verdict(&cluster.client()?, &id).await?;
+        assert_eq!(info.status, "verified", "{round}: {info:?}");
+        assert!(info.runs.iter().all(|run| run.node != victim), "{round}: the killed node's run is void: {info:?}");
+        if holders.contains(&victim) {
+            assert!(info.placed.iter().any(|r| r.attempt == 2), "{round}: a replacement attempt: {info:?}");
+        }
+    }
     Ok(())
 }
