@@ -548,4 +548,50 @@ mod tests {
         assert_eq!((listed, more), (vec![(digest, 800)], false));
         assert_eq!(store.total_bytes(), 800, "failed uploads gave their reservations back");
     }
+
+    /// Serve `store` on a real loopback socket; returns its address.
+    async fn serve(store: Arc<ArtifactStore>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ArtifactsService::server(store))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        address
+    }
+
+    /// A peer serving corrupted bytes is rejected and the artifact comes
+    /// from the next peer; nothing wrong is ever stored.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_corrupt_peer_is_rejected_and_another_serves() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let stores: Vec<_> =
+            dirs.iter().map(|d| ArtifactStore::open(d.path(), StoreLimits::default()).unwrap()).collect();
+        let bytes: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        let digest = stores[0].put_bytes(&bytes).unwrap();
+        stores[1].put_bytes(&bytes).unwrap();
+        // The first peer's copy rots on disk (or the peer lies).
+        let mut rotten = bytes.clone();
+        rotten[300_000] ^= 0xff;
+        std::fs::write(stores[0].path(&digest), &rotten).unwrap();
+        let peers = vec![(1, serve(stores[0].clone()).await), (2, serve(stores[1].clone()).await)];
+        let channels = docklock_proto::client::ChannelCache::new(
+            std::time::Duration::from_secs(2),
+            std::time::Duration::from_secs(10),
+        );
+        stores[2].fetch(digest, &peers, &channels).await.unwrap();
+        assert_eq!(std::fs::read(stores[2].path(&digest)).unwrap(), bytes);
+        assert_eq!(stores[2].partial_bytes(&digest), 0, "the rejected copy left nothing behind");
+
+        // Only liars: an error naming each, and still nothing stored.
+        let other = Digest::of(b"not here");
+        let error = stores[2].fetch(other, &peers[..1], &channels).await.unwrap_err();
+        assert!(error.contains("node 1"), "{error}");
+        let lonely_dir = tempfile::tempdir().unwrap();
+        let lonely = ArtifactStore::open(lonely_dir.path(), StoreLimits::default()).unwrap();
+        let error = lonely.fetch(digest, &peers[..1], &channels).await.unwrap_err();
+        assert!(error.contains("wrong bytes"), "{error}");
+        assert_eq!(lonely.size(&digest), None);
+    }
 }
