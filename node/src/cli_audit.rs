@@ -150,6 +150,10 @@ pub enum AuditCommand {
         /// The bundle file.
         #[arg(long)]
         out: PathBuf,
+        /// For an agreement: prove its verdict event (`verified` or
+        /// `diverged`, with every node's root) instead of its admission.
+        #[arg(long)]
+        verdict: bool,
     },
     /// Check a bundle offline: event, inclusion proof, checkpoint signature.
     Verify {
@@ -481,11 +485,27 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> 
 pub async fn audit(args: &ClientArgs, command: AuditCommand) -> anyhow::Result<()> {
     match command {
         AuditCommand::Verify { bundle, trusted_keys } => verify_bundle(&bundle, &trusted_keys, args.output),
-        AuditCommand::Proof { id, out } => {
+        AuditCommand::Proof { id, out, verdict } => {
             let client = args.client()?;
             let index = match id.parse::<u64>() {
-                Ok(index) if id.len() < 64 => index,
-                _ => client.get_agreement(&parse_id(&id)?).await?.event_index,
+                Ok(index) if id.len() < 64 && !verdict => index,
+                _ => {
+                    let info = client.get_agreement(&parse_id(&id)?).await?;
+                    if verdict {
+                        info.history
+                            .iter()
+                            .find(|change| matches!(change.status.as_str(), "verified" | "diverged"))
+                            .map(|change| change.event_index)
+                            .ok_or_else(|| {
+                                anyhow::Error::new(tonic::Status::failed_precondition(format!(
+                                    "agreement {id} is {} and has no verdict yet",
+                                    info.status
+                                )))
+                            })?
+                    } else {
+                        info.event_index
+                    }
+                }
             };
             let bundle = client.inclusion_bundle(index).await?;
             client.check_node_key(&bundle.checkpoint).await?;

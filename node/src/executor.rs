@@ -35,7 +35,7 @@ use crate::api::NodeContext;
 use crate::artifacts::ArtifactStore;
 
 /// Runs this node executes at once (the machine has two cores).
-const RUNS_IN_FLIGHT: usize = 1;
+const RUNS_IN_FLIGHT: usize = 2;
 /// How often the executor looks for work.
 const TICK: Duration = Duration::from_millis(100);
 /// Name of the program among the cage's inputs.
@@ -109,6 +109,17 @@ pub fn cage_limits(spec: &Spec) -> Limits {
     }
 }
 
+/// Until something is applied (Raft's metrics change with every applied
+/// entry) or a tick passes.
+async fn wait_for_change(
+    metrics: &mut tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, docklock_raft::types::Node>>,
+) {
+    tokio::select! {
+        _ = metrics.changed() => {}
+        _ = tokio::time::sleep(TICK) => {}
+    }
+}
+
 /// The executor of one node.
 pub struct Executor {
     node: Arc<NodeContext>,
@@ -146,12 +157,12 @@ impl Executor {
         }))
     }
 
-    /// Look for work every tick until the node stops.
+    /// Look for work whenever the registry changes (and every tick) until
+    /// the node stops.
     pub async fn duty(self: Arc<Self>) {
-        let mut ticks = tokio::time::interval(TICK);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut metrics = self.node.raft.metrics();
         loop {
-            ticks.tick().await;
+            wait_for_change(&mut metrics).await;
             if self.node.raft.metrics().borrow().state == openraft::ServerState::Shutdown {
                 return;
             }
@@ -216,6 +227,7 @@ impl Executor {
         let commit = Phase::Commit(commitment(&revealed.root, &revealed.nonce));
         self.report(id, attempt, commit).await?;
         // Reveal once every replica has committed.
+        let mut metrics = self.node.raft.metrics();
         loop {
             match self.report(id, attempt, Phase::Reveal(Box::new(revealed.clone()))).await {
                 Ok(status) => {
@@ -225,7 +237,7 @@ impl Executor {
                 Err(status)
                     if status.code() == Code::FailedPrecondition && status.message().contains("have committed") =>
                 {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    wait_for_change(&mut metrics).await;
                 }
                 Err(status) => bail!("reveal refused: {}", status.message()),
             }

@@ -72,6 +72,15 @@ async fn a_signed_workload_runs_on_three_nodes_and_is_verified() -> anyhow::Resu
     let status: serde_json::Value = serde_json::from_str(&status)?;
     assert_eq!(status["status"], "verified");
 
+    // The verdict is a ledger event with a proof checked offline.
+    let bundle = dir.path().join("verdict.json");
+    let (code, out, err) =
+        cli(&["audit", "proof", &id, "--verdict", "--out", bundle.to_str().unwrap(), "--endpoints", &endpoints]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cli(&["audit", "verify", bundle.to_str().unwrap(), "--endpoints", "127.0.0.1:1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("agreement-concluded"), "{out}");
+
     // Anyone can replay it: the witness log and inputs come from the cluster,
     // the run happens here, in this process's cage.
     let (code, out, err) = cli(&["verify", &id, "--endpoints", &endpoints]);

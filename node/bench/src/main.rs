@@ -7,6 +7,7 @@
 //! each system's leader. Reports throughput and p50/p99 latency per level and
 //! the DockLock/etcd ratios.
 
+mod e2e;
 mod ledger;
 mod scheduler;
 
@@ -40,6 +41,8 @@ enum Cli {
     /// Start-to-exit time of caged runs from a process that stays up (as
     /// an agent runs them), in ms.
     Cage(CageArgs),
+    /// Submit → verified latency and throughput of a trivial program at k = 3.
+    E2e(e2e::E2eArgs),
     /// Placement rate and join/leave movement, in process.
     SchedulerRing(scheduler::RingArgs),
     /// Simulated workers against a real cluster: heartbeat cost, down
@@ -480,5 +483,6 @@ async fn main() -> anyhow::Result<()> {
         Cli::Cage(args) => tokio::task::spawn_blocking(move || cage_starts(args)).await?,
         Cli::SchedulerRing(args) => tokio::task::spawn_blocking(move || scheduler::ring_bench(args)).await?,
         Cli::SchedulerCluster(args) => scheduler::cluster_bench(args).await,
+        Cli::E2e(args) => e2e::e2e(args).await,
     }
 }
