@@ -494,7 +494,7 @@ pub async fn audit(args: &ClientArgs, command: AuditCommand) -> anyhow::Result<(
                     if verdict {
                         info.history
                             .iter()
-                            .find(|change| matches!(change.status.as_str(), "verified" | "diverged"))
+                            .find(|change| matches!(change.status.as_str(), "verified" | "diverged" | "timed-out"))
                             .map(|change| change.event_index)
                             .ok_or_else(|| {
                                 anyhow::Error::new(tonic::Status::failed_precondition(format!(

@@ -149,7 +149,7 @@ async fn upload_local_artifacts(client: &Client, spec_path: &Path, text: &str) -
 }
 
 /// Final statuses of an agreement's run.
-const FINAL: [&str; 2] = ["verified", "diverged"];
+const FINAL: [&str; 3] = ["verified", "diverged", "timed-out"];
 
 /// Run `docklock run SPEC --key KEY [--wait]`.
 pub async fn run(args: &ClientArgs, spec_path: &Path, key: &Path, wait: bool, timeout: Duration) -> anyhow::Result<()> {

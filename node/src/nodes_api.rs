@@ -31,17 +31,42 @@ const LIVENESS_TICK: Duration = Duration::from_millis(200);
 /// Longest heartbeat token accepted.
 const TOKEN_BYTES_MAX: usize = 64;
 
-/// The leader's memory of heartbeats, for the term it leads in.
+/// The leader's memory of heartbeats and of when it first saw each open
+/// agreement, for the term it leads in.
 pub struct Heartbeats {
     origin: Instant,
     timing: Timing,
     memory: Mutex<Option<(u64, Liveness)>>,
+    first_seen: Mutex<Option<(u64, std::collections::HashMap<AgreementId, u64>)>>,
 }
 
 impl Heartbeats {
     /// Memory with this timing.
     pub fn new(timing: Timing) -> Self {
-        Self { origin: Instant::now(), timing, memory: Mutex::new(None) }
+        Self { origin: Instant::now(), timing, memory: Mutex::new(None), first_seen: Mutex::new(None) }
+    }
+
+    /// The open agreements whose deadline passed, as this leadership
+    /// measures it: from when it first saw them. A new leader starts the
+    /// clock again, so a failover can lengthen a deadline, never shorten it.
+    fn expired(&self, term: u64, open: impl Iterator<Item = (AgreementId, u64)>) -> Vec<AgreementId> {
+        let now = self.now();
+        let mut memory = self.first_seen.lock().expect("deadline memory lock");
+        if memory.as_ref().is_none_or(|(held, _)| *held != term) {
+            *memory = Some((term, std::collections::HashMap::new()));
+        }
+        let (_, seen) = memory.as_mut().expect("set above");
+        let mut still_open = std::collections::HashMap::new();
+        let mut expired = Vec::new();
+        for (id, timeout_secs) in open {
+            let first = seen.get(&id).copied().unwrap_or(now);
+            still_open.insert(id, first);
+            if now.saturating_sub(first) > timeout_secs.saturating_mul(1000) {
+                expired.push(id);
+            }
+        }
+        *seen = still_open;
+        expired
     }
 
     /// Milliseconds on this process's monotonic clock.
@@ -360,14 +385,21 @@ pub async fn liveness_duty(node: Arc<NodeContext>) {
             return;
         }
         let Some(term) = leading_term(&node) else { continue };
-        let (changes, reconcile) = {
+        let (changes, reconcile, expired) = {
             let applied = node.state.read();
             let registry = &applied.registry;
             let (_, ttl) = node.heartbeats.timing_for(registry);
             let statuses = registry.nodes().map(|(id, record)| (*id, record.status));
             let changes = node.heartbeats.with(term, |liveness, now| liveness.changes(now, ttl, statuses));
-            (changes, registry.reconcile_due())
+            let open = registry.open_agreements().map(|(id, record)| (*id, record.timeout_secs));
+            (changes, registry.reconcile_due(), node.heartbeats.expired(term, open))
         };
+        for id in expired.into_iter().take(CHANGES_PER_TICK) {
+            tracing::info!(agreement = %id, "deadline passed");
+            if let Err(error) = node.write(Request { session: None, command: Command::TimeOut { id } }).await {
+                tracing::debug!(?error, "time-out not committed; will retry");
+            }
+        }
         let writes = changes.into_iter().take(CHANGES_PER_TICK).map(|change| {
             let (node_id, status) = match change {
                 Change::Down(id) => (id, NodeStatus::Down),

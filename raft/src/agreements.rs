@@ -40,12 +40,14 @@ pub enum AgreementStatus {
     Verified,
     /// Replicas revealed different roots.
     Diverged,
+    /// The spec's deadline passed before every replica revealed.
+    TimedOut,
 }
 
 impl AgreementStatus {
     /// Every status.
-    pub const ALL: [AgreementStatus; 6] =
-        [Self::Admitted, Self::Pending, Self::Placed, Self::Running, Self::Verified, Self::Diverged];
+    pub const ALL: [AgreementStatus; 7] =
+        [Self::Admitted, Self::Pending, Self::Placed, Self::Running, Self::Verified, Self::Diverged, Self::TimedOut];
 
     /// The name users see.
     pub fn name(self) -> &'static str {
@@ -56,6 +58,7 @@ impl AgreementStatus {
             Self::Running => "running",
             Self::Verified => "verified",
             Self::Diverged => "diverged",
+            Self::TimedOut => "timed-out",
         }
     }
 
@@ -97,6 +100,8 @@ pub struct AgreementRecord {
     pub pending: Option<String>,
     /// Each replica's reported run, by node.
     pub runs: BTreeMap<u64, RunRecord>,
+    /// The spec's deadline, seconds from admission (the leader measures it).
+    pub timeout_secs: u64,
 }
 
 impl AgreementRecord {
@@ -206,8 +211,10 @@ impl Registry {
             lost: BTreeSet::new(),
             pending: None,
             runs: BTreeMap::new(),
+            timeout_secs: spec.timeout_secs,
         };
         self.agreements.insert(id, record);
+        self.open.insert(id);
         self.bump_revision();
         self.place_agreement(&id);
         Outcome::Admitted { id, event_index }

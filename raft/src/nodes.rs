@@ -403,6 +403,8 @@ impl Registry {
     pub(crate) fn rebuild_derived(&mut self) {
         self.ring = build_ring(self.nodes.iter(), self.vnodes_per_core());
         self.assigned.clear();
+        self.open =
+            self.agreements.iter().filter(|(_, record)| record.status.is_schedulable()).map(|(id, _)| *id).collect();
         for (id, record) in self.agreements.iter().filter(|(_, record)| record.status.is_schedulable()) {
             for replica in &record.placed {
                 self.assigned.entry(replica.node).or_default().insert(*id);

@@ -85,7 +85,8 @@ fn request_bytes(request: &Request) -> usize {
         | crate::types::Command::RemoveNode { .. }
         | crate::types::Command::Reconcile
         | crate::types::Command::SetScheduling { .. }
-        | crate::types::Command::ConfigureRing { .. } => 16,
+        | crate::types::Command::ConfigureRing { .. }
+        | crate::types::Command::TimeOut { .. } => 40,
         crate::types::Command::Checkpoint { checkpoint } => {
             checkpoint.signature.as_bytes().len() + checkpoint.signer_key.as_bytes().len()
         }

@@ -96,6 +96,8 @@ pub struct Registry {
     pub(crate) ring: Ring,
     /// Agreements by node holding a live replica, derived; not state.
     pub(crate) assigned: BTreeMap<u64, BTreeSet<AgreementId>>,
+    /// Agreements without a verdict, derived; not state.
+    pub(crate) open: BTreeSet<AgreementId>,
     /// Rows produced by `apply` and not yet taken by the store; not state.
     pub(crate) writes: LedgerWrites,
     /// The log entry being applied; not state.
@@ -124,6 +126,7 @@ impl Registry {
             vnodes_per_core: state.vnodes_per_core,
             ring: Ring::new(),
             assigned: BTreeMap::new(),
+            open: BTreeSet::new(),
             writes: LedgerWrites::default(),
             raft_index: 0,
         };
@@ -294,6 +297,7 @@ impl Registry {
             Command::SetScheduling { paused } => self.set_scheduling(*paused),
             Command::ConfigureRing { vnodes_per_core } => self.configure_vnodes(*vnodes_per_core),
             Command::ReportRun { envelope } => self.report_run(envelope),
+            Command::TimeOut { id } => self.time_out(id),
             Command::Reconcile => {
                 let tried = self.reconcile_batch();
                 Outcome::Reconciled { tried: tried as u64, unsettled: self.unsettled.len() as u64 }

@@ -148,15 +148,54 @@ impl Registry {
         let status = record.status;
         self.agreements.insert(id, record);
         if concluded {
-            for node in self.agreements[&id].placed.iter().map(|r| r.node).collect::<Vec<_>>() {
-                if let Some(set) = self.assigned.get_mut(&node) {
-                    set.remove(&id);
-                }
-            }
-            self.unsettled.remove(&id);
+            self.release(&id);
         }
         self.bump_revision();
         Outcome::RunReported { status }
+    }
+
+    /// Agreements without a verdict yet (the leader watches their deadlines).
+    pub fn open_agreements(&self) -> impl Iterator<Item = (&AgreementId, &crate::agreements::AgreementRecord)> {
+        self.open.iter().filter_map(|id| self.agreements.get(id).map(|record| (id, record)))
+    }
+
+    /// The leader's decision that `id`'s deadline passed: `timed-out`, with
+    /// whatever roots were revealed by then.
+    pub(crate) fn time_out(&mut self, id: &AgreementId) -> Outcome {
+        let Some(record) = self.agreements.get(id) else {
+            return Outcome::NotFound { reason: format!("agreement {id} not found") };
+        };
+        if !record.status.is_schedulable() {
+            return Outcome::RunReported { status: record.status };
+        }
+        let mut record = record.clone();
+        let roots: Vec<(u64, Hash)> = record
+            .runs
+            .iter()
+            .filter_map(|(node, run)| run.revealed.as_ref().map(|revealed| (*node, revealed.root)))
+            .collect();
+        let event = self.record(EventBody::AgreementConcluded {
+            id: *id,
+            verdict: AgreementStatus::TimedOut.name().to_owned(),
+            roots,
+        });
+        record.set_status(AgreementStatus::TimedOut, event);
+        self.agreements.insert(*id, record);
+        self.release(id);
+        self.bump_revision();
+        Outcome::RunReported { status: AgreementStatus::TimedOut }
+    }
+
+    /// A concluded agreement holds no live replica and waits for nothing.
+    fn release(&mut self, id: &AgreementId) {
+        let nodes: Vec<u64> = self.agreements[id].placed.iter().map(|r| r.node).collect();
+        for node in nodes {
+            if let Some(set) = self.assigned.get_mut(&node) {
+                set.remove(id);
+            }
+        }
+        self.unsettled.remove(id);
+        self.open.remove(id);
     }
 
     /// If every live replica revealed, decide and record the verdict.
@@ -352,5 +391,25 @@ mod tests {
         assert_eq!(status(&registry, &id), AgreementStatus::Verified);
         let after = apply(&mut registry, commit(&keys, id, 1, 1, 7));
         assert!(matches!(after, Outcome::FailedPrecondition { .. }), "concluded: {after:?}");
+    }
+
+    /// The leader's time-out concludes an open agreement with the roots
+    /// revealed so far; later reports are refused; a verdict is final.
+    #[test]
+    fn deadlines_conclude_open_agreements() {
+        let (mut registry, keys, id) = setup();
+        assert_eq!(registry.open_agreements().count(), 1);
+        apply(&mut registry, commit(&keys, id, 1, 1, 7));
+        let outcome = apply(&mut registry, Command::TimeOut { id });
+        assert_eq!(outcome, Outcome::RunReported { status: AgreementStatus::TimedOut });
+        assert_eq!(status(&registry, &id), AgreementStatus::TimedOut);
+        assert_eq!(registry.open_agreements().count(), 0);
+        assert_eq!(registry.assigned_to(1).count(), 0);
+        assert!(matches!(apply(&mut registry, commit(&keys, id, 2, 1, 7)), Outcome::FailedPrecondition { .. }));
+        let revision = registry.revision();
+        apply(&mut registry, Command::TimeOut { id });
+        assert_eq!(registry.revision(), revision, "a second time-out changes nothing");
+        let rebuilt = Registry::from_state(registry.to_state());
+        assert_eq!(rebuilt.open_agreements().count(), 0, "the open set is rebuilt from the state");
     }
 }

@@ -174,6 +174,11 @@ pub enum Command {
         #[serde(with = "serde_bytes")]
         envelope: Vec<u8>,
     },
+    /// The leader's decision that an agreement's deadline passed.
+    TimeOut {
+        /// The agreement.
+        id: AgreementId,
+    },
     /// Set the ring's virtual nodes per core of capacity.
     ConfigureRing {
         /// Virtual nodes per core.

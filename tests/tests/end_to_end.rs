@@ -24,7 +24,7 @@ async fn wait_for_verdict(client: &Client, id: &AgreementId) -> anyhow::Result<v
             }
             Err(status) => return Err(status.into()),
         };
-        if info.status == "verified" || info.status == "diverged" {
+        if matches!(info.status.as_str(), "verified" | "diverged" | "timed-out") {
             return Ok(info);
         }
         anyhow::ensure!(Instant::now() < deadline, "agreement still {}: {info:?}", info.status);
@@ -185,5 +185,23 @@ async fn runs_survive_a_worker_and_the_leader_killed_mid_run() -> anyhow::Result
             assert!(info.placed.iter().any(|r| r.attempt == 2), "{round}: a replacement attempt: {info:?}");
         }
     }
+    Ok(())
+}
+
+/// A run that outlasts its agreement's deadline ends `timed-out`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_past_its_deadline_times_out() -> anyhow::Result<()> {
+    let (_dir, cluster, admin) = audited_cluster(3, &["--worker-heartbeat-ms", "200"]).await?;
+    let client = cluster.client()?;
+    let program = client.upload_file(&std::fs::canonicalize("/bin/sh")?, |_, _| {}).await?;
+    let script = "while true; do :; done";
+    let yaml = format!(
+        "program: {program}\nargs: ['-c', {script:?}]\nreplicas: 3\ntimeout_secs: 1\nlimits: {{wall_ms: 15000}}\n"
+    );
+    let id = client.submit_agreement(&Envelope::sign(Spec::from_yaml(&yaml)?.canonical(), &admin)).await?.id;
+    let started = Instant::now();
+    let info = wait_for_verdict(&client, &id).await?;
+    assert_eq!(info.status, "timed-out", "{info:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "timed out after {:?}", started.elapsed());
     Ok(())
 }
