@@ -205,3 +205,42 @@ async fn a_run_past_its_deadline_times_out() -> anyhow::Result<()> {
     assert!(started.elapsed() < Duration::from_secs(10), "timed out after {:?}", started.elapsed());
     Ok(())
 }
+
+/// The README's run example, as written: `docklock run examples/report.yaml
+/// --key alice.key --wait`, then outputs, logs, verify and a verdict proof.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_run_example_works_as_written() -> anyhow::Result<()> {
+    let (dir, cluster, _admin) = audited_cluster(3, &["--worker-heartbeat-ms", "200"]).await?;
+    let endpoints = cluster.endpoints().join(",");
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let docklock = |args: &[&str]| {
+        let mut full = args.to_vec();
+        full.extend(["--endpoints", &endpoints]);
+        cli(&full)
+    };
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/report.yaml");
+    let (code, _, err) = cli(&["key", "generate", "--alg", "dilithium3", "--out", &at("alice.key")]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) =
+        docklock(&["identity", "add", &at("alice.key.pub"), "--role", "submitter", "--key", &at("admin.key")]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) =
+        docklock(&["run", example.to_str().unwrap(), "--key", &at("alice.key"), "--wait", "--output", "json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let status: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(status["status"], "verified", "{status}");
+    let id = status["id"].as_str().unwrap().to_owned();
+    let (code, out, err) = docklock(&["agreement", "outputs", &id, "--out", &at("results")]);
+    assert_eq!(code, 0, "{out}{err}");
+    let result = std::fs::read_to_string(dir.path().join("results/result.txt"))?;
+    assert!(result.starts_with("rows=4 random="), "{result}");
+    let (code, logs, err) = docklock(&["agreement", "logs", &id, "--node", "2"]);
+    assert_eq!((code, logs.as_str()), (0, result.as_str()), "{err}");
+    let (code, out, err) = docklock(&["verify", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = docklock(&["audit", "proof", &id, "--verdict", "--out", &at("verdict.json")]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cli(&["audit", "verify", &at("verdict.json")]);
+    assert_eq!(code, 0, "{out}{err}");
+    Ok(())
+}
