@@ -200,7 +200,16 @@ impl Agent {
         tokio::spawn(crate::nodes_api::liveness_duty(node.clone()));
         if let Some(worker) = &config.worker {
             tokio::spawn(crate::worker::worker_duty(node.clone(), worker.clone(), config.advertise.clone()));
-            let executor = Executor::new(node.clone(), store.clone(), &config.data_dir, &config.advertise)?;
+            let identity = crate::worker::WorkerIdentity {
+                id: node.id,
+                cluster_id: node.cluster_id.clone(),
+                key: node.key.clone(),
+                address: config.advertise.clone(),
+            };
+            let options = ClientOptions { deadline: Duration::from_secs(10), ..ClientOptions::default() };
+            let client = Client::new(vec![config.advertise.clone()], options)?;
+            let view = crate::executor::LocalView::new(node.clone());
+            let executor = Executor::new(view, identity, store.clone(), &config.data_dir, client)?;
             tokio::spawn(executor.duty());
         }
         let bootstrap_admin = match &config.bootstrap {

@@ -359,8 +359,18 @@ struct AgentFile {
     store_bytes_max: Option<u64>,
 }
 
+/// Artifact store bounds: the given ones, else the defaults.
+fn store_limits(artifact_bytes_max: Option<u64>, store_bytes_max: Option<u64>) -> StoreLimits {
+    let defaults = StoreLimits::default();
+    StoreLimits {
+        artifact_bytes_max: artifact_bytes_max.unwrap_or(defaults.artifact_bytes_max),
+        store_bytes_max: store_bytes_max.unwrap_or(defaults.store_bytes_max),
+    }
+}
+
 /// A worker-only node's settings.
 struct WorkerOnlyConfig {
+    store_limits: StoreLimits,
     id: u64,
     listen: SocketAddr,
     advertise: String,
@@ -382,7 +392,8 @@ impl AgentArgs {
         let worker =
             WorkerConfig::detect(self.node_type.as_deref(), self.zone, &self.labels, self.cpu_millis, self.memory_mib)?;
         let advertise = self.advertise.unwrap_or_else(|| listen.to_string());
-        Ok(WorkerOnlyConfig { id, listen, advertise, data_dir, endpoints, worker })
+        let store_limits = store_limits(self.artifact_bytes_max, self.store_bytes_max);
+        Ok(WorkerOnlyConfig { store_limits, id, listen, advertise, data_dir, endpoints, worker })
     }
 
     fn resolve(self) -> anyhow::Result<AgentConfig> {
@@ -459,13 +470,10 @@ impl AgentArgs {
                 )
             })
             .transpose()?;
-        let mut store_limits = StoreLimits::default();
-        if let Some(bytes) = self.artifact_bytes_max.or(file.artifact_bytes_max) {
-            store_limits.artifact_bytes_max = bytes;
-        }
-        if let Some(bytes) = self.store_bytes_max.or(file.store_bytes_max) {
-            store_limits.store_bytes_max = bytes;
-        }
+        let store_limits = store_limits(
+            self.artifact_bytes_max.or(file.artifact_bytes_max),
+            self.store_bytes_max.or(file.store_bytes_max),
+        );
         let config = AgentConfig {
             store_limits,
             worker,
@@ -550,6 +558,7 @@ async fn run_worker_only(config: WorkerOnlyConfig) -> anyhow::Result<()> {
         config.advertise,
         config.endpoints,
         config.worker,
+        config.store_limits,
     )
     .await?;
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -557,6 +566,7 @@ async fn run_worker_only(config: WorkerOnlyConfig) -> anyhow::Result<()> {
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health_service)
+            .add_service(crate::artifacts::ArtifactsService::server(worker.store.clone()))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
     let working = tokio::spawn(worker.clone().run());

@@ -21,18 +21,18 @@ use docklock_cage::limits::Limits;
 use docklock_cage::rootfs::Rootfs;
 use docklock_cage::run::RunSpec;
 use docklock_proto::agreement::{AgreementId, Digest, Envelope, Spec, Workload};
-use docklock_proto::client::{ChannelCache, Client, ClientOptions};
+use docklock_proto::client::{ChannelCache, Client};
 use docklock_proto::ledger::{Event, EventBody};
 use docklock_proto::node::NodeStatus;
 use docklock_proto::report::{commitment, Hash, Phase, Revealed, RunReport};
-use docklock_proto::v1::{self, agreements_client::AgreementsClient};
-use docklock_raft::agreements::AgreementStatus;
+use docklock_proto::v1::{self, agreements_client::AgreementsClient, nodes_client::NodesClient};
 use serde::{Deserialize, Serialize};
 use sha3::{Digest as _, Sha3_256};
 use tonic::Code;
 
 use crate::api::NodeContext;
 use crate::artifacts::ArtifactStore;
+use crate::worker::WorkerIdentity;
 
 /// Runs this node executes at once (the machine has two cores).
 const RUNS_IN_FLIGHT: usize = 2;
@@ -109,20 +109,158 @@ pub fn cage_limits(spec: &Spec) -> Limits {
     }
 }
 
-/// Until something is applied (Raft's metrics change with every applied
-/// entry) or a tick passes.
-async fn wait_for_change(
-    metrics: &mut tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, docklock_raft::types::Node>>,
-) {
-    tokio::select! {
-        _ = metrics.changed() => {}
-        _ = tokio::time::sleep(TICK) => {}
+/// What the executor needs from the registry: read from this node's own
+/// replica ([`LocalView`]) or, on a worker-only node, through the public
+/// API ([`RemoteView`]).
+#[tonic::async_trait]
+pub trait RegistryView: Send + Sync {
+    /// This node's replicas that are placed or running and not revealed:
+    /// (agreement, attempt).
+    async fn jobs(&self) -> anyhow::Result<Vec<(AgreementId, u64)>>;
+    /// The spec as admitted.
+    async fn spec(&self, id: &AgreementId) -> anyhow::Result<Spec>;
+    /// Peers to fetch artifacts from: every ready worker but this one.
+    async fn peers(&self) -> Vec<(u64, String)>;
+    /// Until the registry may have changed.
+    async fn changed(&self);
+    /// Whether the node is shutting down.
+    fn stopping(&self) -> bool;
+}
+
+/// The registry as this node's replica holds it.
+pub struct LocalView {
+    node: Arc<NodeContext>,
+}
+
+impl LocalView {
+    /// A view of `node`'s replica.
+    pub fn new(node: Arc<NodeContext>) -> Arc<Self> {
+        Arc::new(Self { node })
     }
 }
 
+#[tonic::async_trait]
+impl RegistryView for LocalView {
+    async fn jobs(&self) -> anyhow::Result<Vec<(AgreementId, u64)>> {
+        let applied = self.node.state.read();
+        let replicas = applied.registry.open_replicas(self.node.id);
+        Ok(replicas.into_iter().filter(|(_, _, revealed)| !revealed).map(|(id, attempt, _)| (id, attempt)).collect())
+    }
+
+    async fn spec(&self, id: &AgreementId) -> anyhow::Result<Spec> {
+        let index = self.node.state.read().registry.agreement(id).context("agreement gone")?.event_index;
+        let bytes = self.node.state.ledger().event(index)?;
+        let EventBody::AgreementAdmitted { envelope, .. } = Event::decode(&bytes)?.body else {
+            bail!("ledger event {index} is not the admission of {id}");
+        };
+        Ok(Spec::decode(&Envelope::decode(&envelope)?.message)?)
+    }
+
+    async fn peers(&self) -> Vec<(u64, String)> {
+        let applied = self.node.state.read();
+        applied
+            .registry
+            .nodes()
+            .filter(|(id, record)| **id != self.node.id && record.status == NodeStatus::Ready)
+            .map(|(id, record)| (*id, record.registration.address.clone()))
+            .collect()
+    }
+
+    async fn changed(&self) {
+        // Raft's metrics change with every applied entry.
+        let mut metrics = self.node.raft.metrics();
+        tokio::select! {
+            _ = metrics.changed() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.node.raft.metrics().borrow().state == openraft::ServerState::Shutdown
+    }
+}
+
+/// The registry through the public API, for a worker-only node: polled.
+pub struct RemoteView {
+    client: Client,
+    node: u64,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl RemoteView {
+    /// A view for worker `node` through `client`.
+    pub fn new(client: Client, node: u64) -> Arc<Self> {
+        Arc::new(Self { client, node, stopping: std::sync::atomic::AtomicBool::new(false) })
+    }
+
+    /// Stop the executor using this view.
+    pub fn stop(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[tonic::async_trait]
+impl RegistryView for RemoteView {
+    async fn jobs(&self) -> anyhow::Result<Vec<(AgreementId, u64)>> {
+        let request = v1::AssignmentsRequest { node_id: self.node };
+        let response = self
+            .client
+            .call(|channel| {
+                let request = request.clone();
+                async move { NodesClient::new(channel).assignments(request).await }
+            })
+            .await?;
+        response
+            .assignments
+            .into_iter()
+            .filter(|assignment| !assignment.revealed)
+            .map(|assignment| {
+                Ok((AgreementId::from_hex(&assignment.agreement_id).map_err(anyhow::Error::msg)?, assignment.attempt))
+            })
+            .collect()
+    }
+
+    async fn spec(&self, id: &AgreementId) -> anyhow::Result<Spec> {
+        let info = self.client.get_agreement(id).await?;
+        Ok(Spec::decode(&Envelope::decode(&info.envelope)?.message)?)
+    }
+
+    async fn peers(&self) -> Vec<(u64, String)> {
+        let request = v1::ListNodesRequest { counts_only: false };
+        let listed = self
+            .client
+            .call(|channel| {
+                let request = request.clone();
+                async move { NodesClient::new(channel).list(request).await }
+            })
+            .await;
+        listed
+            .map(|list| {
+                list.nodes
+                    .into_iter()
+                    .filter(|node| node.id != self.node && node.status == "ready")
+                    .map(|node| (node.id, node.address))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn changed(&self) {
+        tokio::time::sleep(REMOTE_POLL).await;
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// How often a worker-only node asks for its assignments.
+const REMOTE_POLL: Duration = Duration::from_millis(200);
+
 /// The executor of one node.
 pub struct Executor {
-    node: Arc<NodeContext>,
+    view: Arc<dyn RegistryView>,
+    identity: WorkerIdentity,
     store: Arc<ArtifactStore>,
     runs_dir: PathBuf,
     cache_dir: PathBuf,
@@ -133,20 +271,22 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// An executor for `node`, keeping runs under `data_dir/runs`.
+    /// An executor for the node `identity` names, reading the registry
+    /// through `view`, reporting through `client`, keeping runs under
+    /// `data_dir/runs`.
     pub fn new(
-        node: Arc<NodeContext>,
+        view: Arc<dyn RegistryView>,
+        identity: WorkerIdentity,
         store: Arc<ArtifactStore>,
         data_dir: &Path,
-        advertise: &str,
+        client: Client,
     ) -> anyhow::Result<Arc<Self>> {
         let runs_dir = data_dir.join("runs");
         std::fs::create_dir_all(&runs_dir)?;
-        let options = ClientOptions { deadline: Duration::from_secs(10), ..ClientOptions::default() };
-        let client = Client::new(vec![advertise.to_owned()], options)?;
         let channels = ChannelCache::new(Duration::from_secs(2), Duration::from_secs(60));
         Ok(Arc::new(Self {
-            node,
+            view,
+            identity,
             store,
             runs_dir,
             cache_dir: data_dir.join("cage-cache"),
@@ -157,16 +297,22 @@ impl Executor {
         }))
     }
 
-    /// Look for work whenever the registry changes (and every tick) until
-    /// the node stops.
+    /// Look for work whenever the registry may have changed until the node
+    /// stops.
     pub async fn duty(self: Arc<Self>) {
-        let mut metrics = self.node.raft.metrics();
         loop {
-            wait_for_change(&mut metrics).await;
-            if self.node.raft.metrics().borrow().state == openraft::ServerState::Shutdown {
+            self.view.changed().await;
+            if self.view.stopping() {
                 return;
             }
-            for job in self.pending_jobs() {
+            let jobs = match self.view.jobs().await {
+                Ok(jobs) => jobs,
+                Err(error) => {
+                    tracing::debug!(error = format!("{error:#}"), "cannot read this node's assignments");
+                    continue;
+                }
+            };
+            for job in jobs {
                 if !self.in_flight.lock().expect("in-flight set").insert(job) {
                     continue;
                 }
@@ -181,27 +327,6 @@ impl Executor {
                 });
             }
         }
-    }
-
-    /// Replicas on this node, running or placed, not revealed yet.
-    fn pending_jobs(&self) -> Vec<(AgreementId, u64)> {
-        let applied = self.node.state.read();
-        let registry = &applied.registry;
-        registry
-            .assigned_to(self.node.id)
-            .filter_map(|id| {
-                let record = registry.agreement(id)?;
-                if !matches!(record.status, AgreementStatus::Placed | AgreementStatus::Running) {
-                    return None;
-                }
-                let replica = record.placed.iter().find(|r| r.node == self.node.id)?;
-                let done = record
-                    .runs
-                    .get(&self.node.id)
-                    .is_some_and(|run| run.attempt == replica.attempt && run.revealed.is_some());
-                (!done).then_some((*id, replica.attempt))
-            })
-            .collect()
     }
 
     fn run_dir(&self, id: &AgreementId, attempt: u64) -> PathBuf {
@@ -226,8 +351,8 @@ impl Executor {
         let revealed = result.revealed()?;
         let commit = Phase::Commit(commitment(&revealed.root, &revealed.nonce));
         self.report(id, attempt, commit).await?;
-        // Reveal once every replica has committed.
-        let mut metrics = self.node.raft.metrics();
+        // Reveal once every replica has committed; give up once the replica
+        // is no longer this node's (the agreement concluded or moved).
         loop {
             match self.report(id, attempt, Phase::Reveal(Box::new(revealed.clone()))).await {
                 Ok(status) => {
@@ -237,28 +362,21 @@ impl Executor {
                 Err(status)
                     if status.code() == Code::FailedPrecondition && status.message().contains("have committed") =>
                 {
-                    wait_for_change(&mut metrics).await;
+                    self.view.changed().await;
                 }
                 Err(status) => bail!("reveal refused: {}", status.message()),
             }
-            if !self.still_mine(&id, attempt) {
+            if !self.view.jobs().await?.contains(&(id, attempt)) {
                 return Ok(());
             }
         }
     }
 
-    fn still_mine(&self, id: &AgreementId, attempt: u64) -> bool {
-        let applied = self.node.state.read();
-        applied.registry.agreement(id).is_some_and(|record| {
-            record.status.is_schedulable()
-                && record.placed.iter().any(|r| r.node == self.node.id && r.attempt == attempt)
-        })
-    }
-
     async fn report(&self, id: AgreementId, attempt: u64, phase: Phase) -> Result<String, tonic::Status> {
+        let identity = &self.identity;
         let report =
-            RunReport { cluster_id: self.node.cluster_id.clone(), agreement: id, attempt, node: self.node.id, phase };
-        let envelope = Envelope::sign(report.canonical(), &self.node.key).canonical();
+            RunReport { cluster_id: identity.cluster_id.clone(), agreement: id, attempt, node: identity.id, phase };
+        let envelope = Envelope::sign(report.canonical(), &identity.key).canonical();
         let request = v1::ReportRunRequest { envelope };
         let response = self
             .client
@@ -270,35 +388,14 @@ impl Executor {
         Ok(response.status)
     }
 
-    /// The spec as admitted: read from the agreement's ledger event.
-    fn spec(&self, id: &AgreementId) -> anyhow::Result<Spec> {
-        let index = self.node.state.read().registry.agreement(id).context("agreement gone")?.event_index;
-        let bytes = self.node.state.ledger().event(index)?;
-        let EventBody::AgreementAdmitted { envelope, .. } = Event::decode(&bytes)?.body else {
-            bail!("ledger event {index} is not the admission of {id}");
-        };
-        Ok(Spec::decode(&Envelope::decode(&envelope)?.message)?)
-    }
-
-    /// Peers to fetch artifacts from: every ready worker but this one.
-    fn peers(&self) -> Vec<(u64, String)> {
-        let applied = self.node.state.read();
-        applied
-            .registry
-            .nodes()
-            .filter(|(id, record)| **id != self.node.id && record.status == NodeStatus::Ready)
-            .map(|(id, record)| (*id, record.registration.address.clone()))
-            .collect()
-    }
-
     async fn fetch(&self, digest: Digest) -> anyhow::Result<PathBuf> {
-        self.store.fetch(digest, &self.peers(), &self.channels).await.map_err(anyhow::Error::msg)?;
+        self.store.fetch(digest, &self.view.peers().await, &self.channels).await.map_err(anyhow::Error::msg)?;
         Ok(self.store.path(&digest))
     }
 
     /// Fetch what the spec names and run it in the cage.
     async fn run(&self, id: &AgreementId, dir: &Path) -> anyhow::Result<RunResult> {
-        let spec = self.spec(id)?;
+        let spec = self.view.spec(id).await?;
         if spec.inputs.contains_key(PROGRAM_INPUT) {
             bail!("an input may not be named {PROGRAM_INPUT}");
         }

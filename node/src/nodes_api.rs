@@ -322,6 +322,21 @@ impl nodes_server::Nodes for NodesService {
         .await
     }
 
+    async fn assignments(
+        &self,
+        request: tonic::Request<v1::AssignmentsRequest>,
+    ) -> Result<tonic::Response<v1::AssignmentsResponse>, Status> {
+        let node = request.into_inner().node_id;
+        let applied = self.node.state.read();
+        let assignments = applied
+            .registry
+            .open_replicas(node)
+            .into_iter()
+            .map(|(id, attempt, revealed)| v1::Assignment { agreement_id: id.to_hex(), attempt, revealed })
+            .collect();
+        Ok(tonic::Response::new(v1::AssignmentsResponse { assignments }))
+    }
+
     async fn placement(
         &self,
         request: tonic::Request<v1::PlacementRequest>,

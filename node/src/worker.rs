@@ -3,7 +3,7 @@
 //! the leader asks for.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -215,6 +215,11 @@ pub struct WorkerOnly {
     client: Client,
     claimed: std::sync::atomic::AtomicBool,
     stopping: std::sync::atomic::AtomicBool,
+    /// This node's artifact store (served on its address).
+    pub store: Arc<crate::artifacts::ArtifactStore>,
+    data_dir: std::path::PathBuf,
+    endpoints: Vec<String>,
+    view: Mutex<Option<Arc<crate::executor::RemoteView>>>,
 }
 
 impl WorkerHost for WorkerOnly {
@@ -236,20 +241,33 @@ impl WorkerOnly {
         address: String,
         endpoints: Vec<String>,
         config: WorkerConfig,
+        store_limits: crate::artifacts::StoreLimits,
     ) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+        let store = crate::artifacts::ArtifactStore::open(data_dir, store_limits)
+            .with_context(|| format!("cannot open the artifact store in {}", data_dir.display()))?;
         let key = crate::agent::node_key(data_dir)?;
         let public = data_dir.join(format!("{}.pub", crate::agent::NODE_KEY_FILE));
         if !public.exists() {
             key.public().write_new(&public)?;
         }
-        let client = Client::new(endpoints, ClientOptions::default())?;
+        let client = Client::new(endpoints.clone(), ClientOptions::default())?;
         let cluster_id = client.status().await.context("cannot reach the cluster")?.cluster_id;
         check_worker_identity(data_dir, id, &cluster_id)?;
         let identity = WorkerIdentity { id, cluster_id, key: Arc::new(key), address };
         let claimed = std::sync::atomic::AtomicBool::new(false);
         let stopping = std::sync::atomic::AtomicBool::new(false);
-        Ok(Arc::new(Self { identity, config, client, claimed, stopping }))
+        Ok(Arc::new(Self {
+            identity,
+            config,
+            client,
+            claimed,
+            stopping,
+            store,
+            data_dir: data_dir.to_owned(),
+            endpoints,
+            view: Mutex::new(None),
+        }))
     }
 
     /// Claim the key (retrying until an admin has authorised it), then work.
@@ -277,12 +295,41 @@ impl WorkerOnly {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        match self.start_executor() {
+            Ok(()) => {}
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "cannot start the executor; this node takes no runs")
+            }
+        }
         work(&*self, &self.identity, &self.config, &self.client).await;
     }
 
-    /// Stop heartbeating.
+    /// Run placed replicas: the registry is read through the public API.
+    fn start_executor(&self) -> anyhow::Result<()> {
+        let view = crate::executor::RemoteView::new(
+            Client::new(self.endpoints.clone(), ClientOptions::default())?,
+            self.identity.id,
+        );
+        let identity = WorkerIdentity {
+            id: self.identity.id,
+            cluster_id: self.identity.cluster_id.clone(),
+            key: self.identity.key.clone(),
+            address: self.identity.address.clone(),
+        };
+        let reports = Client::new(self.endpoints.clone(), ClientOptions::default())?;
+        let executor =
+            crate::executor::Executor::new(view.clone(), identity, self.store.clone(), &self.data_dir, reports)?;
+        *self.view.lock().expect("view lock") = Some(view);
+        tokio::spawn(executor.duty());
+        Ok(())
+    }
+
+    /// Stop heartbeating and running.
     pub fn stop(&self) {
         self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(view) = self.view.lock().expect("view lock").as_ref() {
+            view.stop();
+        }
     }
 }
 

@@ -154,6 +154,23 @@ impl Registry {
         Outcome::RunReported { status }
     }
 
+    /// `node`'s live replicas of placed or running agreements: (agreement,
+    /// attempt, whether its run for that attempt is revealed).
+    pub fn open_replicas(&self, node: u64) -> Vec<(AgreementId, u64, bool)> {
+        self.assigned_to(node)
+            .filter_map(|id| {
+                let record = self.agreements.get(id)?;
+                if !matches!(record.status, AgreementStatus::Placed | AgreementStatus::Running) {
+                    return None;
+                }
+                let replica = record.placed.iter().find(|r| r.node == node)?;
+                let revealed =
+                    record.runs.get(&node).is_some_and(|run| run.attempt == replica.attempt && run.revealed.is_some());
+                Some((*id, replica.attempt, revealed))
+            })
+            .collect()
+    }
+
     /// Agreements without a verdict yet (the leader watches their deadlines).
     pub fn open_agreements(&self) -> impl Iterator<Item = (&AgreementId, &crate::agreements::AgreementRecord)> {
         self.open.iter().filter_map(|id| self.agreements.get(id).map(|record| (id, record)))

@@ -278,6 +278,24 @@ async fn a_worker_only_node_joins_after_authorisation_and_takes_work() -> anyhow
         "a worker-only node is no Raft member"
     );
 
+    // It runs its replica too: k = 4 on four workers, verified.
+    let program = client.upload_file(&std::fs::canonicalize("/bin/sh")?, |_, _| {}).await?;
+    let yaml = format!("program: {program}\nargs: ['-c', 'echo worker-only']\nreplicas: 4\ntimeout_secs: 60\n");
+    let run = client.submit_agreement(&Envelope::sign(Spec::from_yaml(&yaml)?.canonical(), &admin)).await?.id;
+    let deadline = Instant::now() + WAIT;
+    let info = loop {
+        let info = client.get_agreement(&run).await?;
+        if info.status == "verified" || info.status == "diverged" {
+            break info;
+        }
+        assert!(Instant::now() < deadline, "no verdict: {info:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(info.status, "verified", "{info:?}");
+    assert!(info.runs.iter().any(|r| r.node == 10), "the worker-only node ran it: {info:?}");
+
+    // A placement that cannot run (its program was never uploaded) stays
+    // on the node until the node dies.
     let ids = submit(&client, &admin, "everywhere", 1, 4).await?;
     let placed = placements(&client, &ids).await?;
     assert!(placed[&ids[0]].0.contains(&10), "k = 4 on four workers uses the worker-only node: {placed:?}");
