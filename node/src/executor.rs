@@ -203,13 +203,8 @@ impl RemoteView {
 impl RegistryView for RemoteView {
     async fn jobs(&self) -> anyhow::Result<Vec<(AgreementId, u64)>> {
         let request = v1::AssignmentsRequest { node_id: self.node };
-        let response = self
-            .client
-            .call(|channel| {
-                let request = request.clone();
-                async move { NodesClient::new(channel).assignments(request).await }
-            })
-            .await?;
+        let response =
+            self.client.call(|channel| async move { NodesClient::new(channel).assignments(request).await }).await?;
         response
             .assignments
             .into_iter()
@@ -227,13 +222,7 @@ impl RegistryView for RemoteView {
 
     async fn peers(&self) -> Vec<(u64, String)> {
         let request = v1::ListNodesRequest { counts_only: false };
-        let listed = self
-            .client
-            .call(|channel| {
-                let request = request.clone();
-                async move { NodesClient::new(channel).list(request).await }
-            })
-            .await;
+        let listed = self.client.call(|channel| async move { NodesClient::new(channel).list(request).await }).await;
         listed
             .map(|list| {
                 list.nodes
