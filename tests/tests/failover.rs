@@ -127,7 +127,11 @@ async fn whole_cluster_crash_keeps_acknowledged_writes() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn lost_quorum_is_unavailable_then_recovers() -> anyhow::Result<()> {
     let (_dir, mut cluster) = started_cluster(3, &[]).await?;
-    cluster.client()?.put("before", b"1".to_vec()).await?;
+    let before = cluster.client()?.put("before", b"1".to_vec()).await?;
+    // The stale read below answers from node 1's own state: it must have
+    // applied the write first (a follower may learn of a commit only with
+    // the leader's next message, and the leader is about to die).
+    cluster.wait_for_revision(1, before.revision, WAIT).await?;
     cluster.kill(2)?;
     cluster.kill(3)?;
     let options = ClientOptions {
