@@ -227,6 +227,7 @@ fn agreement_info(id: &AgreementId, record: &AgreementRecord, envelope: Option<V
         attempt: record.attempt,
         placed: record.placed.iter().map(|r| v1::ReplicaInfo { node: r.node, attempt: r.attempt }).collect(),
         pending_reason: record.pending.clone().unwrap_or_default(),
+        failure: record.failure.as_ref().map(|(node, reason)| format!("node {node}: {reason}")).unwrap_or_default(),
         runs: record
             .runs
             .iter()

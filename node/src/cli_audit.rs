@@ -494,7 +494,9 @@ pub async fn audit(args: &ClientArgs, command: AuditCommand) -> anyhow::Result<(
                     if verdict {
                         info.history
                             .iter()
-                            .find(|change| matches!(change.status.as_str(), "verified" | "diverged" | "timed-out"))
+                            .find(|change| {
+                                matches!(change.status.as_str(), "verified" | "diverged" | "timed-out" | "failed")
+                            })
                             .map(|change| change.event_index)
                             .ok_or_else(|| {
                                 anyhow::Error::new(tonic::Status::failed_precondition(format!(

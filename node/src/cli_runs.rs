@@ -149,7 +149,7 @@ async fn upload_local_artifacts(client: &Client, spec_path: &Path, text: &str) -
 }
 
 /// Final statuses of an agreement's run.
-const FINAL: [&str; 3] = ["verified", "diverged", "timed-out"];
+const FINAL: [&str; 4] = ["verified", "diverged", "timed-out", "failed"];
 
 /// Run `docklock run SPEC --key KEY [--wait]`.
 pub async fn run(args: &ClientArgs, spec_path: &Path, key: &Path, wait: bool, timeout: Duration) -> anyhow::Result<()> {
@@ -216,13 +216,16 @@ pub fn print_status(info: &v1::AgreementInfo, output: Output) -> anyhow::Result<
             })
             .collect();
         let document = json!({"id": info.id, "status": info.status, "attempt": info.attempt, "runs": runs,
-                              "pending_reason": info.pending_reason});
+                              "pending_reason": info.pending_reason, "failure": info.failure});
         println!("{}", serde_json::to_string_pretty(&document)?);
         return Ok(());
     }
     println!("agreement {}: {}", info.id, info.status);
     if !info.pending_reason.is_empty() {
         println!("  pending: {}", info.pending_reason);
+    }
+    if !info.failure.is_empty() {
+        println!("  cannot run: {}", info.failure);
     }
     for run in &info.runs {
         let root = if run.root.is_empty() { "(committed, not revealed)".to_owned() } else { run.root.clone() };

@@ -123,7 +123,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     step(5, "placed on k = 3 workers by consistent hashing, run in each node's cage, verified by replication");
     let info = wait_for(WAIT, "step 5: the verdict", || async {
         let info = client.get_agreement(&admitted.id).await?;
-        Ok(matches!(info.status.as_str(), "verified" | "diverged" | "timed-out").then_some(info))
+        Ok(matches!(info.status.as_str(), "verified" | "diverged" | "timed-out" | "failed").then_some(info))
     })
     .await?;
     println!("    placed on {}", replicas(&info));

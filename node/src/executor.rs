@@ -41,6 +41,13 @@ const TICK: Duration = Duration::from_millis(100);
 /// Name of the program among the cage's inputs.
 pub const PROGRAM_INPUT: &str = ".docklock-program";
 
+/// A run that cannot start for a reason every node would meet too (the
+/// spec asks for something the cage refuses): reported as a failure, not
+/// retried.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartFailure(pub String);
+
 /// What a finished run left, remembered on disk until it is revealed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RunResult {
@@ -330,7 +337,17 @@ impl Executor {
             Ok(bytes) => serde_json::from_slice::<RunResult>(&bytes).context("reading the remembered result")?,
             Err(_) => {
                 let _permit = self.permits.acquire().await?;
-                let result = self.run(&id, &dir).await?;
+                let result = match self.run(&id, &dir).await {
+                    Ok(result) => result,
+                    Err(error) => {
+                        let Some(failure) = error.downcast_ref::<StartFailure>() else { return Err(error) };
+                        tracing::warn!(agreement = %id, attempt, reason = %failure, "the run cannot start");
+                        let mut reason = failure.0.clone();
+                        reason.truncate(docklock_proto::report::FAIL_REASON_BYTES_MAX);
+                        self.report(id, attempt, Phase::Fail(reason)).await?;
+                        return Ok(());
+                    }
+                };
                 let temporary = dir.join("result.json.tmp");
                 std::fs::write(&temporary, serde_json::to_vec_pretty(&result)?)?;
                 std::fs::rename(&temporary, &result_path)?;
@@ -386,7 +403,7 @@ impl Executor {
     async fn run(&self, id: &AgreementId, dir: &Path) -> anyhow::Result<RunResult> {
         let spec = self.view.spec(id).await?;
         if spec.inputs.contains_key(PROGRAM_INPUT) {
-            bail!("an input may not be named {PROGRAM_INPUT}");
+            return Err(StartFailure(format!("an input may not be named {PROGRAM_INPUT}")).into());
         }
         std::fs::create_dir_all(dir)?;
         let mut inputs = Vec::new();
@@ -406,7 +423,11 @@ impl Executor {
             }
             Workload::Image(digest) => {
                 let image = self.fetch(digest).await?;
-                let program = spec.args.first().context("an image agreement names its program as args[0]")?.clone();
+                let program = spec
+                    .args
+                    .first()
+                    .ok_or_else(|| StartFailure("an image agreement names its program as args[0]".into()))?
+                    .clone();
                 (program, spec.args[1..].to_vec(), Rootfs::Image(image))
             }
         };
@@ -427,7 +448,12 @@ impl Executor {
         let stdout_path = dir.join("stdout");
         let (outcome, witness_path, out_dir, stdout_path) = tokio::task::spawn_blocking(move || {
             let stdout = std::fs::File::create(&stdout_path)?;
-            let outcome = docklock_cage::run::run(&run_spec, &witness_path, Some(&out_dir), stdout)?;
+            let outcome = docklock_cage::run::run(&run_spec, &witness_path, Some(&out_dir), stdout).map_err(
+                |error| match error {
+                    docklock_cage::run::CageError::Spec(reason) => anyhow::Error::new(StartFailure(reason)),
+                    other => other.into(),
+                },
+            )?;
             anyhow::Ok((outcome, witness_path, out_dir, stdout_path))
         })
         .await??;

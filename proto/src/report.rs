@@ -53,7 +53,13 @@ pub enum Phase {
     Commit(Hash),
     /// The root and what came with it.
     Reveal(Box<Revealed>),
+    /// The run could not start, for a reason that is the same on every
+    /// node (an input the cage refuses, an image without a program, ...).
+    Fail(String),
 }
+
+/// Longest failure reason a report carries.
+pub const FAIL_REASON_BYTES_MAX: usize = 1024;
 
 /// One report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +92,9 @@ impl RunReport {
                 for (name, digest) in &revealed.outputs {
                     w.str(name).fixed(&digest.0);
                 }
+            }
+            Phase::Fail(reason) => {
+                w.u8(3).str(reason);
             }
         }
         w.finish()
@@ -120,6 +129,13 @@ impl RunReport {
                 }
                 Phase::Reveal(Box::new(Revealed { root, nonce, verdict, stdout, witness, outputs }))
             }
+            3 => {
+                let reason = r.str("failure reason")?;
+                if reason.len() > FAIL_REASON_BYTES_MAX {
+                    return Err(DecodeError::invalid("failure reason", format!("over {FAIL_REASON_BYTES_MAX} bytes")));
+                }
+                Phase::Fail(reason)
+            }
             other => return Err(DecodeError::invalid("phase", format!("unknown phase {other}"))),
         };
         r.finish()?;
@@ -141,7 +157,11 @@ mod tests {
             witness: Digest([4; 32]),
             outputs: [("result.txt".to_owned(), Digest([5; 32]))].into(),
         };
-        for phase in [Phase::Commit(commitment(&[1; 32], &[2; 32])), Phase::Reveal(Box::new(revealed))] {
+        for phase in [
+            Phase::Commit(commitment(&[1; 32], &[2; 32])),
+            Phase::Reveal(Box::new(revealed)),
+            Phase::Fail("no program".into()),
+        ] {
             let report =
                 RunReport { cluster_id: "c".into(), agreement: AgreementId([9; 32]), attempt: 2, node: 3, phase };
             assert_eq!(RunReport::decode(&report.canonical()).unwrap(), report);

@@ -42,12 +42,23 @@ pub enum AgreementStatus {
     Diverged,
     /// The spec's deadline passed before every replica revealed.
     TimedOut,
+    /// A replica reported that the run cannot start (a reason that holds on
+    /// every node).
+    Failed,
 }
 
 impl AgreementStatus {
     /// Every status.
-    pub const ALL: [AgreementStatus; 7] =
-        [Self::Admitted, Self::Pending, Self::Placed, Self::Running, Self::Verified, Self::Diverged, Self::TimedOut];
+    pub const ALL: [AgreementStatus; 8] = [
+        Self::Admitted,
+        Self::Pending,
+        Self::Placed,
+        Self::Running,
+        Self::Verified,
+        Self::Diverged,
+        Self::TimedOut,
+        Self::Failed,
+    ];
 
     /// The name users see.
     pub fn name(self) -> &'static str {
@@ -59,6 +70,7 @@ impl AgreementStatus {
             Self::Verified => "verified",
             Self::Diverged => "diverged",
             Self::TimedOut => "timed-out",
+            Self::Failed => "failed",
         }
     }
 
@@ -102,6 +114,8 @@ pub struct AgreementRecord {
     pub runs: BTreeMap<u64, RunRecord>,
     /// The spec's deadline, seconds from admission (the leader measures it).
     pub timeout_secs: u64,
+    /// Why the run could not start, and which node said so.
+    pub failure: Option<(u64, String)>,
 }
 
 impl AgreementRecord {
@@ -212,6 +226,7 @@ impl Registry {
             pending: None,
             runs: BTreeMap::new(),
             timeout_secs: spec.timeout_secs,
+            failure: None,
         };
         self.agreements.insert(id, record);
         self.open.insert(id);

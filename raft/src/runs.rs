@@ -78,6 +78,12 @@ impl Registry {
                 Some(_) => Err(precondition(format!("node {} committed to another root already", report.node))),
                 None => Ok(Some(report)),
             },
+            Phase::Fail(_) => match existing {
+                Some(run) if run.revealed.is_some() => {
+                    Err(precondition(format!("node {} revealed a result already", report.node)))
+                }
+                _ => Ok(Some(report)),
+            },
             Phase::Reveal(revealed) => {
                 let Some(run) = existing else {
                     return Err(precondition(format!("node {} must commit before it reveals", report.node)));
@@ -142,6 +148,20 @@ impl Registry {
                 let run = record.runs.get_mut(&report.node).expect("checked");
                 run.revealed = Some(*revealed);
                 run.reveal_event = Some(event);
+            }
+            Phase::Fail(reason) => {
+                let conclusion = self.record(EventBody::AgreementConcluded {
+                    id,
+                    verdict: AgreementStatus::Failed.name().to_owned(),
+                    roots: Vec::new(),
+                });
+                record.failure = Some((report.node, reason));
+                record.set_status(AgreementStatus::Failed, conclusion);
+                let status = record.status;
+                self.agreements.insert(id, record);
+                self.release(&id);
+                self.bump_revision();
+                return Outcome::RunReported { status };
             }
         }
         let concluded = self.conclude(&id, &mut record);
@@ -408,6 +428,21 @@ mod tests {
         assert_eq!(status(&registry, &id), AgreementStatus::Verified);
         let after = apply(&mut registry, commit(&keys, id, 1, 1, 7));
         assert!(matches!(after, Outcome::FailedPrecondition { .. }), "concluded: {after:?}");
+    }
+
+    /// A replica that cannot start reports a failure: the agreement is
+    /// `failed` at once with the reason; a failure after a reveal is refused.
+    #[test]
+    fn a_start_failure_fails_the_agreement() {
+        let (mut registry, keys, id) = setup();
+        apply(&mut registry, commit(&keys, id, 1, 1, 7));
+        let fail = report(&keys, id, 2, 1, Phase::Fail("input name refused".into()));
+        assert_eq!(apply(&mut registry, fail), Outcome::RunReported { status: AgreementStatus::Failed });
+        let record = registry.agreement(&id).unwrap();
+        assert_eq!(record.failure, Some((2, "input name refused".to_owned())));
+        assert_eq!(registry.open_agreements().count(), 0);
+        let late = report(&keys, id, 3, 1, Phase::Fail("again".into()));
+        assert!(matches!(apply(&mut registry, late), Outcome::FailedPrecondition { .. }), "concluded");
     }
 
     /// The leader's time-out concludes an open agreement with the roots

@@ -24,7 +24,7 @@ async fn wait_for_verdict(client: &Client, id: &AgreementId) -> anyhow::Result<v
             }
             Err(status) => return Err(status.into()),
         };
-        if matches!(info.status.as_str(), "verified" | "diverged" | "timed-out") {
+        if matches!(info.status.as_str(), "verified" | "diverged" | "timed-out" | "failed") {
             return Ok(info);
         }
         anyhow::ensure!(Instant::now() < deadline, "agreement still {}: {info:?}", info.status);
@@ -242,5 +242,25 @@ async fn the_readme_run_example_works_as_written() -> anyhow::Result<()> {
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = cli(&["audit", "verify", &at("verdict.json")]);
     assert_eq!(code, 0, "{out}{err}");
+    Ok(())
+}
+
+/// A spec the cage refuses on every node (an input named like the staged
+/// program) ends `failed` with the reason, without waiting for a deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_cannot_start_fails_with_its_reason() -> anyhow::Result<()> {
+    let (dir, cluster, admin) = audited_cluster(3, &["--worker-heartbeat-ms", "200"]).await?;
+    let client = cluster.client()?;
+    let program = client.upload_file(&std::fs::canonicalize("/bin/sh")?, |_, _| {}).await?;
+    let input = dir.path().join("clash");
+    std::fs::write(&input, "x")?;
+    let clash = client.upload_file(&input, |_, _| {}).await?;
+    let yaml = format!(
+        "program: {program}\nargs: ['-c', 'true']\ninputs: {{.docklock-program: {clash}}}\nreplicas: 3\ntimeout_secs: 600\n"
+    );
+    let id = client.submit_agreement(&Envelope::sign(Spec::from_yaml(&yaml)?.canonical(), &admin)).await?.id;
+    let info = wait_for_verdict(&client, &id).await?;
+    assert_eq!(info.status, "failed", "{info:?}");
+    assert!(info.failure.contains(".docklock-program"), "{info:?}");
     Ok(())
 }

@@ -53,7 +53,7 @@ async fn one(channel: Channel, envelope: Vec<u8>) -> anyhow::Result<(Duration, S
     let mut watch = client.watch(v1::WatchAgreementRequest { id, follow: true }).await?.into_inner();
     while let Some(info) = watch.next().await {
         let info = info?;
-        if matches!(info.status.as_str(), "verified" | "diverged" | "timed-out") {
+        if matches!(info.status.as_str(), "verified" | "diverged" | "timed-out" | "failed") {
             return Ok((started.elapsed(), info.status));
         }
     }
