@@ -128,11 +128,17 @@ pub trait RegistryView: Send + Sync {
     async fn spec(&self, id: &AgreementId) -> anyhow::Result<Spec>;
     /// Peers to fetch artifacts from: every ready worker but this one.
     async fn peers(&self) -> Vec<(u64, String)>;
-    /// Until the registry may have changed.
-    async fn changed(&self);
+    /// Until the registry may have changed since this `waiter` last looked
+    /// (at once if it has already). Each waiter keeps its own state, so no
+    /// waiter misses a change another one consumed.
+    async fn changed(&self, waiter: &mut Waiter);
     /// Whether the node is shutting down.
     fn stopping(&self) -> bool;
 }
+
+/// What one waiter of [`RegistryView::changed`] has seen.
+#[derive(Default)]
+pub struct Waiter(Option<tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, docklock_raft::types::Node>>>);
 
 /// The registry as this node's replica holds it.
 pub struct LocalView {
@@ -173,9 +179,10 @@ impl RegistryView for LocalView {
             .collect()
     }
 
-    async fn changed(&self) {
-        // Raft's metrics change with every applied entry.
-        let mut metrics = self.node.raft.metrics();
+    async fn changed(&self, waiter: &mut Waiter) {
+        // Raft's metrics change with every applied entry (and more often);
+        // a waiter's own receiver remembers what it has seen.
+        let metrics = waiter.0.get_or_insert_with(|| self.node.raft.metrics());
         tokio::select! {
             _ = metrics.changed() => {}
             _ = tokio::time::sleep(TICK) => {}
@@ -241,7 +248,7 @@ impl RegistryView for RemoteView {
             .unwrap_or_default()
     }
 
-    async fn changed(&self) {
+    async fn changed(&self, _waiter: &mut Waiter) {
         tokio::time::sleep(REMOTE_POLL).await;
     }
 
@@ -296,8 +303,9 @@ impl Executor {
     /// Look for work whenever the registry may have changed until the node
     /// stops.
     pub async fn duty(self: Arc<Self>) {
+        let mut waiter = Waiter::default();
         loop {
-            self.view.changed().await;
+            self.view.changed(&mut waiter).await;
             if self.view.stopping() {
                 return;
             }
@@ -359,6 +367,7 @@ impl Executor {
         self.report(id, attempt, commit).await?;
         // Reveal once every replica has committed; give up once the replica
         // is no longer this node's (the agreement concluded or moved).
+        let mut waiter = Waiter::default();
         loop {
             match self.report(id, attempt, Phase::Reveal(Box::new(revealed.clone()))).await {
                 Ok(status) => {
@@ -368,7 +377,7 @@ impl Executor {
                 Err(status)
                     if status.code() == Code::FailedPrecondition && status.message().contains("have committed") =>
                 {
-                    self.view.changed().await;
+                    self.view.changed(&mut waiter).await;
                 }
                 Err(status) => bail!("reveal refused: {}", status.message()),
             }
