@@ -264,3 +264,22 @@ async fn a_run_that_cannot_start_fails_with_its_reason() -> anyhow::Result<()> {
     assert!(info.failure.contains(".docklock-program"), "{info:?}");
     Ok(())
 }
+
+/// A worker kill -9'd mid-run and restarted at once resumes its assigned
+/// work: its replica (the same attempt, or a new one if it was marked down
+/// meanwhile) runs again on it and the agreement still verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_restarted_mid_run_resumes_its_work() -> anyhow::Result<()> {
+    let (_dir, mut cluster, admin) = audited_cluster(3, &["--worker-heartbeat-ms", "200"]).await?;
+    let client = cluster.client()?;
+    let id = submit_long_run(&client, &admin, "restart").await?;
+    let leader = cluster.wait_for_leader(WAIT).await?;
+    let victim = (1..=3).find(|&n| n != leader).expect("a follower");
+    cluster.kill(victim)?;
+    cluster.start(victim)?;
+    let info = wait_for_verdict(&cluster.client()?, &id).await?;
+    assert_eq!(info.status, "verified", "{info:?}");
+    assert!(info.runs.iter().any(|run| run.node == victim), "the restarted node ran its replica: {info:?}");
+    assert_eq!(info.runs.len(), 3, "one run per replica: {info:?}");
+    Ok(())
+}
