@@ -36,3 +36,31 @@ program_dirs() {
 build_static() {
     for name in "$@"; do gcc -static -O2 -o "$bin_dir/$name" "$work/$name.c"; done
 }
+
+# A temporary work directory ($work) and the processes started for a bench
+# ($pids, append to it): all stopped and the directory removed on exit,
+# also on failure or interruption.
+process_workspace() {
+    work=$(mktemp -d)
+    pids=()
+    trap 'for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' \
+        EXIT INT TERM
+}
+
+# Start a 3-node cluster on 127.0.0.1 ports ${PREFIX}1 to ${PREFIX}3 whose
+# first admin key is $work/admin.key; further arguments are agent flags.
+# Sets $endpoints and $pid_list (ID=PID for each node).
+start_admin_cluster() {
+    local prefix=$1
+    shift
+    "$docklock" key generate --out "$work/admin.key" >/dev/null
+    local members=1=127.0.0.1:${prefix}1,2=127.0.0.1:${prefix}2,3=127.0.0.1:${prefix}3
+    pid_list=()
+    for id in 1 2 3; do
+        "$docklock" agent --id $id --listen 127.0.0.1:$prefix$id --data-dir "$work/dl$id" \
+            --initial-cluster $members --admin-key "$work/admin.key.pub" "$@" 2>"$work/dl$id.log" &
+        pids+=($!)
+        pid_list+=("$id=$!")
+    done
+    endpoints=127.0.0.1:${prefix}1,127.0.0.1:${prefix}2,127.0.0.1:${prefix}3
+}

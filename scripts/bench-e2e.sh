@@ -19,25 +19,11 @@ ensure_packages protoc:protobuf-compiler gcc:build-essential
 
 build_release
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
+process_workspace
 
 printf 'int main(void) { return 0; }\n' > "$work/true.c"
 gcc -static -O2 -o "$work/true" "$work/true.c"
-"$docklock" key generate --out "$work/admin.key" >/dev/null
-members=1=127.0.0.1:17301,2=127.0.0.1:17302,3=127.0.0.1:17303
-for id in 1 2 3; do
-    "$docklock" agent --id $id --listen 127.0.0.1:1730$id --data-dir "$work/dl$id" \
-        --initial-cluster $members --admin-key "$work/admin.key.pub" 2>"$work/dl$id.log" &
-    pids+=($!)
-done
-endpoints=127.0.0.1:17301,127.0.0.1:17302,127.0.0.1:17303
+start_admin_cluster 1730
 for _ in $(seq 1 100); do
     ready=$("$docklock" node list --output json --endpoints $endpoints 2>/dev/null | grep -c '"status": "ready"' || true)
     [ "$ready" -ge 3 ] && break

@@ -17,14 +17,7 @@ ensure_packages etcd:etcd-server protoc:protobuf-compiler
 
 build_release
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
+process_workspace
 
 members=1=127.0.0.1:17001,2=127.0.0.1:17002,3=127.0.0.1:17003
 for id in 1 2 3; do

@@ -20,14 +20,7 @@ ensure_packages protoc:protobuf-compiler
 
 build_release
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
+process_workspace
 
 echo "## Signatures"
 "$bench" crypto
@@ -36,15 +29,8 @@ echo "## Proofs"
 "$bench" proofs --events "$events"
 echo
 
-"$docklock" key generate --out "$work/admin.key" >/dev/null
 "$docklock" key generate --out "$work/submitter.key" >/dev/null
-members=1=127.0.0.1:17101,2=127.0.0.1:17102,3=127.0.0.1:17103
-for id in 1 2 3; do
-    "$docklock" agent --id $id --listen 127.0.0.1:1710$id --data-dir "$work/dl$id" \
-        --initial-cluster $members --admin-key "$work/admin.key.pub" 2>"$work/dl$id.log" &
-    pids+=($!)
-done
-endpoints=127.0.0.1:17101,127.0.0.1:17102,127.0.0.1:17103
+start_admin_cluster 1710
 for _ in $(seq 1 100); do
     if "$docklock" identity add "$work/submitter.key.pub" --role submitter --key "$work/admin.key" \
         --endpoints $endpoints >/dev/null 2>&1; then

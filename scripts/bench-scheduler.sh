@@ -24,29 +24,13 @@ ensure_packages protoc:protobuf-compiler
 
 build_release
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
+process_workspace
 
 echo "## Placement in process"
 "$bench" scheduler-ring --workers "$workers" --agreements 50000
 echo
 
-"$docklock" key generate --out "$work/admin.key" >/dev/null
-members=1=127.0.0.1:17201,2=127.0.0.1:17202,3=127.0.0.1:17203
-pid_list=()
-for id in 1 2 3; do
-    "$docklock" agent --id $id --listen 127.0.0.1:1720$id --data-dir "$work/dl$id" --no-worker \
-        --initial-cluster $members --admin-key "$work/admin.key.pub" 2>"$work/dl$id.log" &
-    pids+=($!)
-    pid_list+=("$id=$!")
-done
-endpoints=127.0.0.1:17201,127.0.0.1:17202,127.0.0.1:17203
+start_admin_cluster 1720 --no-worker
 for _ in $(seq 1 100); do
     if "$docklock" identity list --endpoints $endpoints 2>/dev/null | grep -q admin; then break; fi
     sleep 0.2
