@@ -88,11 +88,7 @@ pub async fn run(args: &ClientArgs, command: NodeCommand) -> anyhow::Result<()> 
     let client = args.client()?;
     let node = match command {
         NodeCommand::List => {
-            let list = client
-                .call(|channel| async move {
-                    NodesClient::new(channel).list(v1::ListNodesRequest { counts_only: false }).await
-                })
-                .await?;
+            let list = client.list_nodes().await?;
             if args.output == Output::Json {
                 let document = json!({
                     "nodes": list.nodes.iter().map(node_json).collect::<Vec<_>>(),

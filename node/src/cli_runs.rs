@@ -41,7 +41,7 @@ fn parse_digest(text: &str) -> anyhow::Result<Digest> {
 /// Every address that may hold an artifact: the endpoints, then every worker.
 async fn holders(client: &Client, endpoints: &[String]) -> Vec<String> {
     let mut addresses = endpoints.to_vec();
-    if let Ok(list) = list_workers(client).await {
+    if let Ok(list) = client.list_nodes().await {
         for node in list.nodes {
             if !addresses.contains(&node.address) {
                 addresses.push(node.address);
@@ -49,15 +49,6 @@ async fn holders(client: &Client, endpoints: &[String]) -> Vec<String> {
         }
     }
     addresses
-}
-
-async fn list_workers(client: &Client) -> Result<v1::ListNodesResponse, tonic::Status> {
-    use docklock_proto::v1::nodes_client::NodesClient;
-    client
-        .call(
-            |channel| async move { NodesClient::new(channel).list(v1::ListNodesRequest { counts_only: false }).await },
-        )
-        .await
 }
 
 fn progress_printer(label: String) -> impl Fn(u64, u64) + Sync {

@@ -14,7 +14,7 @@ use docklock_proto::agreement::{Envelope, Spec};
 use docklock_proto::crypto::{Algorithm, KeyPair};
 use docklock_proto::identity::{ChangeKind, Role};
 use docklock_proto::ledger::{Bundle, EventBody};
-use docklock_proto::v1::{self, nodes_client::NodesClient};
+use docklock_proto::v1;
 
 use crate::launcher::{LocalCluster, FAST_TIMING};
 
@@ -89,12 +89,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     step(4, "an admin adds a submitter key (Dilithium3); it uploads a program and an input and signs an agreement");
     let client = cluster.client()?;
     wait_for(WAIT, "step 4: the three workers to register", || async {
-        let list =
-            client
-                .call(|channel| async move {
-                    NodesClient::new(channel).list(v1::ListNodesRequest { counts_only: false }).await
-                })
-                .await?;
+        let list = client.list_nodes().await?;
         Ok((list.nodes.iter().filter(|node| node.status == "ready").count() == 3).then_some(()))
     })
     .await?;

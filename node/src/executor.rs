@@ -235,9 +235,9 @@ impl RegistryView for RemoteView {
     }
 
     async fn peers(&self) -> Vec<(u64, String)> {
-        let request = v1::ListNodesRequest { counts_only: false };
-        let listed = self.client.call(|channel| async move { NodesClient::new(channel).list(request).await }).await;
-        listed
+        self.client
+            .list_nodes()
+            .await
             .map(|list| {
                 list.nodes
                     .into_iter()

@@ -129,6 +129,13 @@ impl Client {
         Err(last)
     }
 
+    /// Every worker as the cluster lists it (linearizable), with the
+    /// heartbeat timing and the scheduler's state.
+    pub async fn list_nodes(&self) -> Result<v1::ListNodesResponse, Status> {
+        let request = v1::ListNodesRequest { counts_only: false };
+        self.call(|channel| async move { crate::v1::nodes_client::NodesClient::new(channel).list(request).await }).await
+    }
+
     /// One page of the artifacts the reached node holds.
     pub async fn list_artifacts(&self, start_after: &str, limit: u32) -> Result<v1::ListArtifactsResponse, Status> {
         let request = v1::ListArtifactsRequest { start_after: start_after.to_owned(), limit };

@@ -54,10 +54,7 @@ pub fn cli(args: &[&str]) -> (i32, String, String) {
 
 /// Every worker as the cluster lists it (linearizable).
 pub async fn workers(client: &docklock_proto::client::Client) -> anyhow::Result<docklock_proto::v1::ListNodesResponse> {
-    use docklock_proto::v1::{nodes_client::NodesClient, ListNodesRequest};
-    Ok(client
-        .call(|channel| async move { NodesClient::new(channel).list(ListNodesRequest { counts_only: false }).await })
-        .await?)
+    Ok(client.list_nodes().await?)
 }
 
 /// Wait until at least `count` workers are registered and ready.
