@@ -1,13 +1,16 @@
 //! What a run leaves behind if it is killed outright (kill -9 of the
-//! harness): agent processes and the iptables chain. Agents started by the
-//! harness carry [`RUN_TAG`] in their environment, so they can be found and
-//! killed later without any bookkeeping file.
+//! harness): agent processes, the iptables chain, network namespaces,
+//! containers, their network and image. Agents started by the harness carry
+//! [`RUN_TAG`] in their environment (in a container too: the host sees its
+//! processes), and everything else carries the harness's name prefix or
+//! label, so all of it can be found and removed later without any
+//! bookkeeping file.
 
 use anyhow::Context;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::firewall;
+use crate::{firewall, network};
 
 /// Environment variable that marks an agent started by the harness.
 pub const RUN_TAG: &str = "DOCKLOCK_JEPSEN_RUN";
@@ -36,14 +39,18 @@ pub fn describe() -> anyhow::Result<Vec<String>> {
     if firewall::leftovers_present()? {
         found.push(format!("iptables chain {}", firewall::CHAIN));
     }
+    found.extend(network::leftover_namespaces().into_iter().map(|name| format!("network namespace {name}")));
+    found.extend(network::leftover_docker().into_iter().map(|what| format!("docker {what}")));
     Ok(found)
 }
 
-/// Kill leftover agents and remove the chain.
+/// Kill leftover agents, remove the chain, the namespaces and the Docker
+/// objects.
 pub fn clean() -> anyhow::Result<()> {
     for pid in tagged_agents() {
         // It may have exited since it was listed.
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
-    firewall::clean().context("removing the iptables chain")
+    firewall::clean().context("removing the iptables chain")?;
+    network::clean().context("removing network namespaces and docker objects")
 }

@@ -1,26 +1,24 @@
 //! `docklock-jepsen`: a black-box chaos harness for DockLock.
 //!
 //! Owns: cluster control for tests (real `docklock agent` processes, started
-//! through `docklock_node::launcher`), nemeses (fault injection by process
-//! control), workloads (clients over the public gRPC API only), the history
-//! (Jepsen's format) and the checkers.
+//! through `docklock_node::launcher`, in network namespaces, on loopback or
+//! in containers: `network`), nemeses (fault injection by process, network
+//! and membership control), workloads (clients over the public gRPC API
+//! only), the history (Jepsen's format) and the checkers.
 //!
-//! Must not: use anything of a node but its public gRPC API and its process;
-//! send traffic anywhere but the cluster's own loopback addresses.
+//! Must not: use anything of a node but its public gRPC API, its process and
+//! its network; send traffic anywhere but the cluster's own addresses.
 //!
 //! Entry points: [`run`] with a [`TestConfig`]; [`checker::check`].
-//!
-//! Status: the loopback backend (one loopback address per node, partitions
-//! by iptables), kill / pause / partition nemeses, the `register`, `set`
-//! and `ledger` workloads, the HTML report. Network-namespace and Docker
-//! backends, netem and membership nemeses are not built yet.
 
 pub mod checker;
+pub mod delay;
 pub mod firewall;
 pub mod history;
 pub mod ledger;
 pub mod leftovers;
 mod nemesis;
+pub mod network;
 pub mod report;
 pub mod set;
 pub mod workload;
@@ -30,10 +28,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use docklock_node::launcher::{LocalCluster, FAST_TIMING};
+use docklock_node::launcher::FAST_TIMING;
 use serde::Serialize;
 
-pub use nemesis::Fault;
+pub use nemesis::{Fault, ALL_FAULTS};
+pub use network::BackendKind;
 
 /// What the clients do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +96,8 @@ pub struct TestConfig {
     pub out_dir: PathBuf,
     /// Time the checker may take.
     pub check_budget: Duration,
+    /// Where the nodes run.
+    pub backend: BackendKind,
 }
 
 /// Operation counts by type, per function.
@@ -142,7 +143,11 @@ pub async fn run(config: TestConfig) -> anyhow::Result<Results> {
     std::fs::create_dir_all(&config.out_dir).with_context(|| format!("cannot create {}", config.out_dir.display()))?;
     let cluster_dir = config.out_dir.join("nodes");
     std::fs::create_dir_all(&cluster_dir)?;
-    let mut cluster = LocalCluster::new(&config.binary, &cluster_dir, config.nodes, &FAST_TIMING)?;
+    // Containers mount it by its absolute path.
+    let cluster_dir = cluster_dir.canonicalize()?;
+    let binary = config.binary.canonicalize().with_context(|| format!("no binary {}", config.binary.display()))?;
+    let (mut backend, mut cluster) =
+        network::Backend::create(config.backend, &binary, &cluster_dir, config.nodes, &FAST_TIMING)?;
     cluster.set_env(leftovers::RUN_TAG, &format!("{}-{}", config.seed, std::process::id()));
     cluster.start_all()?;
     cluster.wait_for_leader(Duration::from_secs(30)).await.context("the cluster elected no leader")?;
@@ -153,7 +158,7 @@ pub async fn run(config: TestConfig) -> anyhow::Result<Results> {
         Workload::Register => workload::start_register(&cluster, &config, history.clone(), deadline)?,
         Workload::Set | Workload::Ledger => set::start(&cluster, &config, history.clone(), deadline)?,
     };
-    let mut cluster = nemesis::run(cluster, &config, &history, deadline).await?;
+    let mut cluster = nemesis::run(cluster, &mut backend, &config, &history, deadline).await?;
     for client in clients {
         client.await.context("client task")?;
     }
@@ -174,6 +179,7 @@ pub async fn run(config: TestConfig) -> anyhow::Result<Results> {
         _ => None,
     };
     drop(cluster);
+    drop(backend);
 
     let history_path = config.out_dir.join("history.jsonl");
     history.write_jsonl(&history_path)?;

@@ -7,14 +7,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use docklock_jepsen::{Fault, TestConfig, Verdict, Workload};
+use docklock_jepsen::{BackendKind, Fault, TestConfig, Verdict, Workload, ALL_FAULTS};
 
 #[derive(Parser, Debug)]
 #[command(name = "docklock-jepsen", version, about)]
 enum Cli {
     /// Run a test against a fresh local cluster.
     Test(TestArgs),
-    /// Remove what a killed run left behind (agent processes, the iptables chain).
+    /// Remove what a killed run left behind (agent processes, the iptables
+    /// chain, network namespaces, containers, their network and image).
     Clean,
 }
 
@@ -23,10 +24,16 @@ struct TestArgs {
     /// Workload: register, set or ledger.
     #[arg(long, default_value = "register")]
     workload: Workload,
-    /// Faults, comma separated: kill, kill-leader, pause, pause-leader,
-    /// partition-leader, partition-halves (empty: none).
+    /// Faults, comma separated: kill, kill-leader, kill-majority, pause,
+    /// pause-leader, partition-leader, partition-halves, partition-bridge,
+    /// partition-ring, netem, member-replace, member-grow; `all` for every
+    /// one; empty for none.
     #[arg(long, value_delimiter = ',', default_value = "kill,pause")]
-    nemesis: Vec<Fault>,
+    nemesis: Vec<String>,
+    /// Where the nodes run: netns (a network namespace each, on a bridge),
+    /// loopback (loopback addresses; no netem) or docker (a container each).
+    #[arg(long, default_value = "netns")]
+    backend: BackendKind,
     /// Nodes.
     #[arg(long, default_value_t = 3)]
     nodes: u64,
@@ -61,6 +68,20 @@ fn sibling_docklock() -> PathBuf {
     here.with_file_name("docklock")
 }
 
+/// The faults named on the command line; `all` stands for every one.
+fn parse_faults(names: &[String]) -> Result<Vec<Fault>, String> {
+    let mut faults = Vec::new();
+    for name in names.iter().map(|name| name.trim()).filter(|name| !name.is_empty()) {
+        if name == "all" {
+            faults.extend(ALL_FAULTS);
+        } else {
+            faults.push(name.parse()?);
+        }
+    }
+    faults.dedup();
+    Ok(faults)
+}
+
 fn main() -> ExitCode {
     let args = match Cli::parse() {
         Cli::Test(args) => args,
@@ -74,6 +95,13 @@ fn main() -> ExitCode {
             };
         }
     };
+    let faults = match parse_faults(&args.nemesis) {
+        Ok(faults) => faults,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(3);
+        }
+    };
     let seed = args.seed.unwrap_or_else(rand::random);
     let config = TestConfig {
         workload: args.workload,
@@ -81,12 +109,13 @@ fn main() -> ExitCode {
         nodes: args.nodes,
         concurrency: args.concurrency,
         time_limit: Duration::from_secs(args.time_limit),
-        faults: args.nemesis,
+        faults,
         nemesis_interval: Duration::from_secs(args.nemesis_interval),
         seed,
         keys: args.keys,
         out_dir: args.out.unwrap_or_else(|| PathBuf::from(format!("jepsen-results/{seed}"))),
         check_budget: Duration::from_secs(args.check_seconds),
+        backend: args.backend,
     };
     println!("seed {seed}; results in {}", config.out_dir.display());
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");

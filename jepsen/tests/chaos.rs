@@ -1,11 +1,12 @@
-//! Short chaos runs in the default test suite: 3 real nodes, 6 clients,
-//! 20 s each under kill -9, SIGSTOP and network partitions. Every verdict
-//! must be `valid` (not merely `unknown`), with enough operations to mean
-//! something.
+//! Short chaos runs in the default test suite: 3 real nodes (each in its own
+//! network namespace), 6 clients, 20 s each under kill -9, SIGSTOP, network
+//! partitions, packet delay and loss, and membership changes. Every verdict
+//! must be `valid` (not merely `unknown`), with enough operations and faults
+//! to mean something.
 
 use std::time::Duration;
 
-use docklock_jepsen::{Fault, TestConfig, Verdict, Workload};
+use docklock_jepsen::{BackendKind, Fault, TestConfig, Verdict, Workload};
 
 fn docklock_binary() -> std::path::PathBuf {
     let test_exe = std::env::current_exe().expect("test path");
@@ -36,6 +37,7 @@ async fn run(
         keys: 4,
         out_dir: out.to_owned(),
         check_budget: Duration::from_secs(60),
+        backend: BackendKind::Netns,
     };
     docklock_jepsen::run(config).await
 }
@@ -116,6 +118,48 @@ async fn ledger_chains_agree_under_kill_and_partition() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fail unless every fault named was injected (and healed) at least once.
+fn assert_injected(results: &docklock_jepsen::Results, faults: &[&str]) {
+    for fault in faults {
+        let injected = results.counts.get(*fault).map_or(0, |c| c.info);
+        assert!(injected >= 1, "{fault} was never injected: {:?}", results.counts);
+    }
+}
+
+/// Register histories stay linearizable while members are removed and
+/// replaced by fresh nodes and fresh nodes join and leave; at the end every
+/// node is a voter.
+#[tokio::test(flavor = "multi_thread")]
+async fn register_under_membership_changes_is_linearizable() -> anyhow::Result<()> {
+    let out = tempfile::tempdir()?;
+    let results = run(Workload::Register, vec![Fault::MemberReplace, Fault::MemberGrow], 17, out.path()).await?;
+    assert_valid(&out, &results);
+    assert_injected(&results, &["member-replace", "member-grow"]);
+    let settled = results.counts.get("await-membership").map_or(0, |c| c.info);
+    assert_eq!(settled, 1, "the run ended with every node a voter: {:?}", results.counts);
+    let history = std::fs::read_to_string(out.path().join("history.jsonl"))?;
+    assert!(!history.contains(r#""f":"await-membership","value":{"error""#), "membership did not settle");
+    Ok(())
+}
+
+/// Under packet delay and loss, bridge and ring partitions and a killed
+/// majority, every acknowledged add survives.
+#[tokio::test(flavor = "multi_thread")]
+async fn set_under_delay_and_odd_partitions_loses_nothing() -> anyhow::Result<()> {
+    let out = tempfile::tempdir()?;
+    let faults = vec![Fault::Netem, Fault::PartitionBridge, Fault::PartitionRing, Fault::KillMajority];
+    let results = run(Workload::Set, faults, 23, out.path()).await?;
+    assert_valid(&out, &results);
+    assert_enough_adds(&results);
+    let injected: u64 = ["netem", "partition-bridge", "partition-ring", "kill-majority"]
+        .iter()
+        .filter_map(|f| results.counts.get(*f))
+        .map(|c| c.info)
+        .sum();
+    assert!(injected >= 3, "faults were injected: {:?}", results.counts);
+    Ok(())
+}
+
 /// Agents left by a killed run are found, a new run refuses to start while
 /// they live, and `clean` removes them.
 #[tokio::test(flavor = "multi_thread")]
@@ -143,8 +187,12 @@ async fn leftover_agents_are_refused_then_cleaned() -> anyhow::Result<()> {
         assert!(std::time::Instant::now() < deadline, "the tagged agent {pid} was not found");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // And a network namespace, as a killed netns run leaves them.
+    let namespace = format!("{}test{}", docklock_jepsen::network::PREFIX, std::process::id());
+    assert!(std::process::Command::new("ip").args(["netns", "add", &namespace]).status()?.success());
     let found = docklock_jepsen::leftovers::describe()?;
     assert!(found.iter().any(|f| f.contains(&pid.to_string())), "{found:?}");
+    assert!(found.iter().any(|f| f.contains(&namespace)), "{found:?}");
     let config = TestConfig {
         workload: Workload::Register,
         binary: docklock_binary(),
@@ -157,11 +205,13 @@ async fn leftover_agents_are_refused_then_cleaned() -> anyhow::Result<()> {
         keys: 1,
         out_dir: dir.path().join("refused"),
         check_budget: Duration::from_secs(1),
+        backend: BackendKind::Netns,
     };
     let refused = docklock_jepsen::run(config).await.expect_err("a run must refuse while leftovers exist");
     assert!(refused.to_string().contains("docklock-jepsen clean"), "{refused}");
 
     docklock_jepsen::leftovers::clean()?;
+    assert!(docklock_jepsen::network::leftover_namespaces().is_empty(), "the namespace was removed");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !docklock_jepsen::leftovers::tagged_agents().is_empty() {
         assert!(std::time::Instant::now() < deadline, "leftover agent still running");

@@ -1,12 +1,15 @@
-//! Local multi-process clusters: each node a real `docklock agent` process on
-//! its own loopback port with its own data directory. Used by `docklock demo`
-//! and the integration tests. Every child is killed when the cluster drops.
+//! Local multi-process clusters: each node a real `docklock agent` process
+//! with its own address and data directory. Used by `docklock demo`, the
+//! integration tests and the chaos harness (which runs the agents in network
+//! namespaces or containers through a [`Wrapper`]). Every child is killed
+//! when the cluster drops.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -39,15 +42,53 @@ impl LocalNode {
     }
 }
 
-/// A cluster of local agent processes. Each cluster takes a random
-/// `127.a.b.0/24` block and gives node `id` the address `127.a.b.(10+id)`,
-/// so that links between two nodes can be cut by address (the chaos
-/// harness's partitions) without touching any other cluster.
-#[derive(Debug)]
+/// Builds the command that starts an agent from its plain command line
+/// (`binary agent --id ...`, with its environment): the chaos harness wraps
+/// it to enter a network namespace or to run it in a container. Called
+/// before every start of the node.
+pub type Wrapper = Arc<dyn Fn(&LocalNode, Command) -> anyhow::Result<Command> + Send + Sync>;
+
+/// Where a cluster's nodes listen: node `id` gets host `10 + id` in a /24.
+#[derive(Debug, Clone, Copy)]
+pub struct AddressPlan {
+    /// The /24 (its last octet is ignored).
+    pub network: Ipv4Addr,
+    /// One port for every node (each has its own address), or `None` for a
+    /// free port picked on this host at start-up.
+    pub port: Option<u16>,
+}
+
+impl AddressPlan {
+    /// A random `127.a.b.0/24` loopback block with free ports, so that links
+    /// between two nodes can be cut by address without touching any other
+    /// cluster.
+    pub fn random_loopback() -> Self {
+        let block = [rand::random::<u8>() % 250 + 1, rand::random::<u8>() % 250 + 1];
+        Self { network: Ipv4Addr::new(127, block[0], block[1], 0), port: None }
+    }
+
+    /// The address of node `id`.
+    pub fn ip(&self, id: u64) -> anyhow::Result<Ipv4Addr> {
+        let [a, b, c, _] = self.network.octets();
+        Ok(Ipv4Addr::new(a, b, c, host_of(id)?))
+    }
+
+    fn addr(&self, id: u64) -> anyhow::Result<String> {
+        let ip = self.ip(id)?;
+        let port = match self.port {
+            Some(port) => port,
+            None => free_port(ip)?,
+        };
+        Ok(format!("{ip}:{port}"))
+    }
+}
+
+/// A cluster of local agent processes, addressed by an [`AddressPlan`].
 pub struct LocalCluster {
     binary: PathBuf,
     dir: PathBuf,
-    block: [u8; 2],
+    plan: AddressPlan,
+    wrapper: Option<Wrapper>,
     initial_cluster: String,
     extra_args: Vec<String>,
     initial_args: Vec<String>,
@@ -72,20 +113,34 @@ fn host_of(id: u64) -> anyhow::Result<u8> {
 pub const FAST_TIMING: [&str; 4] = ["--heartbeat-ms", "100", "--election-timeout-ms", "600"];
 
 impl LocalCluster {
-    /// Describe (without starting) a cluster of `size` initial members under
-    /// `dir`, run from `binary`, each agent given `extra_args`.
+    /// Describe (without starting) a cluster of `size` initial members on a
+    /// random loopback block under `dir`, run from `binary`, each agent given
+    /// `extra_args`.
     pub fn new(binary: &Path, dir: &Path, size: u64, extra_args: &[&str]) -> anyhow::Result<Self> {
-        let block = [rand::random::<u8>() % 250 + 1, rand::random::<u8>() % 250 + 1];
+        Self::with_plan(binary, dir, size, extra_args, AddressPlan::random_loopback(), None)
+    }
+
+    /// As [`LocalCluster::new`], with the addresses of `plan` and every
+    /// agent's command passed through `wrapper`.
+    pub fn with_plan(
+        binary: &Path,
+        dir: &Path,
+        size: u64,
+        extra_args: &[&str],
+        plan: AddressPlan,
+        wrapper: Option<Wrapper>,
+    ) -> anyhow::Result<Self> {
         let mut nodes = BTreeMap::new();
         for id in 1..=size {
-            nodes.insert(id, Self::describe(dir, id, Self::node_addr(block, id)?));
+            nodes.insert(id, Self::describe(dir, id, plan.addr(id)?));
         }
         let initial_cluster =
             nodes.values().map(|node| format!("{}={}", node.id, node.addr)).collect::<Vec<_>>().join(",");
         Ok(Self {
             binary: binary.to_owned(),
             dir: dir.to_owned(),
-            block,
+            plan,
+            wrapper,
             initial_cluster,
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
             initial_args: Vec::new(),
@@ -95,14 +150,16 @@ impl LocalCluster {
         })
     }
 
-    fn node_addr(block: [u8; 2], id: u64) -> anyhow::Result<String> {
-        let ip = Ipv4Addr::new(127, block[0], block[1], host_of(id)?);
-        Ok(format!("{ip}:{}", free_port(ip)?))
+    /// The IP address node `id` listens on.
+    pub fn ip(&self, id: u64) -> anyhow::Result<Ipv4Addr> {
+        let node = self.nodes.get(&id).with_context(|| format!("no node {id}"))?;
+        let host = node.addr.rsplit_once(':').map_or(node.addr.as_str(), |(host, _)| host);
+        host.parse().with_context(|| format!("node {id}'s address {} is not IPv4", node.addr))
     }
 
-    /// The loopback address of node `id`.
-    pub fn ip(&self, id: u64) -> anyhow::Result<Ipv4Addr> {
-        Ok(Ipv4Addr::new(127, self.block[0], self.block[1], host_of(id)?))
+    /// The address plan.
+    pub fn plan(&self) -> AddressPlan {
+        self.plan
     }
 
     fn describe(dir: &Path, id: u64, addr: String) -> LocalNode {
@@ -145,7 +202,11 @@ impl LocalCluster {
     pub fn start(&mut self, id: u64) -> anyhow::Result<()> {
         let node = self.nodes.get(&id).with_context(|| format!("no node {id}"))?;
         let bootstrap = if node.joined {
-            let target = self.nodes.values().find(|n| n.id != id).context("no other node to join through")?;
+            let target = self
+                .nodes
+                .values()
+                .find(|n| n.id != id && n.child.is_some())
+                .context("no other running node to join through")?;
             vec!["--join".to_owned(), target.addr.clone()]
         } else {
             let mut args = vec!["--initial-cluster".to_owned(), self.initial_cluster.clone()];
@@ -164,7 +225,8 @@ impl LocalCluster {
             .append(true)
             .open(&node.log_path)
             .with_context(|| format!("cannot open {}", node.log_path.display()))?;
-        Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        command
             .arg("agent")
             .args(["--id", &id.to_string(), "--listen", &node.addr])
             .arg("--data-dir")
@@ -172,23 +234,44 @@ impl LocalCluster {
             .args(bootstrap)
             .args(&self.extra_args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .envs(self.node_env.iter().filter(|(node, _, _)| *node == id).map(|(_, k, v)| (k, v)))
+            .envs(self.node_env.iter().filter(|(node, _, _)| *node == id).map(|(_, k, v)| (k, v)));
+        if let Some(wrapper) = &self.wrapper {
+            command = wrapper(node, command)?;
+        }
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .with_context(|| format!("cannot start {}", self.binary.display()))
+            .with_context(|| format!("cannot start {:?}", command.get_program()))
     }
 
     /// Add and start a new node that joins through the existing members.
     pub fn add_joining_node(&mut self, id: u64) -> anyhow::Result<()> {
+        let addr = self.plan.addr(id)?;
+        self.add_joining_node_at(id, addr)
+    }
+
+    /// Add and start a new node `id` listening on `addr` (for instance the
+    /// address of a node removed before, as a replacement on the same host)
+    /// that joins through the existing members.
+    pub fn add_joining_node_at(&mut self, id: u64, addr: String) -> anyhow::Result<()> {
         if self.nodes.contains_key(&id) {
             bail!("node {id} exists");
         }
-        let mut node = Self::describe(&self.dir, id, Self::node_addr(self.block, id)?);
+        if self.nodes.values().any(|node| node.addr == addr) {
+            bail!("address {addr} is taken");
+        }
+        let mut node = Self::describe(&self.dir, id, addr);
         node.joined = true;
         self.nodes.insert(id, node);
         self.start(id)
+    }
+
+    /// kill -9 node `id` and forget it (its data directory stays on disk).
+    pub fn forget(&mut self, id: u64) -> anyhow::Result<LocalNode> {
+        self.kill(id)?;
+        self.nodes.remove(&id).with_context(|| format!("no node {id}"))
     }
 
     /// kill -9 node `id` and reap it.
