@@ -128,7 +128,7 @@ fn main() -> ExitCode {
         }
     });
     let Some(outcome) = outcome else {
-        eprintln!("interrupted; the cluster and firewall rules were removed");
+        eprintln!("interrupted; the cluster, its network and firewall rules were removed");
         return ExitCode::from(130);
     };
     match outcome {

@@ -100,7 +100,7 @@ impl Fault {
     }
 
     /// The history's name for the action that ends the fault.
-    fn heal_name(self) -> &'static str {
+    pub fn heal_name(self) -> &'static str {
         match self {
             Self::Kill | Self::KillLeader | Self::KillMajority => "start",
             Self::Pause | Self::PauseLeader => "resume",

@@ -40,7 +40,7 @@ fn samples(events: &[Event]) -> Vec<Sample> {
 
 /// Fault intervals: from a fault's start to the end of its heal.
 fn nemesis_intervals(events: &[Event]) -> Vec<(f64, f64, String)> {
-    let heals = ["start", "resume", "heal"];
+    let heals: Vec<&str> = crate::ALL_FAULTS.iter().map(|fault| fault.heal_name()).collect();
     let mut intervals = Vec::new();
     let mut current: Option<(f64, String)> = None;
     for event in events.iter().filter(|e| matches!(e.process, Process::Nemesis(_))) {
