@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing DockLock needs on a fresh Debian machine
 # that has Rust (rustup, stable): a C toolchain (some dependencies build C;
-# the cage's tests build static C programs), python3 (a cage test runs it)
-# and iptables (the chaos tests' partitions). Idempotent; later capabilities
-# add their packages here.
+# the cage's tests build static C programs), python3 (a cage test runs it),
+# and iproute2 and iptables (the chaos tests' namespaces and faults).
+# Idempotent; later capabilities add their packages here.
 set -euo pipefail
 
 need_apt=()
@@ -11,8 +11,12 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # The cage's tests run Debian's python3 (a runtime with its own randomness).
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
-# The chaos tests cut links between loopback addresses with iptables.
+# The chaos tests put nodes in network namespaces (ip, from iproute2) and
+# cut and delay packets with iptables (NFQUEUE); the Docker backend imports
+# an image with tar.
 command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v tar >/dev/null 2>&1 || need_apt+=(tar)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then apt-get update -q && apt-get install -y -q "${need_apt[@]}"
     else sudo apt-get update -q && sudo apt-get install -y -q "${need_apt[@]}"; fi

@@ -198,6 +198,10 @@ impl Agent {
         let server = tokio::spawn(serve(node.clone(), store.clone(), listener, stopped));
         tokio::spawn(snapshot_by_requests(node.clone(), config.raft.snapshot_requests));
         tokio::spawn(crate::nodes_api::liveness_duty(node.clone()));
+        let replica = node.clone();
+        tokio::spawn(crate::artifacts::collector(store.clone(), move || {
+            replica.state.read().registry.referenced_artifacts()
+        }));
         if let Some(worker) = &config.worker {
             tokio::spawn(crate::worker::worker_duty(node.clone(), worker.clone(), config.advertise.clone()));
             let identity = crate::worker::WorkerIdentity {

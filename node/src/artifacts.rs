@@ -13,6 +13,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use docklock_proto::agreement::Digest;
 use docklock_proto::v1::artifacts_client::ArtifactsClient;
@@ -26,19 +27,39 @@ pub const CHUNK_BYTES: usize = 256 * 1024;
 /// Largest page of a listing.
 const LIST_PAGE_MAX: usize = 10_000;
 
-/// Size bounds of a store.
+/// Size bounds and retention of a store.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreLimits {
     /// Largest single artifact.
     pub artifact_bytes_max: u64,
     /// Largest total of all artifacts (partial uploads included).
     pub store_bytes_max: u64,
+    /// An artifact no agreement refers to is collected once it has not been
+    /// stored, uploaded or asked about for this long (an upload waits for
+    /// its agreement that long); so is an abandoned partial upload.
+    pub gc_grace: Duration,
+    /// How often the collector looks (zero: never).
+    pub gc_interval: Duration,
 }
 
 impl Default for StoreLimits {
     fn default() -> Self {
-        Self { artifact_bytes_max: 1 << 30, store_bytes_max: 16 << 30 }
+        Self {
+            artifact_bytes_max: 1 << 30,
+            store_bytes_max: 16 << 30,
+            gc_grace: Duration::from_secs(3_600),
+            gc_interval: Duration::from_secs(300),
+        }
     }
+}
+
+/// What one collection removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Collected {
+    /// Files removed (whole artifacts and partial uploads).
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
 }
 
 /// Why a store operation failed.
@@ -121,6 +142,55 @@ impl ArtifactStore {
         std::fs::metadata(self.partial_path(digest)).map_or(0, |m| m.len())
     }
 
+    /// Mark `digest` as used now: its collection grace period restarts.
+    pub fn touch(&self, digest: &Digest) {
+        if let Ok(file) = std::fs::File::open(self.path(digest)) {
+            // Best effort: a failed touch only shortens the grace period.
+            let _ = file.set_modified(SystemTime::now());
+        }
+    }
+
+    /// Remove every whole artifact not in `keep` and every partial upload no
+    /// one is writing that has not been used for `grace`.
+    pub fn collect(&self, keep: &BTreeSet<Digest>, grace: Duration) -> std::io::Result<Collected> {
+        let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut collected = Collected::default();
+        for (sub, partial) in [("sha3-256", false), ("partial", true)] {
+            for entry in std::fs::read_dir(self.dir.join(sub))? {
+                let entry = entry?;
+                let Some(digest) =
+                    entry.file_name().to_str().and_then(|name| Digest::parse(&format!("sha3-256:{name}")).ok())
+                else {
+                    continue;
+                };
+                if !partial && keep.contains(&digest) {
+                    continue;
+                }
+                // Holding the upload set: no upload of it can begin (and
+                // touch or extend it) while it is judged and removed.
+                let uploading = self.uploading.lock().expect("upload set");
+                if uploading.contains(&digest) {
+                    continue;
+                }
+                let Ok(metadata) = entry.metadata() else { continue };
+                if metadata.modified()? > cutoff {
+                    continue;
+                }
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => {
+                        self.total.fetch_sub(metadata.len(), Ordering::Relaxed);
+                        collected.files += 1;
+                        collected.bytes += metadata.len();
+                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => return Err(error),
+                }
+                drop(uploading);
+            }
+        }
+        Ok(collected)
+    }
+
     /// Bytes held in total.
     pub fn total_bytes(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
@@ -151,6 +221,7 @@ impl ArtifactStore {
         }
         let guard = UploadGuard { store: self.clone(), digest };
         if self.size(&digest).is_some() {
+            self.touch(&digest);
             return Ok(Upload { guard, file: None, hasher: Sha3_256::new(), written: size, size, reserved: false });
         }
         let partial = self.partial_bytes(&digest);
@@ -181,6 +252,7 @@ impl ArtifactStore {
     pub fn put_bytes(self: &Arc<Self>, bytes: &[u8]) -> Result<Digest, StoreError> {
         let digest = Digest::of(bytes);
         if self.size(&digest).is_some() {
+            self.touch(&digest);
             return Ok(digest);
         }
         let mut upload = self.begin(digest, bytes.len() as u64, self.partial_bytes(&digest))?;
@@ -194,6 +266,7 @@ impl ArtifactStore {
     pub fn put_file(self: &Arc<Self>, path: &Path) -> Result<Digest, StoreError> {
         let digest = digest_of_file(path)?;
         if self.size(&digest).is_some() {
+            self.touch(&digest);
             return Ok(digest);
         }
         let size = std::fs::metadata(path)?.len();
@@ -291,6 +364,32 @@ impl ArtifactStore {
                 let _ = std::fs::remove_file(self.partial_path(&digest));
                 Err(format!("served wrong bytes: {error}"))
             }
+        }
+    }
+}
+
+/// Collect `store` every `limits.gc_interval`, keeping what `referenced`
+/// returns (every artifact an agreement of this node's registry replica
+/// refers to). Runs until the process ends.
+pub async fn collector<F>(store: Arc<ArtifactStore>, referenced: F)
+where
+    F: Fn() -> BTreeSet<Digest> + Send + 'static,
+{
+    let StoreLimits { gc_interval, gc_grace, .. } = store.limits;
+    if gc_interval.is_zero() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(gc_interval).await;
+        let keep = referenced();
+        let target = store.clone();
+        match tokio::task::spawn_blocking(move || target.collect(&keep, gc_grace)).await {
+            Ok(Ok(collected)) if collected.files > 0 => {
+                tracing::info!(files = collected.files, bytes = collected.bytes, "collected unreferenced artifacts");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "artifact collection failed"),
+            Err(error) => tracing::warn!(%error, "artifact collection panicked"),
         }
     }
 }
@@ -485,6 +584,9 @@ impl artifacts_server::Artifacts for ArtifactsService {
         request: tonic::Request<v1::StatArtifactRequest>,
     ) -> Result<tonic::Response<v1::ArtifactInfo>, Status> {
         let digest = parse_digest(&request.into_inner().digest)?;
+        // A client asks before it uploads and then submits: the artifact is
+        // about to be referenced, so its grace period restarts.
+        self.store.touch(&digest);
         Ok(tonic::Response::new(self.info(digest)))
     }
 
@@ -519,9 +621,53 @@ mod tests {
     /// Uploads land only when they hash right; a broken one resumes; bounds
     /// hold.
     #[test]
+    fn collection_keeps_referenced_recent_and_uploading_artifacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path(), StoreLimits::default()).unwrap();
+        let age = |path: &Path| {
+            let old = SystemTime::now() - Duration::from_secs(7_200);
+            std::fs::File::open(path).unwrap().set_modified(old).unwrap();
+        };
+        let unreferenced = store.put_bytes(b"no agreement names me").unwrap();
+        let referenced = store.put_bytes(b"an agreement's input").unwrap();
+        let recent = store.put_bytes(b"uploaded a moment ago").unwrap();
+        let asked_again = store.put_bytes(b"old, but stored again just now").unwrap();
+        for digest in [unreferenced, referenced, asked_again] {
+            age(&store.path(&digest));
+        }
+        store.put_bytes(b"old, but stored again just now").unwrap();
+        // An upload abandoned long ago, and one under way (old bytes, but
+        // someone is writing it).
+        let abandoned = Digest::of(b"abandoned upload");
+        let mut upload = store.begin(abandoned, 16, 0).unwrap();
+        upload.write(b"abandoned").unwrap();
+        drop(upload);
+        age(&store.partial_path(&abandoned));
+        let writing = Digest::of(b"being written");
+        let mut live = store.begin(writing, 13, 0).unwrap();
+        live.write(b"being").unwrap();
+        age(&store.partial_path(&writing));
+
+        let before = store.total_bytes();
+        let collected = store.collect(&[referenced].into(), Duration::from_secs(3_600)).unwrap();
+        let freed = b"no agreement names me".len() as u64 + b"abandoned".len() as u64;
+        assert_eq!(collected, Collected { files: 2, bytes: freed });
+        assert_eq!(store.total_bytes(), before - freed, "the store's total follows");
+        assert_eq!(store.size(&unreferenced), None);
+        for kept in [referenced, recent, asked_again] {
+            assert!(store.size(&kept).is_some(), "{kept} was kept");
+        }
+        assert_eq!(store.partial_bytes(&abandoned), 0);
+        assert_eq!(store.partial_bytes(&writing), 5, "an upload under way is not collected");
+        live.write(b" written").unwrap();
+        live.finish().unwrap();
+        assert!(store.size(&writing).is_some());
+    }
+
+    #[test]
     fn uploads_are_checked_resumable_and_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = StoreLimits { artifact_bytes_max: 1000, store_bytes_max: 1500 };
+        let limits = StoreLimits { artifact_bytes_max: 1000, store_bytes_max: 1500, ..StoreLimits::default() };
         let store = ArtifactStore::open(dir.path(), limits).unwrap();
         let bytes = vec![7u8; 800];
         let digest = Digest::of(&bytes);

@@ -322,6 +322,14 @@ pub struct AgentArgs {
     /// Largest total of this node's artifact store, in bytes (default 16 GiB).
     #[arg(long, env = "DOCKLOCK_STORE_BYTES_MAX")]
     store_bytes_max: Option<u64>,
+    /// Seconds an artifact no agreement refers to is kept after it was last
+    /// stored, uploaded or asked about (default 3600). Member nodes collect;
+    /// worker-only nodes keep everything.
+    #[arg(long, env = "DOCKLOCK_ARTIFACT_GC_GRACE_SECS")]
+    artifact_gc_grace_secs: Option<u64>,
+    /// Seconds between artifact collections (default 300; 0: never).
+    #[arg(long, env = "DOCKLOCK_ARTIFACT_GC_INTERVAL_SECS")]
+    artifact_gc_interval_secs: Option<u64>,
     /// Log filter (tracing env-filter syntax); RUST_LOG overrides it.
     #[arg(long, env = "DOCKLOCK_LOG", default_value = "info,openraft=warn,sled=warn,h2=warn,tower=warn")]
     log: String,
@@ -357,14 +365,23 @@ struct AgentFile {
     worker_heartbeat_ms: Option<u64>,
     artifact_bytes_max: Option<u64>,
     store_bytes_max: Option<u64>,
+    artifact_gc_grace_secs: Option<u64>,
+    artifact_gc_interval_secs: Option<u64>,
 }
 
-/// Artifact store bounds: the given ones, else the defaults.
-fn store_limits(artifact_bytes_max: Option<u64>, store_bytes_max: Option<u64>) -> StoreLimits {
+/// Artifact store bounds and retention: the given ones, else the defaults.
+fn store_limits(
+    artifact_bytes_max: Option<u64>,
+    store_bytes_max: Option<u64>,
+    gc_grace_secs: Option<u64>,
+    gc_interval_secs: Option<u64>,
+) -> StoreLimits {
     let defaults = StoreLimits::default();
     StoreLimits {
         artifact_bytes_max: artifact_bytes_max.unwrap_or(defaults.artifact_bytes_max),
         store_bytes_max: store_bytes_max.unwrap_or(defaults.store_bytes_max),
+        gc_grace: gc_grace_secs.map_or(defaults.gc_grace, Duration::from_secs),
+        gc_interval: gc_interval_secs.map_or(defaults.gc_interval, Duration::from_secs),
     }
 }
 
@@ -392,7 +409,12 @@ impl AgentArgs {
         let worker =
             WorkerConfig::detect(self.node_type.as_deref(), self.zone, &self.labels, self.cpu_millis, self.memory_mib)?;
         let advertise = self.advertise.unwrap_or_else(|| listen.to_string());
-        let store_limits = store_limits(self.artifact_bytes_max, self.store_bytes_max);
+        let store_limits = store_limits(
+            self.artifact_bytes_max,
+            self.store_bytes_max,
+            self.artifact_gc_grace_secs,
+            self.artifact_gc_interval_secs,
+        );
         Ok(WorkerOnlyConfig { store_limits, id, listen, advertise, data_dir, endpoints, worker })
     }
 
@@ -473,6 +495,8 @@ impl AgentArgs {
         let store_limits = store_limits(
             self.artifact_bytes_max.or(file.artifact_bytes_max),
             self.store_bytes_max.or(file.store_bytes_max),
+            self.artifact_gc_grace_secs.or(file.artifact_gc_grace_secs),
+            self.artifact_gc_interval_secs.or(file.artifact_gc_interval_secs),
         );
         let config = AgentConfig {
             store_limits,

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use docklock_proto::agreement::{AgreementId, Constraints, Spec, SpecError};
+use docklock_proto::agreement::{AgreementId, Constraints, Digest, Spec, SpecError, Workload};
 use docklock_proto::crypto::Fingerprint;
 use docklock_proto::ledger::EventBody;
 use serde::{Deserialize, Serialize};
@@ -116,6 +116,10 @@ pub struct AgreementRecord {
     pub timeout_secs: u64,
     /// Why the run could not start, and which node said so.
     pub failure: Option<(u64, String)>,
+    /// The artifacts the spec names (program or image, inputs): kept by
+    /// every node's artifact collector for as long as the agreement exists,
+    /// so that anyone can replay it.
+    pub artifacts: Vec<Digest>,
 }
 
 impl AgreementRecord {
@@ -169,6 +173,21 @@ impl Registry {
         (page, more)
     }
 
+    /// Every artifact an agreement refers to: what its spec names and what
+    /// its replicas revealed (stdout, witness log, outputs). An artifact not
+    /// in this set may be collected once it is old enough.
+    pub fn referenced_artifacts(&self) -> BTreeSet<Digest> {
+        let mut referenced = BTreeSet::new();
+        for record in self.agreements.values() {
+            referenced.extend(record.artifacts.iter().copied());
+            for revealed in record.runs.values().filter_map(|run| run.revealed.as_ref()) {
+                referenced.extend([revealed.stdout, revealed.witness]);
+                referenced.extend(revealed.outputs.values().copied());
+            }
+        }
+        referenced
+    }
+
     /// Number of agreements.
     pub fn agreements_count(&self) -> usize {
         self.agreements.len()
@@ -210,7 +229,12 @@ impl Registry {
         };
         let event_index = self.record(EventBody::AgreementAdmitted { id, envelope: bytes.to_vec() });
         self.idempotency.insert((signer, spec.idempotency_key.clone()), id);
+        let workload = match spec.workload {
+            Workload::Program(digest) | Workload::Image(digest) => digest,
+        };
+        let artifacts = std::iter::once(workload).chain(spec.inputs.values().copied()).collect();
         let record = AgreementRecord {
+            artifacts,
             signer,
             idempotency_key: spec.idempotency_key,
             status: AgreementStatus::Admitted,

@@ -368,6 +368,22 @@ mod tests {
 
     /// A root that differs on one node: diverged, every root recorded.
     #[test]
+    fn referenced_artifacts_cover_specs_and_reveals() {
+        let (mut registry, keys, id) = setup();
+        let program = Digest([0x01; 32]);
+        assert_eq!(registry.referenced_artifacts(), [program].into(), "the spec's program");
+        for node in 1..=3 {
+            apply(&mut registry, commit(&keys, id, node, 1, 7));
+        }
+        apply(&mut registry, reveal(&keys, id, 1, 1, 7));
+        let mut with_output = revealed(7);
+        with_output.outputs.insert("result.txt".into(), Digest([9; 32]));
+        apply(&mut registry, report(&keys, id, 2, 1, Phase::Reveal(Box::new(with_output))));
+        let expected = [program, Digest([0; 32]), Digest([1; 32]), Digest([9; 32])].into();
+        assert_eq!(registry.referenced_artifacts(), expected, "stdout, witness and outputs of the reveals");
+    }
+
+    #[test]
     fn differing_roots_diverge() {
         let (mut registry, keys, id) = setup();
         for (node, root) in [(1, 7), (2, 7), (3, 9)] {

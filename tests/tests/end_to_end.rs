@@ -283,3 +283,66 @@ async fn a_worker_restarted_mid_run_resumes_its_work() -> anyhow::Result<()> {
     assert_eq!(info.runs.len(), 3, "one run per replica: {info:?}");
     Ok(())
 }
+
+/// Every node collects artifacts no agreement refers to once their grace
+/// period is over, and keeps what a verified run needs: its program, input,
+/// stdout, witness log and outputs, so it can still be replayed.
+#[tokio::test(flavor = "multi_thread")]
+async fn unreferenced_artifacts_are_collected_and_runs_stay_replayable() -> anyhow::Result<()> {
+    let gc = ["--worker-heartbeat-ms", "200", "--artifact-gc-grace-secs", "2", "--artifact-gc-interval-secs", "1"];
+    let (dir, cluster, admin) = audited_cluster(3, &gc).await?;
+    let client = cluster.client()?;
+    let stray_file = dir.path().join("stray.bin");
+    std::fs::write(&stray_file, b"uploaded, never named by an agreement")?;
+    let stray = client.upload_file(&stray_file, |_, _| {}).await?.to_string();
+    let listing = |id: u64| {
+        let node = cluster.client_of(id);
+        async move {
+            let listed = node?.list_artifacts("", 1_000).await?;
+            anyhow::Ok(listed.artifacts.into_iter().map(|a| a.digest).collect::<std::collections::BTreeSet<_>>())
+        }
+    };
+    let mut stored = false;
+    for node in cluster.nodes.keys() {
+        stored |= listing(*node).await?.contains(&stray);
+    }
+    assert!(stored, "the stray artifact was stored somewhere to begin with");
+    let id = submit_demo_workload(&client, &admin, dir.path(), "collected").await?;
+    let info = wait_for_verdict(&client, &id).await?;
+    assert_eq!(info.status, "verified", "{info:?}");
+
+    // The upload went to one node; wait until no node holds it.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut holders = Vec::new();
+        for node in cluster.nodes.keys() {
+            if listing(*node).await?.contains(&stray) {
+                holders.push(*node);
+            }
+        }
+        if holders.is_empty() {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "nodes {holders:?} never collected the stray artifact");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Past two more grace periods, everything a replay needs is still held.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let needed: Vec<String> = info
+        .runs
+        .iter()
+        .flat_map(|run| [run.witness.clone(), run.stdout.clone()].into_iter().chain(run.outputs.values().cloned()))
+        .collect();
+    for node in cluster.nodes.keys() {
+        let held = listing(*node).await?;
+        for digest in &needed {
+            assert!(held.contains(digest), "node {node} collected {digest}, which a verified run needs: {held:?}");
+        }
+        assert!(!held.contains(&stray), "node {node} still holds the stray artifact");
+    }
+    let endpoints = cluster.endpoints().join(",");
+    let (code, out, err) = cli(&["verify", &id.to_hex(), "--endpoints", &endpoints]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("verified locally"), "{out}");
+    Ok(())
+}
