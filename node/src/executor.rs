@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use docklock_cage::limits::Limits;
+use docklock_cage::limits::{Limit, Limits};
 use docklock_cage::rootfs::Rootfs;
-use docklock_cage::run::RunSpec;
+use docklock_cage::run::{RunSpec, Verdict};
 use docklock_proto::agreement::{AgreementId, Digest, Envelope, Spec, Workload};
 use docklock_proto::client::{ChannelCache, Client};
 use docklock_proto::ledger::{Event, EventBody};
@@ -41,12 +41,14 @@ const TICK: Duration = Duration::from_millis(100);
 /// Name of the program among the cage's inputs.
 pub const PROGRAM_INPUT: &str = ".docklock-program";
 
-/// A run that cannot start for a reason every node would meet too (the
-/// spec asks for something the cage refuses): reported as a failure, not
-/// retried.
+/// A run that yields no result to agree on, reported as a failure and not
+/// retried: it cannot start for a reason every node would meet too (the
+/// spec asks for something the cage refuses), or a host-dependent limit
+/// (wall-clock or CPU time) cut it short, so where it stopped, and so its
+/// witness root, says more about this host than about the program.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct StartFailure(pub String);
+pub struct NoResult(pub String);
 
 /// What a finished run left, remembered on disk until it is revealed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -348,8 +350,8 @@ impl Executor {
                 let result = match self.run(&id, &dir).await {
                     Ok(result) => result,
                     Err(error) => {
-                        let Some(failure) = error.downcast_ref::<StartFailure>() else { return Err(error) };
-                        tracing::warn!(agreement = %id, attempt, reason = %failure, "the run cannot start");
+                        let Some(failure) = error.downcast_ref::<NoResult>() else { return Err(error) };
+                        tracing::warn!(agreement = %id, attempt, reason = %failure, "the run has no result to agree on");
                         let mut reason = failure.0.clone();
                         reason.truncate(docklock_proto::report::FAIL_REASON_BYTES_MAX);
                         self.report(id, attempt, Phase::Fail(reason)).await?;
@@ -412,7 +414,7 @@ impl Executor {
     async fn run(&self, id: &AgreementId, dir: &Path) -> anyhow::Result<RunResult> {
         let spec = self.view.spec(id).await?;
         if spec.inputs.contains_key(PROGRAM_INPUT) {
-            return Err(StartFailure(format!("an input may not be named {PROGRAM_INPUT}")).into());
+            return Err(NoResult(format!("an input may not be named {PROGRAM_INPUT}")).into());
         }
         std::fs::create_dir_all(dir)?;
         let mut inputs = Vec::new();
@@ -435,7 +437,7 @@ impl Executor {
                 let program = spec
                     .args
                     .first()
-                    .ok_or_else(|| StartFailure("an image agreement names its program as args[0]".into()))?
+                    .ok_or_else(|| NoResult("an image agreement names its program as args[0]".into()))?
                     .clone();
                 (program, spec.args[1..].to_vec(), Rootfs::Image(image))
             }
@@ -459,13 +461,21 @@ impl Executor {
             let stdout = std::fs::File::create(&stdout_path)?;
             let outcome = docklock_cage::run::run(&run_spec, &witness_path, Some(&out_dir), stdout).map_err(
                 |error| match error {
-                    docklock_cage::run::CageError::Spec(reason) => anyhow::Error::new(StartFailure(reason)),
+                    docklock_cage::run::CageError::Spec(reason) => anyhow::Error::new(NoResult(reason)),
                     other => other.into(),
                 },
             )?;
             anyhow::Ok((outcome, witness_path, out_dir, stdout_path))
         })
         .await??;
+        if let Verdict::LimitExceeded { limit: limit @ (Limit::Wall | Limit::Cpu) } = outcome.verdict {
+            return Err(NoResult(format!(
+                "the run exceeded its {} limit on this node; how far it got depends on the host, so there is no \
+                 result to agree on (bound runaway programs with the deterministic `events` limit)",
+                limit.name()
+            ))
+            .into());
+        }
         let store = self.store.clone();
         let (stdout, witness, outputs) = tokio::task::spawn_blocking(move || {
             let stdout = store.put_file(&stdout_path)?;

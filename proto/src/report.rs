@@ -53,8 +53,10 @@ pub enum Phase {
     Commit(Hash),
     /// The root and what came with it.
     Reveal(Box<Revealed>),
-    /// The run could not start, for a reason that is the same on every
-    /// node (an input the cage refuses, an image without a program, ...).
+    /// The run yields no result to agree on: it could not start, for a
+    /// reason that is the same on every node (an input the cage refuses, an
+    /// image without a program, ...), or a host-dependent limit (wall-clock
+    /// or CPU time) cut it short.
     Fail(String),
 }
 

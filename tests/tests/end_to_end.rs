@@ -206,6 +206,26 @@ async fn a_run_past_its_deadline_times_out() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A run cut short by its wall-clock limit has no result to agree on (how
+/// far it got depends on each host): the agreement ends `failed` with that
+/// reason, never `verified` or `diverged`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_cut_short_by_its_wall_limit_fails_with_the_reason() -> anyhow::Result<()> {
+    let (_dir, cluster, admin) = audited_cluster(3, &["--worker-heartbeat-ms", "200"]).await?;
+    let client = cluster.client()?;
+    let program = client.upload_file(&std::fs::canonicalize("/bin/sh")?, |_, _| {}).await?;
+    let script = "echo started; while true; do :; done";
+    let yaml = format!(
+        "program: {program}\nargs: ['-c', {script:?}]\nreplicas: 3\ntimeout_secs: 60\nlimits: {{wall_ms: 300}}\n"
+    );
+    let id = client.submit_agreement(&Envelope::sign(Spec::from_yaml(&yaml)?.canonical(), &admin)).await?.id;
+    let info = wait_for_verdict(&client, &id).await?;
+    let verdicts: Vec<&str> = info.runs.iter().map(|run| run.verdict.as_str()).collect();
+    assert_eq!(info.status, "failed", "runs: {verdicts:?}");
+    assert!(info.failure.contains("wall-ms limit") && info.failure.contains("depends on the host"), "{}", info.failure);
+    Ok(())
+}
+
 /// The README's run example, as written: `docklock run examples/report.yaml
 /// --key alice.key --wait`, then outputs, logs, verify and a verdict proof.
 #[tokio::test(flavor = "multi_thread")]
