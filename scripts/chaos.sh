@@ -14,7 +14,8 @@ seeds=${2:-3}
 backend=${3:-netns}
 nodes=${4:-3}
 cargo build --release --bin docklock --bin docklock-jepsen
-./target/release/docklock-jepsen clean
+bin="${CARGO_TARGET_DIR:-target}/release"
+"$bin/docklock-jepsen" clean
 failed=0
 faults="kill kill-leader kill-majority pause pause-leader partition-leader partition-halves partition-bridge \
 partition-ring netem member-replace member-grow all"
@@ -23,7 +24,7 @@ for nemesis in $faults; do
     for seed in $(seq 1 "$seeds"); do
         out="jepsen-results/$backend-$workload-$nemesis-$seed"
         rm -rf "$out"
-        if ./target/release/docklock-jepsen test --backend "$backend" --nodes "$nodes" --workload "$workload" \
+        if "$bin/docklock-jepsen" test --backend "$backend" --nodes "$nodes" --workload "$workload" \
             --nemesis "$nemesis" --time-limit "$seconds" --nemesis-interval 4 --seed "$seed" --out "$out" \
             >"$out.log" 2>&1; then
             status=valid
