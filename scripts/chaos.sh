@@ -16,6 +16,7 @@ nodes=${4:-3}
 cargo build --release --bin docklock --bin docklock-jepsen
 bin="${CARGO_TARGET_DIR:-target}/release"
 "$bin/docklock-jepsen" clean
+mkdir -p jepsen-results
 failed=0
 faults="kill kill-leader kill-majority pause pause-leader partition-leader partition-halves partition-bridge \
 partition-ring netem member-replace member-grow all"
