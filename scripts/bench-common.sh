@@ -13,12 +13,13 @@ ensure_packages() {
 }
 
 # Build docklock and the load generator in release mode, into the shared
-# target directory; sets $docklock and $bench.
+# target directory (CARGO_TARGET_DIR if set); sets $docklock and $bench.
 build_release() {
+    local target=${CARGO_TARGET_DIR:-$PWD/target}
     cargo build --release --bin docklock
-    (cd node/bench && cargo build --release --target-dir ../../target)
-    docklock=$PWD/target/release/docklock
-    bench=$PWD/target/release/docklock-bench
+    (cd node/bench && cargo build --release --target-dir "$target")
+    docklock=$target/release/docklock
+    bench=$target/release/docklock-bench
 }
 
 # A temporary work directory ($work) and a directory for static programs
