@@ -1,41 +1,104 @@
 //! The one place that flushes the sled database.
 //!
 //! sled 0.34.7 can deadlock when flushes run concurrently (sled#1308), so
-//! every flush takes one lock. Flushes run on the calling task's thread:
-//! openraft 0.9 awaits each log append's flush before its next step anyway,
-//! and the proposer batches writes into few entries, so a flusher thread with
-//! group commit would only add two thread hops to every write's latency.
+//! every flush takes one lock.
+//!
+//! Log appends are flushed in the background by one thread, in order: an
+//! append returns as soon as its entries are written to sled, and openraft
+//! is told they are durable through their `LogFlushed` callback once a
+//! flush that started after the write has finished. openraft runs a
+//! leader's commands one after another, so a flush inside `append` held
+//! back the replication of the very entries being flushed: the followers'
+//! flushes started only after the leader's had finished, two disk waits in
+//! a row on every write. Now the leader's flush and the replication overlap.
+//! Callbacks waiting together share one flush (group commit), and are called
+//! in the order their appends were made.
 
 use std::io;
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
+/// A callback to run once everything written before it was queued is durable.
+type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+/// Most callbacks served by one background flush.
+const GROUP_MAX: usize = 1_024;
+
 /// Flushes the database, one flush at a time. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Flusher {
     db: sled::Db,
     lock: Arc<Mutex<()>>,
+    background: mpsc::Sender<Done>,
+}
+
+impl std::fmt::Debug for Flusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flusher").finish_non_exhaustive()
+    }
 }
 
 impl Flusher {
-    /// A flusher for `db`.
+    /// A flusher for `db`, with its background thread (which ends when the
+    /// last clone of the flusher is dropped).
     pub fn new(db: sled::Db) -> Self {
-        Self { db, lock: Arc::new(Mutex::new(())) }
+        let (background, queue) = mpsc::channel::<Done>();
+        let lock = Arc::new(Mutex::new(()));
+        let (thread_db, thread_lock) = (db.clone(), lock.clone());
+        std::thread::Builder::new()
+            .name("sled-flusher".to_owned())
+            .spawn(move || {
+                while let Ok(first) = queue.recv() {
+                    let mut group = vec![first];
+                    while group.len() < GROUP_MAX {
+                        match queue.try_recv() {
+                            Ok(done) => group.push(done),
+                            Err(_) => break,
+                        }
+                    }
+                    let result = flush_locked(&thread_db, &thread_lock);
+                    for done in group {
+                        done(match &result {
+                            Ok(()) => Ok(()),
+                            Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
+                        });
+                    }
+                }
+            })
+            .expect("cannot start the sled flusher thread");
+        Self { db, lock, background }
     }
 
-    /// Make every write made before this call durable.
+    /// Make every write made before this call durable, now, on this thread
+    /// (for callers outside the runtime; not ordered with queued appends).
     pub fn flush_now(&self) -> io::Result<()> {
-        let _one_at_a_time = self.lock.lock().expect("flush lock poisoned");
-        self.db.flush().map(drop).map_err(io::Error::other)
+        flush_locked(&self.db, &self.lock)
     }
 
-    /// [`Self::flush_now`] from async code: on a multi-threaded runtime the
-    /// worker hands its other tasks away while it waits for the disk.
+    /// Make every write made before this call durable, in turn with the
+    /// log appends queued before it: a vote, a truncation or a purge is
+    /// durable only after every earlier append has been called back, the
+    /// order openraft saw when each flush ran inline.
     pub async fn flush(&self) -> io::Result<()> {
-        let flavor = tokio::runtime::Handle::try_current().map(|handle| handle.runtime_flavor());
-        if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
-            tokio::task::block_in_place(|| self.flush_now())
-        } else {
-            self.flush_now()
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.flush_then(move |result| {
+            let _ = sender.send(result);
+        });
+        receiver.await.unwrap_or_else(|_| Err(io::Error::other("the sled flusher stopped")))
+    }
+
+    /// Call `done` once every write made before this call is durable, from
+    /// the background thread; calls happen in the order of these requests.
+    pub fn flush_then(&self, done: impl FnOnce(io::Result<()>) + Send + 'static) {
+        if let Err(mpsc::SendError(done)) = self.background.send(Box::new(done)) {
+            // The thread is gone (it never exits while a sender lives, so
+            // this is a panic in a callback): flush here instead.
+            done(self.flush_now());
         }
     }
+}
+
+fn flush_locked(db: &sled::Db, lock: &Mutex<()>) -> io::Result<()> {
+    let _one_at_a_time = lock.lock().expect("flush lock poisoned");
+    db.flush().map(drop).map_err(io::Error::other)
 }

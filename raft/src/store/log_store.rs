@@ -143,8 +143,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.insert(&index_key(entry.log_id.index), bytes);
         }
         self.log.apply_batch(batch).map_err(write_error)?;
-        // openraft counts the entries as persisted only once called back.
-        callback.log_io_completed(self.flusher.flush().await);
+        // openraft counts the entries as persisted only once called back;
+        // meanwhile it goes on (a leader replicates them): see `Flusher`.
+        self.flusher.flush_then(move |result| callback.log_io_completed(result));
         Ok(())
     }
 
