@@ -231,6 +231,14 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[rank].as_secs_f64() * 1000.0
 }
 
+/// A random tag of this process: write sessions of two bench runs against one
+/// cluster must not share client ids, or the second run's writes are
+/// answered as retries of the first's (its serials start again at 0).
+static PROCESS_NONCE: std::sync::LazyLock<u128> = std::sync::LazyLock::new(|| {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (now.as_nanos() << 32) ^ u128::from(std::process::id())
+});
+
 /// Run `op` with `concurrency` workers for warm-up plus `seconds`.
 /// `run` names the measurement so that write sessions never repeat a
 /// (client id, serial) pair of an earlier level.
@@ -248,7 +256,7 @@ async fn measure(
     for worker in 0..concurrency {
         let mut conn = system.conns[worker % system.conns.len()].clone();
         let value = value.clone();
-        let worker = format!("bench-{run}-{worker}");
+        let worker = format!("bench-{}-{run}-{worker}", *PROCESS_NONCE);
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             let mut errors = 0usize;

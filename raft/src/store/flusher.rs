@@ -98,7 +98,16 @@ impl Flusher {
     }
 }
 
+/// A flush slower than this is logged: every write waits for it.
+const SLOW_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
+
 fn flush_locked(db: &sled::Db, lock: &Mutex<()>) -> io::Result<()> {
     let _one_at_a_time = lock.lock().expect("flush lock poisoned");
-    db.flush().map(drop).map_err(io::Error::other)
+    let started = std::time::Instant::now();
+    let result = db.flush().map_err(io::Error::other);
+    let took = started.elapsed();
+    if took > SLOW_FLUSH {
+        tracing::warn!(ms = took.as_millis() as u64, bytes = result.as_ref().ok(), "slow sled flush");
+    }
+    result.map(drop)
 }
