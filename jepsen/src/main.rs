@@ -26,8 +26,9 @@ struct TestArgs {
     workload: Workload,
     /// Faults, comma separated: kill, kill-leader, kill-majority, pause,
     /// pause-leader, partition-leader, partition-halves, partition-bridge,
-    /// partition-ring, netem, member-replace, member-grow; `all` for every
-    /// one; empty for none.
+    /// partition-ring, netem, member-replace, member-grow; the groups
+    /// `partition` (every partition) and `membership` (both membership
+    /// faults); `all` for every one; empty for none.
     #[arg(long, value_delimiter = ',', default_value = "kill,pause")]
     nemesis: Vec<String>,
     /// Where the nodes run: netns (a network namespace each, on a bridge),
@@ -72,13 +73,21 @@ fn sibling_docklock() -> PathBuf {
 fn parse_faults(names: &[String]) -> Result<Vec<Fault>, String> {
     let mut faults = Vec::new();
     for name in names.iter().map(|name| name.trim()).filter(|name| !name.is_empty()) {
-        if name == "all" {
-            faults.extend(ALL_FAULTS);
-        } else {
-            faults.push(name.parse()?);
+        match name {
+            "all" => faults.extend(ALL_FAULTS),
+            // Groups, as Jepsen names its nemesis packages.
+            "partition" => faults.extend(ALL_FAULTS.iter().filter(|fault| fault.is_partition())),
+            "membership" => faults.extend([Fault::MemberReplace, Fault::MemberGrow]),
+            _ => faults.push(name.parse()?),
         }
     }
-    faults.dedup();
+    // Each fault once, in the order first named.
+    let mut seen = Vec::new();
+    faults.retain(|fault| {
+        let first = !seen.contains(fault);
+        seen.push(*fault);
+        first
+    });
     Ok(faults)
 }
 

@@ -75,7 +75,7 @@ impl FromStr for Fault {
     fn from_str(name: &str) -> Result<Self, Self::Err> {
         ALL_FAULTS.into_iter().find(|fault| fault.name() == name).ok_or_else(|| {
             let known: Vec<&str> = ALL_FAULTS.iter().map(|fault| fault.name()).collect();
-            format!("unknown fault {name:?}; known: {}, all", known.join(", "))
+            format!("unknown fault {name:?}; known: {}, and the groups partition, membership, all", known.join(", "))
         })
     }
 }
@@ -109,6 +109,11 @@ impl Fault {
             Self::MemberReplace => "member-join",
             Self::MemberGrow => "member-remove",
         }
+    }
+
+    /// Whether the fault cuts links.
+    pub fn is_partition(self) -> bool {
+        matches!(self, Self::PartitionLeader | Self::PartitionHalves | Self::PartitionBridge | Self::PartitionRing)
     }
 
     fn targets_leader(self) -> bool {
