@@ -6,6 +6,7 @@ use std::io::BufWriter;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rand_chacha::rand_core::{RngCore as _, SeedableRng as _};
@@ -21,6 +22,8 @@ use crate::supervisor::{self, Ending, Supervisor};
 use crate::witness::{self, Record, WitnessWriter, CHUNK_BYTES};
 use crate::CAGE_UID;
 
+/// How often a run looks at its cancel flag, at most (ms).
+pub const CANCEL_POLL_MS: u128 = 100;
 /// Version of the cage recorded in every witness header.
 pub const CAGE_VERSION: &str = concat!("docklock-cage/", env!("CARGO_PKG_VERSION"));
 
@@ -164,6 +167,10 @@ pub enum CageError {
     /// The spec cannot run.
     #[error("{0}")]
     Spec(String),
+    /// The caller cancelled the run (its workload was killed; there is no
+    /// verdict).
+    #[error("the run was cancelled")]
+    Cancelled,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CageError {
@@ -190,7 +197,20 @@ pub fn run(
     spec: &RunSpec,
     witness_path: &Path,
     out_dir: Option<&Path>,
+    stdout: impl std::io::Write + Send,
+) -> Result<Outcome, CageError> {
+    run_cancellable(spec, witness_path, out_dir, stdout, &AtomicBool::new(false))
+}
+
+/// [`run`], ending early with [`CageError::Cancelled`] once `cancel` is set
+/// (seen within [`CANCEL_POLL_MS`]): an agent stops a replica that is no
+/// longer its own (the agreement timed out or moved).
+pub fn run_cancellable(
+    spec: &RunSpec,
+    witness_path: &Path,
+    out_dir: Option<&Path>,
     mut stdout: impl std::io::Write + Send,
+    cancel: &AtomicBool,
 ) -> Result<Outcome, CageError> {
     let started = Instant::now();
     let parent = spec.stage_parent.clone().unwrap_or_else(std::env::temp_dir);
@@ -252,7 +272,8 @@ pub fn run(
         Err(error) => (Verdict::CageError { reason: format!("cannot start the sandbox: {error}") }, Vec::new()),
         Ok(started_run) => {
             let unpinned = pinned.as_ref().map(|pinned| pinned.previous);
-            execute(started_run, spec, cgroup.as_ref(), unpinned, &mut witness, &mut stdout, out_dir)?
+            let caller = Caller { out_dir, cancel };
+            execute(started_run, spec, cgroup.as_ref(), unpinned, &mut witness, &mut stdout, caller)?
         }
     };
     witness.record(&Record::End(verdict.describe())).map_err(io("write the witness log"))?;
@@ -401,6 +422,14 @@ fn plan(spec: &RunSpec, rootfs: &Prepared, policy: &Policy, root: &Path, inputs:
     })
 }
 
+/// What the caller of a run asked for besides the spec.
+struct Caller<'a> {
+    /// Where output files are copied.
+    out_dir: Option<&'a Path>,
+    /// Set to stop the run.
+    cancel: &'a AtomicBool,
+}
+
 /// Run the started sandbox to its end: this thread supervises the
 /// workload with ptrace; a scoped thread reads its output under the
 /// limits. The witness gets stdout and stderr first, then the supervisor's
@@ -414,8 +443,9 @@ fn execute(
     unpinned: Option<libc::cpu_set_t>,
     witness: &mut WitnessWriter<BufWriter<File>>,
     stdout_sink: &mut (impl std::io::Write + Send),
-    out_dir: Option<&Path>,
+    caller: Caller<'_>,
 ) -> Result<(Verdict, Vec<String>), CageError> {
+    let Caller { out_dir, cancel } = caller;
     let sandbox::Started { keeper, stdout, stderr, status, setup_error, keeper_fd, announce, collected } = started;
     let limits = &spec.limits;
     let mut supervisor = Supervisor::new(&keeper_fd, &spec.cache, spec.seed, limits.memory_mib << 20, limits.events);
@@ -427,7 +457,7 @@ fn execute(
             if let Some(set) = &unpinned {
                 set_affinity(set);
             }
-            collect_output([stdout, stderr, status], limits, &keeper_fd, witness, stdout_sink)
+            collect_output([stdout, stderr, status], limits, &keeper_fd, witness, stdout_sink, cancel)
         });
         match sandbox::await_workload(&announce) {
             Ok(Some(workload)) => {
@@ -446,6 +476,10 @@ fn execute(
         Ok((verdict, outputs))
     };
     let output = match output {
+        Ok(output) if output.cancelled => {
+            finish(Verdict::Ok, Vec::new())?;
+            return Err(CageError::Cancelled);
+        }
         Ok(output) => output,
         Err(error) => {
             finish(Verdict::Ok, Vec::new())?;
@@ -599,6 +633,8 @@ fn reap(pid: libc::pid_t) {
 /// What the output reader saw.
 struct Collected {
     over_wall: bool,
+    /// The caller cancelled the run.
+    cancelled: bool,
     over_output: bool,
     /// The workload's wait status, as the init reported it.
     status: Option<i32>,
@@ -612,9 +648,10 @@ fn collect_output(
     keeper: &std::os::fd::OwnedFd,
     witness: &mut WitnessWriter<BufWriter<File>>,
     stdout_sink: &mut impl std::io::Write,
+    cancel: &AtomicBool,
 ) -> Result<Collected, CageError> {
     let deadline = Instant::now() + Duration::from_millis(limits.wall_ms);
-    let (mut over_wall, mut over_output, mut killed) = (false, false, false);
+    let (mut over_wall, mut over_output, mut killed, mut cancelled) = (false, false, false, false);
     let mut total = 0u64;
     // Stdout is read straight into the chunk being filled: no copy.
     let mut chunk = vec![0; CHUNK_BYTES];
@@ -631,6 +668,11 @@ fn collect_output(
             killed = true;
             supervisor::kill_keeper(keeper);
         }
+        if !killed && cancel.load(Ordering::Relaxed) {
+            cancelled = true;
+            killed = true;
+            supervisor::kill_keeper(keeper);
+        }
         let mut polls: Vec<libc::pollfd> = open
             .iter()
             .map(|fd| libc::pollfd {
@@ -640,7 +682,7 @@ fn collect_output(
             })
             .collect();
         // After a kill the pipes close at once; poll briefly meanwhile.
-        let timeout = if killed { 100 } else { left.as_millis().clamp(1, i32::MAX as u128) as i32 };
+        let timeout = if killed { 100 } else { left.as_millis().clamp(1, CANCEL_POLL_MS) as i32 };
         if poll(&mut polls, timeout) <= 0 {
             continue;
         }
@@ -694,7 +736,7 @@ fn collect_output(
     for chunk in stderr.chunks(CHUNK_BYTES) {
         witness.record(&Record::Stderr(chunk.to_vec())).map_err(io("write the witness log"))?;
     }
-    Ok(Collected { over_wall, over_output, status })
+    Ok(Collected { over_wall, cancelled, over_output, status })
 }
 
 #[allow(unsafe_code)]

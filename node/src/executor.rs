@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +41,24 @@ const RUNS_IN_FLIGHT: usize = 2;
 const TICK: Duration = Duration::from_millis(100);
 /// Name of the program among the cage's inputs.
 pub const PROGRAM_INPUT: &str = ".docklock-program";
+
+/// A run stopped because its replica stopped being this node's.
+#[derive(Debug, thiserror::Error)]
+#[error("the run was stopped: the replica is no longer this node's")]
+struct Cancelled;
+
+/// Set `cancel` once `job` is no longer among the view's jobs; checked at
+/// every registry change (and every tick).
+async fn watch_replica(view: Arc<dyn RegistryView>, job: (AgreementId, u64), cancel: Arc<AtomicBool>) {
+    let mut waiter = Waiter::default();
+    loop {
+        view.changed(&mut waiter).await;
+        if view.jobs().await.is_ok_and(|jobs| !jobs.contains(&job)) {
+            cancel.store(true, Ordering::Relaxed);
+            return;
+        }
+    }
+}
 
 /// A run that yields no result to agree on, reported as a failure and not
 /// retried: it cannot start for a reason every node would meet too (the
@@ -347,8 +366,12 @@ impl Executor {
             Ok(bytes) => serde_json::from_slice::<RunResult>(&bytes).context("reading the remembered result")?,
             Err(_) => {
                 let _permit = self.permits.acquire().await?;
-                let result = match self.run(&id, &dir).await {
+                let result = match self.run(&id, attempt, &dir).await {
                     Ok(result) => result,
+                    Err(error) if error.is::<Cancelled>() => {
+                        tracing::info!(agreement = %id, attempt, "run stopped: the replica is no longer this node's");
+                        return Ok(());
+                    }
                     Err(error) => {
                         let Some(failure) = error.downcast_ref::<NoResult>() else { return Err(error) };
                         tracing::warn!(agreement = %id, attempt, reason = %failure, "the run has no result to agree on");
@@ -411,7 +434,7 @@ impl Executor {
     }
 
     /// Fetch what the spec names and run it in the cage.
-    async fn run(&self, id: &AgreementId, dir: &Path) -> anyhow::Result<RunResult> {
+    async fn run(&self, id: &AgreementId, attempt: u64, dir: &Path) -> anyhow::Result<RunResult> {
         let spec = self.view.spec(id).await?;
         if spec.inputs.contains_key(PROGRAM_INPUT) {
             return Err(NoResult(format!("an input may not be named {PROGRAM_INPUT}")).into());
@@ -457,17 +480,25 @@ impl Executor {
         let witness_path = dir.join("witness.log");
         let out_dir = dir.join("out");
         let stdout_path = dir.join("stdout");
-        let (outcome, witness_path, out_dir, stdout_path) = tokio::task::spawn_blocking(move || {
+        // A replica that stops being this node's while it runs (the
+        // agreement timed out, or the replica moved) is stopped: its result
+        // could no longer be reported, and its CPU is someone else's.
+        let cancel = Arc::new(AtomicBool::new(false));
+        let watcher = tokio::spawn(watch_replica(self.view.clone(), (*id, attempt), cancel.clone()));
+        let ran = tokio::task::spawn_blocking(move || {
             let stdout = std::fs::File::create(&stdout_path)?;
-            let outcome = docklock_cage::run::run(&run_spec, &witness_path, Some(&out_dir), stdout).map_err(
-                |error| match error {
-                    docklock_cage::run::CageError::Spec(reason) => anyhow::Error::new(NoResult(reason)),
-                    other => other.into(),
-                },
-            )?;
+            let outcome =
+                docklock_cage::run::run_cancellable(&run_spec, &witness_path, Some(&out_dir), stdout, &cancel)
+                    .map_err(|error| match error {
+                        docklock_cage::run::CageError::Spec(reason) => anyhow::Error::new(NoResult(reason)),
+                        docklock_cage::run::CageError::Cancelled => anyhow::Error::new(Cancelled),
+                        other => other.into(),
+                    })?;
             anyhow::Ok((outcome, witness_path, out_dir, stdout_path))
         })
-        .await??;
+        .await;
+        watcher.abort();
+        let (outcome, witness_path, out_dir, stdout_path) = ran??;
         if let Verdict::LimitExceeded { limit: limit @ (Limit::Wall | Limit::Cpu) } = outcome.verdict {
             return Err(NoResult(format!(
                 "the run exceeded its {} limit on this node; how far it got depends on the host, so there is no \

@@ -203,6 +203,22 @@ async fn a_run_past_its_deadline_times_out() -> anyhow::Result<()> {
     let info = wait_for_verdict(&client, &id).await?;
     assert_eq!(info.status, "timed-out", "{info:?}");
     assert!(started.elapsed() < Duration::from_secs(10), "timed out after {:?}", started.elapsed());
+    // Each worker stops its run then, long before the 15 s wall limit.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (id, node) in &cluster.nodes {
+        loop {
+            let log = std::fs::read_to_string(&node.log_path)?;
+            if log.contains("run stopped: the replica is no longer this node's") {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "node {id} did not stop its run:\n{}",
+                cluster.log_tail(*id, 20)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     Ok(())
 }
 
