@@ -117,7 +117,7 @@ impl Store {
                 db.flush().map_err(sled_error)?;
             }
         }
-        let flusher = Flusher::new(db.clone());
+        let flusher = Flusher::new(db.clone(), dir).map_err(|error| sled_error(sled::Error::Io(error)))?;
         let log = LogStore::new(db.open_tree("log").map_err(sled_error)?, meta, flusher.clone());
         let ledger = ledger::LedgerStore::open(dir, &db)
             .map_err(|error| OpenError::Corrupt { path: path.clone(), reason: error.to_string() })?;
