@@ -95,11 +95,6 @@ fn free_subnet() -> anyhow::Result<Ipv4Addr> {
     bail!("no free 10.x.y.0/24 subnet found for the cluster")
 }
 
-fn ip_of(node: &LocalNode) -> anyhow::Result<Ipv4Addr> {
-    let host = node.addr.rsplit_once(':').map_or(node.addr.as_str(), |(host, _)| host);
-    host.parse().with_context(|| format!("node {}'s address {} is not IPv4", node.id, node.addr))
-}
-
 /// The network namespaces of one run: a hub holding the bridge, one
 /// namespace per node address (slot), created when a node first starts
 /// there. A replacement node started on a removed node's address reuses its
@@ -163,7 +158,7 @@ impl Namespaces {
     fn wrapper(self: &Arc<Self>) -> Wrapper {
         let namespaces = self.clone();
         Arc::new(move |node: &LocalNode, mut command: Command| {
-            let name = namespaces.ensure_slot(ip_of(node)?)?;
+            let name = namespaces.ensure_slot(node.ip()?)?;
             let netns = File::open(Path::new("/run/netns").join(&name))
                 .with_context(|| format!("cannot open network namespace {name}"))?;
             // SAFETY: the hook runs in the forked child before exec; it only
@@ -270,7 +265,7 @@ impl Docker {
     fn wrapper(self: &Arc<Self>, mount: PathBuf) -> Wrapper {
         let docker = self.clone();
         Arc::new(move |node: &LocalNode, command: Command| {
-            let ip = ip_of(node)?;
+            let ip = node.ip()?;
             let name = docker.container(ip);
             // The container of the node's previous life may still be being
             // removed (`--rm` is asynchronous).

@@ -52,6 +52,11 @@ fn assert_valid(out: &tempfile::TempDir, results: &docklock_jepsen::Results) {
     }
 }
 
+/// Completed nemesis actions of the named faults.
+fn injected(results: &docklock_jepsen::Results, faults: &[&str]) -> u64 {
+    faults.iter().filter_map(|f| results.counts.get(*f)).map(|c| c.info).sum()
+}
+
 /// Fail unless enough adds were acknowledged for the run to mean something.
 fn assert_enough_adds(results: &docklock_jepsen::Results) {
     let acknowledged = results.details["acknowledged"].as_u64().unwrap_or(0);
@@ -67,27 +72,24 @@ async fn register_under_kill_and_pause_is_linearizable() -> anyhow::Result<()> {
     assert_valid(&out, &results);
     let ok: u64 = ["read", "write", "cas"].iter().filter_map(|f| results.counts.get(*f)).map(|c| c.ok).sum();
     assert!(ok > 200, "too few operations succeeded to mean anything: {:?}", results.counts);
-    let nemesis_actions: u64 = ["kill", "kill-leader", "pause", "pause-leader"]
-        .iter()
-        .filter_map(|f| results.counts.get(*f))
-        .map(|c| c.info)
-        .sum();
+    let nemesis_actions = injected(&results, &["kill", "kill-leader", "pause", "pause-leader"]);
     assert!(nemesis_actions >= 2, "faults were injected: {:?}", results.counts);
     assert!(out.path().join("history.jsonl").exists() && out.path().join("results.json").exists());
     Ok(())
 }
 
 /// Register histories under network partitions (leader isolated, random
-/// majority/minority) are linearizable, and the firewall chain is gone after.
+/// majority/minority) are linearizable, and the run's network namespaces are gone after.
 #[tokio::test(flavor = "multi_thread")]
 async fn register_under_partitions_is_linearizable() -> anyhow::Result<()> {
     let out = tempfile::tempdir()?;
     let results = run(Workload::Register, vec![Fault::PartitionLeader, Fault::PartitionHalves], 11, out.path()).await?;
     assert_valid(&out, &results);
-    let partitions: u64 =
-        ["partition-leader", "partition-halves"].iter().filter_map(|f| results.counts.get(*f)).map(|c| c.info).sum();
+    let partitions = injected(&results, &["partition-leader", "partition-halves"]);
     assert!(partitions >= 2, "partitions were injected: {:?}", results.counts);
-    assert!(!docklock_jepsen::firewall::leftovers_present()?, "the iptables chain was removed");
+    // The run's namespaces (where its partition rules lived) are gone.
+    let left = docklock_jepsen::network::leftover_namespaces();
+    assert!(left.is_empty(), "network namespaces left behind: {left:?}");
     Ok(())
 }
 
@@ -121,8 +123,7 @@ async fn ledger_chains_agree_under_kill_and_partition() -> anyhow::Result<()> {
 /// Fail unless every fault named was injected (and healed) at least once.
 fn assert_injected(results: &docklock_jepsen::Results, faults: &[&str]) {
     for fault in faults {
-        let injected = results.counts.get(*fault).map_or(0, |c| c.info);
-        assert!(injected >= 1, "{fault} was never injected: {:?}", results.counts);
+        assert!(injected(results, &[fault]) >= 1, "{fault} was never injected: {:?}", results.counts);
     }
 }
 
@@ -151,12 +152,8 @@ async fn set_under_delay_and_odd_partitions_loses_nothing() -> anyhow::Result<()
     let results = run(Workload::Set, faults, 23, out.path()).await?;
     assert_valid(&out, &results);
     assert_enough_adds(&results);
-    let injected: u64 = ["netem", "partition-bridge", "partition-ring", "kill-majority"]
-        .iter()
-        .filter_map(|f| results.counts.get(*f))
-        .map(|c| c.info)
-        .sum();
-    assert!(injected >= 3, "faults were injected: {:?}", results.counts);
+    let actions = injected(&results, &["netem", "partition-bridge", "partition-ring", "kill-majority"]);
+    assert!(actions >= 3, "faults were injected: {:?}", results.counts);
     Ok(())
 }
 

@@ -47,12 +47,12 @@ pub const PROGRAM_INPUT: &str = ".docklock-program";
 #[error("the run was stopped: the replica is no longer this node's")]
 struct Cancelled;
 
-/// Set `cancel` once `job` is no longer among the view's jobs; checked at
-/// every registry change (and every tick).
+/// Set `cancel` once `job` is no longer among the view's jobs; checked every
+/// tick, not at every applied entry: a busy registry changes far more often
+/// than a run needs to notice.
 async fn watch_replica(view: Arc<dyn RegistryView>, job: (AgreementId, u64), cancel: Arc<AtomicBool>) {
-    let mut waiter = Waiter::default();
     loop {
-        view.changed(&mut waiter).await;
+        tokio::time::sleep(TICK).await;
         if view.jobs().await.is_ok_and(|jobs| !jobs.contains(&job)) {
             cancel.store(true, Ordering::Relaxed);
             return;

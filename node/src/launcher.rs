@@ -40,6 +40,12 @@ impl LocalNode {
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
+
+    /// The IP address it listens on.
+    pub fn ip(&self) -> anyhow::Result<Ipv4Addr> {
+        let host = self.addr.rsplit_once(':').map_or(self.addr.as_str(), |(host, _)| host);
+        host.parse().with_context(|| format!("node {}'s address {} is not IPv4", self.id, self.addr))
+    }
 }
 
 /// Builds the command that starts an agent from its plain command line
@@ -152,9 +158,7 @@ impl LocalCluster {
 
     /// The IP address node `id` listens on.
     pub fn ip(&self, id: u64) -> anyhow::Result<Ipv4Addr> {
-        let node = self.nodes.get(&id).with_context(|| format!("no node {id}"))?;
-        let host = node.addr.rsplit_once(':').map_or(node.addr.as_str(), |(host, _)| host);
-        host.parse().with_context(|| format!("node {id}'s address {} is not IPv4", node.addr))
+        self.nodes.get(&id).with_context(|| format!("no node {id}"))?.ip()
     }
 
     /// The address plan.

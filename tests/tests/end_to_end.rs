@@ -188,17 +188,29 @@ async fn runs_survive_a_worker_and_the_leader_killed_mid_run() -> anyhow::Result
     Ok(())
 }
 
+/// Submit `/bin/sh -c script` (a loop that never ends by itself) at k = 3
+/// with the given deadline and wall-clock limit.
+async fn submit_spin_loop(
+    client: &Client,
+    admin: &docklock_proto::crypto::KeyPair,
+    script: &str,
+    timeout_secs: u64,
+    wall_ms: u64,
+) -> anyhow::Result<AgreementId> {
+    let program = client.upload_file(&std::fs::canonicalize("/bin/sh")?, |_, _| {}).await?;
+    let yaml = format!(
+        "program: {program}\nargs: ['-c', {script:?}]\nreplicas: 3\ntimeout_secs: {timeout_secs}\n\
+         limits: {{wall_ms: {wall_ms}}}\n"
+    );
+    Ok(client.submit_agreement(&Envelope::sign(Spec::from_yaml(&yaml)?.canonical(), admin)).await?.id)
+}
+
 /// A run that outlasts its agreement's deadline ends `timed-out`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_past_its_deadline_times_out() -> anyhow::Result<()> {
     let (_dir, cluster, admin) = audited_cluster(3, &["--worker-heartbeat-ms", "200"]).await?;
     let client = cluster.client()?;
-    let program = client.upload_file(&std::fs::canonicalize("/bin/sh")?, |_, _| {}).await?;
-    let script = "while true; do :; done";
-    let yaml = format!(
-        "program: {program}\nargs: ['-c', {script:?}]\nreplicas: 3\ntimeout_secs: 1\nlimits: {{wall_ms: 15000}}\n"
-    );
-    let id = client.submit_agreement(&Envelope::sign(Spec::from_yaml(&yaml)?.canonical(), &admin)).await?.id;
+    let id = submit_spin_loop(&client, &admin, "while true; do :; done", 1, 15_000).await?;
     let started = Instant::now();
     let info = wait_for_verdict(&client, &id).await?;
     assert_eq!(info.status, "timed-out", "{info:?}");
@@ -229,12 +241,7 @@ async fn a_run_past_its_deadline_times_out() -> anyhow::Result<()> {
 async fn a_run_cut_short_by_its_wall_limit_fails_with_the_reason() -> anyhow::Result<()> {
     let (_dir, cluster, admin) = audited_cluster(3, &["--worker-heartbeat-ms", "200"]).await?;
     let client = cluster.client()?;
-    let program = client.upload_file(&std::fs::canonicalize("/bin/sh")?, |_, _| {}).await?;
-    let script = "echo started; while true; do :; done";
-    let yaml = format!(
-        "program: {program}\nargs: ['-c', {script:?}]\nreplicas: 3\ntimeout_secs: 60\nlimits: {{wall_ms: 300}}\n"
-    );
-    let id = client.submit_agreement(&Envelope::sign(Spec::from_yaml(&yaml)?.canonical(), &admin)).await?.id;
+    let id = submit_spin_loop(&client, &admin, "echo started; while true; do :; done", 60, 300).await?;
     let info = wait_for_verdict(&client, &id).await?;
     let verdicts: Vec<&str> = info.runs.iter().map(|run| run.verdict.as_str()).collect();
     assert_eq!(info.status, "failed", "runs: {verdicts:?}");
