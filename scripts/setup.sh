@@ -17,6 +17,10 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v tar >/dev/null 2>&1 || need_apt+=(tar)
+# The determinism probes run the cage under another host time (faketime)
+# and pinned to other CPUs and host names (taskset, unshare: util-linux).
+command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)
+command -v taskset >/dev/null 2>&1 || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then apt-get update -q && apt-get install -y -q "${need_apt[@]}"
     else sudo apt-get update -q && sudo apt-get install -y -q "${need_apt[@]}"; fi

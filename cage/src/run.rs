@@ -216,10 +216,7 @@ pub fn run_cancellable(
     let parent = spec.stage_parent.clone().unwrap_or_else(std::env::temp_dir);
     let stage = tempfile::Builder::new().prefix("docklock-cage-").tempdir_in(parent).map_err(io("create the stage"))?;
     let root = stage.path().join("root");
-    let inputs = stage.path().join("in");
-    for dir in [&root, &inputs] {
-        std::fs::create_dir(dir).map_err(io(format!("create {}", dir.display())))?;
-    }
+    std::fs::create_dir(&root).map_err(io(format!("create {}", root.display())))?;
     // The workload's uid maps to an unprivileged host uid: the stage must
     // be traversable.
     set_mode(stage.path(), 0o755)?;
@@ -240,33 +237,21 @@ pub fn run_cancellable(
     witness.record(&Record::Header(header)).map_err(io("write the witness log"))?;
     let mut sorted_inputs = spec.inputs.clone();
     sorted_inputs.sort();
-    for (name, path) in &sorted_inputs {
-        check_name(name)?;
-        let bytes = std::fs::read(path).map_err(io(format!("read input {}", path.display())))?;
-        let target = inputs.join(name);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(io("stage an input"))?;
-        }
-        std::fs::write(&target, &bytes).map_err(io("stage an input"))?;
+    let mut inputs = Vec::with_capacity(sorted_inputs.len());
+    for (name, path) in sorted_inputs {
+        check_name(&name)?;
+        let bytes = std::fs::read(&path).map_err(io(format!("read input {}", path.display())))?;
         // Keep the source's execute bits (an input may be the program);
         // never setuid or write bits for others.
-        let mode = std::fs::metadata(path).map_err(io("stat an input"))?.permissions().mode() & 0o755;
-        set_mode(&target, mode | 0o444)?;
-        // Staged now, but dated at the logical epoch: the time of staging
-        // would show through stat.
-        let epoch = std::time::UNIX_EPOCH + Duration::from_secs(crate::supervisor::EPOCH_SECS);
-        File::options()
-            .write(true)
-            .open(&target)
-            .and_then(|file| file.set_times(std::fs::FileTimes::new().set_accessed(epoch).set_modified(epoch)))
-            .map_err(io("date an input"))?;
+        let mode = std::fs::metadata(&path).map_err(io("stat an input"))?.permissions().mode() & 0o755 | 0o444;
         witness
             .record(&Record::Input { name: name.clone(), digest: witness::digest(&bytes) })
             .map_err(io("write the witness log"))?;
+        inputs.push(StagedInput { name, bytes, mode });
     }
 
     let pinned = PinnedThread::to_current_cpu();
-    let mut plan = plan(spec, &prepared, policy, &root, &inputs)?;
+    let mut plan = plan(spec, &prepared, policy, &root, inputs)?;
     plan.cpu = pinned.as_ref().map(|pinned| pinned.cpu);
     let (verdict, collected) = match sandbox::start(&plan, cgroup.as_ref()) {
         Err(error) => (Verdict::CageError { reason: format!("cannot start the sandbox: {error}") }, Vec::new()),
@@ -319,9 +304,29 @@ fn header(spec: &RunSpec, rootfs: &Prepared, policy: &Policy, cgroup: Enforcemen
     lines.join("\n")
 }
 
+/// An input as the cage gets it: under `/in`, with these bytes and mode.
+struct StagedInput {
+    name: String,
+    bytes: Vec<u8>,
+    mode: u32,
+}
+
 /// Build the children's plan. Nothing of the new root is made on the
 /// host: the init builds it in a tmpfs from the skeleton.
-fn plan(spec: &RunSpec, rootfs: &Prepared, policy: &Policy, root: &Path, inputs: &Path) -> Result<Plan, CageError> {
+///
+/// The inputs are files in that tmpfs too, not host files bound in: a
+/// host file's inode number (seen through `stat` and in
+/// `/proc/self/maps`) changes from run to run, while a fresh tmpfs
+/// numbers its files in the order they are made, and the skeleton's order
+/// is fixed. They are charged to the cage's memory like everything else
+/// in it.
+fn plan(
+    spec: &RunSpec,
+    rootfs: &Prepared,
+    policy: &Policy,
+    root: &Path,
+    inputs: Vec<StagedInput>,
+) -> Result<Plan, CageError> {
     let c = |path: &Path| sandbox::cstring(path.as_os_str().as_encoded_bytes()).map_err(io("a path"));
     let mut binds = Vec::new();
     let mut skeleton = Vec::new();
@@ -348,7 +353,7 @@ fn plan(spec: &RunSpec, rootfs: &Prepared, policy: &Policy, root: &Path, inputs:
     let mut stream = rand_chacha::ChaCha20Rng::from_seed(spec.seed);
     stream.set_stream(DEV_RANDOM_STREAM);
     stream.fill_bytes(&mut random);
-    skeleton.push(Node::Contents(c(&root.join("dev/random"))?, random));
+    skeleton.push(Node::Contents(c(&root.join("dev/random"))?, random, 0o444));
     skeleton.push(Node::Symlink(c(&root.join("dev/urandom"))?, sandbox::cstring(b"random").map_err(io("a path"))?));
     for device in DEVICES {
         let target = root.join("dev").join(device);
@@ -357,10 +362,30 @@ fn plan(spec: &RunSpec, rootfs: &Prepared, policy: &Policy, root: &Path, inputs:
         let locked = sandbox::locked_flags(&host).map_err(io("statvfs"))?;
         binds.push(Bind { source: c(&host)?, target: c(&target)?, writable: true, device: true, locked });
     }
-    let target = root.join("in");
-    skeleton.push(Node::Dir(c(&target)?));
-    let locked = sandbox::locked_flags(inputs).map_err(io("statvfs"))?;
-    binds.push(Bind { source: c(inputs)?, target: c(&target)?, writable: false, device: false, locked });
+    let input_dir = root.join("in");
+    skeleton.push(Node::Dir(c(&input_dir)?));
+    let mut made = std::collections::BTreeSet::new();
+    for StagedInput { name, bytes, mode } in inputs {
+        let target = input_dir.join(&name);
+        // Directories of a nested name, each once, before its files.
+        let parents: Vec<&Path> = target.ancestors().skip(1).take_while(|dir| *dir != input_dir).collect();
+        for dir in parents.into_iter().rev() {
+            if made.insert(dir.to_owned()) {
+                skeleton.push(Node::Dir(c(dir)?));
+            }
+        }
+        skeleton.push(Node::Contents(c(&target)?, bytes, mode));
+    }
+    // A minimal /sys: the CPU lists libc reads to count processors (one,
+    // as `sched_getaffinity` answers); without them it falls back to
+    // /proc/stat, which shows the host.
+    let cpus = root.join("sys/devices/system/cpu");
+    for dir in ["sys", "sys/devices", "sys/devices/system", "sys/devices/system/cpu", "sys/devices/system/cpu/cpu0"] {
+        skeleton.push(Node::Dir(c(&root.join(dir))?));
+    }
+    for list in ["online", "possible", "present"] {
+        skeleton.push(Node::Contents(c(&cpus.join(list))?, b"0\n".to_vec(), 0o444));
+    }
     for dir in ["tmp", "out", "proc", ".old"] {
         skeleton.push(Node::Dir(c(&root.join(dir))?));
     }

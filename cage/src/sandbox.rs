@@ -20,6 +20,8 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
+use crate::supervisor::EPOCH_SECS;
+
 /// The uid and gid the workload runs as inside its user namespace.
 pub const CAGE_UID: u32 = 1000;
 /// The fixed hostname inside the cage.
@@ -41,8 +43,8 @@ pub(crate) enum Node {
     Dir(CString),
     /// An empty file (a mount point).
     File(CString),
-    /// A read-only file with these contents.
-    Contents(CString, Vec<u8>),
+    /// A file with these contents and mode, dated at the logical epoch.
+    Contents(CString, Vec<u8>, libc::mode_t),
     /// A symlink at the first path pointing to the second.
     Symlink(CString, CString),
 }
@@ -505,6 +507,21 @@ unsafe fn keeper_main(child: &Child<'_>) -> ! {
     libc::_exit(0)
 }
 
+/// Write all of `bytes` to `fd` (a tmpfs file: short writes only come in
+/// pieces of very large files).
+///
+/// SAFETY (for callers): `fd` is an open descriptor.
+unsafe fn write_all(fd: libc::c_int, mut bytes: &[u8]) -> bool {
+    while !bytes.is_empty() {
+        let written = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+        if written <= 0 {
+            return false;
+        }
+        bytes = &bytes[written as usize..];
+    }
+    true
+}
+
 /// The init: PID 1 of the new PID namespace. Builds the new root, forks
 /// the workload, reaps it, ends whatever it left running, reports its
 /// status, and keeps the namespace (and so `/out`, a tmpfs only it can
@@ -535,14 +552,20 @@ unsafe fn init_main(child: &Child<'_>) -> ! {
                 }
                 fd
             }
-            Node::Contents(path, bytes) => {
-                let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o444);
-                if fd >= 0 && libc::write(fd, bytes.as_ptr().cast(), bytes.len()) != bytes.len() as isize {
-                    libc::close(fd);
-                    fail(fds, Step::BindRoot);
-                }
+            Node::Contents(path, bytes, mode) => {
+                let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, *mode);
                 if fd >= 0 {
+                    let written = write_all(fd, bytes);
+                    // Made now, but dated at the logical epoch: the time
+                    // of making would show through stat.
+                    let epoch = libc::timespec { tv_sec: EPOCH_SECS as libc::time_t, tv_nsec: 0 };
+                    let dated = libc::futimens(fd, [epoch, epoch].as_ptr()) == 0;
+                    // The mode again: the umask may have taken bits off.
+                    let moded = libc::fchmod(fd, *mode) == 0;
                     libc::close(fd);
+                    if !(written && dated && moded) {
+                        fail(fds, Step::BindRoot);
+                    }
                 }
                 fd
             }
@@ -636,7 +659,12 @@ unsafe fn init_main(child: &Child<'_>) -> ! {
 unsafe fn workload_main(child: &Child<'_>) -> ! {
     let Child { plan, fds, argv, envp, filters, .. } = *child;
     for (resource, value) in &plan.rlimits {
-        let limit = libc::rlimit { rlim_cur: *value, rlim_max: *value };
+        // The CPU limit's hard bound one second later: at the soft bound
+        // the kernel sends SIGXCPU, which names the limit in the verdict;
+        // at a hard bound equal to it the kernel would send SIGKILL, which
+        // looks like any other kill.
+        let hard = if *resource == libc::RLIMIT_CPU { value.saturating_add(1) } else { *value };
+        let limit = libc::rlimit { rlim_cur: *value, rlim_max: hard };
         if libc::setrlimit(*resource, &limit) != 0 {
             fail(fds, Step::Identity);
         }

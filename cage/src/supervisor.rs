@@ -43,6 +43,8 @@ const TICK_NS: u64 = 1_000;
 const RANDOM_BYTES_MAX: usize = 4096;
 /// The logical time-stamp counter's rate: a 3 GHz machine.
 const TSC_PER_NS: u64 = 3;
+/// Clock ticks per second of `times` (`sysconf(_SC_CLK_TCK)` on Linux).
+const CLOCK_TICKS_PER_SEC: u64 = 100;
 /// A kernel-raised signal (`si_code`), as the #GP of a disabled RDTSC is.
 const SI_KERNEL: i32 = 0x80;
 /// Bound on the words walked to find and rewrite the auxiliary vector.
@@ -94,6 +96,7 @@ fn handling<'a>(name: &str) -> Handling<'a> {
         "clock_gettime" => Handling::Emulate(Supervisor::clock_gettime),
         "gettimeofday" => Handling::Emulate(Supervisor::gettimeofday),
         "time" => Handling::Emulate(Supervisor::time),
+        "times" => Handling::Emulate(Supervisor::times),
         "clock_getres" => Handling::Emulate(Supervisor::clock_getres),
         "nanosleep" => Handling::Emulate(Supervisor::nanosleep),
         "clock_nanosleep" => Handling::Emulate(Supervisor::clock_nanosleep),
@@ -107,6 +110,8 @@ fn handling<'a>(name: &str) -> Handling<'a> {
         "rseq" => Handling::Emulate(|_, _, _| -i64::from(libc::ENOSYS)),
         "prctl" => Handling::Check(prctl_allowed),
         "arch_prctl" => Handling::Check(arch_prctl_allowed),
+        "setsockopt" => Handling::Check(setsockopt_allowed),
+        "getsockopt" => Handling::Check(getsockopt_allowed),
         "getrusage" => Handling::Refuse("resource usage"),
         // Only thread creation reaches here (the filter passes other clones).
         "clone" => Handling::Refuse("threads"),
@@ -732,6 +737,20 @@ impl<'a> Supervisor<'a> {
         secs as i64
     }
 
+    /// `times`: no CPU time (it measures the host), and the elapsed time
+    /// in clock ticks (100 a second) since the logical boot, as `sysinfo`'s
+    /// uptime counts it.
+    fn times(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
+        let ticks = (self.now(pid) / (1_000_000_000 / CLOCK_TICKS_PER_SEC)) as i64;
+        if regs.rdi != 0 {
+            // struct tms: user, system, children's user, children's system.
+            if let Err(e) = self.write(pid, regs.rdi, &[0u8; 4 * 8]) {
+                return e;
+            }
+        }
+        ticks
+    }
+
     fn clock_getres(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
         if self.clock_value(pid, regs.rdi).is_none() {
             return -i64::from(libc::EINVAL);
@@ -863,6 +882,22 @@ fn prctl_allowed(regs: &libc::user_regs_struct) -> Option<&'static str> {
         libc::PR_SET_TSC | libc::PR_SET_SECCOMP => Some("undoing the cage"),
         _ => None,
     }
+}
+
+/// Socket options that make the kernel stamp received data with the host's
+/// time (`SO_TIMESTAMP*`, old and new numbering, and `SO_TIMESTAMPING`).
+const TIMESTAMP_OPTIONS: [i32; 6] = [29, 35, 37, 63, 64, 65];
+/// `TCP_INFO`: round-trip times and counters measured on the host.
+const TCP_INFO: i32 = 11;
+
+fn setsockopt_allowed(regs: &libc::user_regs_struct) -> Option<&'static str> {
+    let (level, option) = (regs.rsi as i32, regs.rdx as i32);
+    (level == libc::SOL_SOCKET && TIMESTAMP_OPTIONS.contains(&option)).then_some("time")
+}
+
+fn getsockopt_allowed(regs: &libc::user_regs_struct) -> Option<&'static str> {
+    let (level, option) = (regs.rsi as i32, regs.rdx as i32);
+    (level == libc::IPPROTO_TCP && option == TCP_INFO).then_some("time")
 }
 
 /// `arch_prctl` may manage TLS and read the CPUID setting, never change it.

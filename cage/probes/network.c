@@ -1,0 +1,157 @@
+/* Observes: the network -- a loopback TCP server and client in one process (ephemeral ports chosen by the kernel), a connect to 1.1.1.1:53 with 1 s timeout, the interface list (getifaddrs). Cage: handled -- network namespace with only loopback (external connect fails at once with ENETUNREACH); ephemeral port choice and loopback timing are the kernel's (hole if they vary). Variant "fixed" binds server and client to fixed ports 40000/40001 and prints only the loopback part. Variant "timestamp": a loopback UDP datagram received with SO_TIMESTAMPNS (kernel receive time in a control message), ioctl SIOCGSTAMP, and getsockopt TCP_INFO on a loopback TCP connection (RTT and timing fields); the cage refuses SO_TIMESTAMP* and TCP_INFO ("time"). */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <string.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <poll.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <sys/ioctl.h>
+#include <linux/sockios.h>
+#include <netinet/tcp.h>
+#include <time.h>
+
+static void addr(const char *label, struct sockaddr_in *a) {
+    char b[64];
+    inet_ntop(AF_INET, &a->sin_addr, b, sizeof b);
+    printf("%s %s:%u\n", label, b, ntohs(a->sin_port));
+}
+
+#include <stdlib.h>
+
+static int timestamps(void) {
+    printf("variant timestamp\n");
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(u, (struct sockaddr *)&a, sizeof a);
+    socklen_t sl = sizeof a;
+    getsockname(u, (struct sockaddr *)&a, &sl);
+    int one = 1;
+    int r = setsockopt(u, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
+    printf("setsockopt_SO_TIMESTAMPNS ret %d errno %d\n", r, r ? errno : 0);
+    fflush(stdout);
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    sendto(s, "ping", 4, 0, (struct sockaddr *)&a, sizeof a);
+    char data[16], ctl[256];
+    struct iovec iov = {data, sizeof data};
+    struct msghdr m = {0};
+    m.msg_iov = &iov; m.msg_iovlen = 1; m.msg_control = ctl; m.msg_controllen = sizeof ctl;
+    long n = recvmsg(u, &m, 0);
+    printf("recvmsg ret %ld\n", n);
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_TIMESTAMPNS) {
+            struct timespec ts; memcpy(&ts, CMSG_DATA(c), sizeof ts);
+            printf("cmsg_SO_TIMESTAMPNS %lld.%09ld\n", (long long)ts.tv_sec, ts.tv_nsec);
+        } else printf("cmsg level %d type %d\n", c->cmsg_level, c->cmsg_type);
+    }
+    fflush(stdout);
+    struct timeval tv = {0, 0};
+    r = ioctl(u, SIOCGSTAMP, &tv);
+    printf("ioctl_SIOCGSTAMP ret %d errno %d %lld.%06ld\n", r, r ? errno : 0, (long long)tv.tv_sec, (long)tv.tv_usec);
+    fflush(stdout);
+    /* TCP_INFO */
+    int srv = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {0};
+    sa.sin_family = AF_INET; sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(srv, (struct sockaddr *)&sa, sizeof sa);
+    listen(srv, 1);
+    sl = sizeof sa; getsockname(srv, (struct sockaddr *)&sa, &sl);
+    int cli = socket(AF_INET, SOCK_STREAM, 0);
+    connect(cli, (struct sockaddr *)&sa, sizeof sa);
+    int acc = accept(srv, NULL, NULL);
+    write(cli, "x", 1); char b; read(acc, &b, 1);
+    struct tcp_info ti; socklen_t tl = sizeof ti;
+    memset(&ti, 0, sizeof ti);
+    r = getsockopt(cli, IPPROTO_TCP, TCP_INFO, &ti, &tl);
+    printf("tcp_info ret %d rtt %u rttvar %u last_data_sent %u last_data_recv %u last_ack_recv %u\n", r,
+           ti.tcpi_rtt, ti.tcpi_rttvar, ti.tcpi_last_data_sent, ti.tcpi_last_data_recv, ti.tcpi_last_ack_recv);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "timestamp") == 0) return timestamps();
+    int fixed = argc > 1 && strcmp(argv[1], "fixed") == 0;
+    int one = 1;
+    int srv = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {0};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sa.sin_port = htons(fixed ? 40000 : 0);
+    setsockopt(srv, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    int r = bind(srv, (struct sockaddr *)&sa, sizeof sa);
+    printf("bind ret %d errno %d\n", r, r ? errno : 0);
+    listen(srv, 4);
+    socklen_t sl = sizeof sa;
+    getsockname(srv, (struct sockaddr *)&sa, &sl);
+    addr("server_listen", &sa);
+    int cli = socket(AF_INET, SOCK_STREAM, 0);
+    fcntl(cli, F_SETFL, O_NONBLOCK);
+    if (fixed) {
+        struct sockaddr_in cb = {0};
+        cb.sin_family = AF_INET;
+        cb.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        cb.sin_port = htons(40001);
+        setsockopt(cli, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        r = bind(cli, (struct sockaddr *)&cb, sizeof cb);
+        printf("client_bind ret %d errno %d\n", r, r ? errno : 0);
+    }
+    r = connect(cli, (struct sockaddr *)&sa, sizeof sa);
+    printf("client_connect ret %d errno %d\n", r, r ? errno : 0);
+    int acc = accept(srv, NULL, NULL);
+    printf("accept ok %d\n", acc >= 0);
+    struct pollfd pf = {cli, POLLOUT, 0};
+    poll(&pf, 1, 1000);
+    struct sockaddr_in ca = {0}, pa = {0};
+    sl = sizeof ca;
+    getsockname(cli, (struct sockaddr *)&ca, &sl);
+    addr("client_local", &ca);
+    sl = sizeof pa;
+    getpeername(acc, (struct sockaddr *)&pa, &sl);
+    addr("server_peer", &pa);
+    const char msg[] = "hello docklock";
+    long w = write(cli, msg, sizeof msg - 1);
+    char buf[64] = {0};
+    long n = read(acc, buf, sizeof buf - 1);
+    printf("exchange wrote %ld read %ld msg %s\n", w, n, n > 0 ? buf : "");
+    close(cli); close(acc); close(srv);
+    if (fixed) return 0;
+
+    /* external */
+    int ext = socket(AF_INET, SOCK_STREAM, 0);
+    fcntl(ext, F_SETFL, O_NONBLOCK);
+    struct sockaddr_in ea = {0};
+    ea.sin_family = AF_INET;
+    ea.sin_port = htons(53);
+    inet_pton(AF_INET, "1.1.1.1", &ea.sin_addr);
+    r = connect(ext, (struct sockaddr *)&ea, sizeof ea);
+    int e = r ? errno : 0;
+    printf("external_connect ret %d errno %d (%s)\n", r, e, e ? strerror(e) : "ok");
+    if (r != 0 && e == EINPROGRESS) {
+        struct pollfd ep = {ext, POLLOUT, 0};
+        int pr = poll(&ep, 1, 1000);
+        int soerr = 0; socklen_t el = sizeof soerr;
+        getsockopt(ext, SOL_SOCKET, SO_ERROR, &soerr, &el);
+        printf("external_poll ret %d so_error %d (%s)\n", pr, soerr, pr == 0 ? "timeout" : strerror(soerr));
+    }
+    close(ext);
+
+    struct ifaddrs *ifa = NULL;
+    r = getifaddrs(&ifa);
+    printf("getifaddrs ret %d\n", r);
+    for (struct ifaddrs *i = ifa; i; i = i->ifa_next) {
+        char b[INET6_ADDRSTRLEN] = "-";
+        int fam = i->ifa_addr ? i->ifa_addr->sa_family : -1;
+        if (fam == AF_INET) inet_ntop(AF_INET, &((struct sockaddr_in *)i->ifa_addr)->sin_addr, b, sizeof b);
+        else if (fam == AF_INET6) inet_ntop(AF_INET6, &((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr, b, sizeof b);
+        printf("if %s family %d flags 0x%x addr %s index %u\n", i->ifa_name, fam, i->ifa_flags, b, if_nametoindex(i->ifa_name));
+    }
+    if (ifa) freeifaddrs(ifa);
+    return 0;
+}

@@ -1,0 +1,91 @@
+/* Observes: wall/monotonic/CPU time through raw syscalls (clock_gettime for every clock id, clock_getres, gettimeofday, time). Cage: handled -- answered from the per-process logical clock (2000-01-01T00:00:00Z, +1 us per reading), resolution fixed at 1 ns. Variant "vsyscall" calls the legacy vsyscall page (gettimeofday at 0xffffffffff600000, time at 0xffffffffff600400), which the kernel emulates on the page fault rather than through a syscall instruction. Variant "times" calls times(2) (CPU ticks and elapsed ticks since boot; answered in the cage from the logical clock), "rusage" getrusage (refused in the cage). */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+#include <errno.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/times.h>
+#include <sys/resource.h>
+
+#ifndef CLOCK_TAI
+#define CLOCK_TAI 11
+#endif
+
+static const struct { int id; const char *name; } clocks[] = {
+    {CLOCK_REALTIME, "REALTIME"}, {CLOCK_MONOTONIC, "MONOTONIC"},
+    {CLOCK_PROCESS_CPUTIME_ID, "PROCESS_CPUTIME_ID"}, {CLOCK_THREAD_CPUTIME_ID, "THREAD_CPUTIME_ID"},
+    {CLOCK_MONOTONIC_RAW, "MONOTONIC_RAW"}, {CLOCK_REALTIME_COARSE, "REALTIME_COARSE"},
+    {CLOCK_MONOTONIC_COARSE, "MONOTONIC_COARSE"}, {CLOCK_BOOTTIME, "BOOTTIME"}, {CLOCK_TAI, "TAI"},
+};
+
+typedef long (*vgtod_t)(struct timeval *, void *);
+typedef long (*vtime_t)(time_t *);
+
+int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "vsyscall")) {
+        printf("variant vsyscall\n");
+        fflush(stdout);
+        struct timeval tv = {0, 0};
+        long r = ((vgtod_t)0xffffffffff600000UL)(&tv, NULL);
+        printf("vsyscall_gettimeofday ret %ld %lld.%06ld\n", r, (long long)tv.tv_sec, (long)tv.tv_usec);
+        fflush(stdout);
+        time_t t = 0;
+        long rt = ((vtime_t)0xffffffffff600400UL)(&t);
+        printf("vsyscall_time ret %ld arg %lld\n", rt, (long long)t);
+        return 0;
+    }
+    if (argc > 1 && !strcmp(argv[1], "times")) {
+        printf("variant times\n");
+        fflush(stdout);
+        struct tms t;
+        long r = syscall(SYS_times, &t);
+        printf("times ret %ld utime %ld stime %ld cutime %ld cstime %ld\n", r, (long)t.tms_utime, (long)t.tms_stime,
+               (long)t.tms_cutime, (long)t.tms_cstime);
+        return 0;
+    }
+    if (argc > 1 && !strcmp(argv[1], "rusage")) {
+        printf("variant rusage\n");
+        fflush(stdout);
+        struct rusage ru;
+        long r = syscall(SYS_getrusage, RUSAGE_SELF, &ru);
+        printf("getrusage ret %ld utime %ld.%06ld stime %ld.%06ld maxrss %ld minflt %ld nvcsw %ld nivcsw %ld\n", r,
+               (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec, (long)ru.ru_stime.tv_sec, (long)ru.ru_stime.tv_usec,
+               ru.ru_maxrss, ru.ru_minflt, ru.ru_nvcsw, ru.ru_nivcsw);
+        return 0;
+    }
+    for (unsigned i = 0; i < sizeof clocks / sizeof clocks[0]; i++) {
+        struct timespec ts = {0, 0};
+        long r = syscall(SYS_clock_gettime, clocks[i].id, &ts);
+        printf("clock_gettime %s ret %ld errno %d %lld.%09ld\n", clocks[i].name, r, r ? errno : 0,
+               (long long)ts.tv_sec, ts.tv_nsec);
+    }
+    for (unsigned i = 0; i < sizeof clocks / sizeof clocks[0]; i++) {
+        struct timespec ts = {0, 0};
+        long r = syscall(SYS_clock_getres, clocks[i].id, &ts);
+        printf("clock_getres %s ret %ld errno %d %lld.%09ld\n", clocks[i].name, r, r ? errno : 0,
+               (long long)ts.tv_sec, ts.tv_nsec);
+    }
+    struct timeval tv = {0, 0};
+    long r = syscall(SYS_gettimeofday, &tv, NULL);
+    printf("gettimeofday ret %ld %lld.%06ld\n", r, (long long)tv.tv_sec, (long)tv.tv_usec);
+    time_t t = 0;
+    long rt = syscall(SYS_time, &t);
+    printf("time ret %ld arg %lld\n", rt, (long long)t);
+    /* two consecutive readings: the difference is the host's speed natively */
+    struct timespec a, b;
+    syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &a);
+    syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &b);
+    printf("monotonic_delta_ns %lld\n",
+           (long long)(b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec));
+    /* nanosleep: natively takes real time; in the cage it returns at once and the clock moves on */
+    struct timespec req = {0, 5000000}, s0, s1;
+    syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &s0);
+    long rn = syscall(SYS_nanosleep, &req, NULL);
+    syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &s1);
+    printf("nanosleep_5ms ret %ld elapsed_ns %lld\n", rn,
+           (long long)(s1.tv_sec - s0.tv_sec) * 1000000000LL + (s1.tv_nsec - s0.tv_nsec));
+    return 0;
+}

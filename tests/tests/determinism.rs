@@ -1,0 +1,468 @@
+//! The determinism probe suite: every program in `cage/probes/` observes
+//! one source of non-determinism (see its first line and
+//! `cage/probes/README.md`). Each probe here is
+//!
+//! - built (static C, one dynamically linked C program, one Python script);
+//! - run 20 times in the cage with one seed: stdout, verdict and witness
+//!   root must be the same every time;
+//! - run natively under varied conditions (CPU, host name, cwd and
+//!   environment, host time, load): its raw output must vary, or the probe
+//!   observes nothing and proves nothing (a probe of an escape attempt must
+//!   instead succeed natively at what the cage refuses);
+//! - run in the cage under each of those conditions and with another
+//!   staging directory: the root must not move;
+//! - run with one byte of an input changed: the root must move.
+//!
+//! A *known hole* is a probe whose caged output is expected to differ
+//! between runs; the test checks that it still does, so closing a hole
+//! fails here until `docs/DETERMINISM.md` and this table are updated.
+//!
+//! The runs use the real `docklock cage run`; `faketime` and `taskset`
+//! come from the README's setup.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use docklock_tests::binary;
+
+/// Caged runs under one condition that must all agree.
+const CAGED_RUNS: usize = 20;
+/// How long a native run may take (only the spin loop needs it).
+const NATIVE_TIMEOUT_SECS: &str = "1";
+/// The seed of every run.
+const SEED: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
+
+/// What a probe's caged runs must show.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Expect {
+    /// Runs to its end (any exit status) the same way every time.
+    Same,
+    /// Ends `refused`, naming this source, the same way every time.
+    Refused(&'static str),
+    /// Ends with a policy violation naming this call, every time.
+    Violation(&'static str),
+    /// Ends at this limit, the same way every time.
+    Limit(&'static str),
+}
+
+/// What its native runs must show.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Native {
+    /// The output varies between the native runs: the probe sees a source
+    /// of non-determinism on this machine.
+    Varies,
+    /// The output is this machine's (the same every run here, another on
+    /// another machine) and differs from what the cage shows.
+    HostSpecific,
+    /// Deterministic natively too: the probe checks that the cage keeps
+    /// it so (signal delivery order).
+    Deterministic,
+    /// The probe gets further natively than in the cage, which stops it:
+    /// an escape attempt or a refused source succeeds natively.
+    GetsFurther,
+    /// It runs until the native runs' timeout kills it.
+    RunsForever,
+}
+
+/// A known hole: in lines starting with `line`, the value after each of
+/// `fields` and the words at `columns` (or, with neither, the whole line)
+/// are not deterministic in the cage. Listed in `docs/DETERMINISM.md`;
+/// masked before comparing, so everything else in the output is still
+/// checked.
+struct Hole {
+    line: &'static str,
+    fields: &'static [&'static str],
+    columns: &'static [usize],
+}
+
+const fn line_hole(line: &'static str) -> Hole {
+    Hole { line, fields: &[], columns: &[] }
+}
+
+const fn field_hole(line: &'static str, fields: &'static [&'static str]) -> Hole {
+    Hole { line, fields, columns: &[] }
+}
+
+/// The device column of `/proc/self/maps` lines printed after a prefix:
+/// the cage's tmpfs root has an anonymous device number, which the
+/// kernel hands out from one pool for the whole host.
+const fn maps_device_hole(line: &'static str) -> Hole {
+    Hole { line, fields: &[], columns: &[4] }
+}
+
+/// One probe run: the program (a file stem in `cage/probes/`), its
+/// arguments, extra `--limit`s, what the cage and the native runs must
+/// show, and the known holes in its output.
+struct Case {
+    probe: &'static str,
+    args: &'static [&'static str],
+    limits: &'static [&'static str],
+    expect: Expect,
+    native: Native,
+    holes: &'static [Hole],
+    /// Lines come in an order the cage does not control (concurrent
+    /// processes writing to one pipe: a hole); compared sorted.
+    unordered: bool,
+}
+
+const fn case(probe: &'static str, args: &'static [&'static str], expect: Expect, native: Native) -> Case {
+    Case { probe, args, limits: &[], expect, native, holes: &[], unordered: false }
+}
+
+/// The output with its known holes masked (and sorted, if unordered).
+fn masked(case: &Case, stdout: &str) -> String {
+    let mut lines: Vec<String> = stdout
+        .lines()
+        .map(|line| {
+            let Some(hole) = case.holes.iter().find(|hole| line.starts_with(hole.line)) else {
+                return line.to_owned();
+            };
+            if hole.fields.is_empty() && hole.columns.is_empty() {
+                return format!("{} <hole>", hole.line);
+            }
+            let mut words: Vec<&str> = line.split_whitespace().collect();
+            for i in 0..words.len() {
+                if hole.columns.contains(&i) || (i > 0 && hole.fields.contains(&words[i - 1])) {
+                    words[i] = "<hole>";
+                }
+            }
+            words.join(" ")
+        })
+        .collect();
+    if case.unordered {
+        lines.sort();
+    }
+    lines.join("\n")
+}
+
+/// A condition a run happens under. Natively each varies what the probe
+/// can see; in the cage none may change the root.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Condition {
+    Plain,
+    /// Pinned to the first or the last CPU.
+    Cpu(bool),
+    /// Another host name (a UTS namespace around the run).
+    Hostname,
+    /// Another working directory and an extra environment variable.
+    CwdAndEnv,
+    /// Another host time (`faketime`, ten years ahead).
+    Time,
+    /// Two busy loops on the machine meanwhile.
+    Load,
+    /// Another directory for the cage's stage (`TMPDIR`).
+    Tmpdir,
+}
+
+/// Conditions of the native runs: each differs from the one before in
+/// CPU and in one other respect.
+const NATIVE: [Condition; 5] =
+    [Condition::Cpu(false), Condition::Cpu(true), Condition::Hostname, Condition::CwdAndEnv, Condition::Time];
+/// Conditions of the perturbed caged runs.
+const PERTURBED: [Condition; 6] = [
+    Condition::Cpu(true),
+    Condition::Hostname,
+    Condition::CwdAndEnv,
+    Condition::Time,
+    Condition::Load,
+    Condition::Tmpdir,
+];
+
+/// The probes built once for the whole test binary.
+struct Built {
+    dir: PathBuf,
+}
+
+fn probes_source() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../cage/probes")
+}
+
+fn built() -> &'static Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = tempfile::Builder::new().prefix("docklock-probes-").tempdir().unwrap().keep();
+        for entry in std::fs::read_dir(probes_source()).unwrap() {
+            let path = entry.unwrap().path();
+            let stem = path.file_stem().unwrap().to_str().unwrap().to_owned();
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("c") => {
+                    let mut gcc = Command::new("gcc");
+                    gcc.args(["-O2", "-pthread", "-o"]).arg(dir.join(&stem)).arg(&path);
+                    // One probe is dynamically linked on purpose.
+                    if stem != "dynamic" {
+                        gcc.arg("-static");
+                    }
+                    let status = gcc.status().expect("gcc is needed (build-essential)");
+                    assert!(status.success(), "{} does not build", path.display());
+                }
+                Some("py") => {
+                    std::fs::copy(&path, dir.join(&stem)).unwrap();
+                }
+                _ => {}
+            }
+        }
+        std::fs::write(dir.join("control"), b"control input 01").unwrap();
+        std::fs::write(dir.join("control.changed"), b"control input 02").unwrap();
+        Built { dir }
+    })
+}
+
+/// What one run printed and how it ended.
+#[derive(Debug, Clone, PartialEq)]
+struct Run {
+    stdout: String,
+    /// `verdict ...` (caged runs) or the exit status (native runs).
+    verdict: String,
+    /// The witness root (caged runs).
+    root: String,
+}
+
+/// Busy loops that run while they are alive.
+struct Load(Vec<Child>);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `argv` under `condition` (inside `outer`, a command prefix): the
+/// command to spawn, and any load to hold while it runs.
+fn under(outer: &[&str], condition: Condition, argv: &[String], scratch: &Path) -> (Command, Option<Load>) {
+    let last_cpu = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
+    let mut full: Vec<String> = outer.iter().map(|word| (*word).to_owned()).collect();
+    match condition {
+        Condition::Cpu(last) => {
+            full.extend(["taskset".into(), "-c".into(), if last { last_cpu } else { 0 }.to_string()]);
+        }
+        Condition::Hostname => full.extend(
+            ["unshare", "--uts", "sh", "-c", "hostname docklock-probe-other && exec \"$@\"", "sh"].map(String::from),
+        ),
+        Condition::Time => full.extend(["faketime".into(), "2036-06-01 12:00:00".into()]),
+        _ => {}
+    }
+    full.extend_from_slice(argv);
+    let mut command = Command::new(&full[0]);
+    command.args(&full[1..]).stdin(Stdio::null());
+    match condition {
+        Condition::CwdAndEnv => {
+            let cwd = scratch.join("elsewhere");
+            std::fs::create_dir_all(&cwd).unwrap();
+            command.current_dir(cwd).env("DOCKLOCK_PROBE_NOISE", format!("{:x}", std::process::id()));
+        }
+        Condition::Tmpdir => {
+            let tmp = scratch.join("other-tmp");
+            std::fs::create_dir_all(&tmp).unwrap();
+            command.env("TMPDIR", tmp);
+        }
+        _ => {}
+    }
+    let load = (condition == Condition::Load).then(|| {
+        Load(
+            (0..2)
+                .map(|_| Command::new("sh").args(["-c", "while :; do :; done"]).spawn().expect("sh for the load"))
+                .collect(),
+        )
+    });
+    (command, load)
+}
+
+/// The probe's own command line: where it is, and how it is started.
+fn probe_argv(case: &Case, program: &str) -> Vec<String> {
+    let mut argv = Vec::new();
+    if case.probe == "python" {
+        argv.push("/usr/bin/python3".into());
+    }
+    argv.push(program.into());
+    argv.extend(case.args.iter().map(|a| (*a).to_owned()));
+    argv
+}
+
+fn native(case: &Case, condition: Condition, scratch: &Path) -> Run {
+    let program = built().dir.join(case.probe).display().to_string();
+    // The timeout outside everything else (faketime would slow its clock).
+    let timeout = ["timeout", "-s", "KILL", NATIVE_TIMEOUT_SECS];
+    let (mut command, _load) = under(&timeout, condition, &probe_argv(case, &program), scratch);
+    let output = command.output().expect("run the probe natively");
+    Run {
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        verdict: format!("{:?}", output.status.code()),
+        root: String::new(),
+    }
+}
+
+fn caged(case: &Case, condition: Condition, control: &str, scratch: &Path) -> Run {
+    let dir = &built().dir;
+    let witness = scratch.join("witness.log");
+    let mut argv: Vec<String> = [binary().display().to_string(), "cage".into(), "run".into(), "--no-cgroups".into()]
+        .into_iter()
+        .chain(["--seed".into(), SEED.into()])
+        .chain(["--witness".into(), witness.display().to_string()])
+        .chain(["--cache-dir".into(), dir.join("cache").display().to_string()])
+        .chain(["--in".into(), format!("probe={}", dir.join(case.probe).display())])
+        .chain(["--in".into(), format!("control={}", dir.join(control).display())])
+        .collect();
+    for limit in case.limits {
+        argv.extend(["--limit".into(), (*limit).to_owned()]);
+    }
+    argv.push("--".into());
+    argv.extend(probe_argv(case, "/in/probe"));
+    let (mut command, _load) = under(&[], condition, &argv, scratch);
+    let output = command.output().expect("run docklock cage run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = |prefix: &str| stderr.lines().find_map(|l| l.strip_prefix(prefix)).map(str::to_owned);
+    let (Some(verdict), Some(root)) = (line("verdict "), line("witness root ")) else {
+        panic!("{} under {condition:?}: no verdict from the cage: {stderr}", case.probe);
+    };
+    Run {
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        verdict,
+        root: root.split(' ').next().unwrap_or_default().to_owned(),
+    }
+}
+
+/// The whole check for one case; panics with what went wrong.
+fn check(case: &Case) {
+    let scratch = tempfile::tempdir().unwrap();
+    let name = format!("{} {}", case.probe, case.args.join(" "));
+    let first = caged(case, Condition::Plain, "control", scratch.path());
+    let prefix = match case.expect {
+        Expect::Same => None,
+        Expect::Refused(source) => Some(format!("refused {source} (")),
+        Expect::Violation(call) => Some(format!("policy-violation {call} (")),
+        Expect::Limit(limit) => Some(format!("limit-exceeded {limit}")),
+    };
+    match prefix {
+        None => assert!(first.verdict == "ok" || first.verdict.starts_with("program-failed"), "{name}: {first:?}"),
+        Some(prefix) => assert!(first.verdict.starts_with(&prefix), "{name}: expected {prefix}: {first:?}"),
+    }
+    // With holes the stdout (and so the root) may differ: the rest of the
+    // output and the verdict must not.
+    let comparable = |run: &Run| {
+        if case.holes.is_empty() && !case.unordered {
+            run.clone()
+        } else {
+            Run { stdout: masked(case, &run.stdout), verdict: run.verdict.clone(), root: String::new() }
+        }
+    };
+    let expected = comparable(&first);
+    for i in 2..=CAGED_RUNS {
+        let run = caged(case, Condition::Plain, "control", scratch.path());
+        assert_eq!(comparable(&run), expected, "{name}: caged run {i} differs from the first");
+    }
+    for condition in PERTURBED {
+        let run = caged(case, condition, "control", scratch.path());
+        assert_eq!(comparable(&run), expected, "{name}: caged under {condition:?} differs");
+    }
+    let changed = caged(case, Condition::Plain, "control.changed", scratch.path());
+    assert_eq!(changed.verdict, first.verdict, "{name}: one input byte changed the verdict");
+    assert_ne!(changed.root, first.root, "{name}: one changed input byte must change the root");
+
+    let natives: Vec<Run> = NATIVE.iter().map(|&condition| native(case, condition, scratch.path())).collect();
+    let outputs: BTreeSet<&str> = natives.iter().map(|r| r.stdout.as_str()).collect();
+    match case.native {
+        Native::Varies => {
+            assert!(outputs.len() > 1, "{name}: natively the output never varies, so the probe proves nothing")
+        }
+        Native::HostSpecific => assert!(
+            !outputs.contains(first.stdout.as_str()),
+            "{name}: natively the host's values must show, not the cage's: {natives:?}"
+        ),
+        Native::Deterministic => assert_eq!(outputs.len(), 1, "{name}: natively deterministic: {natives:?}"),
+        Native::GetsFurther => assert!(
+            natives.iter().all(|r| r.stdout.len() > first.stdout.len()),
+            "{name}: natively the probe must get further than in the cage: {natives:?} vs {first:?}"
+        ),
+        Native::RunsForever => assert!(
+            // timeout(1) kills itself with the signal it sent.
+            natives.iter().all(|r| r.verdict == "None"),
+            "{name}: natively it must run until killed: {natives:?}"
+        ),
+    }
+}
+
+macro_rules! probes {
+    ($($test:ident: $case:expr;)*) => {$(
+        #[test]
+        fn $test() {
+            // A constant, so the holes' slices are static.
+            const CASE: Case = $case;
+            check(&CASE);
+        }
+    )*};
+}
+
+use Expect::{Limit, Refused, Same, Violation};
+use Native::{Deterministic, GetsFurther, HostSpecific, RunsForever, Varies};
+
+probes! {
+    time_through_syscalls: case("time_syscall", &[], Same, Varies);
+    time_through_the_vsyscall_page: case("time_syscall", &["vsyscall"], Same, Varies);
+    times_is_logical: case("time_syscall", &["times"], Same, Varies);
+    resource_usage_is_refused: case("time_syscall", &["rusage"], Refused("resource usage"), GetsFurther);
+    time_through_libc_and_the_vdso: case("time_libc", &[], Same, Varies);
+    time_stamp_counter: case("tsc", &[], Same, Varies);
+    cpuid_and_hardware_auxv: case("cpuid", &[], Same, Varies);
+    unfaultable_instructions_are_hidden_from_cpuid: case("unfaultable", &[], Same, Varies);
+    unfaultable_instructions_used_blind_are_a_hole: Case {
+        holes: &[line_hole("rdrand"), line_hole("rdseed"), line_hole("rdpid")],
+        ..case("unfaultable", &["blind"], Same, Varies)
+    };
+    randomness_every_way: case("random", &[], Same, Varies);
+    addresses_and_maps: Case { holes: &[maps_device_hole("maps")], ..case("addresses", &[], Same, Varies) };
+    pids_are_virtual_but_reap_order_is_a_hole: Case {
+        holes: &[field_hole("reaped", &["reaped", "pid"])],
+        unordered: true,
+        ..case("pids", &[], Same, Varies)
+    };
+    racing_threads_are_refused: case("threads", &[], Refused("threads"), GetsFurther);
+    spin_loop_ends_at_the_wall_limit: Case { limits: &["wall-ms=500"], ..case("spin", &[], Limit("wall-ms"), RunsForever) };
+    spin_loop_ends_at_the_cpu_limit: Case { limits: &["cpu-secs=1"], ..case("spin", &[], Limit("cpu-secs"), RunsForever) };
+    signals_are_delivered_in_order: case("signals", &[], Same, Deterministic);
+    timers_are_refused: case("signals", &["timer"], Refused("timers"), GetsFurther);
+    interval_timers_are_refused: case("signals", &["itimer"], Refused("timers"), GetsFurther);
+    directory_order_and_stat: Case {
+        holes: &[field_hole("stat", &["dev", "atime", "mtime", "ctime"])],
+        ..case("dirs", &[], Same, Varies)
+    };
+    directory_listings: case("dirs", &["listing"], Same, HostSpecific);
+    descriptors_are_a_hole: Case {
+        holes: &[field_hole("fstat", &["dev", "ino", "atime", "mtime", "ctime"]), line_hole("readlink")],
+        ..case("dirs", &["fds"], Same, Varies)
+    };
+    filesystem_statistics_are_a_hole: Case {
+        holes: &[field_hole("statfs", &["bfree", "bavail", "ffree", "fsid"])],
+        ..case("dirs", &["statfs"], Same, Varies)
+    };
+    own_proc_files: Case { holes: &[maps_device_hole("/proc/self/maps")], ..case("procsys", &["self"], Same, Varies) };
+    host_proc_files_are_refused: case("procsys", &["host"], Refused("host state in /proc"), GetsFurther);
+    thread_stat_files_are_refused: case("procsys", &["task"], Refused("host state in /proc"), GetsFurther);
+    kernel_uuids_are_refused: case("procsys", &["uuid"], Refused("host state in /proc"), GetsFurther);
+    proc_listing_and_mounts: case("procsys", &["allowed"], Same, Varies);
+    sys_shows_one_cpu: case("procsys", &["sys"], Same, HostSpecific);
+    host_identity: case("identity", &[], Same, Varies);
+    processor_count: case("identity", &["nprocs"], Same, HostSpecific);
+    configured_processor_count: case("identity", &["sysconf_conf"], Same, HostSpecific);
+    cpu_number_and_rseq: case("cpu", &[], Same, Varies);
+    loopback_works_but_ephemeral_ports_are_a_hole: Case {
+        holes: &[line_hole("server_listen"), line_hole("client_local"), line_hole("server_peer")],
+        ..case("network", &[], Same, Varies)
+    };
+    socket_timestamps_are_refused: case("network", &["timestamp"], Refused("time"), GetsFurther);
+    escape_tsc: case("escape", &["tsc"], Refused("undoing the cage"), GetsFurther);
+    escape_cpuid: case("escape", &["cpuid"], Refused("undoing the cage"), GetsFurther);
+    escape_seccomp_through_prctl: case("escape", &["seccomp"], Refused("undoing the cage"), GetsFurther);
+    escape_seccomp: case("escape", &["seccomp_syscall"], Violation("seccomp"), GetsFurther);
+    escape_personality: case("escape", &["personality"], Violation("personality"), GetsFurther);
+    escape_ptrace: case("escape", &["ptrace"], Violation("ptrace"), GetsFurther);
+    escape_ptrace_attach: case("escape", &["ptrace_attach"], Violation("ptrace"), GetsFurther);
+    escape_unshare: case("escape", &["unshare"], Violation("unshare"), GetsFurther);
+    a_forked_child_is_still_virtual: case("escape", &["fork"], Same, Varies);
+    dynamically_linked: case("dynamic", &[], Same, Varies);
+    python: case("python", &[], Same, Varies);
+}
