@@ -21,6 +21,7 @@
 mod cgroup;
 mod cpuid;
 mod digests;
+pub mod launcher;
 pub mod limits;
 pub mod policy;
 pub mod replay;

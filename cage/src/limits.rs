@@ -7,7 +7,7 @@ use std::fmt;
 use serde::Serialize;
 
 /// Every limit of a run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Limits {
     /// CPU seconds (RLIMIT_CPU).
     pub cpu_secs: u64,
@@ -104,6 +104,16 @@ impl Limit {
 impl Serialize for Limit {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Limit {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Limit::ALL
+            .into_iter()
+            .find(|limit| limit.name() == name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown limit {name:?}")))
     }
 }
 

@@ -14,7 +14,7 @@ use std::io::{BufReader, Read};
 use std::path::{Component, Path, PathBuf};
 
 /// Which root filesystem a run uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Rootfs {
     /// A read-only view of the host's `/usr`, `/bin`, `/lib`, `/lib64`, `/sbin`.
     Host,

@@ -43,7 +43,7 @@ const TMP_BYTES: u64 = 64 << 20;
 const OUT_FILES: u64 = 4096;
 
 /// What to run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RunSpec {
     /// Program path inside the cage (e.g. `/usr/bin/ls`).
     pub program: String,
@@ -83,7 +83,7 @@ pub fn default_cache() -> PathBuf {
 }
 
 /// How a run ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "verdict", rename_all = "kebab-case")]
 pub enum Verdict {
     /// Exit status 0.
@@ -138,7 +138,7 @@ impl Verdict {
 }
 
 /// What a run produced.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Outcome {
     /// How it ended.
     pub verdict: Verdict,
@@ -240,13 +240,14 @@ pub fn run_cancellable(
     let mut inputs = Vec::with_capacity(sorted_inputs.len());
     for (name, path) in sorted_inputs {
         check_name(&name)?;
+        let before = std::fs::metadata(&path).map_err(io(format!("stat input {}", path.display())))?;
         let bytes = std::fs::read(&path).map_err(io(format!("read input {}", path.display())))?;
-        // Keep the source's execute bits (an input may be the program);
-        // never setuid or write bits for others.
-        let mode = std::fs::metadata(&path).map_err(io("stat an input"))?.permissions().mode() & 0o755 | 0o444;
-        witness
-            .record(&Record::Input { name: name.clone(), digest: witness::digest(&bytes) })
-            .map_err(io("write the witness log"))?;
+        // Every input readable and executable, whatever its mode on this
+        // host: the mode would otherwise show through stat, and any input
+        // may be the program.
+        let mode = 0o555;
+        let digest = crate::digests::digest_of_read(&path, &before, &bytes, Some(&spec.cache));
+        witness.record(&Record::Input { name: name.clone(), digest }).map_err(io("write the witness log"))?;
         inputs.push(StagedInput { name, bytes, mode });
     }
 

@@ -20,6 +20,9 @@ pub enum CageCommand {
     /// Run again what a witness log recorded and compare: prints `match`
     /// and the root, or the first record where the runs differ (exit 5).
     Replay(Box<ReplayArgs>),
+    /// Serve runs for an agent on stdin (the agent starts this itself).
+    #[command(hide = true)]
+    Launcher,
     /// Print a witness log readably and recompute its root.
     Inspect {
         /// The witness log.
@@ -135,6 +138,7 @@ pub fn cage(command: CageCommand) -> anyhow::Result<()> {
         CageCommand::Run(args) => run_command(*args),
         CageCommand::Replay(args) => replay(*args),
         CageCommand::Inspect { witness, output } => inspect(&witness, output),
+        CageCommand::Launcher => Ok(docklock_cage::launcher::serve()?),
     }
 }
 

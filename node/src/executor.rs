@@ -149,6 +149,10 @@ pub trait RegistryView: Send + Sync {
     async fn spec(&self, id: &AgreementId) -> anyhow::Result<Spec>;
     /// Peers to fetch artifacts from: every ready worker but this one.
     async fn peers(&self) -> Vec<(u64, String)>;
+    /// Whether every replica of `id` has committed, as far as this view
+    /// can tell (a view that cannot tell says yes: the reveal is then
+    /// refused until it is so).
+    async fn all_committed(&self, id: &AgreementId) -> bool;
     /// Until the registry may have changed since this `waiter` last looked
     /// (at once if it has already). Each waiter keeps its own state, so no
     /// waiter misses a change another one consumed.
@@ -198,6 +202,11 @@ impl RegistryView for LocalView {
             .filter(|(id, record)| **id != self.node.id && record.status == NodeStatus::Ready)
             .map(|(id, record)| (*id, record.registration.address.clone()))
             .collect()
+    }
+
+    async fn all_committed(&self, id: &AgreementId) -> bool {
+        // Gone means concluded or moved: the caller finds that out next.
+        self.node.state.read().registry.agreement(id).is_none_or(|record| record.all_committed())
     }
 
     async fn changed(&self, waiter: &mut Waiter) {
@@ -269,6 +278,10 @@ impl RegistryView for RemoteView {
             .unwrap_or_default()
     }
 
+    async fn all_committed(&self, _id: &AgreementId) -> bool {
+        true
+    }
+
     async fn changed(&self, _waiter: &mut Waiter) {
         tokio::time::sleep(REMOTE_POLL).await;
     }
@@ -292,6 +305,9 @@ pub struct Executor {
     channels: ChannelCache,
     in_flight: Mutex<BTreeSet<(AgreementId, u64)>>,
     permits: tokio::sync::Semaphore,
+    /// Runs start in a small process of their own (`docklock cage
+    /// launcher`), not by forking the agent.
+    launcher: Arc<docklock_cage::launcher::Launcher>,
 }
 
 impl Executor {
@@ -308,6 +324,7 @@ impl Executor {
         let runs_dir = data_dir.join("runs");
         std::fs::create_dir_all(&runs_dir)?;
         let channels = ChannelCache::new(Duration::from_secs(2), Duration::from_secs(60));
+        let launcher = docklock_cage::launcher::Launcher::new(&std::env::current_exe()?, &["cage", "launcher"]);
         Ok(Arc::new(Self {
             view,
             identity,
@@ -318,6 +335,7 @@ impl Executor {
             channels,
             in_flight: Mutex::new(BTreeSet::new()),
             permits: tokio::sync::Semaphore::new(RUNS_IN_FLIGHT),
+            launcher: Arc::new(launcher),
         }))
     }
 
@@ -394,6 +412,14 @@ impl Executor {
         // is no longer this node's (the agreement concluded or moved).
         let mut waiter = Waiter::default();
         loop {
+            // Wait for the others' commitments here rather than have the
+            // leader refuse a signed reveal at every change.
+            while !self.view.all_committed(&id).await {
+                if !self.view.jobs().await?.contains(&(id, attempt)) {
+                    return Ok(());
+                }
+                self.view.changed(&mut waiter).await;
+            }
             match self.report(id, attempt, Phase::Reveal(Box::new(revealed.clone()))).await {
                 Ok(status) => {
                     tracing::info!(agreement = %id, attempt, root = %result.root, %status, "run revealed");
@@ -446,13 +472,10 @@ impl Executor {
         }
         let (program, args, rootfs) = match spec.workload {
             Workload::Program(digest) => {
-                let stored = self.fetch(digest).await?;
-                // The store's files are not executable; the cage keeps an
-                // input's execute bits.
-                let program = dir.join("program");
-                std::fs::copy(&stored, &program)?;
-                std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-                inputs.push((PROGRAM_INPUT.to_owned(), program));
+                // The store's file itself (the cage makes every input
+                // executable): no copy, and the cage's digest cache knows
+                // the file from the last run.
+                inputs.push((PROGRAM_INPUT.to_owned(), self.fetch(digest).await?));
                 (format!("/in/{PROGRAM_INPUT}"), spec.args.clone(), Rootfs::Host)
             }
             Workload::Image(digest) => {
@@ -485,15 +508,16 @@ impl Executor {
         // could no longer be reported, and its CPU is someone else's.
         let cancel = Arc::new(AtomicBool::new(false));
         let watcher = tokio::spawn(watch_replica(self.view.clone(), (*id, attempt), cancel.clone()));
+        let launcher = self.launcher.clone();
         let ran = tokio::task::spawn_blocking(move || {
-            let stdout = std::fs::File::create(&stdout_path)?;
             let outcome =
-                docklock_cage::run::run_cancellable(&run_spec, &witness_path, Some(&out_dir), stdout, &cancel)
-                    .map_err(|error| match error {
+                launcher.run(&run_spec, &witness_path, Some(&out_dir), &stdout_path, &cancel).map_err(|error| {
+                    match error {
                         docklock_cage::run::CageError::Spec(reason) => anyhow::Error::new(NoResult(reason)),
                         docklock_cage::run::CageError::Cancelled => anyhow::Error::new(Cancelled),
                         other => other.into(),
-                    })?;
+                    }
+                })?;
             anyhow::Ok((outcome, witness_path, out_dir, stdout_path))
         })
         .await;

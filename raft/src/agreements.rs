@@ -128,6 +128,16 @@ impl AgreementRecord {
         self.status = status;
         self.history.push((status, event));
     }
+
+    /// Replicas that have committed to a root for their current attempt.
+    pub fn committed_replicas(&self) -> usize {
+        self.placed.iter().filter(|r| self.runs.get(&r.node).is_some_and(|run| run.attempt == r.attempt)).count()
+    }
+
+    /// Whether every replica has committed, so reveals are accepted.
+    pub fn all_committed(&self) -> bool {
+        self.committed_replicas() >= self.replicas as usize
+    }
 }
 
 /// An agreement that passed every check.

@@ -98,14 +98,10 @@ impl Registry {
                 if commitment(&revealed.root, &revealed.nonce) != run.commitment {
                     return Err(Outcome::Invalid { reason: "the revealed root does not open the commitment".into() });
                 }
-                let committed = record
-                    .placed
-                    .iter()
-                    .filter(|r| record.runs.get(&r.node).is_some_and(|run| run.attempt == r.attempt))
-                    .count();
-                if committed < record.replicas as usize {
+                if !record.all_committed() {
                     return Err(precondition(format!(
-                        "{committed} of {} replicas have committed; reveal once all have",
+                        "{} of {} replicas have committed; reveal once all have",
+                        record.committed_replicas(),
                         record.replicas
                     )));
                 }

@@ -63,3 +63,56 @@ fn a_run_replays_to_the_same_root() {
     assert_eq!(code, 5, "{stdout}");
     assert!(stdout.contains(&format!("diverged at record {index}")), "{stdout}");
 }
+
+/// The launcher an agent starts runs through (`docklock cage launcher`):
+/// a run comes back with its outcome and stdout; a cancelled run comes
+/// back cancelled; a launcher killed mid-run fails that run with an error
+/// and the next run starts a new launcher.
+#[test]
+fn runs_go_through_a_launcher_that_is_restarted_when_it_dies() {
+    use docklock_cage::run::{CageError, RunSpec, Verdict};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let launcher = docklock_cage::launcher::Launcher::new(&docklock_tests::binary(), &["cage", "launcher"]);
+    let spec = |script: &str| RunSpec {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), script.into()],
+        env: vec![],
+        inputs: vec![],
+        limits: Default::default(),
+        seed: [1; 32],
+        stage_parent: None,
+        rootfs: docklock_cage::rootfs::Rootfs::Host,
+        cache: dir.path().join("cache"),
+        cgroups: false,
+    };
+    let (witness, stdout) = (dir.path().join("w.log"), dir.path().join("stdout"));
+    let never = AtomicBool::new(false);
+    let outcome = launcher.run(&spec("echo through the launcher"), &witness, None, &stdout, &never).unwrap();
+    assert_eq!(outcome.verdict, Verdict::Ok);
+    assert_eq!(std::fs::read_to_string(&stdout).unwrap(), "through the launcher\n");
+    let first = launcher.process_id().expect("a launcher is running");
+
+    let cancel = AtomicBool::new(false);
+    let cancelled = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            cancel.store(true, Ordering::Relaxed);
+        });
+        launcher.run(&spec("while :; do :; done"), &witness, None, &stdout, &cancel)
+    });
+    assert!(matches!(cancelled, Err(CageError::Cancelled)), "{cancelled:?}");
+
+    let killed = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            std::process::Command::new("kill").args(["-9", &first.to_string()]).status().unwrap();
+        });
+        launcher.run(&spec("while :; do :; done"), &witness, None, &stdout, &never)
+    });
+    assert!(matches!(&killed, Err(CageError::Io { .. })), "{killed:?}");
+    let outcome = launcher.run(&spec("echo again"), &witness, None, &stdout, &never).unwrap();
+    assert_eq!(outcome.verdict, Verdict::Ok);
+    assert_ne!(launcher.process_id(), Some(first), "a new launcher");
+}
