@@ -22,20 +22,15 @@ int main(int argc, char **argv) {
     }
     printf("cpuid_says rdrand %d rdseed %d rdpid %d\n", has_rdrand, has_rdseed, has_rdpid);
     if (blind) has_rdrand = has_rdseed = has_rdpid = 1;
-    if (has_rdrand) {
-        for (int i = 0; i < 2; i++) {
-            uint64_t v; unsigned char ok;
-            __asm__ volatile("rdrand %0; setc %1" : "=r"(v), "=qm"(ok));
-            printf("rdrand %d ok %u 0x%016llx\n", i, ok, (unsigned long long)v);
-        }
-    } else printf("rdrand absent\n");
-    if (has_rdseed) {
-        for (int i = 0; i < 2; i++) {
-            uint64_t v; unsigned char ok;
-            __asm__ volatile("rdseed %0; setc %1" : "=r"(v), "=qm"(ok));
-            printf("rdseed %d ok %u 0x%016llx\n", i, ok, (unsigned long long)v);
-        }
-    } else printf("rdseed absent\n");
+    /* Two draws of a random-number instruction, with its carry flag. */
+#define DRAW(insn)                                                               \
+    for (int i = 0; i < 2; i++) {                                                \
+        uint64_t v; unsigned char ok;                                            \
+        __asm__ volatile(insn " %0; setc %1" : "=r"(v), "=qm"(ok));              \
+        printf("%s %d ok %u 0x%016llx\n", insn, i, ok, (unsigned long long)v);   \
+    }
+    if (has_rdrand) { DRAW("rdrand") } else printf("rdrand absent\n");
+    if (has_rdseed) { DRAW("rdseed") } else printf("rdseed absent\n");
     if (has_rdpid) {
         uint64_t v;
         __asm__ volatile("rdpid %0" : "=r"(v));

@@ -147,7 +147,8 @@ struct Connection {
 /// The agent's side: starts the launcher (again, if it died) and runs
 /// specs through it.
 pub struct Launcher {
-    command: Vec<String>,
+    program: PathBuf,
+    args: Vec<String>,
     connection: Mutex<Option<Arc<Connection>>>,
     next_id: AtomicU64,
 }
@@ -156,9 +157,8 @@ impl Launcher {
     /// A launcher started as `program args...` (which must call [`serve`]),
     /// on first use.
     pub fn new(program: &Path, args: &[&str]) -> Self {
-        let mut command = vec![program.display().to_string()];
-        command.extend(args.iter().map(|arg| (*arg).to_owned()));
-        Self { command, connection: Mutex::new(None), next_id: AtomicU64::new(1) }
+        let args = args.iter().map(|arg| (*arg).to_owned()).collect();
+        Self { program: program.to_owned(), args, connection: Mutex::new(None), next_id: AtomicU64::new(1) }
     }
 
     fn connection(&self) -> io::Result<Arc<Connection>> {
@@ -167,8 +167,8 @@ impl Launcher {
             return Ok(connection.clone());
         }
         let (ours, theirs) = UnixStream::pair()?;
-        let child = Command::new(&self.command[0])
-            .args(&self.command[1..])
+        let child = Command::new(&self.program)
+            .args(&self.args)
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::null())
             .spawn()?;

@@ -37,6 +37,10 @@ const DEVICES: [&str; 2] = ["null", "zero"];
 const DEV_RANDOM_BYTES: usize = 64 * 1024;
 /// The ChaCha20 stream of the seed they come from (`getrandom` uses 0).
 const DEV_RANDOM_STREAM: u64 = 1;
+/// Mode of every input in the cage, whatever its mode on the host: the
+/// host's would otherwise show through stat, and any input may be the
+/// program.
+const INPUT_MODE: libc::mode_t = 0o555;
 /// Size of the `/tmp` scratch tmpfs.
 const TMP_BYTES: u64 = 64 << 20;
 /// Files and directories `/out` may hold.
@@ -242,13 +246,9 @@ pub fn run_cancellable(
         check_name(&name)?;
         let before = std::fs::metadata(&path).map_err(io(format!("stat input {}", path.display())))?;
         let bytes = std::fs::read(&path).map_err(io(format!("read input {}", path.display())))?;
-        // Every input readable and executable, whatever its mode on this
-        // host: the mode would otherwise show through stat, and any input
-        // may be the program.
-        let mode = 0o555;
         let digest = crate::digests::digest_of_read(&path, &before, &bytes, Some(&spec.cache));
         witness.record(&Record::Input { name: name.clone(), digest }).map_err(io("write the witness log"))?;
-        inputs.push(StagedInput { name, bytes, mode });
+        inputs.push(StagedInput { name, bytes });
     }
 
     let pinned = PinnedThread::to_current_cpu();
@@ -305,11 +305,10 @@ fn header(spec: &RunSpec, rootfs: &Prepared, policy: &Policy, cgroup: Enforcemen
     lines.join("\n")
 }
 
-/// An input as the cage gets it: under `/in`, with these bytes and mode.
+/// An input as the cage gets it: under `/in`, with these bytes.
 struct StagedInput {
     name: String,
     bytes: Vec<u8>,
-    mode: u32,
 }
 
 /// Build the children's plan. Nothing of the new root is made on the
@@ -366,7 +365,7 @@ fn plan(
     let input_dir = root.join("in");
     skeleton.push(Node::Dir(c(&input_dir)?));
     let mut made = std::collections::BTreeSet::new();
-    for StagedInput { name, bytes, mode } in inputs {
+    for StagedInput { name, bytes } in inputs {
         let target = input_dir.join(&name);
         // Directories of a nested name, each once, before its files.
         let parents: Vec<&Path> = target.ancestors().skip(1).take_while(|dir| *dir != input_dir).collect();
@@ -375,7 +374,7 @@ fn plan(
                 skeleton.push(Node::Dir(c(dir)?));
             }
         }
-        skeleton.push(Node::Contents(c(&target)?, bytes, mode));
+        skeleton.push(Node::Contents(c(&target)?, bytes, INPUT_MODE));
     }
     // A minimal /sys: the CPU lists libc reads to count processors (one,
     // as `sched_getaffinity` answers); without them it falls back to
@@ -407,13 +406,18 @@ fn plan(
         .map(|(key, value)| sandbox::cstring(format!("{key}={value}").as_bytes()).map_err(io("the environment")))
         .collect::<Result<_, _>>()?;
     let limits = &spec.limits;
+    let bound = |value: u64| libc::rlimit { rlim_cur: value, rlim_max: value };
     let rlimits = vec![
-        (libc::RLIMIT_CPU, limits.cpu_secs),
-        (libc::RLIMIT_AS, limits.memory_mib << 20),
-        (libc::RLIMIT_NPROC, limits.processes),
-        (libc::RLIMIT_NOFILE, limits.open_files),
-        (libc::RLIMIT_FSIZE, limits.file_size_bytes),
-        (libc::RLIMIT_CORE, 0),
+        // The CPU limit's hard bound a second after its soft one: at the
+        // soft bound the kernel sends SIGXCPU, which names the limit in the
+        // verdict; at a hard bound equal to it the kernel would send
+        // SIGKILL, which looks like any other kill.
+        (libc::RLIMIT_CPU, libc::rlimit { rlim_cur: limits.cpu_secs, rlim_max: limits.cpu_secs.saturating_add(1) }),
+        (libc::RLIMIT_AS, bound(limits.memory_mib << 20)),
+        (libc::RLIMIT_NPROC, bound(limits.processes)),
+        (libc::RLIMIT_NOFILE, bound(limits.open_files)),
+        (libc::RLIMIT_FSIZE, bound(limits.file_size_bytes)),
+        (libc::RLIMIT_CORE, bound(0)),
     ];
     Ok(Plan {
         root: c(root)?,

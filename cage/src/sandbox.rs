@@ -63,7 +63,7 @@ pub(crate) struct Plan {
     pub(crate) argv: Vec<CString>,
     pub(crate) envp: Vec<CString>,
     pub(crate) cwd: CString,
-    pub(crate) rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    pub(crate) rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
     /// seccomp BPF programs, installed in order right before exec.
     pub(crate) filters: Vec<Vec<libc::sock_filter>>,
     /// The CPU the workload runs on: the supervisor's, so each ptrace stop
@@ -658,14 +658,8 @@ unsafe fn init_main(child: &Child<'_>) -> ! {
 /// SAFETY (for callers): only in the init's freshly forked child.
 unsafe fn workload_main(child: &Child<'_>) -> ! {
     let Child { plan, fds, argv, envp, filters, .. } = *child;
-    for (resource, value) in &plan.rlimits {
-        // The CPU limit's hard bound one second later: at the soft bound
-        // the kernel sends SIGXCPU, which names the limit in the verdict;
-        // at a hard bound equal to it the kernel would send SIGKILL, which
-        // looks like any other kill.
-        let hard = if *resource == libc::RLIMIT_CPU { value.saturating_add(1) } else { *value };
-        let limit = libc::rlimit { rlim_cur: *value, rlim_max: hard };
-        if libc::setrlimit(*resource, &limit) != 0 {
+    for (resource, limit) in &plan.rlimits {
+        if libc::setrlimit(*resource, limit) != 0 {
             fail(fds, Step::Identity);
         }
     }
