@@ -1,4 +1,4 @@
-/* Observes: directory order and stat fields -- 30 files created in /tmp in a fixed shuffled order, listed by readdir and raw getdents64 (buffers 64, 512, 32768; lines "gdBUF CALL name d_ino d_off d_type"; for 512 one line of names per call), and stat of a written file, /in/probe and /usr/bin/ls (dev, ino, nlink, mode, size, blocks, blksize, a/m/ctime). Cage: getdents64 sorted by name per buffer (handled for one buffer, hole for many: see the 64-byte run); inode numbers, device numbers and ctimes/written-file times are a hole. Variant "listing" prints only the listings (no stat). Variant "fds": fstat of stdin/stdout/stderr, a new pipe and a socket (pipefs/sockfs inode numbers, times) and readlink of /proc/self/fd/N. Variant "statfs": statfs of /, /usr, /tmp, /in, /out, /dev/null (free blocks and inodes of host filesystems). */
+/* Observes: directory order and stat fields -- 30 files created in /tmp in a fixed shuffled order, listed by readdir and raw getdents64 (buffers 64, 512, 32768; lines "gdBUF CALL name d_ino d_off d_type"; for 512 one line of names per call), and stat of a written file, /in/probe, /usr/bin/ls and /proc (dev, ino, nlink, mode, size, blocks, blksize, a/m/ctime; /proc's link count counts the host's processes). Cage: getdents64 sorted by name per buffer (handled for one buffer, hole for many: see the 64-byte run); device numbers virtual, inode numbers virtual outside the cage's tmpfs, times the kernel stamped during the run at the epoch. Variant "listing" prints only the listings (no stat). Variant "fds": fstat of stdin/stdout/stderr, a new pipe and a socket (pipefs/sockfs inode numbers, times) and readlink of /proc/self/fd/N (cage: virtual). Variant "statfs": statfs of /, /usr, /tmp, /in, /out, /dev/null (free blocks and inodes of host filesystems, a random fsid; cage: counts only for its own tmpfs mounts, fsid 0). */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -128,6 +128,7 @@ int main(int argc, char **argv) {
     statp("input", "/in/probe");
     statp("self_exe", "/proc/self/exe");
     statp("rootfs", "/usr/bin/ls");
+    statp("proc", "/proc");
     }
     for (int i = 0; i < 30; i++) { snprintf(path, sizeof path, "%s/f%02d", DIR_PATH, i); unlink(path); }
     rmdir(DIR_PATH);

@@ -33,6 +33,8 @@ int main(int argc, char **argv) {
     if (has_rdseed) { DRAW("rdseed") } else printf("rdseed absent\n");
     if (has_rdpid) {
         uint64_t v;
+        /* A CPU without RDPID faults here (SIGILL, "blind"): what came before must show. */
+        fflush(stdout);
         __asm__ volatile("rdpid %0" : "=r"(v));
         printf("rdpid 0x%llx\n", (unsigned long long)v);
     } else printf("rdpid absent\n");

@@ -23,6 +23,7 @@ mod cpuid;
 mod digests;
 pub mod launcher;
 pub mod limits;
+mod metadata;
 pub mod policy;
 pub mod replay;
 pub mod rootfs;

@@ -43,8 +43,13 @@ const DEV_RANDOM_STREAM: u64 = 1;
 const INPUT_MODE: libc::mode_t = 0o555;
 /// Size of the `/tmp` scratch tmpfs.
 const TMP_BYTES: u64 = 64 << 20;
+/// Files and directories `/tmp` may hold.
+const TMP_FILES: u64 = 16384;
 /// Files and directories `/out` may hold.
 const OUT_FILES: u64 = 4096;
+/// Files the root tmpfs holds beyond its skeleton (none are made later:
+/// it is read-only to the workload).
+const ROOT_FILES_SPARE: usize = 16;
 
 /// What to run.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -421,10 +426,15 @@ fn plan(
     ];
     Ok(Plan {
         root: c(root)?,
+        root_options: tmpfs_options(&format!(
+            "mode=0755,size={},nr_inodes={}",
+            limits.memory_mib << 20,
+            skeleton.len() + ROOT_FILES_SPARE
+        ))?,
         skeleton,
         binds,
         tmpfs: vec![
-            (c(&root.join("tmp"))?, tmpfs_options(&format!("size={TMP_BYTES},mode=1777"))?),
+            (c(&root.join("tmp"))?, tmpfs_options(&format!("size={TMP_BYTES},nr_inodes={TMP_FILES},mode=1777"))?),
             // /out lives only in the namespace, bounded; the runner reads it
             // through the init's root before the namespace ends.
             (

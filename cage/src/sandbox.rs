@@ -54,6 +54,9 @@ pub(crate) struct Plan {
     /// An empty host directory; the init mounts the new root (a tmpfs,
     /// so the host's disk sees none of it) there.
     pub(crate) root: CString,
+    /// The root tmpfs's mount options: its size and file count are fixed,
+    /// so `statfs` shows the spec's, not a share of the host's memory.
+    pub(crate) root_options: CString,
     /// The root's mount points and symlinks, made in that tmpfs.
     pub(crate) skeleton: Vec<Node>,
     pub(crate) binds: Vec<Bind>,
@@ -467,6 +470,13 @@ unsafe fn keeper_main(child: &Child<'_>) -> ! {
         low = low.max(fd + 1);
     }
     libc::syscall(libc::SYS_close_range, low as u32, u32::MAX, 0);
+    // No supplementary groups in the cage: a root runner's group 0 would
+    // otherwise go with the workload (the namespace denies setgroups
+    // later), and host files readable by group root would be readable
+    // to it. A runner that is not root cannot drop them (this fails), and
+    // its groups are its own to give. The raw call: this process has one
+    // thread, and libc's wrapper would signal threads that are not here.
+    libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
     let namespaces = libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
@@ -537,8 +547,13 @@ unsafe fn init_main(child: &Child<'_>) -> ! {
         fail(fds, Step::PrivateMounts);
     }
     let root_flags = libc::MS_NOSUID | libc::MS_NODEV;
-    if libc::mount(c"tmpfs".as_ptr(), plan.root.as_ptr(), c"tmpfs".as_ptr(), root_flags, c"mode=0755".as_ptr().cast())
-        != 0
+    if libc::mount(
+        c"tmpfs".as_ptr(),
+        plan.root.as_ptr(),
+        c"tmpfs".as_ptr(),
+        root_flags,
+        plan.root_options.as_ptr().cast(),
+    ) != 0
     {
         fail(fds, Step::BindRoot);
     }

@@ -29,6 +29,7 @@ use rand_chacha::ChaCha20Rng;
 use sha3::{Digest as _, Sha3_256};
 
 use crate::cpuid;
+use crate::metadata::{self, Metadata};
 use crate::policy::{DATA_DENY, DATA_FOREIGN};
 use crate::syscalls;
 use crate::witness::{self, Record};
@@ -106,7 +107,13 @@ fn handling<'a>(name: &str) -> Handling<'a> {
         "sched_getaffinity" => Handling::Emulate(Supervisor::sched_getaffinity),
         "open" => Handling::AtExit(|regs| Pending::Open { flags: regs.rsi as i32 }),
         "openat" => Handling::AtExit(|regs| Pending::Open { flags: regs.rdx as i32 }),
-        "getdents64" => Handling::AtExit(|regs| Pending::Listing { buffer: regs.rsi }),
+        "getdents64" => Handling::AtExit(|regs| Pending::Listing { fd: regs.rdi as i32, buffer: regs.rsi }),
+        "fstat" | "stat" | "lstat" => Handling::AtExit(|regs| Pending::Stat { buffer: regs.rsi }),
+        "newfstatat" => Handling::AtExit(|regs| Pending::Stat { buffer: regs.rdx }),
+        "statx" => Handling::AtExit(|regs| Pending::Statx { buffer: regs.r8 }),
+        "statfs" | "fstatfs" => Handling::AtExit(|regs| Pending::Statfs { buffer: regs.rsi }),
+        "readlink" => Handling::AtExit(|regs| Pending::Link { buffer: regs.rsi, size: regs.rdx }),
+        "readlinkat" => Handling::AtExit(|regs| Pending::Link { buffer: regs.rdx, size: regs.r10 }),
         "rseq" => Handling::Emulate(|_, _, _| -i64::from(libc::ENOSYS)),
         "prctl" => Handling::Check(prctl_allowed),
         "arch_prctl" => Handling::Check(arch_prctl_allowed),
@@ -124,9 +131,32 @@ fn handling<'a>(name: &str) -> Handling<'a> {
 #[derive(Clone, Copy)]
 enum Pending {
     /// An open with these flags: witness what it opened.
-    Open { flags: i32 },
-    /// A directory listing into this buffer: sort it.
-    Listing { buffer: u64 },
+    Open {
+        flags: i32,
+    },
+    /// A directory listing of this descriptor into this buffer: sort it,
+    /// and show virtual inode numbers.
+    Listing {
+        fd: i32,
+        buffer: u64,
+    },
+    /// File metadata (`struct stat`, `statx`, `statfs`) in this buffer:
+    /// show virtual devices, inodes and times.
+    Stat {
+        buffer: u64,
+    },
+    Statx {
+        buffer: u64,
+    },
+    Statfs {
+        buffer: u64,
+    },
+    /// A link's target in a buffer of this size: a descriptor link names
+    /// a virtual inode.
+    Link {
+        buffer: u64,
+        size: u64,
+    },
 }
 
 /// One traced process (or thread): where it sits in the run's process
@@ -195,6 +225,8 @@ pub(crate) struct Supervisor<'a> {
     event_count: u64,
     /// Bytes the last emulation wrote into the workload.
     written: Vec<u8>,
+    /// Virtual device and inode numbers, and how times show.
+    metadata: Metadata,
     /// Why the run was ended, if the supervisor ended it.
     pub(crate) ending: Option<Ending>,
 }
@@ -220,6 +252,7 @@ impl<'a> Supervisor<'a> {
             ended: Vec::new(),
             event_count: 0,
             written: Vec::new(),
+            metadata: Metadata::new(EPOCH_SECS),
             ending: None,
         }
     }
@@ -548,8 +581,65 @@ impl<'a> Supervisor<'a> {
                     self.witness_file(pid, path, &format!("/proc/{pid}/fd/{result}"));
                 }
             }
-            Pending::Listing { buffer } => self.sort_listing(pid, buffer, result as usize),
+            Pending::Listing { fd, buffer } => self.sort_listing(pid, fd, buffer, result as usize),
+            Pending::Stat { buffer } => {
+                self.rewrite::<{ metadata::STAT_SIZE }>(pid, "stat", buffer, |meta, bytes, pid| {
+                    meta.stat(bytes, || mounts(pid));
+                })
+            }
+            Pending::Statx { buffer } => {
+                self.rewrite::<{ metadata::STATX_SIZE }>(pid, "statx", buffer, |meta, bytes, pid| {
+                    meta.statx(bytes, || mounts(pid));
+                })
+            }
+            Pending::Statfs { buffer } => {
+                self.rewrite::<{ metadata::STATFS_SIZE }>(pid, "statfs", buffer, |_, bytes, _| Metadata::statfs(bytes));
+            }
+            Pending::Link { buffer, size } => self.rewrite_link(pid, regs, buffer, result as usize, size as usize),
         }
+    }
+
+    /// Read the `SIZE`-byte structure a call returned at `buffer`, let
+    /// `fix` rewrite it, write it back and record it.
+    fn rewrite<const SIZE: usize>(
+        &mut self,
+        pid: libc::pid_t,
+        name: &str,
+        buffer: u64,
+        fix: impl FnOnce(&mut Metadata, &mut [u8; SIZE], libc::pid_t),
+    ) {
+        let Some(bytes) = read_bytes(pid, buffer, SIZE) else { return };
+        let Ok(mut bytes) = <[u8; SIZE]>::try_from(bytes) else { return };
+        fix(&mut self.metadata, &mut bytes, pid);
+        self.written.clear();
+        let _ = self.write(pid, buffer, &bytes);
+        self.event(Record::Call { name: name.to_owned(), result: 0, data: witness::digest(&bytes).to_vec() }, pid);
+        self.written.clear();
+    }
+
+    /// A descriptor link (`pipe:[N]`, `socket:[N]`) names the inode
+    /// number `fstat` shows; its new length is the call's result
+    /// (truncated to the buffer, as `readlink` does).
+    fn rewrite_link(
+        &mut self,
+        pid: libc::pid_t,
+        mut regs: libc::user_regs_struct,
+        buffer: u64,
+        length: usize,
+        size: usize,
+    ) {
+        let Some(bytes) = read_bytes(pid, buffer, length.min(libc::PATH_MAX as usize)) else { return };
+        let Some(target) = std::str::from_utf8(&bytes).ok().and_then(|target| self.metadata.link(target)) else {
+            return;
+        };
+        let shown = &target.as_bytes()[..target.len().min(size)];
+        self.written.clear();
+        if self.write(pid, buffer, shown).is_ok() {
+            regs.rax = shown.len() as u64;
+            let _ = set_registers(pid, &regs);
+        }
+        self.event(Record::Call { name: "readlink".into(), result: shown.len() as i64, data: shown.to_vec() }, pid);
+        self.written.clear();
     }
 
     /// Sort the entries one `getdents64` returned by name, so a listing
@@ -558,8 +648,12 @@ impl<'a> Supervisor<'a> {
     /// one still resumes the listing where the kernel left it. (A listing
     /// longer than one buffer is sorted buffer by buffer: a documented
     /// hole.)
-    fn sort_listing(&mut self, pid: libc::pid_t, buffer: u64, length: usize) {
-        let Some(bytes) = read_bytes(pid, buffer, length.min(LISTING_BYTES_MAX)) else { return };
+    fn sort_listing(&mut self, pid: libc::pid_t, fd: i32, buffer: u64, length: usize) {
+        let Some(mut bytes) = read_bytes(pid, buffer, length.min(LISTING_BYTES_MAX)) else { return };
+        if let Ok(directory) = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) {
+            use std::os::unix::fs::MetadataExt;
+            self.metadata.listing(directory.dev(), &mut bytes, || mounts(pid));
+        }
         let mut entries = Vec::new();
         let mut offsets = Vec::new();
         let mut at = 0;
@@ -846,9 +940,9 @@ fn proc_path_allowed(path: &str) -> bool {
         ["/proc", "/proc/filesystems", "/proc/sys/kernel/hostname", "/proc/sys/kernel/domainname", "/proc/self"];
     const PER_PROCESS: [&str; 11] =
         ["cmdline", "comm", "environ", "exe", "fd", "cwd", "root", "limits", "maps", "mounts", "task"];
-    // Kernel constants libraries read (libcap), and the namespace's own
+    // Kernel constants libraries read (libcap; `id`), and the namespace's own
     // network devices (only loopback).
-    const FIXED_MORE: [&str; 1] = ["/proc/sys/kernel/cap_last_cap"];
+    const FIXED_MORE: [&str; 2] = ["/proc/sys/kernel/cap_last_cap", "/proc/sys/kernel/ngroups_max"];
     if FIXED_MORE.contains(&path) || (path.ends_with("/net/dev") && path.matches('/').count() == 4) {
         return true;
     }
@@ -962,6 +1056,16 @@ fn special_mappings(pid: libc::pid_t) -> Vec<(&'static str, u64, u64)> {
 }
 
 /// One 8-byte word of the tracee's memory.
+/// What the metadata rewrites need of a tracee's mounts.
+fn mounts(pid: libc::pid_t) -> metadata::Mounts {
+    use std::os::unix::fs::MetadataExt;
+    metadata::Mounts {
+        mountinfo: std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default(),
+        // Unreadable: every time counts as the kernel's stamp.
+        root_changed: std::fs::metadata(format!("/proc/{pid}/root/")).map_or(i64::MIN, |root| root.ctime()),
+    }
+}
+
 fn read_word(pid: libc::pid_t, address: u64) -> Option<u64> {
     read_bytes(pid, address, 8).map(|bytes| u64::from_ne_bytes(bytes.try_into().expect("8 bytes")))
 }
@@ -1084,7 +1188,13 @@ mod tests {
         for allowed in ["/usr/lib/libc.so.6", "/proc", "/proc/filesystems", "/proc/2", "/proc/2/maps", "/proc/2/fd"] {
             assert!(proc_path_allowed(allowed), "{allowed}");
         }
-        for allowed in ["/proc/2/task", "/proc/2/task/3/comm", "/proc/sys/kernel/hostname", "/proc/12/cmdline"] {
+        for allowed in [
+            "/proc/2/task",
+            "/proc/2/task/3/comm",
+            "/proc/sys/kernel/hostname",
+            "/proc/12/cmdline",
+            "/proc/sys/kernel/ngroups_max",
+        ] {
             assert!(proc_path_allowed(allowed), "{allowed}");
         }
         for refused in ["/proc/uptime", "/proc/cpuinfo", "/proc/meminfo", "/proc/2/stat", "/proc/2/status"] {

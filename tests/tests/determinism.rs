@@ -442,19 +442,10 @@ probes! {
     signals_are_delivered_in_order: case("signals", &[], Same, Deterministic);
     timers_are_refused: case("signals", &["timer"], Refused("timers"), GetsFurther);
     interval_timers_are_refused: case("signals", &["itimer"], Refused("timers"), GetsFurther);
-    directory_order_and_stat: Case {
-        holes: &[field_hole("stat", &["dev", "atime", "mtime", "ctime"])],
-        ..case("dirs", &[], Same, Varies)
-    };
+    directory_order_and_stat: case("dirs", &[], Same, Varies);
     directory_listings: case("dirs", &["listing"], Same, HostSpecific);
-    descriptors_are_a_hole: Case {
-        holes: &[field_hole("fstat", &["dev", "ino", "atime", "mtime", "ctime"]), line_hole("readlink")],
-        ..case("dirs", &["fds"], Same, Varies)
-    };
-    filesystem_statistics_are_a_hole: Case {
-        holes: &[field_hole("statfs", &["bfree", "bavail", "ffree", "fsid"])],
-        ..case("dirs", &["statfs"], Same, Varies)
-    };
+    descriptors_show_virtual_inodes: case("dirs", &["fds"], Same, Varies);
+    filesystem_statistics_show_no_host: case("dirs", &["statfs"], Same, Varies);
     own_proc_files: Case { holes: &[maps_device_hole("/proc/self/maps")], ..case("procsys", &["self"], Same, Varies) };
     host_proc_files_are_refused: case("procsys", &["host"], Refused("host state in /proc"), GetsFurther);
     thread_stat_files_are_refused: case("procsys", &["task"], Refused("host state in /proc"), GetsFurther);
