@@ -1,4 +1,4 @@
-/* Observes: directory order and stat fields -- 30 files created in /tmp in a fixed shuffled order, listed by readdir and raw getdents64 (buffers 64, 512, 32768; lines "gdBUF CALL name d_ino d_off d_type"; for 512 one line of names per call), and stat of a written file, /in/probe, /usr/bin/ls and /proc (dev, ino, nlink, mode, size, blocks, blksize, a/m/ctime; /proc's link count counts the host's processes). Cage: getdents64 sorted by name per buffer (handled for one buffer, hole for many: see the 64-byte run); device numbers virtual, inode numbers virtual outside the cage's tmpfs, times the kernel stamped during the run at the epoch. Variant "listing" prints only the listings (no stat). Variant "fds": fstat of stdin/stdout/stderr, a new pipe and a socket (pipefs/sockfs inode numbers, times) and readlink of /proc/self/fd/N (cage: virtual). Variant "statfs": statfs of /, /usr, /tmp, /in, /out, /dev/null (free blocks and inodes of host filesystems, a random fsid; cage: counts only for its own tmpfs mounts, fsid 0). */
+/* Observes: directory order and stat fields -- 30 files created in /tmp in a fixed shuffled order, listed by readdir and raw getdents64 (buffers 64, 512, 32768; lines "gdBUF CALL name d_ino d_off d_type"; for 512 one line of names per call), and stat of a written file, /in/probe, /usr/bin/ls and /proc (dev, ino, nlink, mode, size, blocks, blksize, a/m/ctime; /proc's link count counts the host's processes). Cage: getdents64 in name order across all its calls, whatever the buffer size ("getdentsN order sorted"), offsets the index of the next entry; device numbers virtual, inode numbers virtual outside the cage's tmpfs, times the kernel stamped during the run at the epoch. Variant "listing" prints only the listings (no stat). Variant "fds": fstat of stdin/stdout/stderr, a new pipe and a socket (pipefs/sockfs inode numbers, times) and readlink of /proc/self/fd/N (cage: virtual). Variant "statfs": statfs of /, /usr, /tmp, /in, /out, /dev/null (free blocks and inodes of host filesystems, a random fsid; cage: counts only for its own tmpfs mounts, fsid 0). */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,10 +37,16 @@ static void raw(int bufsize) {
     int fd = open(DIR_PATH, O_RDONLY | O_DIRECTORY);
     if (fd < 0) { printf("getdents%d open errno %d\n", bufsize, errno); return; }
     char *buf = malloc(bufsize);
-    int call = 0;
+    int call = 0, sorted = 1;
+    char last[256] = "";
     for (;;) {
         long n = syscall(SYS_getdents64, fd, buf, bufsize);
         if (n <= 0) { printf("getdents%d call %d ret %ld\n", bufsize, call, n); break; }
+        for (long off = 0; off < n; off += ((struct linux_dirent64 *)(buf + off))->d_reclen) {
+            const char *name = ((struct linux_dirent64 *)(buf + off))->d_name;
+            if (strcmp(last, name) > 0) sorted = 0;
+            snprintf(last, sizeof last, "%s", name);
+        }
         if (bufsize == 512) { /* names only, one line per call, to keep the output small */
             printf("gd512 %d", call);
             for (long off = 0; off < n; off += ((struct linux_dirent64 *)(buf + off))->d_reclen)
@@ -57,6 +63,7 @@ static void raw(int bufsize) {
         }
         call++;
     }
+    printf("getdents%d order %s\n", bufsize, sorted ? "sorted" : "unsorted");
     free(buf);
     close(fd);
 }

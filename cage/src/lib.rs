@@ -23,6 +23,7 @@ mod cpuid;
 mod digests;
 pub mod launcher;
 pub mod limits;
+mod listing;
 mod metadata;
 pub mod policy;
 pub mod replay;

@@ -29,6 +29,7 @@ use rand_chacha::ChaCha20Rng;
 use sha3::{Digest as _, Sha3_256};
 
 use crate::cpuid;
+use crate::listing::{self, Listings};
 use crate::metadata::{self, Metadata};
 use crate::policy::{DATA_DENY, DATA_FOREIGN};
 use crate::syscalls;
@@ -60,7 +61,7 @@ const AT_SYSINFO_EHDR: u64 = 33;
 /// The hardware capability word every caged program sees (CPUID leaf 1
 /// EDX of a baseline x86-64 CPU).
 const VIRTUAL_HWCAP: u64 = 0x178b_fbff;
-/// Largest directory listing buffer sorted (libc uses 32 KiB).
+/// Largest directory listing one `getdents64` returns (libc asks 32 KiB).
 const LISTING_BYTES_MAX: usize = 1 << 20;
 /// Emulated data up to this size is recorded as is, larger as its digest.
 const DATA_RECORDED_MAX: usize = 64;
@@ -107,7 +108,7 @@ fn handling<'a>(name: &str) -> Handling<'a> {
         "sched_getaffinity" => Handling::Emulate(Supervisor::sched_getaffinity),
         "open" => Handling::AtExit(|regs| Pending::Open { flags: regs.rsi as i32 }),
         "openat" => Handling::AtExit(|regs| Pending::Open { flags: regs.rdx as i32 }),
-        "getdents64" => Handling::AtExit(|regs| Pending::Listing { fd: regs.rdi as i32, buffer: regs.rsi }),
+        "getdents64" => Handling::Emulate(Supervisor::getdents64),
         "fstat" | "stat" | "lstat" => Handling::AtExit(|regs| Pending::Stat { buffer: regs.rsi }),
         "newfstatat" => Handling::AtExit(|regs| Pending::Stat { buffer: regs.rdx }),
         "statx" => Handling::AtExit(|regs| Pending::Statx { buffer: regs.r8 }),
@@ -133,12 +134,6 @@ enum Pending {
     /// An open with these flags: witness what it opened.
     Open {
         flags: i32,
-    },
-    /// A directory listing of this descriptor into this buffer: sort it,
-    /// and show virtual inode numbers.
-    Listing {
-        fd: i32,
-        buffer: u64,
     },
     /// File metadata (`struct stat`, `statx`, `statfs`) in this buffer:
     /// show virtual devices, inodes and times.
@@ -227,6 +222,8 @@ pub(crate) struct Supervisor<'a> {
     written: Vec<u8>,
     /// Virtual device and inode numbers, and how times show.
     metadata: Metadata,
+    /// Directory listings being served in name order.
+    listings: Listings,
     /// Why the run was ended, if the supervisor ended it.
     pub(crate) ending: Option<Ending>,
 }
@@ -253,6 +250,7 @@ impl<'a> Supervisor<'a> {
             event_count: 0,
             written: Vec::new(),
             metadata: Metadata::new(EPOCH_SECS),
+            listings: Listings::default(),
             ending: None,
         }
     }
@@ -291,6 +289,7 @@ impl<'a> Supervisor<'a> {
     /// A tracee ended (and was reaped by this wait).
     fn on_exit(&mut self, pid: libc::pid_t) {
         self.pending.remove(&pid);
+        self.listings.forget(pid);
         match self.processes.remove(&pid) {
             Some(process) => self.ended.push((process.path, process.events)),
             // Not known yet (perhaps parked): its parent's fork event is
@@ -366,6 +365,9 @@ impl<'a> Supervisor<'a> {
             Handling::Emulate(emulate) => {
                 self.written.clear();
                 let result = emulate(self, pid, &regs);
+                if self.ending.is_some() {
+                    return; // The emulation ended the run; the tracee is gone.
+                }
                 let data = std::mem::take(&mut self.written);
                 let data = if data.len() > DATA_RECORDED_MAX { witness::digest(&data).to_vec() } else { data };
                 if !self.event(Record::Call { name: name.to_owned(), result, data }, pid) {
@@ -581,7 +583,6 @@ impl<'a> Supervisor<'a> {
                     self.witness_file(pid, path, &format!("/proc/{pid}/fd/{result}"));
                 }
             }
-            Pending::Listing { fd, buffer } => self.sort_listing(pid, fd, buffer, result as usize),
             Pending::Stat { buffer } => {
                 self.rewrite::<{ metadata::STAT_SIZE }>(pid, "stat", buffer, |meta, bytes, pid| {
                     meta.stat(bytes, || mounts(pid));
@@ -639,42 +640,6 @@ impl<'a> Supervisor<'a> {
             let _ = set_registers(pid, &regs);
         }
         self.event(Record::Call { name: "readlink".into(), result: shown.len() as i64, data: shown.to_vec() }, pid);
-        self.written.clear();
-    }
-
-    /// Sort the entries one `getdents64` returned by name, so a listing
-    /// does not show the filesystem's hash order. Each entry keeps its own
-    /// record; the offsets stay in their original positions, so the last
-    /// one still resumes the listing where the kernel left it. (A listing
-    /// longer than one buffer is sorted buffer by buffer: a documented
-    /// hole.)
-    fn sort_listing(&mut self, pid: libc::pid_t, fd: i32, buffer: u64, length: usize) {
-        let Some(mut bytes) = read_bytes(pid, buffer, length.min(LISTING_BYTES_MAX)) else { return };
-        if let Ok(directory) = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) {
-            use std::os::unix::fs::MetadataExt;
-            self.metadata.listing(directory.dev(), &mut bytes, || mounts(pid));
-        }
-        let mut entries = Vec::new();
-        let mut offsets = Vec::new();
-        let mut at = 0;
-        while at + 19 <= bytes.len() {
-            let record_length = u16::from_ne_bytes([bytes[at + 16], bytes[at + 17]]) as usize;
-            if record_length < 19 || at + record_length > bytes.len() {
-                return; // Not a listing this code understands: leave it.
-            }
-            let record = bytes[at..at + record_length].to_vec();
-            offsets.push(record[8..16].to_vec());
-            let name_end = record[19..].iter().position(|&b| b == 0).map_or(record.len(), |end| 19 + end);
-            entries.push((record[19..name_end].to_vec(), record));
-            at += record_length;
-        }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut sorted = Vec::with_capacity(at);
-        for ((_, mut record), offset) in entries.into_iter().zip(offsets) {
-            record[8..16].copy_from_slice(&offset);
-            sorted.extend_from_slice(&record);
-        }
-        let _ = self.write(pid, buffer, &sorted);
         self.written.clear();
     }
 
@@ -882,6 +847,28 @@ impl<'a> Supervisor<'a> {
         self.sleep(pid, regs.rdx, absolute)
     }
 
+    /// `getdents64`, answered from the directory's entries in name order
+    /// (`listing.rs`), with virtual inode numbers.
+    fn getdents64(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
+        let (fd, buffer, size) = (regs.rdi as i32, regs.rsi, (regs.rdx as usize).min(LISTING_BYTES_MAX));
+        let mut directory = match tracee_descriptor(pid, fd) {
+            Ok(directory) => std::fs::File::from(directory),
+            Err(errno) => return -i64::from(errno),
+        };
+        match self.listings.next(pid, fd, &mut directory, size) {
+            Ok((mut records, device)) => {
+                self.metadata.listing(device, &mut records, || mounts(pid));
+                self.write(pid, buffer, &records).map_or_else(|e| e, |()| records.len() as i64)
+            }
+            Err(listing::Failure::Errno(errno)) => -i64::from(errno),
+            Err(listing::Failure::TooLarge) => {
+                let call = format!("getdents64 of more than {} entries", listing::ENTRIES_MAX);
+                self.end(Ending::Refused { source: "a directory too large to list in order", call }, Some(pid));
+                -i64::from(libc::EIO)
+            }
+        }
+    }
+
     fn uname(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
         let fields = ["Linux", HOSTNAME, "6.1.0-docklock", "#1 SMP docklock", "x86_64", HOSTNAME];
         let mut bytes = vec![0u8; fields.len() * 65];
@@ -1056,6 +1043,31 @@ fn special_mappings(pid: libc::pid_t) -> Vec<(&'static str, u64, u64)> {
 }
 
 /// One 8-byte word of the tracee's memory.
+/// A duplicate of tracee `pid`'s descriptor `fd`: the same open file, its
+/// position included; the errno the tracee's own use would fail with.
+fn tracee_descriptor(pid: libc::pid_t, fd: i32) -> Result<OwnedFd, i32> {
+    use std::os::fd::FromRawFd;
+    let errno = || io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+    // SAFETY: pidfd_open takes a pid and flags and returns a new
+    // descriptor or -1. The tracee cannot have been reaped meanwhile: it
+    // is stopped, and only this thread waits for it.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: a fresh descriptor, owned from here.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    // SAFETY: pidfd_getfd takes a pidfd, a descriptor number and flags
+    // (this thread is the tracer, so it may); it returns a new descriptor
+    // (close-on-exec) or -1.
+    let duplicate = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if duplicate < 0 {
+        return Err(errno());
+    }
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(duplicate as i32) })
+}
+
 /// What the metadata rewrites need of a tracee's mounts.
 fn mounts(pid: libc::pid_t) -> metadata::Mounts {
     use std::os::unix::fs::MetadataExt;
