@@ -1,4 +1,4 @@
-/* Observes: /proc and /sys contents. Variant "self": a process's own cmdline, comm, maps, limits (allowed in the cage). "host": /proc/uptime, cpuinfo, meminfo, self/status, loadavg (cage: refused "host state in /proc" at the first open). "sys": /sys/class/net listing and /sys/devices/system/cpu/online (cage: a minimal /sys with only the CPU lists: one CPU). Variant "allowed": the /proc listing, self/mounts, net/dev, sys/kernel/hostname, cap_last_cap, filesystems (allowed; cap_last_cap and filesystems are host kernel configuration: a hole across kernels). Variant "task": lists /proc/self/task and reads task/TID/stat, status, schedstat (task is on the allowlist). Variants "uuid" (/proc/sys/kernel/random/uuid) and "boot_id" (/proc/sys/kernel/random/boot_id) read kernel randomness/identity through /proc (cage: refused). Variants "uptime", "cpuinfo", "meminfo", "status", "loadavg", "stat", "filesystems", "cap_last_cap" open one file each. */
+/* Observes: /proc and /sys contents. Variant "self": a process's own cmdline, comm, maps, limits (allowed in the cage). "host": /proc/uptime, cpuinfo, meminfo, self/status, loadavg (cage: refused "host state in /proc" at the first open). "sys": /sys/class/net listing and /sys/devices/system/cpu/online (cage: a minimal /sys with only the CPU lists: one CPU). Variant "allowed": the /proc listing, net/dev, sys/kernel/hostname, cap_last_cap, filesystems (allowed; cap_last_cap and filesystems are host kernel configuration: a hole across kernels). Variant "task": lists /proc/self/task and reads task/TID/stat, status, schedstat (task is on the allowlist). Variants "uuid" (/proc/sys/kernel/random/uuid) and "boot_id" (/proc/sys/kernel/random/boot_id) read kernel randomness/identity through /proc (cage: refused). Variant "mounts": /proc/self/mounts (host: the devtmpfs size, i.e. host memory, and the host disk name; cage: refused). Variants "uptime", "cpuinfo", "meminfo", "status", "loadavg", "stat", "filesystems", "cap_last_cap" open one file each. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <string.h>
@@ -63,6 +63,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(v, "stat")) dumpfile("/proc/stat", 3);
     else if (!strcmp(v, "filesystems")) dumpfile("/proc/filesystems", 40);
     else if (!strcmp(v, "cap_last_cap")) dumpfile("/proc/sys/kernel/cap_last_cap", 2);
+    else if (!strcmp(v, "mounts")) dumpfile("/proc/self/mounts", 20);
     else if (!strcmp(v, "uuid")) dumpfile("/proc/sys/kernel/random/uuid", 2);
     else if (!strcmp(v, "boot_id")) dumpfile("/proc/sys/kernel/random/boot_id", 2);
     else if (!strcmp(v, "task")) {
@@ -75,7 +76,6 @@ int main(int argc, char **argv) {
     }
     else if (!strcmp(v, "allowed")) {
         listdir("/proc");
-        dumpfile("/proc/self/mounts", 20);
         dumpfile("/proc/net/dev", 6);
         dumpfile("/proc/sys/kernel/hostname", 2);
         dumpfile("/proc/sys/kernel/cap_last_cap", 2);

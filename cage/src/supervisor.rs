@@ -570,6 +570,8 @@ impl<'a> Supervisor<'a> {
         if result < 0 {
             return;
         }
+        // The call's own name for its record (orig_rax survives the call).
+        let name = syscalls::name(regs.orig_rax as i64).unwrap_or("unknown");
         match pending {
             Pending::Open { flags } => {
                 let Ok(path) = std::fs::read_link(format!("/proc/{pid}/fd/{result}")) else { return };
@@ -584,17 +586,17 @@ impl<'a> Supervisor<'a> {
                 }
             }
             Pending::Stat { buffer } => {
-                self.rewrite::<{ metadata::STAT_SIZE }>(pid, "stat", buffer, |meta, bytes, pid| {
+                self.rewrite::<{ metadata::STAT_SIZE }>(pid, name, buffer, |meta, bytes, pid| {
                     meta.stat(bytes, || mounts(pid));
                 })
             }
             Pending::Statx { buffer } => {
-                self.rewrite::<{ metadata::STATX_SIZE }>(pid, "statx", buffer, |meta, bytes, pid| {
+                self.rewrite::<{ metadata::STATX_SIZE }>(pid, name, buffer, |meta, bytes, pid| {
                     meta.statx(bytes, || mounts(pid));
                 })
             }
             Pending::Statfs { buffer } => {
-                self.rewrite::<{ metadata::STATFS_SIZE }>(pid, "statfs", buffer, |_, bytes, _| Metadata::statfs(bytes));
+                self.rewrite::<{ metadata::STATFS_SIZE }>(pid, name, buffer, |_, bytes, _| Metadata::statfs(bytes));
             }
             Pending::Link { buffer, size } => self.rewrite_link(pid, regs, buffer, result as usize, size as usize),
         }
@@ -925,8 +927,11 @@ impl<'a> Supervisor<'a> {
 fn proc_path_allowed(path: &str) -> bool {
     const FIXED: [&str; 5] =
         ["/proc", "/proc/filesystems", "/proc/sys/kernel/hostname", "/proc/sys/kernel/domainname", "/proc/self"];
-    const PER_PROCESS: [&str; 11] =
-        ["cmdline", "comm", "environ", "exe", "fd", "cwd", "root", "limits", "maps", "mounts", "task"];
+    // Not `mounts` (nor `mountinfo`): the options of the device nodes
+    // bound from the host's devtmpfs carry its size (the host's memory),
+    // and the host disk's device name shows.
+    const PER_PROCESS: [&str; 10] =
+        ["cmdline", "comm", "environ", "exe", "fd", "cwd", "root", "limits", "maps", "task"];
     // Kernel constants libraries read (libcap; `id`), and the namespace's own
     // network devices (only loopback).
     const FIXED_MORE: [&str; 2] = ["/proc/sys/kernel/cap_last_cap", "/proc/sys/kernel/ngroups_max"];
@@ -1212,9 +1217,10 @@ mod tests {
         for refused in ["/proc/uptime", "/proc/cpuinfo", "/proc/meminfo", "/proc/2/stat", "/proc/2/status"] {
             assert!(!proc_path_allowed(refused), "{refused}");
         }
-        for refused in ["/proc/2/auxv", "/proc/2/mountinfo", "/proc/sys/kernel/random/boot_id", "/proc/2/task/3/stat"] {
+        for refused in ["/proc/2/auxv", "/proc/2/mountinfo", "/proc/2/mounts", "/proc/sys/kernel/random/boot_id"] {
             assert!(!proc_path_allowed(refused), "{refused}");
         }
+        assert!(!proc_path_allowed("/proc/2/task/3/stat"));
         assert!(!proc_path_allowed("/proc/version"));
         assert!(!proc_path_allowed("/proc/self2/maps"));
     }

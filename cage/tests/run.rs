@@ -494,7 +494,7 @@ int main(int argc, char **argv) {
         "rseq",
         "getrandom",
         "clock_gettime",
-        "stat",
+        "newfstatat",
         "nanosleep",
         "clock_gettime",
         "getrandom",

@@ -459,7 +459,8 @@ probes! {
     host_proc_files_are_refused: case("procsys", &["host"], Refused("host state in /proc"), GetsFurther);
     thread_stat_files_are_refused: case("procsys", &["task"], Refused("host state in /proc"), GetsFurther);
     kernel_uuids_are_refused: case("procsys", &["uuid"], Refused("host state in /proc"), GetsFurther);
-    proc_listing_and_mounts: case("procsys", &["allowed"], Same, Varies);
+    proc_listing_and_constants: case("procsys", &["allowed"], Same, Varies);
+    mount_table_is_refused: case("procsys", &["mounts"], Refused("host state in /proc"), GetsFurther);
     sys_shows_one_cpu: case("procsys", &["sys"], Same, HostSpecific);
     host_identity: case("identity", &[], Same, Varies);
     processor_count: case("identity", &["nprocs"], Same, HostSpecific);
