@@ -59,15 +59,17 @@ pub(crate) struct Listings {
 impl Listings {
     /// The records for one `getdents64` of at most `size` bytes on
     /// `directory` (the workload's open directory `fd` in process `pid`,
-    /// duplicated: the same position), and the directory's device. Moves
-    /// the position past what it returns.
+    /// duplicated: the same position), each inode number as
+    /// `show_inode(directory's device, inode)` gives it. Moves the
+    /// position past what it returns.
     pub(crate) fn next(
         &mut self,
         pid: libc::pid_t,
         fd: i32,
         directory: &mut File,
         size: usize,
-    ) -> Result<(Vec<u8>, u64), Failure> {
+        mut show_inode: impl FnMut(u64, u64) -> u64,
+    ) -> Result<Vec<u8>, Failure> {
         let metadata = directory.metadata().map_err(Failure::from)?;
         let identity = (metadata.dev(), metadata.ino());
         let position = directory.stream_position().map_err(Failure::from)?;
@@ -89,7 +91,7 @@ impl Listings {
                 break;
             }
             next += 1;
-            records.extend_from_slice(&entry.ino.to_ne_bytes());
+            records.extend_from_slice(&show_inode(metadata.dev(), entry.ino).to_ne_bytes());
             records.extend_from_slice(&(next as i64).to_ne_bytes());
             records.extend_from_slice(&(length as u16).to_ne_bytes());
             records.push(entry.kind);
@@ -101,7 +103,7 @@ impl Listings {
         }
         // SAFETY: lseek on a descriptor owned here.
         directory.seek(SeekFrom::Start(next as u64)).map_err(Failure::from)?;
-        Ok((records, metadata.dev()))
+        Ok(records)
     }
 
     /// Forget a process's listings (it ended).
@@ -187,7 +189,7 @@ mod tests {
         let mut seen = Vec::new();
         loop {
             // Room for two short entries a call.
-            let Ok((records, _)) = listings.next(2, 3, &mut fd, 64) else { panic!("listing failed") };
+            let Ok(records) = listings.next(2, 3, &mut fd, 64, |_, ino| ino) else { panic!("listing failed") };
             if records.is_empty() {
                 break;
             }
@@ -198,14 +200,26 @@ mod tests {
         assert_eq!(seen.iter().map(|(_, offset)| *offset).collect::<Vec<_>>(), (1..=7).collect::<Vec<_>>());
         // seekdir to a d_off, then rewinddir (which rereads).
         fd.seek(SeekFrom::Start(5)).unwrap();
-        let (records, _) = listings.next(2, 3, &mut fd, 4096).ok().unwrap();
+        let device = std::fs::metadata(dir.path()).unwrap().dev();
+        let records = listings
+            .next(2, 3, &mut fd, 4096, |dev, ino| if dev == device { ino + 1_000_000 } else { 0 })
+            .ok()
+            .unwrap();
         assert_eq!(names(&records).iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), ["delta", "echo"]);
+        let delta = std::fs::metadata(dir.path().join("delta")).unwrap().ino();
+        assert_eq!(u64::from_ne_bytes(records[..8].try_into().unwrap()), delta + 1_000_000, "inode numbers as shown");
         std::fs::write(dir.path().join("aardvark"), "").unwrap();
         fd.rewind().unwrap();
-        let (records, _) = listings.next(2, 3, &mut fd, 4096).ok().unwrap();
+        let records = listings.next(2, 3, &mut fd, 4096, |_, ino| ino).ok().unwrap();
         assert_eq!(names(&records)[2].0, "aardvark", "a rewind reads the directory again");
-        assert!(matches!(listings.next(2, 3, &mut fd, 8), Ok((records, _)) if records.is_empty()), "at the end");
+        assert!(
+            matches!(listings.next(2, 3, &mut fd, 8, |_, ino| ino), Ok(records) if records.is_empty()),
+            "at the end"
+        );
         fd.rewind().unwrap();
-        assert!(matches!(listings.next(2, 3, &mut fd, 8), Err(Failure::Errno(libc::EINVAL))), "no room for one");
+        assert!(
+            matches!(listings.next(2, 3, &mut fd, 8, |_, ino| ino), Err(Failure::Errno(libc::EINVAL))),
+            "no room for one"
+        );
     }
 }

@@ -123,7 +123,7 @@ pub(crate) struct Metadata {
     /// By real device number; loaded at the first use.
     devices: Option<HashMap<u64, Device>>,
     /// By real mount id (from `mountinfo`, then first seen).
-    mounts: HashMap<u64, u64>,
+    mount_ids: HashMap<u64, u64>,
     /// By real device number (0 for devices not mounted) and inode.
     inodes: HashMap<(u64, u64), u64>,
 }
@@ -145,7 +145,7 @@ impl Metadata {
             epoch_secs: epoch_secs as i64,
             stamped_since: i64::MAX,
             devices: None,
-            mounts: HashMap::new(),
+            mount_ids: HashMap::new(),
             inodes: HashMap::new(),
         }
     }
@@ -179,8 +179,8 @@ impl Metadata {
                 kind,
                 mounted: true,
             });
-            let count = self.mounts.len();
-            self.mounts.entry(id).or_insert(u64::from(virtual_number(count)));
+            let count = self.mount_ids.len();
+            self.mount_ids.entry(id).or_insert(u64::from(virtual_number(count)));
         }
         self.devices = Some(devices);
     }
@@ -252,8 +252,8 @@ impl Metadata {
             put_u32(buffer, statx::NLINK, 1);
         }
         if mask & (statx::WANT_MNT_ID | statx::WANT_MNT_ID_UNIQUE) != 0 {
-            let count = self.mounts.len();
-            let id = *self.mounts.entry(u64_at(buffer, statx::MNT_ID)).or_insert(u64::from(virtual_number(count)));
+            let count = self.mount_ids.len();
+            let id = *self.mount_ids.entry(u64_at(buffer, statx::MNT_ID)).or_insert(u64::from(virtual_number(count)));
             put_u64(buffer, statx::MNT_ID, id);
         }
         let times = [
@@ -284,23 +284,11 @@ impl Metadata {
         put_u64(buffer, statfs::FSID, 0);
     }
 
-    /// Rewrite the inode numbers of a `getdents64` listing of a directory
-    /// on device `real_device` (each record: `d_ino` first, length at 16).
-    pub(crate) fn listing(&mut self, real_device: u64, listing: &mut [u8], mounts: impl FnOnce() -> Mounts) {
+    /// The inode number a directory listing shows for entry `ino` of a
+    /// directory on device `real_device`: the one `stat` shows.
+    pub(crate) fn listed_inode(&mut self, real_device: u64, ino: u64, mounts: impl FnOnce() -> Mounts) -> u64 {
         let device = self.device(real_device, mounts);
-        if device.kind == Kind::Cage {
-            return;
-        }
-        let mut at = 0;
-        while at + 19 <= listing.len() {
-            let length = u16::from_ne_bytes([listing[at + 16], listing[at + 17]]) as usize;
-            if length < 19 || at + length > listing.len() {
-                return;
-            }
-            let ino = self.inode(real_device, device.kind, u64_at(listing, at), device.mounted);
-            put_u64(listing, at, ino);
-            at += length;
-        }
+        self.inode(real_device, device.kind, ino, device.mounted)
     }
 
     /// Rewrite a descriptor link's target (`pipe:[N]`, `socket:[N]`) with
@@ -425,23 +413,12 @@ mod tests {
     #[test]
     fn listings_show_the_same_inodes_as_stat() {
         let mut metadata = Metadata::new(EPOCH);
-        let mut listing = Vec::new();
-        for (ino, name) in [(300u64, "b"), (200, "a")] {
-            let mut record = vec![0u8; 24];
-            put_u64(&mut record, 0, ino);
-            record[16..18].copy_from_slice(&24u16.to_ne_bytes());
-            record[19] = name.as_bytes()[0];
-            listing.extend(record);
-        }
-        metadata.listing(libc::makedev(8, 1), &mut listing, mounts);
-        assert_eq!((u64_at(&listing, 0), u64_at(&listing, 24)), (1, 2));
-        let a = stat_of(libc::makedev(8, 1), 200, [LONG_AGO; 3]);
+        let host = libc::makedev(8, 1);
+        assert_eq!((metadata.listed_inode(host, 300, mounts), metadata.listed_inode(host, 200, mounts)), (1, 2));
+        let a = stat_of(host, 200, [LONG_AGO; 3]);
         assert_eq!(shown(&mut metadata, a).1, 2);
         // The cage's own tmpfs numbers in creation order already.
-        let mut own = listing.clone();
-        put_u64(&mut own, 0, 9);
-        metadata.listing(libc::makedev(0, 51), &mut own, mounts);
-        assert_eq!(u64_at(&own, 0), 9);
+        assert_eq!(metadata.listed_inode(libc::makedev(0, 51), 9, mounts), 9);
     }
 
     #[test]

@@ -598,7 +598,9 @@ impl<'a> Supervisor<'a> {
             Pending::Statfs { buffer } => {
                 self.rewrite::<{ metadata::STATFS_SIZE }>(pid, name, buffer, |_, bytes, _| Metadata::statfs(bytes));
             }
-            Pending::Link { buffer, size } => self.rewrite_link(pid, regs, buffer, result as usize, size as usize),
+            Pending::Link { buffer, size } => {
+                self.rewrite_link(pid, name, regs, buffer, result as usize, size as usize);
+            }
         }
     }
 
@@ -614,10 +616,8 @@ impl<'a> Supervisor<'a> {
         let Some(bytes) = read_bytes(pid, buffer, SIZE) else { return };
         let Ok(mut bytes) = <[u8; SIZE]>::try_from(bytes) else { return };
         fix(&mut self.metadata, &mut bytes, pid);
-        self.written.clear();
-        let _ = self.write(pid, buffer, &bytes);
+        let _ = write_memory(pid, buffer, &bytes);
         self.event(Record::Call { name: name.to_owned(), result: 0, data: witness::digest(&bytes).to_vec() }, pid);
-        self.written.clear();
     }
 
     /// A descriptor link (`pipe:[N]`, `socket:[N]`) names the inode
@@ -626,6 +626,7 @@ impl<'a> Supervisor<'a> {
     fn rewrite_link(
         &mut self,
         pid: libc::pid_t,
+        name: &str,
         mut regs: libc::user_regs_struct,
         buffer: u64,
         length: usize,
@@ -636,13 +637,11 @@ impl<'a> Supervisor<'a> {
             return;
         };
         let shown = &target.as_bytes()[..target.len().min(size)];
-        self.written.clear();
-        if self.write(pid, buffer, shown).is_ok() {
+        if write_memory(pid, buffer, shown).is_ok() {
             regs.rax = shown.len() as u64;
             let _ = set_registers(pid, &regs);
         }
-        self.event(Record::Call { name: "readlink".into(), result: shown.len() as i64, data: shown.to_vec() }, pid);
-        self.written.clear();
+        self.event(Record::Call { name: name.to_owned(), result: shown.len() as i64, data: shown.to_vec() }, pid);
     }
 
     /// The program just exec'd: witness its binary.
@@ -702,18 +701,11 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Write `bytes` at `address` in the tracee; `-EFAULT` if it cannot.
+    /// Emulations write through this: what they write is recorded.
     fn write(&mut self, pid: libc::pid_t, address: u64, bytes: &[u8]) -> Result<(), i64> {
-        let local = libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
-        let remote = libc::iovec { iov_base: address as *mut libc::c_void, iov_len: bytes.len() };
-        // SAFETY: local describes bytes; the kernel checks remote against
-        // the tracee's address space.
-        let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
-        if n == bytes.len() as isize {
-            self.written.extend_from_slice(bytes);
-            Ok(())
-        } else {
-            Err(-i64::from(libc::EFAULT))
-        }
+        write_memory(pid, address, bytes)?;
+        self.written.extend_from_slice(bytes);
+        Ok(())
     }
 
     /// The state of tracee `pid`. Every stop handled after the first is
@@ -857,11 +849,12 @@ impl<'a> Supervisor<'a> {
             Ok(directory) => std::fs::File::from(directory),
             Err(errno) => return -i64::from(errno),
         };
-        match self.listings.next(pid, fd, &mut directory, size) {
-            Ok((mut records, device)) => {
-                self.metadata.listing(device, &mut records, || mounts(pid));
-                self.write(pid, buffer, &records).map_or_else(|e| e, |()| records.len() as i64)
-            }
+        let metadata = &mut self.metadata;
+        let listed = self
+            .listings
+            .next(pid, fd, &mut directory, size, |device, ino| metadata.listed_inode(device, ino, || mounts(pid)));
+        match listed {
+            Ok(records) => self.write(pid, buffer, &records).map_or_else(|e| e, |()| records.len() as i64),
             Err(listing::Failure::Errno(errno)) => -i64::from(errno),
             Err(listing::Failure::TooLarge) => {
                 let call = format!("getdents64 of more than {} entries", listing::ENTRIES_MAX);
@@ -1047,7 +1040,6 @@ fn special_mappings(pid: libc::pid_t) -> Vec<(&'static str, u64, u64)> {
     found
 }
 
-/// One 8-byte word of the tracee's memory.
 /// A duplicate of tracee `pid`'s descriptor `fd`: the same open file, its
 /// position included; the errno the tracee's own use would fail with.
 fn tracee_descriptor(pid: libc::pid_t, fd: i32) -> Result<OwnedFd, i32> {
@@ -1083,6 +1075,21 @@ fn mounts(pid: libc::pid_t) -> metadata::Mounts {
     }
 }
 
+/// Write `bytes` at `address` in the tracee; `-EFAULT` if it cannot.
+fn write_memory(pid: libc::pid_t, address: u64, bytes: &[u8]) -> Result<(), i64> {
+    let local = libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
+    let remote = libc::iovec { iov_base: address as *mut libc::c_void, iov_len: bytes.len() };
+    // SAFETY: local describes bytes; the kernel checks remote against the
+    // tracee's address space.
+    let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+    if n == bytes.len() as isize {
+        Ok(())
+    } else {
+        Err(-i64::from(libc::EFAULT))
+    }
+}
+
+/// One 8-byte word of the tracee's memory.
 fn read_word(pid: libc::pid_t, address: u64) -> Option<u64> {
     read_bytes(pid, address, 8).map(|bytes| u64::from_ne_bytes(bytes.try_into().expect("8 bytes")))
 }
