@@ -173,7 +173,7 @@ impl Client {
                 }
             };
             attempts += 1;
-            match call(self.channel(&addr)?).await {
+            match call(self.channel(&addr)?).await.map_err(|status| self.own_timeout_named(status, &addr)) {
                 Ok(response) => {
                     *self.leader.lock().expect("leader lock") = Some(addr);
                     return Ok(response.into_inner());
@@ -205,6 +205,24 @@ impl Client {
             }
         }
         Err(last_error)
+    }
+
+    /// tonic reports this client's own per-attempt timeout as CANCELLED
+    /// ("Timeout expired"), a code that claims someone called the request
+    /// off; gRPC's code for a deadline that passed is DEADLINE_EXCEEDED, and
+    /// the message names the node that did not answer.
+    fn own_timeout_named(&self, status: Status, addr: &str) -> Status {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&status);
+        while let Some(error) = source {
+            if error.is::<tonic::TimeoutExpired>() {
+                return Status::deadline_exceeded(format!(
+                    "{addr} did not answer within {:?}",
+                    self.options.request_timeout
+                ));
+            }
+            source = error.source();
+        }
+        status
     }
 
     fn variables(channel: Channel) -> VariablesClient<Channel> {
@@ -330,4 +348,34 @@ fn retryable(status: &Status) -> bool {
 pub fn leader_hint(status: &Status) -> Option<String> {
     let value = status.metadata().get(LEADER_METADATA_KEY)?.to_str().ok()?;
     (!value.is_empty()).then(|| value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node that accepts connections but never answers: each attempt ends
+    /// at the client's own timeout, and the caller sees DEADLINE_EXCEEDED
+    /// naming the node, not the CANCELLED tonic reports for it.
+    #[tokio::test]
+    async fn a_silent_node_is_a_deadline_exceeded() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address").to_string();
+        let held = tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                accepted.push(socket);
+            }
+        });
+        let options = ClientOptions {
+            request_timeout: Duration::from_millis(200),
+            deadline: Duration::from_millis(900),
+            ..ClientOptions::default()
+        };
+        let client = Client::new(vec![addr.clone()], options).expect("client");
+        let error = client.put("key", b"value".to_vec()).await.expect_err("a silent node cannot answer");
+        assert_eq!(error.code(), Code::DeadlineExceeded, "{error:?}");
+        assert!(error.message().contains(&addr), "{error:?}");
+        held.abort();
+    }
 }
