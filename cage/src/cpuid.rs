@@ -10,9 +10,10 @@
 //! The vendor string is "GenuineIntel", not a name of our own: glibc (2.36
 //! at least) reads leaf 1 only for vendors it knows, so under an unknown
 //! vendor it sees no SSE2 and every dynamically linked program dies with
-//! "CPU ISA level is lower than required". Its Intel path also takes cache
-//! sizes from leaf 4, which this table fixes. The brand string still says
-//! what the CPU is.
+//! "CPU ISA level is lower than required". Its Intel path takes cache
+//! sizes from leaf 2's descriptors, which this table fixes (leaf 4 says the
+//! same for programs that read it). The brand string still says what the
+//! CPU is.
 
 /// Highest basic leaf.
 const MAX_LEAF: u32 = 0x7;
@@ -36,11 +37,11 @@ const EXT1_EDX: u32 = (1 << 11) | (1 << 20) | (1 << 29);
 /// Leaf 4 (deterministic cache parameters), one entry per cache: EAX (type,
 /// level, self-initialising, one thread sharing), EBX (line size, one
 /// partition, ways), ECX (sets), all minus one where the format says so.
-/// L1d and L1i 32 KiB 8-way, L2 1 MiB 16-way, L3 8 MiB 16-way, 64-byte lines.
+/// L1d and L1i 32 KiB 8-way, L2 1 MiB 8-way, L3 8 MiB 16-way, 64-byte lines.
 const CACHES: [[u32; 4]; 4] = [
     [0x121, 63 | (7 << 22), 63, 0],
     [0x122, 63 | (7 << 22), 63, 0],
-    [0x143, 63 | (15 << 22), 1023, 0],
+    [0x143, 63 | (7 << 22), 2047, 0],
     [0x163, 63 | (15 << 22), 8191, 0],
 ];
 
@@ -58,8 +59,15 @@ pub(crate) fn virtual_cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
         // Family 6, model 0, stepping 0; one logical processor; CLFLUSH
         // line 8 x 8 bytes.
         1 => [0x0000_0600, 0x0001_0800, LEAF1_ECX, LEAF1_EDX],
-        // One call; descriptor 0xff: "see leaf 4".
-        2 => [0x0000_ff01, 0, 0, 0],
+        // One call (AL = 1) and the caches as descriptor bytes, no
+        // register's bit 31 set (that would mark it invalid): 0x2c L1d and
+        // 0x30 L1i 32 KiB 8-way, 0x87 L2 1 MiB 8-way, 0xe4 L3 8 MiB
+        // 16-way, all with 64-byte lines; the same caches as leaf 4. Not
+        // 0xff ("see leaf 4"): glibc answers each of its dozen cache
+        // questions from leaf 2 and then, for 0xff, walks leaf 4 again,
+        // and every CPUID is a trap (54 of them before a static `true`'s
+        // `main`, against 21 with descriptors).
+        2 => [0x3087_2c01, 0x0000_00e4, 0, 0],
         4 => CACHES.get(subleaf as usize).copied().unwrap_or([0; 4]),
         // Structured extended features: none announced (no AVX2, BMI,
         // RDSEED, RDPID, ...), whatever the subleaf.
@@ -100,5 +108,40 @@ mod tests {
         };
         let sizes: Vec<u32> = (0..5).map(|sub| virtual_cpuid(4, sub)).filter(|l| l[0] & 0x1f != 0).map(size).collect();
         assert_eq!(sizes, [32 << 10, 32 << 10, 1 << 20, 8 << 20]);
+    }
+
+    /// Leaf 2's descriptors (Intel SDM, table "Encoding of CPUID Leaf 2
+    /// Descriptors") describe the caches leaf 4 describes.
+    #[test]
+    fn leaf_2_and_leaf_4_agree() {
+        // descriptor -> (leaf 4 type and level, size, ways, line)
+        let known = |byte: u8| match byte {
+            0x2c => Some((0x21, 32 << 10, 8, 64)),
+            0x30 => Some((0x22, 32 << 10, 8, 64)),
+            0x87 => Some((0x43, 1 << 20, 8, 64)),
+            0xe4 => Some((0x63, 8 << 20, 16, 64)),
+            _ => None,
+        };
+        let registers = virtual_cpuid(2, 0);
+        assert_eq!(registers[0] & 0xff, 1, "one call");
+        assert!(registers.iter().all(|r| r & (1 << 31) == 0), "every register valid");
+        let mut described: Vec<_> = registers
+            .iter()
+            .flat_map(|r| r.to_le_bytes())
+            .skip(1)
+            .filter(|&byte| byte != 0)
+            .map(|byte| known(byte).unwrap_or_else(|| panic!("descriptor {byte:#x}")))
+            .collect();
+        described.sort();
+        let mut leaf4: Vec<_> = (0..5)
+            .map(|sub| virtual_cpuid(4, sub))
+            .filter(|l| l[0] & 0x1f != 0)
+            .map(|[eax, ebx, ecx, _]| {
+                let (ways, line) = ((ebx >> 22) + 1, (ebx & 0xfff) + 1);
+                (eax & 0xff, ways * line * (((ebx >> 12) & 0x3ff) + 1) * (ecx + 1), ways, line)
+            })
+            .collect();
+        leaf4.sort();
+        assert_eq!(described, leaf4);
     }
 }

@@ -66,8 +66,9 @@ pub struct RunSpec {
     pub limits: Limits,
     /// Seed (recorded; the determinism layer will use it).
     pub seed: [u8; 32],
-    /// Where the run's stage directory is made (default: the system's
-    /// temporary directory). It is removed when the run ends.
+    /// Where the directory the cage mounts its root on is kept (default:
+    /// the system's temporary directory): made by the first run, left for
+    /// the next (nothing is ever written to it on the host).
     pub stage_parent: Option<PathBuf>,
     /// The root filesystem.
     pub rootfs: Rootfs,
@@ -222,18 +223,23 @@ pub fn run_cancellable(
     cancel: &AtomicBool,
 ) -> Result<Outcome, CageError> {
     let started = Instant::now();
-    let parent = spec.stage_parent.clone().unwrap_or_else(std::env::temp_dir);
-    let stage = tempfile::Builder::new().prefix("docklock-cage-").tempdir_in(parent).map_err(io("create the stage"))?;
-    let root = stage.path().join("root");
-    std::fs::create_dir(&root).map_err(io(format!("create {}", root.display())))?;
-    // The workload's uid maps to an unprivileged host uid: the stage must
-    // be traversable.
-    set_mode(stage.path(), 0o755)?;
+    let root = mount_point(&spec.stage_parent.clone().unwrap_or_else(std::env::temp_dir))?;
 
-    let mut witness = WitnessWriter::new(BufWriter::new(
-        File::create(witness_path).map_err(io(format!("create {}", witness_path.display())))?,
-    ))
-    .map_err(io("write the witness log"))?;
+    // Written beside its final path and renamed there when complete: the
+    // path holds a whole witness log, the previous one until then (a run
+    // that fails to start, or a crash, leaves no half-written evidence).
+    let folder = match witness_path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => Path::new("."),
+    };
+    let partial = tempfile::Builder::new()
+        .prefix(".witness-")
+        // As `File::create` would make it: 0666 less the umask.
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(folder)
+        .map_err(io(format!("create a witness log in {}", folder.display())))?;
+    let file = partial.reopen().map_err(io("write the witness log"))?;
+    let mut witness = WitnessWriter::new(BufWriter::new(file)).map_err(io("write the witness log"))?;
     let prepared = match rootfs::prepare(&spec.rootfs, &spec.cache) {
         Ok(prepared) => prepared,
         Err(error) => return Err(CageError::Spec(error.to_string())),
@@ -270,6 +276,7 @@ pub fn run_cancellable(
     witness.record(&Record::End(verdict.describe())).map_err(io("write the witness log"))?;
     let records = witness.len();
     let root = witness.finish().map_err(io("write the witness log"))?;
+    partial.persist(witness_path).map_err(|error| io(format!("write {}", witness_path.display()))(error.error))?;
     Ok(Outcome {
         verdict,
         root: hex::encode(root),
@@ -277,6 +284,42 @@ pub fn run_cancellable(
         outputs: collected,
         wall_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// The host directory each run's init mounts the new root on, made once
+/// in `parent` and kept. Every run mounts in its own mount namespace, so
+/// one empty directory serves any number of runs at once, and the host
+/// never sees what is mounted on it. (A directory made and removed per run
+/// cost about 0.35 ms of a 4 ms run here.) It must be a real directory of
+/// this user, writable by no one else (it may be in a shared `/tmp`), and
+/// traversable: the workload's uid maps to an unprivileged host uid.
+#[allow(unsafe_code)]
+fn mount_point(parent: &Path) -> Result<PathBuf, CageError> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let dir = parent.join(format!("docklock-cage-root-{euid}"));
+    let usable = |meta: &std::fs::Metadata| meta.is_dir() && meta.uid() == euid && meta.mode() & 0o7777 == 0o755;
+    match std::fs::symlink_metadata(&dir) {
+        Ok(meta) if usable(&meta) => return Ok(dir),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            match std::fs::create_dir(&dir) {
+                Ok(()) => set_mode(&dir, 0o755)?,
+                // Another run made it meanwhile: checked below.
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(error) => return Err(io(format!("create {}", dir.display()))(error)),
+            }
+        }
+        Err(error) => return Err(io(format!("inspect {}", dir.display()))(error)),
+    }
+    match std::fs::symlink_metadata(&dir) {
+        Ok(meta) if usable(&meta) => Ok(dir),
+        _ => Err(CageError::Spec(format!(
+            "{} is not a directory of uid {euid} with mode 0755; remove it or choose another stage directory",
+            dir.display()
+        ))),
+    }
 }
 
 /// The default policy, compiled once per process.

@@ -502,9 +502,12 @@ impl<'a> Supervisor<'a> {
         if self.step_to_syscall_stop(pid).is_none() {
             return;
         }
-        let mut calls = vec![("cpuid faulting".to_owned(), libc::SYS_arch_prctl, [ARCH_SET_CPUID, 0])];
-        for (name, start, end) in special_mappings(pid) {
-            calls.push((format!("unmap {name}"), libc::SYS_munmap, [start, end - start]));
+        let mut calls = vec![("cpuid faulting", libc::SYS_arch_prctl, [ARCH_SET_CPUID, 0])];
+        // One call per contiguous run of them (they are one run on x86-64),
+        // and one record whatever the kernel calls its pieces: newer
+        // kernels split `[vvar]` in two, which must not change a root.
+        for (start, end) in special_mappings(pid) {
+            calls.push(("unmap vdso", libc::SYS_munmap, [start, end - start]));
         }
         let Ok(saved) = registers(pid) else { return };
         // SAFETY: PEEKTEXT reads one word of the stopped tracee; errors
@@ -524,6 +527,7 @@ impl<'a> Supervisor<'a> {
         if unsafe { libc::ptrace(libc::PTRACE_POKETEXT, pid, saved.rip, u64::from_le_bytes(patched)) } != 0 {
             return;
         }
+        let mut unmapped: Option<i64> = None;
         for (name, number, [first, second]) in calls {
             let mut regs = saved;
             (regs.rax, regs.rdi, regs.rsi) = (number as u64, first, second);
@@ -537,7 +541,15 @@ impl<'a> Supervisor<'a> {
             let Some(result) = returned.and_then(|()| registers(pid).ok()).map(|regs| regs.rax as i64) else {
                 return; // It died meanwhile.
             };
-            self.event(Record::Call { name, result, data: Vec::new() }, pid);
+            if number == libc::SYS_munmap {
+                // The first failure, if any, is what the record shows.
+                unmapped = Some(unmapped.filter(|&earlier| earlier != 0).unwrap_or(result));
+            } else {
+                self.event(Record::Call { name: name.into(), result, data: Vec::new() }, pid);
+            }
+        }
+        if let Some(result) = unmapped {
+            self.event(Record::Call { name: "unmap vdso".into(), result, data: Vec::new() }, pid);
         }
         // SAFETY: as above; the original word goes back.
         unsafe { libc::ptrace(libc::PTRACE_POKETEXT, pid, saved.rip, word) };
@@ -1023,18 +1035,22 @@ fn read_stack(pid: libc::pid_t, rsp: u64) -> Vec<u8> {
 
 /// The kernel's special mappings in the tracee (`[vdso]`, `[vvar]`, and
 /// `[vvar_vclock]` on newer kernels): name, start, end.
-fn special_mappings(pid: libc::pid_t) -> Vec<(&'static str, u64, u64)> {
+fn special_mappings(pid: libc::pid_t) -> Vec<(u64, u64)> {
     let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return Vec::new() };
-    let mut found = Vec::new();
+    let mut found: Vec<(u64, u64)> = Vec::new();
     for line in maps.lines() {
-        let Some(name) = ["[vdso]", "[vvar]", "[vvar_vclock]"].into_iter().find(|name| line.ends_with(name)) else {
+        if !["[vdso]", "[vvar]", "[vvar_vclock]"].into_iter().any(|name| line.ends_with(name)) {
             continue;
-        };
+        }
         let range = line.split_whitespace().next().and_then(|range| range.split_once('-'));
         let parsed = range
             .and_then(|(start, end)| Some((u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?)));
-        if let Some((start, end)) = parsed.filter(|(start, end)| start < end) {
-            found.push((name, start, end));
+        let Some((start, end)) = parsed.filter(|(start, end)| start < end) else { continue };
+        // maps lists mappings in address order: extend the last run or
+        // start a new one.
+        match found.last_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => found.push((start, end)),
         }
     }
     found

@@ -495,7 +495,7 @@ impl Executor {
             inputs,
             limits: cage_limits(&spec),
             seed: test_fault_seed(seed_of(id, &spec)),
-            stage_parent: Some(dir.to_owned()),
+            stage_parent: Some(self.runs_dir.clone()),
             rootfs,
             cache: self.cache_dir.clone(),
             cgroups: true,
