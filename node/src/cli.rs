@@ -520,6 +520,21 @@ impl AgentArgs {
 }
 
 impl Cli {
+    /// Whether this command only asks and prints. Piped into `head`, such
+    /// a command should end quietly when the pipe closes, by SIGPIPE's
+    /// default action as every Unix tool does, instead of panicking in
+    /// `println!` on the EPIPE that Rust's ignored SIGPIPE turns it into.
+    /// Commands that run servers, the cage or replays keep SIGPIPE ignored:
+    /// a signal must not end them half-way through writing a witness log
+    /// or with children to stop.
+    pub fn prints_only(&self) -> bool {
+        match &self.command {
+            Command::Agent(_) | Command::Demo(_) | Command::Run { .. } | Command::Verify { .. } => false,
+            Command::Cage { command } => matches!(command, crate::cli_cage::CageCommand::Inspect { .. }),
+            _ => true,
+        }
+    }
+
     /// Run the command now if it needs no async runtime (`cage`, `key`);
     /// otherwise hand it back.
     pub fn run_without_runtime(self) -> Result<anyhow::Result<()>, Cli> {

@@ -12,7 +12,16 @@ use clap::Parser;
 use docklock_node::cli;
 
 fn main() -> ExitCode {
-    let result = match cli::Cli::parse().run_without_runtime() {
+    let cli = cli::Cli::parse();
+    if cli.prints_only() {
+        // SAFETY: restoring a signal's default action before any thread
+        // exists; no handler runs.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL)
+        };
+    }
+    let result = match cli.run_without_runtime() {
         Ok(result) => result,
         Err(command) => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
             Ok(runtime) => runtime.block_on(cli::run(command)),

@@ -116,3 +116,31 @@ fn runs_go_through_a_launcher_that_is_restarted_when_it_dies() {
     assert_eq!(outcome.verdict, Verdict::Ok);
     assert_ne!(launcher.process_id(), Some(first), "a new launcher");
 }
+
+/// `docklock cage inspect LOG | head -1`: when the reader goes away, the
+/// command ends as Unix tools do (SIGPIPE), not with a panic on stderr.
+#[test]
+fn inspect_into_a_closed_pipe_ends_quietly() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let witness = dir.path().join("loud.log").display().to_string();
+    // A listing of a big directory: a record per file, about 100 KB of
+    // text, more than a pipe holds (64 KiB), so the writer is still
+    // writing when the reader leaves.
+    let (code, _, stderr) = cli(&["cage", "run", "--witness", &witness, "--", "/usr/bin/ls", "-la", "/usr/bin"]);
+    assert_eq!(code, 0, "{stderr}");
+    let mut child = std::process::Command::new(docklock_tests::binary())
+        .args(["cage", "inspect", &witness])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains("header"), "{first}");
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.signal(), Some(13), "ended by SIGPIPE: {:?} {stderr}", output.status);
+}
