@@ -135,6 +135,19 @@ impl Policy {
             let clone = syscalls::number("clone").expect("known");
             traced_rules.insert(clone, vec![SeccompRule::new(vec![thread]).map_err(compile)?]);
         }
+        if allowed.iter().any(|name| name == "ioctl") {
+            // The kernel's receive time of a socket's last packet: refused
+            // like SO_TIMESTAMP. The kernel reads the request as a 32-bit
+            // int, so only the low half is compared (a workload cannot
+            // pass the filter with junk in the high half).
+            let mut stamp_rules = Vec::new();
+            for request in RECEIVE_TIME_IOCTLS {
+                let is = SeccompCondition::new(1, SeccompArgLen::Dword, SeccompCmpOp::Eq, request.into())
+                    .map_err(compile)?;
+                stamp_rules.push(SeccompRule::new(vec![is]).map_err(compile)?);
+            }
+            traced_rules.insert(syscalls::number("ioctl").expect("known"), stamp_rules);
+        }
         if !traced_rules.is_empty() {
             let trace = SeccompAction::Trace(DATA_TRACE);
             filters.push(SeccompFilter::new(traced_rules, SeccompAction::Allow, trace, arch).map_err(compile)?);
@@ -154,6 +167,11 @@ impl Policy {
         Ok(Self { allowed, traced, digest: Sha3_256::digest(source.as_bytes()).into(), programs })
     }
 }
+
+/// `ioctl` requests that read a socket's last receive time: SIOCGSTAMP and
+/// SIOCGSTAMPNS, in their old (`timeval`/`timespec` of longs) and new
+/// (64-bit) forms.
+pub(crate) const RECEIVE_TIME_IOCTLS: [u32; 4] = [0x8906, 0x8907, 0x8010_8906, 0x8010_8907];
 
 /// seccompiler starts every program with an architecture check that kills
 /// on a mismatch, before any rule; hand such calls to the supervisor like

@@ -124,6 +124,8 @@ fn handling<'a>(name: &str) -> Handling<'a> {
         // Only thread creation reaches here (the filter passes other clones).
         "clone" => Handling::Refuse("threads"),
         "alarm" | "setitimer" => Handling::Refuse("timers"),
+        // Only SIOCGSTAMP and SIOCGSTAMPNS reach here (`RECEIVE_TIME_IOCTLS`).
+        "ioctl" => Handling::Refuse("time"),
         _ => Handling::Refuse("an unhandled traced call"),
     }
 }

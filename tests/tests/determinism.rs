@@ -471,6 +471,8 @@ probes! {
         ..case("network", &[], Same, Varies)
     };
     socket_timestamps_are_refused: case("network", &["timestamp"], Refused("time"), GetsFurther);
+    receive_time_ioctl_is_refused: case("network", &["stamp"], Refused("time"), GetsFurther);
+    receive_time_ioctl_with_a_junk_high_half_is_refused: case("network", &["stamp_high"], Refused("time"), GetsFurther);
     escape_tsc: case("escape", &["tsc"], Refused("undoing the cage"), GetsFurther);
     escape_cpuid: case("escape", &["cpuid"], Refused("undoing the cage"), GetsFurther);
     escape_seccomp_through_prctl: case("escape", &["seccomp"], Refused("undoing the cage"), GetsFurther);
