@@ -25,15 +25,22 @@ static void addr(const char *label, struct sockaddr_in *a) {
 
 #include <stdlib.h>
 
+/* A UDP socket bound to a loopback port the kernel picks; its address in *a. */
+static int loopback_udp(struct sockaddr_in *a) {
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    memset(a, 0, sizeof *a);
+    a->sin_family = AF_INET;
+    a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(u, (struct sockaddr *)a, sizeof *a);
+    socklen_t sl = sizeof *a;
+    getsockname(u, (struct sockaddr *)a, &sl);
+    return u;
+}
+
 static int timestamps(void) {
     printf("variant timestamp\n");
-    int u = socket(AF_INET, SOCK_DGRAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(u, (struct sockaddr *)&a, sizeof a);
-    socklen_t sl = sizeof a;
-    getsockname(u, (struct sockaddr *)&a, &sl);
+    struct sockaddr_in a;
+    int u = loopback_udp(&a);
     int one = 1;
     int r = setsockopt(u, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
     printf("setsockopt_SO_TIMESTAMPNS ret %d errno %d\n", r, r ? errno : 0);
@@ -63,7 +70,7 @@ static int timestamps(void) {
     sa.sin_family = AF_INET; sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     bind(srv, (struct sockaddr *)&sa, sizeof sa);
     listen(srv, 1);
-    sl = sizeof sa; getsockname(srv, (struct sockaddr *)&sa, &sl);
+    socklen_t sl = sizeof sa; getsockname(srv, (struct sockaddr *)&sa, &sl);
     int cli = socket(AF_INET, SOCK_STREAM, 0);
     connect(cli, (struct sockaddr *)&sa, sizeof sa);
     int acc = accept(srv, NULL, NULL);
@@ -80,13 +87,8 @@ static int timestamps(void) {
    with ioctl: the request alone, without SO_TIMESTAMP* first. */
 static int stamp_ioctl(int high) {
     printf("variant stamp%s\n", high ? "_high" : "");
-    int u = socket(AF_INET, SOCK_DGRAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(u, (struct sockaddr *)&a, sizeof a);
-    socklen_t sl = sizeof a;
-    getsockname(u, (struct sockaddr *)&a, &sl);
+    struct sockaddr_in a;
+    int u = loopback_udp(&a);
     int s = socket(AF_INET, SOCK_DGRAM, 0);
     sendto(s, "ping", 4, 0, (struct sockaddr *)&a, sizeof a);
     char data[16];
