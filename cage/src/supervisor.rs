@@ -61,6 +61,10 @@ const AT_SYSINFO_EHDR: u64 = 33;
 /// The hardware capability word every caged program sees (CPUID leaf 1
 /// EDX of a baseline x86-64 CPU).
 const VIRTUAL_HWCAP: u64 = 0x178b_fbff;
+/// `AT_MINSIGSTKSZ`: the signal frame size the kernel says a stack needs.
+const AT_MINSIGSTKSZ: u64 = 51;
+/// The signal frame size every caged program is told.
+const VIRTUAL_MINSIGSTKSZ: u64 = 8192;
 /// Largest directory listing one `getdents64` returns (libc asks 32 KiB).
 const LISTING_BYTES_MAX: usize = 1 << 20;
 /// Emulated data up to this size is recorded as is, larger as its digest.
@@ -397,7 +401,8 @@ impl<'a> Supervisor<'a> {
 
     /// At an exec stop, rewrite the new program's auxiliary vector on its
     /// stack: no vDSO (libc then makes real, traced time calls), the 16
-    /// `AT_RANDOM` bytes from the seed, fixed hardware capability words.
+    /// `AT_RANDOM` bytes from the seed, fixed hardware capability words and
+    /// signal stack size.
     fn rewrite_auxv(&mut self, pid: libc::pid_t) {
         self.written.clear();
         let Ok(regs) = registers(pid) else { return };
@@ -429,6 +434,14 @@ impl<'a> Supervisor<'a> {
                 AT_SYSINFO_EHDR => Some((AT_IGNORE, 0)),
                 AT_HWCAP => Some((AT_HWCAP, VIRTUAL_HWCAP)),
                 AT_HWCAP2 => Some((AT_HWCAP2, 0)),
+                // The kernel's signal frame size follows the host CPU's
+                // extended state (3,632 bytes with AVX-512, less without),
+                // and glibc's `sysconf(_SC_MINSIGSTKSZ)` and `SIGSTKSZ`
+                // pass it on. One value above every such host's: a stack
+                // sized from it is never too small. A host that needs more
+                // (more state than any CPU of the machine class has) keeps
+                // its own, so a program never gets too small a stack.
+                AT_MINSIGSTKSZ => Some((AT_MINSIGSTKSZ, value.max(VIRTUAL_MINSIGSTKSZ))),
                 AT_RANDOM => {
                     let mut bytes = [0u8; 16];
                     self.process(pid).rng.fill_bytes(&mut bytes);

@@ -656,6 +656,7 @@ int main(int argc, char **argv) {
     int vdso = 0;
     while (maps && fgets(line, sizeof line, maps)) vdso += strstr(line, "[vdso]") || strstr(line, "[vvar]");
     printf("vdso mappings %d\n", vdso);
+    printf("minsigstksz %lu sysconf %ld\n", getauxval(AT_MINSIGSTKSZ), sysconf(_SC_MINSIGSTKSZ));
     return 0;
 }
 "#,
@@ -672,6 +673,9 @@ int main(int argc, char **argv) {
     assert!(first_out.contains("vdso 0 "), "no vDSO is announced: {first_out}");
     assert!(first_out.contains("vdso mappings 0\n"), "the vDSO and vvar are unmapped: {first_out}");
     assert!(first_out.contains(" aux 0\n"), "RDTSCP says CPU 0: {first_out}");
+    // The signal stack size is the cage's, not the host CPU's (glibc
+    // passes it on through sysconf).
+    assert!(first_out.contains("minsigstksz 8192 sysconf 8192\n"), "{first_out}");
     // CPUID faulting is a CPU feature (Intel's, and recent AMD's): where
     // the host has it, CPUID is the virtual CPU's; where not, the witness
     // records that it could not be turned on (so such runs are of another
