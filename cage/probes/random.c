@@ -1,4 +1,4 @@
-/* Observes: kernel randomness -- getrandom (flags 0, GRND_NONBLOCK, GRND_RANDOM, GRND_INSECURE), /dev/urandom, /dev/random, aliases (a /tmp symlink, /dev/./urandom, /proc/self/fd/N), and AT_RANDOM. Cage: handled -- getrandom from a per-process ChaCha20 stream keyed by the seed; /dev/urandom and /dev/random are 64 KiB seeded files (every open reads from the start); AT_RANDOM rewritten at exec. */
+/* Observes: kernel randomness -- getrandom (flags 0, GRND_NONBLOCK, GRND_RANDOM, GRND_INSECURE), /dev/urandom, /dev/random, aliases (a /tmp symlink, /dev/./urandom, /proc/self/fd/N), and AT_RANDOM. Cage: handled -- getrandom from a per-process ChaCha20 stream keyed by the seed; /dev/urandom and /dev/random read an endless seeded stream per open file (every open, under any alias, reads new bytes; a shared descriptor goes on through its stream); AT_RANDOM rewritten at exec. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdint.h>

@@ -32,6 +32,7 @@ pub mod run;
 mod sandbox;
 mod supervisor;
 pub mod syscalls;
+mod urandom;
 pub mod witness;
 
 pub use cgroup::Enforcement;

@@ -29,12 +29,12 @@ pub const CAGE_VERSION: &str = concat!("docklock-cage/", env!("CARGO_PKG_VERSION
 
 /// Device nodes bound from the host.
 const DEVICES: [&str; 2] = ["null", "zero"];
-/// Bytes of `/dev/random` and `/dev/urandom` in the cage: files of this
-/// size drawn from the seed (a stream of its own, so they are not the
-/// bytes `getrandom` returns). Each open reads from the start; past the
-/// end, a read returns end of file. Modern code uses `getrandom`, which
-/// has no bound.
-const DEV_RANDOM_BYTES: usize = 64 * 1024;
+/// Bytes of the file `/dev/random` and `/dev/urandom` are in the cage,
+/// drawn from the seed (a stream of its own, so they are not the bytes
+/// `getrandom` returns). Reads of it are answered from a stream per open
+/// file (`urandom.rs`); the file's own bytes show only where the
+/// supervisor does not answer (a mapping of it).
+const DEV_RANDOM_BYTES: usize = 4096;
 /// The ChaCha20 stream of the seed they come from (`getrandom` uses 0).
 const DEV_RANDOM_STREAM: u64 = 1;
 /// Mode of every input in the cage, whatever its mode on the host: the

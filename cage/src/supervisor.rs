@@ -33,6 +33,7 @@ use crate::listing::{self, Listings};
 use crate::metadata::{self, Metadata};
 use crate::policy::{DATA_DENY, DATA_FOREIGN};
 use crate::syscalls;
+use crate::urandom::{self, Streams};
 use crate::witness::{self, Record};
 use crate::HOSTNAME;
 
@@ -158,6 +159,11 @@ enum Pending {
         buffer: u64,
         size: u64,
     },
+    /// A call answered at its entry (and replaced by `getpid`): this is
+    /// what it returns.
+    Answered {
+        result: i64,
+    },
 }
 
 /// One traced process (or thread): where it sits in the run's process
@@ -175,6 +181,9 @@ struct Process {
     events: Vec<Record>,
     /// Paths this process has witnessed (each once per process).
     witnessed: HashSet<String>,
+    /// It may hold an open file of `/dev/urandom`: it stops at every system
+    /// call, so that its reads of it are answered from their stream.
+    reads_random: bool,
 }
 
 impl Process {
@@ -192,6 +201,7 @@ impl Process {
             clock_ns,
             events: Vec::new(),
             witnessed: HashSet::new(),
+            reads_random: false,
         }
     }
 
@@ -230,6 +240,11 @@ pub(crate) struct Supervisor<'a> {
     metadata: Metadata,
     /// Directory listings being served in name order.
     listings: Listings,
+    /// The random streams open files of `/dev/urandom` read.
+    streams: Streams,
+    /// Device and inode of the cage's `/dev/random` (learnt at its first
+    /// open; `/dev/urandom` is a link to it).
+    random_file: Option<(u64, u64)>,
     /// Why the run was ended, if the supervisor ended it.
     pub(crate) ending: Option<Ending>,
 }
@@ -257,6 +272,8 @@ impl<'a> Supervisor<'a> {
             written: Vec::new(),
             metadata: Metadata::new(EPOCH_SECS),
             listings: Listings::default(),
+            streams: Streams::default(),
+            random_file: None,
             ending: None,
         }
     }
@@ -315,6 +332,8 @@ impl<'a> Supervisor<'a> {
                 self.witness_exec(pid);
                 self.rewrite_auxv(pid);
                 self.after_exec(pid);
+                // Close-on-exec descriptors are gone.
+                self.recheck_random(pid);
                 0
             }
             libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK | libc::PTRACE_EVENT_CLONE => {
@@ -327,10 +346,13 @@ impl<'a> Supervisor<'a> {
                         let parent = self.process(pid);
                         parent.children += 1;
                         let (path, clock_ns) = ([parent.path.as_slice(), &[parent.children]].concat(), parent.clock_ns);
-                        let process = Process::new(&self.seed, path, clock_ns);
+                        // Its descriptors are copies of its parent's.
+                        let reads_random = parent.reads_random;
+                        let mut process = Process::new(&self.seed, path, clock_ns);
+                        process.reads_random = reads_random;
                         self.processes.insert(child, process);
                         if self.parked.remove(&child) {
-                            resume(child, libc::PTRACE_CONT, 0);
+                            self.go_on(child, 0);
                         }
                     }
                 }
@@ -345,7 +367,22 @@ impl<'a> Supervisor<'a> {
             // the cage is not supported: the tracee goes on).
             event if event != 0 => 0,
             _ if signal == libc::SIGTRAP | 0x80 => {
-                self.on_syscall_exit(pid);
+                // A process that reads `/dev/urandom` stops at every call's
+                // entry and exit; any other only at the exit of a call it
+                // was sent on to with PTRACE_SYSCALL.
+                if self.processes.get(&pid).is_some_and(|p| p.reads_random)
+                    && syscall_stop_op(pid) == libc::PTRACE_SYSCALL_INFO_ENTRY
+                {
+                    self.on_syscall_entry(pid);
+                    if self.ending.is_some() {
+                        return;
+                    }
+                } else {
+                    self.on_syscall_exit(pid);
+                    if self.processes.get(&pid).is_some_and(|p| p.reads_random) {
+                        self.after_call_reading_random(pid);
+                    }
+                }
                 0
             }
             // The time-stamp counter is disabled in the cage: reading it
@@ -354,7 +391,15 @@ impl<'a> Supervisor<'a> {
             // A signal on its way to the tracee: deliver it.
             _ => signal,
         };
-        resume(pid, libc::PTRACE_CONT, deliver);
+        self.go_on(pid, deliver);
+    }
+
+    /// Let `pid` run on to its next stop that matters: a traced call, a
+    /// signal, an event, or every call's entry and exit while it may hold
+    /// an open file of `/dev/urandom`.
+    fn go_on(&self, pid: libc::pid_t, signal: i32) {
+        let every_call = self.processes.get(&pid).is_some_and(|p| p.reads_random);
+        resume(pid, if every_call { libc::PTRACE_SYSCALL } else { libc::PTRACE_CONT }, signal);
     }
 
     fn on_seccomp(&mut self, pid: libc::pid_t) {
@@ -383,7 +428,7 @@ impl<'a> Supervisor<'a> {
                 regs.orig_rax = u64::MAX;
                 regs.rax = result as u64;
                 if set_registers(pid, &regs).is_ok() {
-                    resume(pid, libc::PTRACE_CONT, 0);
+                    self.go_on(pid, 0);
                 }
             }
             Handling::AtExit(pending) => {
@@ -392,7 +437,7 @@ impl<'a> Supervisor<'a> {
                 resume(pid, libc::PTRACE_SYSCALL, 0);
             }
             Handling::Check(check) => match check(&regs) {
-                None => resume(pid, libc::PTRACE_CONT, 0),
+                None => self.go_on(pid, 0),
                 Some(source) => self.end(Ending::Refused { source, call: name.to_owned() }, Some(pid)),
             },
             Handling::Refuse(source) => self.end(Ending::Refused { source, call: name.to_owned() }, Some(pid)),
@@ -590,9 +635,144 @@ impl<'a> Supervisor<'a> {
         None
     }
 
+    /// Whether `file` (a path or an open descriptor's `/proc` link) is the
+    /// cage's `/dev/random`, which `/dev/urandom` links to.
+    fn is_random_file(&mut self, pid: libc::pid_t, file: &str) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        if self.random_file.is_none() {
+            // The cage's root is read-only: the file cannot be replaced.
+            let random = std::fs::metadata(format!("/proc/{pid}/root/dev/random"));
+            self.random_file = random.ok().map(|meta| (meta.dev(), meta.ino()));
+        }
+        let Ok(meta) = std::fs::metadata(file) else { return false };
+        self.random_file == Some((meta.dev(), meta.ino()))
+    }
+
+    /// At the exit of an open: if it opened `/dev/urandom` (under any name),
+    /// give the new open file a stream of its own, and stop its process at
+    /// every call from now on (see `urandom`).
+    fn give_random_stream(&mut self, pid: libc::pid_t, fd: i32) {
+        if !self.is_random_file(pid, &format!("/proc/{pid}/fd/{fd}")) {
+            return;
+        }
+        let mut key = [0u8; 32];
+        self.process(pid).rng.fill_bytes(&mut key);
+        let Some(start) = self.streams.open(key) else {
+            let call = format!("open /dev/urandom (more than {} opens)", urandom::STREAMS_MAX);
+            return self.end(Ending::Refused { source: "randomness", call }, Some(pid));
+        };
+        let Ok(file) = tracee_descriptor(pid, fd) else { return };
+        // SAFETY: lseek on a descriptor this thread owns.
+        if unsafe { libc::lseek(file.as_raw_fd(), start as libc::off_t, libc::SEEK_SET) } < 0 {
+            return;
+        }
+        self.process(pid).reads_random = true;
+    }
+
+    /// At a call's entry, in a process that may hold `/dev/urandom` open:
+    /// answer reads of it (and `lseek`, which on the device does nothing)
+    /// from the open file's stream and skip the call. Any other call, or a
+    /// file without a stream, runs as it is.
+    fn on_syscall_entry(&mut self, pid: libc::pid_t) {
+        let Ok(mut regs) = registers(pid) else { return };
+        let number = regs.orig_rax as i64;
+        let vectored = matches!(number, libc::SYS_readv | libc::SYS_preadv | libc::SYS_preadv2);
+        if !vectored && !matches!(number, libc::SYS_read | libc::SYS_pread64 | libc::SYS_lseek) {
+            return;
+        }
+        let Ok(fd) = i32::try_from(regs.rdi) else { return };
+        if !self.is_random_file(pid, &format!("/proc/{pid}/fd/{fd}")) {
+            return;
+        }
+        let Ok(file) = tracee_descriptor(pid, fd) else { return };
+        // SAFETY: lseek on a descriptor this thread owns.
+        let offset = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_CUR) };
+        let Some((key, position)) = u64::try_from(offset).ok().and_then(|offset| self.streams.locate(offset)) else {
+            return;
+        };
+        self.written.clear();
+        let result = if number == libc::SYS_lseek {
+            0
+        } else {
+            // Where the bytes go: the one buffer, or each of the vector's.
+            let buffers = if vectored { read_iovecs(pid, regs.rsi, regs.rdx) } else { Ok(vec![(regs.rsi, regs.rdx)]) };
+            match buffers {
+                Err(errno) => errno,
+                Ok(buffers) => {
+                    let left = (urandom::STREAM_BYTES - position).min(urandom::READ_BYTES_MAX as u64);
+                    let mut done = 0u64;
+                    let mut result = 0;
+                    for (address, length) in buffers {
+                        let length = length.min(left - done);
+                        if length == 0 {
+                            continue;
+                        }
+                        let bytes = urandom::bytes(&key, position + done, length as usize);
+                        if let Err(errno) = self.write(pid, address, &bytes) {
+                            // A fault after some bytes is a short read.
+                            result = if done == 0 { errno } else { done as i64 };
+                            break;
+                        }
+                        done += length;
+                        result = done as i64;
+                    }
+                    result
+                }
+            }
+        };
+        if result > 0 {
+            // Every read takes new bytes, `pread` too: the device has no
+            // positions to go back to.
+            let moved = offset + result;
+            // SAFETY: lseek on a descriptor this thread owns.
+            unsafe { libc::lseek(file.as_raw_fd(), moved, libc::SEEK_SET) };
+        }
+        let data = std::mem::take(&mut self.written);
+        let data = if data.len() > DATA_RECORDED_MAX { witness::digest(&data).to_vec() } else { data };
+        let name = syscalls::name(number).unwrap_or("unknown").to_owned();
+        if !self.event(Record::Call { name, result, data }, pid) {
+            return;
+        }
+        // Skipping the call (system call number -1) works at a seccomp stop
+        // but not here, at the entry: seccomp runs after this stop and
+        // would see -1. The call becomes `getpid`, which the policy
+        // allows and which changes nothing, and its exit returns the answer.
+        regs.orig_rax = libc::SYS_getpid as u64;
+        if set_registers(pid, &regs).is_ok() {
+            self.pending.insert(pid, Pending::Answered { result });
+        }
+    }
+
+    /// After a call that can close descriptors: does the process still
+    /// hold `/dev/urandom` open? If not, it stops only where others do.
+    fn after_call_reading_random(&mut self, pid: libc::pid_t) {
+        let Ok(regs) = registers(pid) else { return };
+        let closing = [libc::SYS_close, libc::SYS_close_range, libc::SYS_dup2, libc::SYS_dup3];
+        if closing.contains(&(regs.orig_rax as i64)) {
+            self.recheck_random(pid);
+        }
+    }
+
+    /// Look through the process's descriptors for `/dev/urandom`.
+    fn recheck_random(&mut self, pid: libc::pid_t) {
+        if !self.processes.get(&pid).is_some_and(|p| p.reads_random) {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return };
+        let descriptors: Vec<String> =
+            entries.filter_map(Result::ok).map(|entry| entry.path().to_string_lossy().into_owned()).collect();
+        let holds = descriptors.iter().any(|fd| self.is_random_file(pid, fd));
+        self.process(pid).reads_random = holds;
+    }
+
     fn on_syscall_exit(&mut self, pid: libc::pid_t) {
         let Some(pending) = self.pending.remove(&pid) else { return };
-        let Ok(regs) = registers(pid) else { return };
+        let Ok(mut regs) = registers(pid) else { return };
+        if let Pending::Answered { result } = pending {
+            regs.rax = result as u64;
+            let _ = set_registers(pid, &regs);
+            return;
+        }
         let result = regs.rax as i64;
         if result < 0 {
             return;
@@ -611,6 +791,7 @@ impl<'a> Supervisor<'a> {
                 if flags & libc::O_ACCMODE != libc::O_WRONLY {
                     self.witness_file(pid, path, &format!("/proc/{pid}/fd/{result}"));
                 }
+                self.give_random_stream(pid, result as i32);
             }
             Pending::Stat { buffer } => {
                 self.rewrite::<{ metadata::STAT_SIZE }>(pid, name, buffer, |meta, bytes, pid| {
@@ -628,6 +809,8 @@ impl<'a> Supervisor<'a> {
             Pending::Link { buffer, size } => {
                 self.rewrite_link(pid, name, regs, buffer, result as usize, size as usize);
             }
+            // Given its result before the call's own was looked at.
+            Pending::Answered { .. } => {}
         }
     }
 
@@ -1073,6 +1256,38 @@ fn special_mappings(pid: libc::pid_t) -> Vec<(u64, u64)> {
 
 /// A duplicate of tracee `pid`'s descriptor `fd`: the same open file, its
 /// position included; the errno the tracee's own use would fail with.
+/// Whether a syscall stop is a call's entry or its exit
+/// (`PTRACE_SYSCALL_INFO_*`; 0 if the kernel cannot say).
+fn syscall_stop_op(pid: libc::pid_t) -> u8 {
+    // SAFETY: plain data; the kernel fills what it knows.
+    let mut info: libc::ptrace_syscall_info = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::ptrace_syscall_info>();
+    // SAFETY: info is a valid out pointer of `size` bytes.
+    let n = unsafe { libc::ptrace(libc::PTRACE_GET_SYSCALL_INFO, pid, size, &mut info) };
+    if n > 0 {
+        info.op
+    } else {
+        0
+    }
+}
+
+/// The (address, length) pairs of a tracee's `iovec` array; `-EINVAL`
+/// past `IOV_MAX` entries, as the kernel answers.
+fn read_iovecs(pid: libc::pid_t, address: u64, count: u64) -> Result<Vec<(u64, u64)>, i64> {
+    const IOV_MAX: u64 = 1024;
+    if count > IOV_MAX {
+        return Err(-i64::from(libc::EINVAL));
+    }
+    let bytes = read_bytes(pid, address, count as usize * 16).ok_or(-i64::from(libc::EFAULT))?;
+    Ok(bytes
+        .chunks_exact(16)
+        .map(|pair| {
+            let word = |at: usize| u64::from_ne_bytes(pair[at..at + 8].try_into().expect("8 bytes"));
+            (word(0), word(8))
+        })
+        .collect())
+}
+
 fn tracee_descriptor(pid: libc::pid_t, fd: i32) -> Result<OwnedFd, i32> {
     use std::os::fd::FromRawFd;
     let errno = || io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);

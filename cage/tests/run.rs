@@ -737,6 +737,37 @@ int main(int argc, char **argv) {
     }
 }
 
+/// `/dev/urandom` and `/dev/random` behave as the devices do: every open
+/// reads new bytes, as many as asked for, and a descriptor shared by `dup`
+/// or `fork` goes on through one stream; and the bytes are the seed's, the
+/// same on every run.
+#[test]
+fn dev_urandom_is_a_stream_per_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = "head -c 8 /dev/urandom | od -An -tx1; head -c 8 /dev/urandom | od -An -tx1; \
+                  head -c 8 /dev/random | od -An -tx1; \
+                  head -c 300000 /dev/urandom | wc -c; dd if=/dev/urandom bs=1M count=2 iflag=fullblock 2>/dev/null | wc -c; \
+                  exec 3</dev/urandom; dd bs=4 count=1 <&3 2>/dev/null | od -An -tx1; dd bs=4 count=1 <&3 2>/dev/null | od -An -tx1";
+    let run = |seed: u8| {
+        let mut reader = shell(script);
+        reader.seed = [seed; 32];
+        cage(&reader, dir.path())
+    };
+    let (first, out) = run(5);
+    assert_eq!(first.verdict, Verdict::Ok, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 7, "{out}");
+    assert_ne!(lines[0], lines[1], "two opens, two draws: {out}");
+    assert_ne!(lines[1], lines[2], "{out}");
+    assert_eq!(lines[3].trim(), "300000", "more than the file holds: {out}");
+    assert_eq!(lines[4].trim(), "2097152", "{out}");
+    assert_ne!(lines[5], lines[6], "one open file read twice goes on: {out}");
+    let (again, out_again) = run(5);
+    assert_eq!((&again.root, &out_again), (&first.root, &out));
+    let (_, other) = run(6);
+    assert_ne!(other.lines().next(), out.lines().next(), "another seed, other bytes");
+}
+
 /// The same kind of attempts from a Rust program (static, built here with
 /// the toolchain's `rustc`): each fails or ends the run with a refusal,
 /// and nothing escapes.
