@@ -1,4 +1,4 @@
-/* Observes: /proc and /sys contents. Variant "self": a process's own cmdline, comm, maps, limits (allowed in the cage). "host": /proc/uptime, cpuinfo, meminfo, self/status, loadavg (cage: refused "host state in /proc" at the first open). "sys": /sys/class/net listing and /sys/devices/system/cpu/online (cage: a minimal /sys with only the CPU lists: one CPU). Variant "allowed": the /proc listing, net/dev, sys/kernel/hostname, cap_last_cap, filesystems (allowed; cap_last_cap and filesystems are host kernel configuration: a hole across kernels). Variant "task": lists /proc/self/task and reads task/TID/stat, status, schedstat (task is on the allowlist). Variants "uuid" (/proc/sys/kernel/random/uuid) and "boot_id" (/proc/sys/kernel/random/boot_id) read kernel randomness/identity through /proc (cage: refused). Variant "mounts": /proc/self/mounts (host: the devtmpfs size, i.e. host memory, and the host disk name; cage: refused). Variants "uptime", "cpuinfo", "meminfo", "status", "loadavg", "stat", "filesystems", "cap_last_cap" open one file each. */
+/* Observes: /proc and /sys contents. Variant "self": a process's own cmdline, comm, maps, limits (allowed in the cage). "host": /proc/uptime, cpuinfo, meminfo, self/status, loadavg (cage: the first three are the cage's own; refused "host state in /proc" at self/status). "machine": /proc/cpuinfo, meminfo, stat, uptime, loadavg (cage: fixed files of the cage's machine bound over the host's: the virtual CPU, the memory limit, no load, booted at the epoch). "sys": /sys/class/net listing and /sys/devices/system/cpu/online (cage: a minimal /sys with only the CPU lists: one CPU). Variant "allowed": the /proc listing, net/dev, sys/kernel/hostname, cap_last_cap, filesystems (allowed; cap_last_cap and filesystems are host kernel configuration: a hole across kernels). Variant "task": lists /proc/self/task and reads task/TID/stat, status, schedstat (task is on the allowlist). Variants "uuid" (/proc/sys/kernel/random/uuid) and "boot_id" (/proc/sys/kernel/random/boot_id) read kernel randomness/identity through /proc (cage: refused). Variant "mounts": /proc/self/mounts (host: the devtmpfs size, i.e. host memory, and the host disk name; cage: refused). Variants "uptime", "cpuinfo", "meminfo", "status", "loadavg", "stat", "filesystems", "cap_last_cap" open one file each. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <string.h>
@@ -51,6 +51,12 @@ int main(int argc, char **argv) {
         dumpfile("/proc/cpuinfo", 8);
         dumpfile("/proc/meminfo", 4);
         dumpfile("/proc/self/status", 12);
+        dumpfile("/proc/loadavg", 2);
+    } else if (!strcmp(v, "machine")) {
+        dumpfile("/proc/cpuinfo", 30);
+        dumpfile("/proc/meminfo", 4);
+        dumpfile("/proc/stat", 6);
+        dumpfile("/proc/uptime", 2);
         dumpfile("/proc/loadavg", 2);
     } else if (!strcmp(v, "sys")) {
         listdir("/sys/class/net");

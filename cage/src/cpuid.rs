@@ -84,6 +84,58 @@ pub(crate) fn virtual_cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
     }
 }
 
+/// `/proc/cpuinfo` of the virtual CPU: one processor, the features
+/// leaves 1 and 0x8000_0001 announce, under their kernel names.
+pub(crate) fn cpuinfo() -> String {
+    const EDX: [(u32, &str); 22] = [
+        (0, "fpu"),
+        (1, "vme"),
+        (2, "de"),
+        (3, "pse"),
+        (4, "tsc"),
+        (5, "msr"),
+        (6, "pae"),
+        (7, "mce"),
+        (8, "cx8"),
+        (9, "apic"),
+        (11, "sep"),
+        (12, "mtrr"),
+        (13, "pge"),
+        (14, "mca"),
+        (15, "cmov"),
+        (16, "pat"),
+        (17, "pse36"),
+        (19, "clflush"),
+        (23, "mmx"),
+        (24, "fxsr"),
+        (25, "sse"),
+        (26, "sse2"),
+    ];
+    const ECX: [(u32, &str); 7] =
+        [(0, "pni"), (1, "pclmulqdq"), (9, "ssse3"), (13, "cx16"), (19, "sse4_1"), (20, "sse4_2"), (23, "popcnt")];
+    const EXT_EDX: [(u32, &str); 3] = [(11, "syscall"), (20, "nx"), (29, "lm")];
+    let [_, _, ecx, edx] = virtual_cpuid(1, 0);
+    let [_, _, ext_ecx, ext_edx] = virtual_cpuid(0x8000_0001, 0);
+    let named = |word: u32, names: &[(u32, &'static str)]| {
+        names.iter().filter(move |(bit, _)| word & (1 << bit) != 0).map(|(_, name)| *name).collect::<Vec<_>>()
+    };
+    let mut flags = named(edx, &EDX);
+    flags.extend(named(ext_edx, &EXT_EDX));
+    flags.extend(named(ecx, &ECX));
+    if ext_ecx & 1 != 0 {
+        flags.push("lahf_lm");
+    }
+    let brand = String::from_utf8_lossy(BRAND).trim_end_matches('\0').to_owned();
+    format!(
+        "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 0\nmodel name\t: {brand}\n\
+         stepping\t: 0\ncache size\t: 8192 KB\nphysical id\t: 0\nsiblings\t: 1\ncore id\t\t: 0\n\
+         cpu cores\t: 1\napicid\t\t: 0\nfpu\t\t: yes\nfpu_exception\t: yes\ncpuid level\t: {MAX_LEAF}\n\
+         wp\t\t: yes\nflags\t\t: {}\nclflush size\t: 64\ncache_alignment\t: 64\n\
+         address sizes\t: 40 bits physical, 48 bits virtual\n\n",
+        flags.join(" ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +160,19 @@ mod tests {
         };
         let sizes: Vec<u32> = (0..5).map(|sub| virtual_cpuid(4, sub)).filter(|l| l[0] & 0x1f != 0).map(size).collect();
         assert_eq!(sizes, [32 << 10, 32 << 10, 1 << 20, 8 << 20]);
+    }
+
+    #[test]
+    fn cpuinfo_names_what_cpuid_announces() {
+        let text = cpuinfo();
+        assert!(text.contains("model name\t: DockLock virtual CPU (x86-64-v2)\n"), "{text}");
+        let flags = text.lines().find_map(|line| line.strip_prefix("flags\t\t: ")).unwrap();
+        for flag in ["sse2", "sse4_2", "popcnt", "lm", "nx", "lahf_lm"] {
+            assert!(flags.split(' ').any(|f| f == flag), "{flag} in {flags}");
+        }
+        for hidden in ["rdrand", "rdseed", "avx", "avx2", "hypervisor", "rdpid"] {
+            assert!(!flags.split(' ').any(|f| f == hidden), "{hidden} in {flags}");
+        }
     }
 
     /// Leaf 2's descriptors (Intel SDM, table "Encoding of CPUID Leaf 2

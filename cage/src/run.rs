@@ -37,6 +37,37 @@ const DEVICES: [&str; 2] = ["null", "zero"];
 const DEV_RANDOM_BYTES: usize = 4096;
 /// The ChaCha20 stream of the seed they come from (`getrandom` uses 0).
 const DEV_RANDOM_STREAM: u64 = 1;
+/// The contents of the `/proc` files the cage replaces, by name: the
+/// virtual CPU, memory as the memory limit with nothing used, no load,
+/// booted at the logical clock's zero. Fixed: they do not follow the
+/// workload's use (a hole only in what they tell, never in what differs
+/// between runs).
+fn synthetic_proc(memory_mib: u64) -> Vec<(&'static str, String)> {
+    let kib = memory_mib * 1024;
+    let meminfo = format!(
+        "MemTotal:       {kib:8} kB\nMemFree:        {kib:8} kB\nMemAvailable:   {kib:8} kB\n\
+         Buffers:               0 kB\nCached:                0 kB\nSwapCached:            0 kB\n\
+         Active:                0 kB\nInactive:              0 kB\nSwapTotal:             0 kB\n\
+         SwapFree:              0 kB\nDirty:                 0 kB\nWriteback:             0 kB\n\
+         AnonPages:             0 kB\nMapped:                0 kB\nShmem:                 0 kB\n\
+         Slab:                  0 kB\nCommitLimit:    {kib:8} kB\nCommitted_AS:          0 kB\n\
+         HugePages_Total:       0\nHugePages_Free:        0\nHugepagesize:       2048 kB\n"
+    );
+    let cpu_times = "0 0 0 0 0 0 0 0 0 0";
+    let stat = format!(
+        "cpu  {cpu_times}\ncpu0 {cpu_times}\nintr 0\nctxt 0\nbtime {}\nprocesses 1\nprocs_running 1\n\
+         procs_blocked 0\nsoftirq 0 0 0 0 0 0 0 0 0 0 0\n",
+        crate::supervisor::EPOCH_SECS
+    );
+    vec![
+        ("cpuinfo", crate::cpuid::cpuinfo()),
+        ("meminfo", meminfo),
+        ("stat", stat),
+        ("uptime", "0.00 0.00\n".to_owned()),
+        ("loadavg", "0.00 0.00 0.00 1/1 1\n".to_owned()),
+    ]
+}
+
 /// Mode of every input in the cage, whatever its mode on the host: the
 /// host's would otherwise show through stat, and any input may be the
 /// program.
@@ -437,6 +468,15 @@ fn plan(
     for dir in ["tmp", "out", "proc", ".old"] {
         skeleton.push(Node::Dir(c(&root.join(dir))?));
     }
+    // The /proc files that would show the host's CPUs, memory, load and
+    // uptime show the cage's machine instead, as a container's lxcfs does
+    // (bound over the cage's procfs by the init; see `Plan::proc_source`).
+    let proc_source = root.join(".proc");
+    skeleton.push(Node::Dir(c(&proc_source)?));
+    let mut proc_files = Vec::new();
+    for (name, contents) in synthetic_proc(spec.limits.memory_mib) {
+        proc_files.push((c(&proc_source.join(name))?, contents.into_bytes(), c(&root.join("proc").join(name))?));
+    }
     let program = sandbox::cstring(spec.program.as_bytes()).map_err(io("the program"))?;
     if !spec.program.starts_with('/') {
         return Err(CageError::Spec(format!("program {:?} must be an absolute path inside the cage", spec.program)));
@@ -489,6 +529,8 @@ fn plan(
             ),
         ],
         proc_dir: c(&root.join("proc"))?,
+        proc_source: c(&proc_source)?,
+        proc_files,
         program,
         argv,
         envp,

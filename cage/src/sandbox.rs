@@ -62,6 +62,15 @@ pub(crate) struct Plan {
     pub(crate) binds: Vec<Bind>,
     pub(crate) tmpfs: Vec<(CString, CString)>,
     pub(crate) proc_dir: CString,
+    /// An empty directory of the root: the init mounts a small tmpfs
+    /// there, makes `proc_files` in it, binds each over the file of the
+    /// new procfs of the same name, then detaches the tmpfs and removes
+    /// the directory. (Binding files of the root and unlinking them would
+    /// leave " (deleted)" in every path of them the kernel shows.)
+    pub(crate) proc_source: CString,
+    /// Contents and mode of files to bind over procfs files: (name, what
+    /// it holds, where it goes).
+    pub(crate) proc_files: Vec<(CString, Vec<u8>, CString)>,
     pub(crate) program: CString,
     pub(crate) argv: Vec<CString>,
     pub(crate) envp: Vec<CString>,
@@ -532,6 +541,24 @@ unsafe fn write_all(fd: libc::c_int, mut bytes: &[u8]) -> bool {
     true
 }
 
+/// Make the file `path` holding `bytes`, with `mode`, dated at the
+/// logical epoch (the time of making would show through stat).
+///
+/// SAFETY (for callers): only in a forked child (raw calls, no allocation).
+unsafe fn make_file(path: &CString, bytes: &[u8], mode: libc::mode_t) -> bool {
+    let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, mode);
+    if fd < 0 {
+        return false;
+    }
+    let written = write_all(fd, bytes);
+    let epoch = libc::timespec { tv_sec: EPOCH_SECS as libc::time_t, tv_nsec: 0 };
+    let dated = libc::futimens(fd, [epoch, epoch].as_ptr()) == 0;
+    // The mode again: the umask may have taken bits off.
+    let moded = libc::fchmod(fd, mode) == 0;
+    libc::close(fd);
+    written && dated && moded
+}
+
 /// The init: PID 1 of the new PID namespace. Builds the new root, forks
 /// the workload, reaps it, ends whatever it left running, reports its
 /// status, and keeps the namespace (and so `/out`, a tmpfs only it can
@@ -568,21 +595,10 @@ unsafe fn init_main(child: &Child<'_>) -> ! {
                 fd
             }
             Node::Contents(path, bytes, mode) => {
-                let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, *mode);
-                if fd >= 0 {
-                    let written = write_all(fd, bytes);
-                    // Made now, but dated at the logical epoch: the time
-                    // of making would show through stat.
-                    let epoch = libc::timespec { tv_sec: EPOCH_SECS as libc::time_t, tv_nsec: 0 };
-                    let dated = libc::futimens(fd, [epoch, epoch].as_ptr()) == 0;
-                    // The mode again: the umask may have taken bits off.
-                    let moded = libc::fchmod(fd, *mode) == 0;
-                    libc::close(fd);
-                    if !(written && dated && moded) {
-                        fail(fds, Step::BindRoot);
-                    }
+                if !make_file(path, bytes, *mode) {
+                    fail(fds, Step::BindRoot);
                 }
-                fd
+                0
             }
             Node::Symlink(path, target) => libc::symlink(target.as_ptr(), path.as_ptr()),
         };
@@ -613,6 +629,29 @@ unsafe fn init_main(child: &Child<'_>) -> ! {
     }
     let proc_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     if libc::mount(c"proc".as_ptr(), plan.proc_dir.as_ptr(), c"proc".as_ptr(), proc_flags, none) != 0 {
+        fail(fds, Step::Proc);
+    }
+    let source_options = c"size=1m,nr_inodes=64,mode=0755";
+    if libc::mount(
+        c"tmpfs".as_ptr(),
+        plan.proc_source.as_ptr(),
+        c"tmpfs".as_ptr(),
+        proc_flags,
+        source_options.as_ptr().cast(),
+    ) != 0
+    {
+        fail(fds, Step::Proc);
+    }
+    for (source, contents, target) in &plan.proc_files {
+        let read_only = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | proc_flags;
+        if !make_file(source, contents, 0o444)
+            || libc::mount(source.as_ptr(), target.as_ptr(), null, libc::MS_BIND, none) != 0
+            || libc::mount(null, target.as_ptr(), null, read_only, none) != 0
+        {
+            fail(fds, Step::Proc);
+        }
+    }
+    if libc::umount2(plan.proc_source.as_ptr(), libc::MNT_DETACH) != 0 || libc::rmdir(plan.proc_source.as_ptr()) != 0 {
         fail(fds, Step::Proc);
     }
     if libc::chdir(plan.root.as_ptr()) != 0

@@ -1128,8 +1128,19 @@ impl<'a> Supervisor<'a> {
 /// libcap and runtimes' stack discovery read them); the kernel's
 /// configuration and the inode numbers they show are documented holes.
 fn proc_path_allowed(path: &str) -> bool {
-    const FIXED: [&str; 5] =
-        ["/proc", "/proc/filesystems", "/proc/sys/kernel/hostname", "/proc/sys/kernel/domainname", "/proc/self"];
+    const FIXED: [&str; 10] = [
+        "/proc",
+        "/proc/filesystems",
+        "/proc/sys/kernel/hostname",
+        "/proc/sys/kernel/domainname",
+        "/proc/self",
+        // The cage's own, bound over the host's (`run::synthetic_proc`).
+        "/proc/cpuinfo",
+        "/proc/meminfo",
+        "/proc/stat",
+        "/proc/uptime",
+        "/proc/loadavg",
+    ];
     // Not `mounts` (nor `mountinfo`): the options of the device nodes
     // bound from the host's devtmpfs carry its size (the host's memory),
     // and the host disk's device name shows.
@@ -1467,7 +1478,11 @@ mod tests {
         ] {
             assert!(proc_path_allowed(allowed), "{allowed}");
         }
-        for refused in ["/proc/uptime", "/proc/cpuinfo", "/proc/meminfo", "/proc/2/stat", "/proc/2/status"] {
+        // The cage's own, bound over the host's.
+        for own in ["/proc/uptime", "/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/loadavg"] {
+            assert!(proc_path_allowed(own), "{own}");
+        }
+        for refused in ["/proc/2/stat", "/proc/2/status", "/proc/vmstat", "/proc/diskstats"] {
             assert!(!proc_path_allowed(refused), "{refused}");
         }
         for refused in ["/proc/2/auxv", "/proc/2/mountinfo", "/proc/2/mounts", "/proc/sys/kernel/random/boot_id"] {

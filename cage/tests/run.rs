@@ -714,13 +714,18 @@ int main(int argc, char **argv) {
     assert_eq!((&one.verdict, &bytes_one, &one.root), (&Verdict::Ok, &bytes_again, &again.root));
     assert_ne!(bytes_one, bytes_other, "another seed, other bytes");
     assert_eq!(bytes_one.len(), 3 * 16 + 1 + 3 * 4 + 1, "{bytes_one}");
-    // /proc shows this namespace, not the host: host state is refused.
-    let (outcome, stdout) = cage(&shell("cat /proc/self/cmdline; cat /proc/uptime; echo ESCAPED"), dir.path());
-    assert_eq!(
-        outcome.verdict,
-        Verdict::Refused { source: "host state in /proc".into(), call: "open /proc/uptime".into() }
+    // /proc shows this namespace, not the host: the machine's files are
+    // the cage's own, other host state is refused.
+    let script = "cat /proc/uptime /proc/loadavg; grep -c ^processor /proc/cpuinfo; head -1 /proc/meminfo; \
+                  cat /proc/self/status; echo ESCAPED";
+    let (outcome, stdout) = cage(&shell(script), dir.path());
+    assert!(
+        matches!(&outcome.verdict, Verdict::Refused { source, call }
+            if source == "host state in /proc" && call.starts_with("open /proc/") && call.ends_with("/status")),
+        "{:?}",
+        outcome.verdict
     );
-    assert!(!stdout.contains("ESCAPED"), "{stdout}");
+    assert_eq!(stdout, "0.00 0.00\n0.00 0.00 0.00 1/1 1\n1\nMemTotal:        1048576 kB\n", "{stdout}");
     // Directory listings come sorted (tmpfs lists newest first), and inputs
     // are dated at the logical epoch.
     let mut listing = shell("mkdir /tmp/d; for f in c a b; do : > /tmp/d/$f; done; ls -U /tmp/d; stat -c %Y /in/probe");

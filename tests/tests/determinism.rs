@@ -457,6 +457,7 @@ probes! {
     filesystem_statistics_show_no_host: case("dirs", &["statfs"], Same, Varies);
     own_proc_files: Case { holes: &[maps_device_hole("/proc/self/maps")], ..case("procsys", &["self"], Same, Varies) };
     host_proc_files_are_refused: case("procsys", &["host"], Refused("host state in /proc"), GetsFurther);
+    machine_proc_files_are_the_cages: case("procsys", &["machine"], Same, HostSpecific);
     thread_stat_files_are_refused: case("procsys", &["task"], Refused("host state in /proc"), GetsFurther);
     kernel_uuids_are_refused: case("procsys", &["uuid"], Refused("host state in /proc"), GetsFurther);
     proc_listing_and_constants: case("procsys", &["allowed"], Same, Varies);
