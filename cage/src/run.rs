@@ -25,7 +25,15 @@ use crate::CAGE_UID;
 /// How often a run looks at its cancel flag, at most (ms).
 pub const CANCEL_POLL_MS: u128 = 100;
 /// Version of the cage recorded in every witness header.
-pub const CAGE_VERSION: &str = concat!("docklock-cage/", env!("CARGO_PKG_VERSION"));
+///
+/// The revision after `+` counts changes to what a caged program can see
+/// (the virtual CPU, the emulated calls, the cage's `/dev` and `/proc`):
+/// the same run gives another root across one, and a replay by another
+/// revision differs at the header, which says why, not somewhere later.
+/// Revision 2: CPUID leaf 2 descriptors, one vDSO unmap record,
+/// `AT_MINSIGSTKSZ`, `/dev/urandom` streams, the cage's own `/proc`
+/// machine files, `SIOCGSTAMP` refused.
+pub const CAGE_VERSION: &str = concat!("docklock-cage/", env!("CARGO_PKG_VERSION"), "+2");
 
 /// Device nodes bound from the host.
 const DEVICES: [&str; 2] = ["null", "zero"];
