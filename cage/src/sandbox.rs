@@ -68,8 +68,8 @@ pub(crate) struct Plan {
     /// the directory. (Binding files of the root and unlinking them would
     /// leave " (deleted)" in every path of them the kernel shows.)
     pub(crate) proc_source: CString,
-    /// Contents and mode of files to bind over procfs files: (name, what
-    /// it holds, where it goes).
+    /// Files to bind over procfs files: (where it is made, under
+    /// `proc_source`; what it holds; the procfs file it covers).
     pub(crate) proc_files: Vec<(CString, Vec<u8>, CString)>,
     pub(crate) program: CString,
     pub(crate) argv: Vec<CString>,

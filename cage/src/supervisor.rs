@@ -370,16 +370,14 @@ impl<'a> Supervisor<'a> {
                 // A process that reads `/dev/urandom` stops at every call's
                 // entry and exit; any other only at the exit of a call it
                 // was sent on to with PTRACE_SYSCALL.
-                if self.processes.get(&pid).is_some_and(|p| p.reads_random)
-                    && syscall_stop_op(pid) == libc::PTRACE_SYSCALL_INFO_ENTRY
-                {
+                if self.reads_random(pid) && syscall_stop_op(pid) == libc::PTRACE_SYSCALL_INFO_ENTRY {
                     self.on_syscall_entry(pid);
                     if self.ending.is_some() {
                         return;
                     }
                 } else {
                     self.on_syscall_exit(pid);
-                    if self.processes.get(&pid).is_some_and(|p| p.reads_random) {
+                    if self.reads_random(pid) {
                         self.after_call_reading_random(pid);
                     }
                 }
@@ -394,11 +392,17 @@ impl<'a> Supervisor<'a> {
         self.go_on(pid, deliver);
     }
 
+    /// Whether `pid` may hold an open file of `/dev/urandom` (and so stops
+    /// at every call).
+    fn reads_random(&self, pid: libc::pid_t) -> bool {
+        self.processes.get(&pid).is_some_and(|p| p.reads_random)
+    }
+
     /// Let `pid` run on to its next stop that matters: a traced call, a
     /// signal, an event, or every call's entry and exit while it may hold
     /// an open file of `/dev/urandom`.
     fn go_on(&self, pid: libc::pid_t, signal: i32) {
-        let every_call = self.processes.get(&pid).is_some_and(|p| p.reads_random);
+        let every_call = self.reads_random(pid);
         resume(pid, if every_call { libc::PTRACE_SYSCALL } else { libc::PTRACE_CONT }, signal);
     }
 
@@ -419,9 +423,7 @@ impl<'a> Supervisor<'a> {
                 if self.ending.is_some() {
                     return; // The emulation ended the run; the tracee is gone.
                 }
-                let data = std::mem::take(&mut self.written);
-                let data = if data.len() > DATA_RECORDED_MAX { witness::digest(&data).to_vec() } else { data };
-                if !self.event(Record::Call { name: name.to_owned(), result, data }, pid) {
+                if !self.record_answer(pid, name, result) {
                     return;
                 }
                 // orig_rax -1 skips the call; rax is what it returns.
@@ -691,34 +693,12 @@ impl<'a> Supervisor<'a> {
             return;
         };
         self.written.clear();
-        let result = if number == libc::SYS_lseek {
-            0
-        } else {
-            // Where the bytes go: the one buffer, or each of the vector's.
-            let buffers = if vectored { read_iovecs(pid, regs.rsi, regs.rdx) } else { Ok(vec![(regs.rsi, regs.rdx)]) };
-            match buffers {
-                Err(errno) => errno,
-                Ok(buffers) => {
-                    let left = (urandom::STREAM_BYTES - position).min(urandom::READ_BYTES_MAX as u64);
-                    let mut done = 0u64;
-                    let mut result = 0;
-                    for (address, length) in buffers {
-                        let length = length.min(left - done);
-                        if length == 0 {
-                            continue;
-                        }
-                        let bytes = urandom::bytes(&key, position + done, length as usize);
-                        if let Err(errno) = self.write(pid, address, &bytes) {
-                            // A fault after some bytes is a short read.
-                            result = if done == 0 { errno } else { done as i64 };
-                            break;
-                        }
-                        done += length;
-                        result = done as i64;
-                    }
-                    result
-                }
-            }
+        // Where the bytes go: the one buffer, or each of the vector's.
+        let buffers = if vectored { read_iovecs(pid, regs.rsi, regs.rdx) } else { Ok(vec![(regs.rsi, regs.rdx)]) };
+        let result = match buffers {
+            _ if number == libc::SYS_lseek => 0,
+            Err(errno) => errno,
+            Ok(buffers) => self.read_stream(pid, &key, position, &buffers),
         };
         if result > 0 {
             // Every read takes new bytes, `pread` too: the device has no
@@ -727,10 +707,7 @@ impl<'a> Supervisor<'a> {
             // SAFETY: lseek on a descriptor this thread owns.
             unsafe { libc::lseek(file.as_raw_fd(), moved, libc::SEEK_SET) };
         }
-        let data = std::mem::take(&mut self.written);
-        let data = if data.len() > DATA_RECORDED_MAX { witness::digest(&data).to_vec() } else { data };
-        let name = syscalls::name(number).unwrap_or("unknown").to_owned();
-        if !self.event(Record::Call { name, result, data }, pid) {
+        if !self.record_answer(pid, syscalls::name(number).unwrap_or("unknown"), result) {
             return;
         }
         // Skipping the call (system call number -1) works at a seccomp stop
@@ -741,6 +718,27 @@ impl<'a> Supervisor<'a> {
         if set_registers(pid, &regs).is_ok() {
             self.pending.insert(pid, Pending::Answered { result });
         }
+    }
+
+    /// Fill `buffers` (address, length) in turn from the stream `key` at
+    /// `position`, at most [`urandom::READ_BYTES_MAX`] bytes in all: the
+    /// bytes given, or `-errno` if none could be.
+    fn read_stream(&mut self, pid: libc::pid_t, key: &[u8; 32], position: u64, buffers: &[(u64, u64)]) -> i64 {
+        let left = (urandom::STREAM_BYTES - position).min(urandom::READ_BYTES_MAX as u64);
+        let mut done = 0u64;
+        for &(address, length) in buffers {
+            let length = length.min(left - done);
+            if length == 0 {
+                continue;
+            }
+            let bytes = urandom::bytes(key, position + done, length as usize);
+            if let Err(errno) = self.write(pid, address, &bytes) {
+                // A fault after some bytes is a short read.
+                return if done == 0 { errno } else { done as i64 };
+            }
+            done += length;
+        }
+        done as i64
     }
 
     /// After a call that can close descriptors: does the process still
@@ -755,7 +753,7 @@ impl<'a> Supervisor<'a> {
 
     /// Look through the process's descriptors for `/dev/urandom`.
     fn recheck_random(&mut self, pid: libc::pid_t) {
-        if !self.processes.get(&pid).is_some_and(|p| p.reads_random) {
+        if !self.reads_random(pid) {
             return;
         }
         let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return };
@@ -880,6 +878,14 @@ impl<'a> Supervisor<'a> {
     /// End the run as a cage error: supervision failed.
     pub(crate) fn lose(&mut self, reason: String) {
         self.end(Ending::Lost(reason), None);
+    }
+
+    /// Record an answered call: its result and what the emulation wrote
+    /// (as is, or its digest when large). False if the run ended instead.
+    fn record_answer(&mut self, pid: libc::pid_t, name: &str, result: i64) -> bool {
+        let data = std::mem::take(&mut self.written);
+        let data = if data.len() > DATA_RECORDED_MAX { witness::digest(&data).to_vec() } else { data };
+        self.event(Record::Call { name: name.to_owned(), result, data }, pid)
     }
 
     /// Append an event; past the limit, end the run instead.
