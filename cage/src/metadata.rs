@@ -14,10 +14,19 @@
 //! - *devices* are numbered in the order the cage mounted them (read once
 //!   per run from the workload's `mountinfo`, which the cage's fixed mount
 //!   sequence orders); devices that are not mounted (pipes, sockets) come
-//!   after, in the order the run first shows them;
+//!   after, in the order the process first shows them;
 //! - *inodes* of the cage's own tmpfs mounts are kept (a fresh tmpfs
 //!   numbers its files in creation order); every other inode number is
-//!   replaced by a virtual one, in the order the run first shows it;
+//!   replaced by a virtual one, in the order the process first shows it.
+//!
+//! Numbers given in the order things are first shown are kept per process
+//! ([`Shown`]), inherited at fork: with one table for the whole run, two
+//! processes running at once (a shell pipeline) would take numbers in the
+//! order the host's scheduler ran them. A process's own order is fixed by
+//! its program and what it was shown, and its parent's table at the fork
+//! by the parent's. Within a process a number names one object; the same
+//! host file may show different numbers in two processes that first showed
+//! it at different points, as two processes on two machines would.
 //! - *times* are the logical epoch, the moment the run starts, except
 //!   those the workload set itself on its own files (`utimensat` with a
 //!   time it chose, which can only come from the logical clock or its
@@ -114,18 +123,30 @@ struct Device {
     mounted: bool,
 }
 
-/// One run's virtual numbering, shared by all its processes.
+/// What one run shows the same to all its processes: the mounted devices
+/// and mounts, numbered by the mount table, and how times show.
 pub(crate) struct Metadata {
     /// The logical epoch, in seconds.
     epoch_secs: i64,
     /// Kernel time stamps at or after this (seconds) are the run's own.
     stamped_since: i64,
-    /// By real device number; loaded at the first use.
+    /// Mounted devices by real device number; loaded at the first use.
     devices: Option<HashMap<u64, Device>>,
-    /// By real mount id (from `mountinfo`, then first seen).
+    /// By real mount id, from `mountinfo`.
     mount_ids: HashMap<u64, u64>,
+}
+
+/// The numbers one process has given in the order it first showed things:
+/// a child starts with a copy of its parent's at the fork (persistent
+/// maps, so the copy is O(1) however much the parent has shown).
+#[derive(Clone, Default)]
+pub(crate) struct Shown {
+    /// Devices that are not mounted (pipefs, sockfs), by real number.
+    devices: imbl::HashMap<u64, u32>,
+    /// Mounts not in the mount table the run started with, by real id.
+    mount_ids: imbl::HashMap<u64, u64>,
     /// By real device number (0 for devices not mounted) and inode.
-    inodes: HashMap<(u64, u64), u64>,
+    inodes: imbl::HashMap<(u64, u64), u64>,
 }
 
 /// What the supervisor reads of the workload's mounts, once per run.
@@ -141,13 +162,7 @@ pub(crate) struct Mounts {
 
 impl Metadata {
     pub(crate) fn new(epoch_secs: u64) -> Self {
-        Self {
-            epoch_secs: epoch_secs as i64,
-            stamped_since: i64::MAX,
-            devices: None,
-            mount_ids: HashMap::new(),
-            inodes: HashMap::new(),
-        }
+        Self { epoch_secs: epoch_secs as i64, stamped_since: i64::MAX, devices: None, mount_ids: HashMap::new() }
     }
 
     /// Number the devices and mounts of the workload's mount namespace in
@@ -185,29 +200,42 @@ impl Metadata {
         self.devices = Some(devices);
     }
 
-    fn device(&mut self, real: u64, mounts: impl FnOnce() -> Mounts) -> Device {
+    fn device(&mut self, shown: &mut Shown, real: u64, mounts: impl FnOnce() -> Mounts) -> Device {
         if self.devices.is_none() {
             self.load(&mounts());
         }
-        let devices = self.devices.as_mut().expect("loaded above");
-        let count = devices.len();
-        *devices.entry(real).or_insert(Device { minor: virtual_number(count), kind: Kind::Synthetic, mounted: false })
+        let devices = self.devices.as_ref().expect("loaded above");
+        if let Some(device) = devices.get(&real) {
+            return *device;
+        }
+        let count = devices.len() + shown.devices.len();
+        let minor = *shown.devices.entry(real).or_insert(virtual_number(count));
+        Device { minor, kind: Kind::Synthetic, mounted: false }
+    }
+
+    /// The mount id shown for a real one.
+    fn mount_id(&self, shown: &mut Shown, real: u64) -> u64 {
+        if let Some(id) = self.mount_ids.get(&real) {
+            return *id;
+        }
+        let count = self.mount_ids.len() + shown.mount_ids.len();
+        *shown.mount_ids.entry(real).or_insert(u64::from(virtual_number(count)))
     }
 
     /// The inode number shown for `ino` on a device of `kind`. Devices
     /// that are not mounted (pipefs, sockfs) share one counter in the
     /// kernel, so they share key 0 here too: a `pipe:[N]` link names the
     /// same inode its `fstat` does.
-    fn inode(&mut self, real_device: u64, kind: Kind, ino: u64, mounted: bool) -> u64 {
-        if kind == Kind::Cage {
+    fn inode(shown: &mut Shown, real_device: u64, device: Device, ino: u64) -> u64 {
+        if device.kind == Kind::Cage {
             return ino;
         }
-        let key = (if mounted { real_device } else { 0 }, ino);
-        let count = self.inodes.len();
+        let key = (if device.mounted { real_device } else { 0 }, ino);
+        let count = shown.inodes.len();
         if count >= INODES_MAX {
-            return *self.inodes.get(&key).unwrap_or(&(INODES_MAX as u64));
+            return *shown.inodes.get(&key).unwrap_or(&(INODES_MAX as u64));
         }
-        *self.inodes.entry(key).or_insert(count as u64 + 1)
+        *shown.inodes.entry(key).or_insert(count as u64 + 1)
     }
 
     /// A time as shown: `(seconds, nanoseconds)` of a file on `kind`.
@@ -219,13 +247,14 @@ impl Metadata {
         }
     }
 
-    /// Rewrite a `struct stat` the kernel returned; `mounts` reads the
-    /// workload's mounts if they are needed.
-    pub(crate) fn stat(&mut self, buffer: &mut [u8; STAT_SIZE], mounts: impl FnOnce() -> Mounts) {
+    /// Rewrite a `struct stat` the kernel returned to a process that has
+    /// shown `shown`; `mounts` reads the workload's mounts if they are
+    /// needed.
+    pub(crate) fn stat(&mut self, shown: &mut Shown, buffer: &mut [u8; STAT_SIZE], mounts: impl FnOnce() -> Mounts) {
         let real = u64_at(buffer, stat::DEV);
-        let device = self.device(real, mounts);
+        let device = self.device(shown, real, mounts);
         put_u64(buffer, stat::DEV, libc::makedev(0, device.minor));
-        let ino = self.inode(real, device.kind, u64_at(buffer, stat::INO), device.mounted);
+        let ino = Self::inode(shown, real, device, u64_at(buffer, stat::INO));
         put_u64(buffer, stat::INO, ino);
         if device.kind == Kind::Synthetic {
             put_u64(buffer, stat::NLINK, 1);
@@ -238,22 +267,21 @@ impl Metadata {
     }
 
     /// Rewrite a `struct statx` the kernel returned.
-    pub(crate) fn statx(&mut self, buffer: &mut [u8; STATX_SIZE], mounts: impl FnOnce() -> Mounts) {
+    pub(crate) fn statx(&mut self, shown: &mut Shown, buffer: &mut [u8; STATX_SIZE], mounts: impl FnOnce() -> Mounts) {
         let mask = u32_at(buffer, statx::MASK);
         let real = libc::makedev(u32_at(buffer, statx::DEV_MAJOR), u32_at(buffer, statx::DEV_MINOR));
-        let device = self.device(real, mounts);
+        let device = self.device(shown, real, mounts);
         put_u32(buffer, statx::DEV_MAJOR, 0);
         put_u32(buffer, statx::DEV_MINOR, device.minor);
         if mask & statx::WANT_INO != 0 {
-            let ino = self.inode(real, device.kind, u64_at(buffer, statx::INO), device.mounted);
+            let ino = Self::inode(shown, real, device, u64_at(buffer, statx::INO));
             put_u64(buffer, statx::INO, ino);
         }
         if mask & statx::WANT_NLINK != 0 && device.kind == Kind::Synthetic {
             put_u32(buffer, statx::NLINK, 1);
         }
         if mask & (statx::WANT_MNT_ID | statx::WANT_MNT_ID_UNIQUE) != 0 {
-            let count = self.mount_ids.len();
-            let id = *self.mount_ids.entry(u64_at(buffer, statx::MNT_ID)).or_insert(u64::from(virtual_number(count)));
+            let id = self.mount_id(shown, u64_at(buffer, statx::MNT_ID));
             put_u64(buffer, statx::MNT_ID, id);
         }
         let times = [
@@ -286,17 +314,24 @@ impl Metadata {
 
     /// The inode number a directory listing shows for entry `ino` of a
     /// directory on device `real_device`: the one `stat` shows.
-    pub(crate) fn listed_inode(&mut self, real_device: u64, ino: u64, mounts: impl FnOnce() -> Mounts) -> u64 {
-        let device = self.device(real_device, mounts);
-        self.inode(real_device, device.kind, ino, device.mounted)
+    pub(crate) fn listed_inode(
+        &mut self,
+        shown: &mut Shown,
+        real_device: u64,
+        ino: u64,
+        mounts: impl FnOnce() -> Mounts,
+    ) -> u64 {
+        let device = self.device(shown, real_device, mounts);
+        Self::inode(shown, real_device, device, ino)
     }
 
     /// Rewrite a descriptor link's target (`pipe:[N]`, `socket:[N]`) with
     /// the inode number `fstat` shows for it.
-    pub(crate) fn link(&mut self, target: &str) -> Option<String> {
+    pub(crate) fn link(shown: &mut Shown, target: &str) -> Option<String> {
         let (kind, rest) = target.split_once(":[")?;
         let ino: u64 = rest.strip_suffix(']')?.parse().ok()?;
-        let virtual_ino = self.inode(0, Kind::Synthetic, ino, false);
+        let unmounted = Device { minor: 0, kind: Kind::Synthetic, mounted: false };
+        let virtual_ino = Self::inode(shown, 0, unmounted, ino);
         Some(format!("{kind}:[{virtual_ino}]"))
     }
 }
@@ -353,8 +388,8 @@ mod tests {
         buffer
     }
 
-    fn shown(metadata: &mut Metadata, mut buffer: [u8; STAT_SIZE]) -> (u64, u64, [i64; 3]) {
-        metadata.stat(&mut buffer, mounts);
+    fn shown(metadata: &mut Metadata, seen: &mut Shown, mut buffer: [u8; STAT_SIZE]) -> (u64, u64, [i64; 3]) {
+        metadata.stat(seen, &mut buffer, mounts);
         let times = [stat::ATIME, stat::MTIME, stat::CTIME].map(|at| u64_at(&buffer, at) as i64);
         (u64_at(&buffer, stat::DEV), u64_at(&buffer, stat::INO), times)
     }
@@ -362,32 +397,33 @@ mod tests {
     #[test]
     fn devices_inodes_and_times_show_no_host() {
         let mut metadata = Metadata::new(EPOCH);
+        let seen = &mut Shown::default();
         let now = SET_UP + 10;
         let epoch = EPOCH as i64;
         // A file the workload wrote in /tmp: the cage's tmpfs keeps its
         // inode number; the kernel's stamps become the epoch; a time the
         // workload set itself stays.
         let written = stat_of(libc::makedev(0, 51), 7, [now, LONG_AGO, now]);
-        assert_eq!(shown(&mut metadata, written), (libc::makedev(0, 3), 7, [epoch, LONG_AGO, epoch]));
+        assert_eq!(shown(&mut metadata, seen, written), (libc::makedev(0, 3), 7, [epoch, LONG_AGO, epoch]));
         // A host file: a virtual inode, dated at the epoch; a second device
         // number for the same disk is the same.
         let host = stat_of(libc::makedev(8, 1), 123_456, [now, LONG_AGO, LONG_AGO + 5]);
-        assert_eq!(shown(&mut metadata, host), (libc::makedev(0, 2), 1, [epoch; 3]));
+        assert_eq!(shown(&mut metadata, seen, host), (libc::makedev(0, 2), 1, [epoch; 3]));
         let other = stat_of(libc::makedev(8, 1), 99, [LONG_AGO; 3]);
-        assert_eq!(shown(&mut metadata, other).1, 2, "numbered in the order first shown");
-        assert_eq!(shown(&mut metadata, host).1, 1, "the same file, the same number");
+        assert_eq!(shown(&mut metadata, seen, other).1, 2, "numbered in the order first shown");
+        assert_eq!(shown(&mut metadata, seen, host).1, 1, "the same file, the same number");
         // A device node and a pipe: nothing of the host.
         let null = stat_of(libc::makedev(0, 5), 4, [LONG_AGO; 3]);
-        assert_eq!(shown(&mut metadata, null), (libc::makedev(0, 4), 3, [epoch; 3]));
+        assert_eq!(shown(&mut metadata, seen, null), (libc::makedev(0, 4), 3, [epoch; 3]));
         let pipe = stat_of(libc::makedev(0, 14), 987_654, [now; 3]);
-        assert_eq!(shown(&mut metadata, pipe), (libc::makedev(0, 6), 4, [epoch; 3]), "after the mounted devices");
-        assert_eq!(metadata.link("pipe:[987654]").as_deref(), Some("pipe:[4]"), "as its fstat shows it");
-        assert_eq!(metadata.link("socket:[5]").as_deref(), Some("socket:[5]"));
-        assert_eq!(metadata.link("/usr/bin/ls"), None);
+        assert_eq!(shown(&mut metadata, seen, pipe), (libc::makedev(0, 6), 4, [epoch; 3]), "after the mounted devices");
+        assert_eq!(Metadata::link(seen, "pipe:[987654]").as_deref(), Some("pipe:[4]"), "as its fstat shows it");
+        assert_eq!(Metadata::link(seen, "socket:[5]").as_deref(), Some("socket:[5]"));
+        assert_eq!(Metadata::link(seen, "/usr/bin/ls"), None);
         // /proc's link count counts the host's processes.
         let mut proc_root = stat_of(libc::makedev(0, 52), 1, [now; 3]);
         put_u64(&mut proc_root, stat::NLINK, 612);
-        metadata.stat(&mut proc_root, mounts);
+        metadata.stat(seen, &mut proc_root, mounts);
         assert_eq!(u64_at(&proc_root, stat::NLINK), 1);
     }
 
@@ -402,7 +438,7 @@ mod tests {
         put_u64(&mut buffer, statx::MTIME, LONG_AGO as u64);
         put_u64(&mut buffer, statx::ATIME, 123);
         put_u64(&mut buffer, statx::MNT_ID, 102);
-        metadata.statx(&mut buffer, mounts);
+        metadata.statx(&mut Shown::default(), &mut buffer, mounts);
         assert_eq!((u32_at(&buffer, statx::DEV_MAJOR), u32_at(&buffer, statx::DEV_MINOR)), (0, 2));
         assert_eq!(u64_at(&buffer, statx::INO), 1);
         assert_eq!(u64_at(&buffer, statx::MTIME), EPOCH);
@@ -413,12 +449,52 @@ mod tests {
     #[test]
     fn listings_show_the_same_inodes_as_stat() {
         let mut metadata = Metadata::new(EPOCH);
+        let seen = &mut Shown::default();
         let host = libc::makedev(8, 1);
-        assert_eq!((metadata.listed_inode(host, 300, mounts), metadata.listed_inode(host, 200, mounts)), (1, 2));
+        let listed = (metadata.listed_inode(seen, host, 300, mounts), metadata.listed_inode(seen, host, 200, mounts));
+        assert_eq!(listed, (1, 2));
         let a = stat_of(host, 200, [LONG_AGO; 3]);
-        assert_eq!(shown(&mut metadata, a).1, 2);
+        assert_eq!(shown(&mut metadata, seen, a).1, 2);
         // The cage's own tmpfs numbers in creation order already.
-        assert_eq!(metadata.listed_inode(libc::makedev(0, 51), 9, mounts), 9);
+        assert_eq!(metadata.listed_inode(seen, libc::makedev(0, 51), 9, mounts), 9);
+    }
+
+    /// Two processes running at once take numbers from their own tables,
+    /// so which of them the host ran first changes nothing either sees.
+    #[test]
+    fn numbers_follow_each_process_not_the_interleaving() {
+        let host = libc::makedev(8, 1);
+        let pipefs = libc::makedev(0, 14);
+        let (a, b, pipe) =
+            (stat_of(host, 500, [LONG_AGO; 3]), stat_of(host, 600, [LONG_AGO; 3]), stat_of(pipefs, 9, [LONG_AGO; 3]));
+        let interleavings = [[0, 1, 2, 3], [2, 3, 0, 1], [0, 2, 1, 3], [2, 0, 3, 1]];
+        let mut seen_by = Vec::new();
+        for order in interleavings {
+            let mut metadata = Metadata::new(EPOCH);
+            let mut parent = Shown::default();
+            assert_eq!(shown(&mut metadata, &mut parent, a).1, 1);
+            // The fork: the child starts with what its parent has shown.
+            let mut child = parent.clone();
+            let mut results = [(0, 0); 4];
+            for step in order {
+                // Steps 0 and 1 are the parent's (b, then the pipe); 2
+                // and 3 the child's (the pipe, then a).
+                let (process, buffer) = match step {
+                    0 => (&mut parent, b),
+                    1 => (&mut parent, pipe),
+                    2 => (&mut child, pipe),
+                    _ => (&mut child, a),
+                };
+                let (dev, ino, _) = shown(&mut metadata, process, buffer);
+                results[step] = (dev, ino);
+            }
+            seen_by.push(results);
+        }
+        assert!(seen_by.windows(2).all(|pair| pair[0] == pair[1]), "{seen_by:?}");
+        let [b_in_parent, pipe_in_parent, pipe_in_child, a_in_child] = seen_by[0];
+        assert_eq!(a_in_child.1, 1, "inherited from the parent");
+        assert_eq!((b_in_parent.1, pipe_in_parent.1, pipe_in_child.1), (2, 3, 2));
+        assert_eq!(pipe_in_parent.0, pipe_in_child.0, "the first device after the mounted ones, in both");
     }
 
     #[test]

@@ -184,6 +184,9 @@ struct Process {
     /// It may hold an open file of `/dev/urandom`: it stops at every system
     /// call, so that its reads of it are answered from their stream.
     reads_random: bool,
+    /// The virtual device and inode numbers it has shown (its parent's, at
+    /// its fork, and its own since).
+    shown: metadata::Shown,
 }
 
 impl Process {
@@ -202,6 +205,7 @@ impl Process {
             events: Vec::new(),
             witnessed: HashSet::new(),
             reads_random: false,
+            shown: metadata::Shown::default(),
         }
     }
 
@@ -347,9 +351,10 @@ impl<'a> Supervisor<'a> {
                         parent.children += 1;
                         let (path, clock_ns) = ([parent.path.as_slice(), &[parent.children]].concat(), parent.clock_ns);
                         // Its descriptors are copies of its parent's.
-                        let reads_random = parent.reads_random;
+                        let (reads_random, shown) = (parent.reads_random, parent.shown.clone());
                         let mut process = Process::new(&self.seed, path, clock_ns);
                         process.reads_random = reads_random;
+                        process.shown = shown;
                         self.processes.insert(child, process);
                         if self.parked.remove(&child) {
                             self.go_on(child, 0);
@@ -792,17 +797,17 @@ impl<'a> Supervisor<'a> {
                 self.give_random_stream(pid, result as i32);
             }
             Pending::Stat { buffer } => {
-                self.rewrite::<{ metadata::STAT_SIZE }>(pid, name, buffer, |meta, bytes, pid| {
-                    meta.stat(bytes, || mounts(pid));
+                self.rewrite::<{ metadata::STAT_SIZE }>(pid, name, buffer, |meta, shown, bytes| {
+                    meta.stat(shown, bytes, || mounts(pid));
                 })
             }
             Pending::Statx { buffer } => {
-                self.rewrite::<{ metadata::STATX_SIZE }>(pid, name, buffer, |meta, bytes, pid| {
-                    meta.statx(bytes, || mounts(pid));
+                self.rewrite::<{ metadata::STATX_SIZE }>(pid, name, buffer, |meta, shown, bytes| {
+                    meta.statx(shown, bytes, || mounts(pid));
                 })
             }
             Pending::Statfs { buffer } => {
-                self.rewrite::<{ metadata::STATFS_SIZE }>(pid, name, buffer, |_, bytes, _| Metadata::statfs(bytes));
+                self.rewrite::<{ metadata::STATFS_SIZE }>(pid, name, buffer, |_, _, bytes| Metadata::statfs(bytes));
             }
             Pending::Link { buffer, size } => {
                 self.rewrite_link(pid, name, regs, buffer, result as usize, size as usize);
@@ -819,11 +824,12 @@ impl<'a> Supervisor<'a> {
         pid: libc::pid_t,
         name: &str,
         buffer: u64,
-        fix: impl FnOnce(&mut Metadata, &mut [u8; SIZE], libc::pid_t),
+        fix: impl FnOnce(&mut Metadata, &mut metadata::Shown, &mut [u8; SIZE]),
     ) {
         let Some(bytes) = read_bytes(pid, buffer, SIZE) else { return };
         let Ok(mut bytes) = <[u8; SIZE]>::try_from(bytes) else { return };
-        fix(&mut self.metadata, &mut bytes, pid);
+        let Some(process) = self.processes.get_mut(&pid) else { return };
+        fix(&mut self.metadata, &mut process.shown, &mut bytes);
         let _ = write_memory(pid, buffer, &bytes);
         self.event(Record::Call { name: name.to_owned(), result: 0, data: witness::digest(&bytes).to_vec() }, pid);
     }
@@ -841,7 +847,10 @@ impl<'a> Supervisor<'a> {
         size: usize,
     ) {
         let Some(bytes) = read_bytes(pid, buffer, length.min(libc::PATH_MAX as usize)) else { return };
-        let Some(target) = std::str::from_utf8(&bytes).ok().and_then(|target| self.metadata.link(target)) else {
+        let Some(process) = self.processes.get_mut(&pid) else { return };
+        let Some(target) =
+            std::str::from_utf8(&bytes).ok().and_then(|target| Metadata::link(&mut process.shown, target))
+        else {
             return;
         };
         let shown = &target.as_bytes()[..target.len().min(size)];
@@ -1065,10 +1074,11 @@ impl<'a> Supervisor<'a> {
             Ok(directory) => std::fs::File::from(directory),
             Err(errno) => return -i64::from(errno),
         };
-        let metadata = &mut self.metadata;
-        let listed = self
-            .listings
-            .next(pid, fd, &mut directory, size, |device, ino| metadata.listed_inode(device, ino, || mounts(pid)));
+        let Some(process) = self.processes.get_mut(&pid) else { return -i64::from(libc::ESRCH) };
+        let (metadata, shown) = (&mut self.metadata, &mut process.shown);
+        let listed = self.listings.next(pid, fd, &mut directory, size, |device, ino| {
+            metadata.listed_inode(shown, device, ino, || mounts(pid))
+        });
         match listed {
             Ok(records) => self.write(pid, buffer, &records).map_or_else(|e| e, |()| records.len() as i64),
             Err(listing::Failure::Errno(errno)) => -i64::from(errno),

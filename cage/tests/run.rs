@@ -160,6 +160,24 @@ fn roots_are_stable_and_inputs_count() {
     assert_ne!(first.root, third.root);
 }
 
+/// Two processes showing host files at the same time (two `ls -i` in the
+/// background) see the same virtual inode numbers on every run, whatever
+/// order the host ran them in: each process numbers what it shows itself.
+#[test]
+fn concurrent_processes_see_the_same_inode_numbers_every_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = shell(
+        "ls -i /usr/bin > /tmp/a & ls -i /usr/lib > /tmp/b & ls -i /etc > /tmp/c & wait; \
+         cat /tmp/a /tmp/b /tmp/c | cksum",
+    );
+    let (first, stdout) = cage(&job, dir.path());
+    assert_eq!(first.verdict, Verdict::Ok, "{first:?}");
+    for run in 1..8 {
+        let (again, again_stdout) = cage(&job, dir.path());
+        assert_eq!((&again_stdout, &again.root), (&stdout, &first.root), "run {run}");
+    }
+}
+
 /// Nothing of a run is left on the host: no process in its namespaces, no
 /// mount, nothing in its stage directory but the empty mount point kept
 /// for the next run.
