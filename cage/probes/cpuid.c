@@ -1,4 +1,4 @@
-/* Observes: CPU identity via CPUID (leaves 0, 1 incl. EBX initial APIC id, 7, 0xb x2APIC id, brand string 0x80000002-4) and the kernel's auxv words AT_HWCAP, AT_HWCAP2, AT_PLATFORM, AT_MINSIGSTKSZ. Cage: CPUID handled by CPUID faulting (virtual baseline x86-64, brand "DockLock virtual CPU"); HWCAP/HWCAP2 and AT_MINSIGSTKSZ rewritten (8192); AT_PLATFORM left (x86_64 on every x86-64 host). */
+/* Observes: CPU identity via CPUID (leaves 0, 1 incl. EBX initial APIC id, 7, 0xb x2APIC id, brand string 0x80000002-4) and the kernel's auxv words AT_HWCAP, AT_HWCAP2, AT_PLATFORM, AT_MINSIGSTKSZ. Cage: CPUID handled by CPUID faulting (virtual baseline x86-64, brand "DockLock virtual CPU"); HWCAP/HWCAP2 and AT_MINSIGSTKSZ rewritten (16384); AT_PLATFORM left (x86_64 on every x86-64 host). */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdint.h>

@@ -1,15 +1,19 @@
-/* Observes: thread scheduling -- two pthreads racing on an unlocked counter and appending their id to a shared buffer (interleaving, lost updates). Cage: refused "threads" (clone with CLONE_THREAD) until threads can be serialised. */
+/* Observes: thread scheduling -- threads racing on an unlocked counter (lost updates, interleaving), and with "sync" eight threads taking turns through a mutex, condition variables, a barrier, sleeps, timed waits, yields and stdio (the order they get the lock, what time each sees), "exit" the main thread leaving first, "deadlock" two threads waiting for each other. Cage: handled (threads serialised at system call entries, futexes and sleeps answered by the supervisor on the process's logical clock); "deadlock" is refused "threads". */
 #define _GNU_SOURCE
-#include <stdio.h>
+#include <errno.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #define N 20000000L
 static volatile long counter;
 static volatile int pos;
 static char order[256];
 
-static void *worker(void *arg) {
+static void *racer(void *arg) {
     char id = *(char *)arg;
     for (long i = 0; i < N; i++) {
         counter++;
@@ -21,13 +25,11 @@ static void *worker(void *arg) {
     return NULL;
 }
 
-int main(void) {
-    printf("start\n");
-    fflush(stdout);
+static int race(void) {
     pthread_t a, b;
     char ia = 'A', ib = 'B';
-    int ra = pthread_create(&a, NULL, worker, &ia);
-    int rb = pthread_create(&b, NULL, worker, &ib);
+    int ra = pthread_create(&a, NULL, racer, &ia);
+    int rb = pthread_create(&b, NULL, racer, &ib);
     printf("pthread_create %d %d\n", ra, rb);
     if (ra == 0) pthread_join(a, NULL);
     if (rb == 0) pthread_join(b, NULL);
@@ -35,4 +37,114 @@ int main(void) {
     printf("counter %ld expected %ld\n", counter, 2 * N);
     printf("interleaving %s\n", order);
     return 0;
+}
+
+#define THREADS 8
+#define ROUNDS 40
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t turn_changed = PTHREAD_COND_INITIALIZER;
+static pthread_barrier_t barrier;
+static int turn;
+static char trace[THREADS * ROUNDS * 2 + 1];
+static int traced;
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+static void *worker(void *arg) {
+    int id = (int)(long)arg;
+    pthread_barrier_wait(&barrier);
+    // Free for all: whoever gets the lock appends itself (the order is
+    // the scheduler's).
+    for (int i = 0; i < ROUNDS; i++) {
+        pthread_mutex_lock(&lock);
+        if (traced < (int)sizeof trace - 1) trace[traced++] = 'a' + id;
+        pthread_mutex_unlock(&lock);
+        if (i % 7 == id % 7) sched_yield();
+        if (i % 11 == 0) usleep(100 * (id + 1));
+    }
+    // In turn, through a condition variable with a timed wait.
+    pthread_mutex_lock(&lock);
+    int timeouts = 0;
+    while (turn != id) {
+        struct timespec deadline;
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_nsec += 1000000;
+        if (deadline.tv_nsec >= 1000000000) { deadline.tv_sec++; deadline.tv_nsec -= 1000000000; }
+        if (pthread_cond_timedwait(&turn_changed, &lock, &deadline) == ETIMEDOUT) timeouts++;
+    }
+    printf("thread %d turn at %.6f after %d timeouts\n", id, now(), timeouts);
+    fflush(stdout);
+    turn++;
+    pthread_cond_broadcast(&turn_changed);
+    pthread_mutex_unlock(&lock);
+    return (void *)(long)(id * id);
+}
+
+static int sync_threads(void) {
+    pthread_t threads[THREADS];
+    pthread_barrier_init(&barrier, NULL, THREADS);
+    double start = now();
+    for (long i = 0; i < THREADS; i++) pthread_create(&threads[i], NULL, worker, (void *)i);
+    long sum = 0;
+    for (int i = 0; i < THREADS; i++) {
+        void *result;
+        pthread_join(threads[i], &result);
+        sum += (long)result;
+    }
+    trace[traced] = 0;
+    printf("lock order %s\n", trace);
+    printf("joined sum %ld elapsed %.6f\n", sum, now() - start);
+    return 0;
+}
+
+static void *late(void *arg) {
+    (void)arg;
+    usleep(2000);
+    printf("the last thread ends the process at %.6f\n", now());
+    fflush(stdout);
+    return NULL;
+}
+
+static int main_exits_first(void) {
+    pthread_t thread;
+    pthread_create(&thread, NULL, late, NULL);
+    printf("main thread leaves at %.6f\n", now());
+    fflush(stdout);
+    pthread_exit(NULL);
+}
+
+static pthread_mutex_t first = PTHREAD_MUTEX_INITIALIZER, second = PTHREAD_MUTEX_INITIALIZER;
+
+static void *take_second_then_first(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&second);
+    usleep(1000);
+    pthread_mutex_lock(&first);
+    return NULL;
+}
+
+static int deadlock(void) {
+    pthread_t thread;
+    pthread_mutex_lock(&first);
+    pthread_create(&thread, NULL, take_second_then_first, NULL);
+    usleep(1000);
+    printf("both locks taken; each thread now waits for the other\n");
+    fflush(stdout);
+    pthread_mutex_lock(&second);
+    printf("not reached\n");
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    const char *variant = argc > 1 ? argv[1] : "race";
+    printf("start %s\n", variant);
+    fflush(stdout);
+    if (!strcmp(variant, "sync")) return sync_threads();
+    if (!strcmp(variant, "exit")) return main_exits_first();
+    if (!strcmp(variant, "deadlock")) return deadlock();
+    return race();
 }

@@ -32,6 +32,7 @@ pub mod run;
 mod sandbox;
 mod supervisor;
 pub mod syscalls;
+mod threads;
 mod urandom;
 pub mod witness;
 

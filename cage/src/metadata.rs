@@ -15,9 +15,11 @@
 //!   per run from the workload's `mountinfo`, which the cage's fixed mount
 //!   sequence orders); devices that are not mounted (pipes, sockets) come
 //!   after, in the order the process first shows them;
-//! - *inodes* of the cage's own tmpfs mounts are kept (a fresh tmpfs
-//!   numbers its files in creation order); every other inode number is
-//!   replaced by a virtual one, in the order the process first shows it.
+//! - *inodes* are replaced by virtual numbers, in the order the process
+//!   first shows them. The cage's own tmpfs mounts number their files in
+//!   creation order, but two processes creating files at once (`a > x &
+//!   b > y`) create them in the order the host ran them, so those are
+//!   virtual too.
 //!
 //! Numbers given in the order things are first shown are kept per process
 //! ([`Shown`]), inherited at fork: with one table for the whole run, two
@@ -227,9 +229,6 @@ impl Metadata {
     /// kernel, so they share key 0 here too: a `pipe:[N]` link names the
     /// same inode its `fstat` does.
     fn inode(shown: &mut Shown, real_device: u64, device: Device, ino: u64) -> u64 {
-        if device.kind == Kind::Cage {
-            return ino;
-        }
         let key = (if device.mounted { real_device } else { 0 }, ino);
         let count = shown.inodes.len();
         if count >= INODES_MAX {
@@ -400,25 +399,25 @@ mod tests {
         let seen = &mut Shown::default();
         let now = SET_UP + 10;
         let epoch = EPOCH as i64;
-        // A file the workload wrote in /tmp: the cage's tmpfs keeps its
-        // inode number; the kernel's stamps become the epoch; a time the
-        // workload set itself stays.
+        // A file the workload wrote in /tmp: a virtual inode number; the
+        // kernel's stamps become the epoch; a time the workload set itself
+        // stays.
         let written = stat_of(libc::makedev(0, 51), 7, [now, LONG_AGO, now]);
-        assert_eq!(shown(&mut metadata, seen, written), (libc::makedev(0, 3), 7, [epoch, LONG_AGO, epoch]));
+        assert_eq!(shown(&mut metadata, seen, written), (libc::makedev(0, 3), 1, [epoch, LONG_AGO, epoch]));
         // A host file: a virtual inode, dated at the epoch; a second device
         // number for the same disk is the same.
         let host = stat_of(libc::makedev(8, 1), 123_456, [now, LONG_AGO, LONG_AGO + 5]);
-        assert_eq!(shown(&mut metadata, seen, host), (libc::makedev(0, 2), 1, [epoch; 3]));
+        assert_eq!(shown(&mut metadata, seen, host), (libc::makedev(0, 2), 2, [epoch; 3]));
         let other = stat_of(libc::makedev(8, 1), 99, [LONG_AGO; 3]);
-        assert_eq!(shown(&mut metadata, seen, other).1, 2, "numbered in the order first shown");
-        assert_eq!(shown(&mut metadata, seen, host).1, 1, "the same file, the same number");
+        assert_eq!(shown(&mut metadata, seen, other).1, 3, "numbered in the order first shown");
+        assert_eq!(shown(&mut metadata, seen, host).1, 2, "the same file, the same number");
         // A device node and a pipe: nothing of the host.
         let null = stat_of(libc::makedev(0, 5), 4, [LONG_AGO; 3]);
-        assert_eq!(shown(&mut metadata, seen, null), (libc::makedev(0, 4), 3, [epoch; 3]));
+        assert_eq!(shown(&mut metadata, seen, null), (libc::makedev(0, 4), 4, [epoch; 3]));
         let pipe = stat_of(libc::makedev(0, 14), 987_654, [now; 3]);
-        assert_eq!(shown(&mut metadata, seen, pipe), (libc::makedev(0, 6), 4, [epoch; 3]), "after the mounted devices");
-        assert_eq!(Metadata::link(seen, "pipe:[987654]").as_deref(), Some("pipe:[4]"), "as its fstat shows it");
-        assert_eq!(Metadata::link(seen, "socket:[5]").as_deref(), Some("socket:[5]"));
+        assert_eq!(shown(&mut metadata, seen, pipe), (libc::makedev(0, 6), 5, [epoch; 3]), "after the mounted devices");
+        assert_eq!(Metadata::link(seen, "pipe:[987654]").as_deref(), Some("pipe:[5]"), "as its fstat shows it");
+        assert_eq!(Metadata::link(seen, "socket:[5]").as_deref(), Some("socket:[6]"));
         assert_eq!(Metadata::link(seen, "/usr/bin/ls"), None);
         // /proc's link count counts the host's processes.
         let mut proc_root = stat_of(libc::makedev(0, 52), 1, [now; 3]);
@@ -455,8 +454,8 @@ mod tests {
         assert_eq!(listed, (1, 2));
         let a = stat_of(host, 200, [LONG_AGO; 3]);
         assert_eq!(shown(&mut metadata, seen, a).1, 2);
-        // The cage's own tmpfs numbers in creation order already.
-        assert_eq!(metadata.listed_inode(seen, libc::makedev(0, 51), 9, mounts), 9);
+        // The cage's own tmpfs's files get virtual numbers too.
+        assert_eq!(metadata.listed_inode(seen, libc::makedev(0, 51), 9, mounts), 3);
     }
 
     /// Two processes running at once take numbers from their own tables,

@@ -12,8 +12,8 @@
 //! policy stays fail-closed either way. Two adjustments in code, each
 //! stricter than the list: `clone` is allowed only without namespace flags
 //! (no nested user namespaces) and goes to the supervisor with
-//! `CLONE_THREAD` (threads are refused until they can be scheduled
-//! deterministically), and `clone3`, whose flags sit in memory a filter
+//! `CLONE_THREAD` (which serialises the process's threads from then on:
+//! `threads.rs`), and `clone3`, whose flags sit in memory a filter
 //! cannot read, fails with `ENOSYS` so libc falls back to `clone`.
 
 use std::collections::BTreeMap;

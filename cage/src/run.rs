@@ -32,8 +32,9 @@ pub const CANCEL_POLL_MS: u128 = 100;
 /// revision differs at the header, which says why, not somewhere later.
 /// Revision 2: CPUID leaf 2 descriptors, one vDSO unmap record,
 /// `AT_MINSIGSTKSZ`, `/dev/urandom` streams, the cage's own `/proc`
-/// machine files, `SIOCGSTAMP` refused.
-pub const CAGE_VERSION: &str = concat!("docklock-cage/", env!("CARGO_PKG_VERSION"), "+2");
+/// machine files, `SIOCGSTAMP` refused. Revision 3: virtual inode numbers
+/// per process; threads serialised (were refused).
+pub const CAGE_VERSION: &str = concat!("docklock-cage/", env!("CARGO_PKG_VERSION"), "+3");
 
 /// Device nodes bound from the host.
 const DEVICES: [&str; 2] = ["null", "zero"];

@@ -37,6 +37,8 @@ use crate::urandom::{self, Streams};
 use crate::witness::{self, Record};
 use crate::HOSTNAME;
 
+mod threaded;
+
 /// The logical clock's wall-clock origin: 2000-01-01T00:00:00Z.
 pub const EPOCH_SECS: u64 = 946_684_800;
 /// How far the logical clock moves on each reading, in nanoseconds.
@@ -65,7 +67,7 @@ const VIRTUAL_HWCAP: u64 = 0x178b_fbff;
 /// `AT_MINSIGSTKSZ`: the signal frame size the kernel says a stack needs.
 const AT_MINSIGSTKSZ: u64 = 51;
 /// The signal frame size every caged program is told.
-const VIRTUAL_MINSIGSTKSZ: u64 = 8192;
+const VIRTUAL_MINSIGSTKSZ: u64 = 16_384;
 /// Largest directory listing one `getdents64` returns (libc asks 32 KiB).
 const LISTING_BYTES_MAX: usize = 1 << 20;
 /// Emulated data up to this size is recorded as is, larger as its digest.
@@ -126,8 +128,6 @@ fn handling<'a>(name: &str) -> Handling<'a> {
         "setsockopt" => Handling::Check(setsockopt_allowed),
         "getsockopt" => Handling::Check(getsockopt_allowed),
         "getrusage" => Handling::Refuse("resource usage"),
-        // Only thread creation reaches here (the filter passes other clones).
-        "clone" => Handling::Refuse("threads"),
         "alarm" | "setitimer" => Handling::Refuse("timers"),
         // Only SIOCGSTAMP and SIOCGSTAMPNS reach here (`RECEIVE_TIME_IOCTLS`).
         "ioctl" => Handling::Refuse("time"),
@@ -187,6 +187,8 @@ struct Process {
     /// The virtual device and inode numbers it has shown (its parent's, at
     /// its fork, and its own since).
     shown: metadata::Shown,
+    /// The group its threads are serialised in, once it has threads.
+    group: Option<libc::pid_t>,
 }
 
 impl Process {
@@ -206,6 +208,7 @@ impl Process {
             witnessed: HashSet::new(),
             reads_random: false,
             shown: metadata::Shown::default(),
+            group: None,
         }
     }
 
@@ -249,6 +252,17 @@ pub(crate) struct Supervisor<'a> {
     /// Device and inode of the cage's `/dev/random` (learnt at its first
     /// open; `/dev/urandom` is a link to it).
     random_file: Option<(u64, u64)>,
+    /// Threaded processes' schedules, by group id (the thread that made
+    /// the group).
+    groups: HashMap<libc::pid_t, crate::threads::Group>,
+    /// Threads stopped until their turn, with the signal to resume them
+    /// with.
+    held: HashMap<libc::pid_t, i32>,
+    /// Threads being made: the `clone`'s caller, and the new thread's word
+    /// to clear when it ends.
+    thread_clones: HashMap<libc::pid_t, Option<u64>>,
+    /// Threads that called `exit`: their group and word to clear.
+    exiting: HashMap<libc::pid_t, (libc::pid_t, Option<u64>)>,
     /// Why the run was ended, if the supervisor ended it.
     pub(crate) ending: Option<Ending>,
 }
@@ -278,6 +292,10 @@ impl<'a> Supervisor<'a> {
             listings: Listings::default(),
             streams: Streams::default(),
             random_file: None,
+            groups: HashMap::new(),
+            held: HashMap::new(),
+            thread_clones: HashMap::new(),
+            exiting: HashMap::new(),
             ending: None,
         }
     }
@@ -318,7 +336,10 @@ impl<'a> Supervisor<'a> {
         self.pending.remove(&pid);
         self.listings.forget(pid);
         match self.processes.remove(&pid) {
-            Some(process) => self.ended.push((process.path, process.events)),
+            Some(process) => {
+                self.thread_exited(pid, process.group);
+                self.ended.push((process.path, process.events));
+            }
             // Not known yet (perhaps parked): its parent's fork event is
             // still to come.
             None => {
@@ -336,6 +357,8 @@ impl<'a> Supervisor<'a> {
                 self.witness_exec(pid);
                 self.rewrite_auxv(pid);
                 self.after_exec(pid);
+                // Its other threads are gone.
+                self.thread_exec(pid);
                 // Close-on-exec descriptors are gone.
                 self.recheck_random(pid);
                 0
@@ -346,18 +369,24 @@ impl<'a> Supervisor<'a> {
                 // its exit may be reported before its parent's fork event.
                 if let Ok(child) = event_message(pid) {
                     let child = child as libc::pid_t;
+                    // Set at the clone's seccomp stop if it makes a thread.
+                    let thread = self.thread_clones.remove(&pid);
                     if !self.ended_before_fork_event.remove(&child) {
+                        let clock_ns = *self.clock(pid);
                         let parent = self.process(pid);
                         parent.children += 1;
-                        let (path, clock_ns) = ([parent.path.as_slice(), &[parent.children]].concat(), parent.clock_ns);
+                        let path = [parent.path.as_slice(), &[parent.children]].concat();
                         // Its descriptors are copies of its parent's.
                         let (reads_random, shown) = (parent.reads_random, parent.shown.clone());
                         let mut process = Process::new(&self.seed, path, clock_ns);
                         process.reads_random = reads_random;
                         process.shown = shown;
+                        if let Some(clear_tid) = thread {
+                            process.group = self.thread_created(pid, child, clear_tid);
+                        }
                         self.processes.insert(child, process);
                         if self.parked.remove(&child) {
-                            self.go_on(child, 0);
+                            self.proceed(child, 0);
                         }
                     }
                 }
@@ -372,11 +401,15 @@ impl<'a> Supervisor<'a> {
             // the cage is not supported: the tracee goes on).
             event if event != 0 => 0,
             _ if signal == libc::SIGTRAP | 0x80 => {
-                // A process that reads `/dev/urandom` stops at every call's
-                // entry and exit; any other only at the exit of a call it
-                // was sent on to with PTRACE_SYSCALL.
-                if self.reads_random(pid) && syscall_stop_op(pid) == libc::PTRACE_SYSCALL_INFO_ENTRY {
-                    self.on_syscall_entry(pid);
+                // A process that reads `/dev/urandom` or has threads stops
+                // at every call's entry and exit; any other only at the
+                // exit of a call it was sent on to with PTRACE_SYSCALL.
+                let every_call = self.reads_random(pid) || self.threaded(pid).is_some();
+                if every_call && syscall_stop_op(pid) == libc::PTRACE_SYSCALL_INFO_ENTRY {
+                    self.on_thread_entry(pid);
+                    if !self.pending.contains_key(&pid) && self.reads_random(pid) {
+                        self.on_syscall_entry(pid);
+                    }
                     if self.ending.is_some() {
                         return;
                     }
@@ -394,7 +427,7 @@ impl<'a> Supervisor<'a> {
             // A signal on its way to the tracee: deliver it.
             _ => signal,
         };
-        self.go_on(pid, deliver);
+        self.proceed(pid, deliver);
     }
 
     /// Whether `pid` may hold an open file of `/dev/urandom` (and so stops
@@ -405,9 +438,10 @@ impl<'a> Supervisor<'a> {
 
     /// Let `pid` run on to its next stop that matters: a traced call, a
     /// signal, an event, or every call's entry and exit while it may hold
-    /// an open file of `/dev/urandom`.
+    /// an open file of `/dev/urandom` or has threads (and the exit of a
+    /// call answered at its entry).
     fn go_on(&self, pid: libc::pid_t, signal: i32) {
-        let every_call = self.reads_random(pid);
+        let every_call = self.reads_random(pid) || self.threaded(pid).is_some() || self.pending.contains_key(&pid);
         resume(pid, if every_call { libc::PTRACE_SYSCALL } else { libc::PTRACE_CONT }, signal);
     }
 
@@ -419,6 +453,11 @@ impl<'a> Supervisor<'a> {
         if data == DATA_DENY || data == DATA_FOREIGN {
             let name = call_name(number, data == DATA_FOREIGN);
             return self.end(Ending::Violation { number, name }, Some(pid));
+        }
+        if number == libc::SYS_clone {
+            // Only thread creation reaches here (the filter passes other
+            // clones).
+            return self.thread_clone(pid, &regs);
         }
         let name = syscalls::name(number).unwrap_or("unknown");
         match handling(name) {
@@ -673,6 +712,11 @@ impl<'a> Supervisor<'a> {
         if unsafe { libc::lseek(file.as_raw_fd(), start as libc::off_t, libc::SEEK_SET) } < 0 {
             return;
         }
+        // Threads share their descriptors: any of them may read it.
+        let group = self.process(pid).group;
+        for process in self.processes.values_mut().filter(|p| group.is_some() && p.group == group) {
+            process.reads_random = true;
+        }
         self.process(pid).reads_random = true;
     }
 
@@ -681,7 +725,7 @@ impl<'a> Supervisor<'a> {
     /// from the open file's stream and skip the call. Any other call, or a
     /// file without a stream, runs as it is.
     fn on_syscall_entry(&mut self, pid: libc::pid_t) {
-        let Ok(mut regs) = registers(pid) else { return };
+        let Ok(regs) = registers(pid) else { return };
         let number = regs.orig_rax as i64;
         let vectored = matches!(number, libc::SYS_readv | libc::SYS_preadv | libc::SYS_preadv2);
         if !vectored && !matches!(number, libc::SYS_read | libc::SYS_pread64 | libc::SYS_lseek) {
@@ -712,17 +756,7 @@ impl<'a> Supervisor<'a> {
             // SAFETY: lseek on a descriptor this thread owns.
             unsafe { libc::lseek(file.as_raw_fd(), moved, libc::SEEK_SET) };
         }
-        if !self.record_answer(pid, syscalls::name(number).unwrap_or("unknown"), result) {
-            return;
-        }
-        // Skipping the call (system call number -1) works at a seccomp stop
-        // but not here, at the entry: seccomp runs after this stop and
-        // would see -1. The call becomes `getpid`, which the policy
-        // allows and which changes nothing, and its exit returns the answer.
-        regs.orig_rax = libc::SYS_getpid as u64;
-        if set_registers(pid, &regs).is_ok() {
-            self.pending.insert(pid, Pending::Answered { result });
-        }
+        self.answer_entry(pid, regs, result);
     }
 
     /// Fill `buffers` (address, length) in turn from the stream `key` at
@@ -769,6 +803,9 @@ impl<'a> Supervisor<'a> {
     }
 
     fn on_syscall_exit(&mut self, pid: libc::pid_t) {
+        // A `clone` that would have made a thread returned (its clone event,
+        // if it made one, came before this stop).
+        self.thread_clones.remove(&pid);
         let Some(pending) = self.pending.remove(&pid) else { return };
         let Ok(mut regs) = registers(pid) else { return };
         if let Pending::Answered { result } = pending {
@@ -941,11 +978,20 @@ impl<'a> Supervisor<'a> {
         self.processes.entry(pid).or_insert_with(|| Process::new(&seed, vec![u32::MAX, pid as u32], 0))
     }
 
+    /// The logical clock `pid` reads: its own, or its process's if that
+    /// has threads (they share it, so it never goes back between them).
+    fn clock(&mut self, pid: libc::pid_t) -> &mut u64 {
+        if let Some(group) = self.threaded(pid) {
+            return &mut self.groups.get_mut(&group).expect("threaded").clock_ns;
+        }
+        &mut self.process(pid).clock_ns
+    }
+
     /// Read the process's logical clock and move it on.
     fn now(&mut self, pid: libc::pid_t) -> u64 {
-        let process = self.process(pid);
-        process.clock_ns += TICK_NS;
-        process.clock_ns
+        let clock = self.clock(pid);
+        *clock += TICK_NS;
+        *clock
     }
 
     /// Every process's events, in process-tree order, each process's
@@ -1039,23 +1085,21 @@ impl<'a> Supervisor<'a> {
         self.write(pid, regs.rsi, &timespec(1)).map_or_else(|e| e, |()| 0)
     }
 
-    /// Sleeping returns at once, the logical clock moved on by the request.
-    fn sleep(&mut self, pid: libc::pid_t, request: u64, absolute: bool) -> i64 {
-        let Some(bytes) = read_bytes(pid, request, 16) else { return -i64::from(libc::EFAULT) };
-        let secs = i64::from_ne_bytes(bytes[..8].try_into().expect("8 bytes"));
-        let nanos = i64::from_ne_bytes(bytes[8..].try_into().expect("8 bytes"));
-        if secs < 0 || !(0..1_000_000_000).contains(&nanos) {
-            return -i64::from(libc::EINVAL);
-        }
-        let ns = (secs as u64).saturating_mul(1_000_000_000).saturating_add(nanos as u64);
-        let process = self.process(pid);
-        process.clock_ns = if absolute { process.clock_ns.max(ns) } else { process.clock_ns.saturating_add(ns) };
-        self.written.extend_from_slice(&bytes);
+    /// Sleeping returns at once, the logical clock moved on by the request
+    /// (a process's: a thread's sleep is a wait, see `threaded`).
+    fn sleep(&mut self, pid: libc::pid_t, request: u64, clock: u64, absolute: bool) -> i64 {
+        let ns = match read_timespec(pid, request) {
+            Ok(ns) => ns,
+            Err(errno) => return errno,
+        };
+        self.written.extend_from_slice(&timespec(ns));
+        let now = self.clock(pid);
+        *now = if absolute { (*now).max(logical_ns(clock, ns)) } else { now.saturating_add(ns) };
         0
     }
 
     fn nanosleep(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
-        self.sleep(pid, regs.rdi, false)
+        self.sleep(pid, regs.rdi, libc::CLOCK_MONOTONIC as u64, false)
     }
 
     fn clock_nanosleep(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
@@ -1063,7 +1107,7 @@ impl<'a> Supervisor<'a> {
             return -i64::from(libc::EINVAL);
         }
         let absolute = regs.rsi & libc::TIMER_ABSTIME as u64 != 0;
-        self.sleep(pid, regs.rdx, absolute)
+        self.sleep(pid, regs.rdx, regs.rdi, absolute)
     }
 
     /// `getdents64`, answered from the directory's entries in name order
@@ -1365,6 +1409,28 @@ fn write_memory(pid: libc::pid_t, address: u64, bytes: &[u8]) -> Result<(), i64>
 /// One 8-byte word of the tracee's memory.
 fn read_word(pid: libc::pid_t, address: u64) -> Option<u64> {
     read_bytes(pid, address, 8).map(|bytes| u64::from_ne_bytes(bytes.try_into().expect("8 bytes")))
+}
+
+/// The `struct timespec` at `address` in nanoseconds, or `-errno`.
+fn read_timespec(pid: libc::pid_t, address: u64) -> Result<u64, i64> {
+    let Some(bytes) = read_bytes(pid, address, 16) else { return Err(-i64::from(libc::EFAULT)) };
+    let secs = i64::from_ne_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let nanos = i64::from_ne_bytes(bytes[8..].try_into().expect("8 bytes"));
+    if secs < 0 || !(0..1_000_000_000).contains(&nanos) {
+        return Err(-i64::from(libc::EINVAL));
+    }
+    Ok((secs as u64).saturating_mul(1_000_000_000).saturating_add(nanos as u64))
+}
+
+/// An absolute time `ns` on `clock` as logical nanoseconds: the wall
+/// clocks count from the epoch, the others from the logical boot.
+fn logical_ns(clock: u64, ns: u64) -> u64 {
+    let wall = [libc::CLOCK_REALTIME, libc::CLOCK_REALTIME_COARSE, libc::CLOCK_TAI];
+    if wall.iter().any(|&c| c as u64 == clock) {
+        ns.saturating_sub(EPOCH_SECS * 1_000_000_000)
+    } else {
+        ns
+    }
 }
 
 fn timespec(ns: u64) -> Vec<u8> {

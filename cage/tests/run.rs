@@ -40,6 +40,21 @@ fn compile_static(dir: &Path, name: &str, source: &str) -> std::path::PathBuf {
     binary
 }
 
+/// Build a static Rust program `name` from `source` in `dir`, with the
+/// toolchain's own `rustc`.
+fn compile_rust(dir: &Path, name: &str, source: &str) -> std::path::PathBuf {
+    let source_path = dir.join(format!("{name}.rs"));
+    std::fs::write(&source_path, source).unwrap();
+    let binary = dir.join(name);
+    let compiled = std::process::Command::new("rustc")
+        .args(["-O", "-C", "target-feature=+crt-static", "-o"])
+        .arg(&binary)
+        .arg(&source_path)
+        .status();
+    assert!(compiled.is_ok_and(|status| status.success()), "rustc builds a static program");
+    binary
+}
+
 /// Whether the last run in `dir` had cgroup limits (its witness header
 /// says). They need root (or a delegated cgroup): CI runs as root.
 fn cgroups(dir: &Path) -> bool {
@@ -548,13 +563,14 @@ int main(int argc, char **argv) {
     ];
     assert_eq!(calls, expected);
 
-    for (what, source, call) in
-        [("rusage", "resource usage", "getrusage"), ("thread", "threads", "clone"), ("alarm", "timers", "alarm")]
-    {
+    for (what, source, call) in [("rusage", "resource usage", "getrusage"), ("alarm", "timers", "alarm")] {
         let (refused, stdout) = run_with(1, &[what]);
         assert_eq!(refused.verdict, Verdict::Refused { source: source.into(), call: call.into() }, "{what}");
         assert!(!stdout.contains("returned"), "the refused call never returned: {stdout}");
     }
+    // Threads run, serialised (tests/tests/determinism.rs has the probes).
+    let (threaded, stdout) = run_with(1, &["thread"]);
+    assert_eq!((threaded.verdict, stdout.as_str()), (Verdict::Ok, "pthread_create returned 0\n"));
 
     // A dynamically linked program's libraries are witnessed by digest.
     let (listed, _) = cage(&spec("/usr/bin/ls", &["/"]), dir.path());
@@ -693,7 +709,7 @@ int main(int argc, char **argv) {
     assert!(first_out.contains(" aux 0\n"), "RDTSCP says CPU 0: {first_out}");
     // The signal stack size is the cage's, not the host CPU's (glibc
     // passes it on through sysconf).
-    assert!(first_out.contains("minsigstksz 8192 sysconf 8192\n"), "{first_out}");
+    assert!(first_out.contains("minsigstksz 16384 sysconf 16384\n"), "{first_out}");
     // CPUID faulting is a CPU feature (Intel's, and recent AMD's): where
     // the host has it, CPUID is the virtual CPU's; where not, the witness
     // records that it could not be turned on (so such runs are of another
@@ -797,9 +813,9 @@ fn dev_urandom_is_a_stream_per_open() {
 #[test]
 fn hostile_rust_program_is_contained() {
     let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("hostile.rs");
-    std::fs::write(
-        &source,
+    let binary = compile_rust(
+        dir.path(),
+        "hostile-rs",
         r#"
 use std::io::Write;
 use std::time::Duration;
@@ -810,7 +826,6 @@ fn main() {
         "read" => std::fs::read("/etc/shadow").map(drop),
         "write" => std::fs::write("/usr/escaped", b"x"),
         "proc" => std::fs::read("/proc/1/mem").map(drop),
-        "thread" => std::thread::spawn(|| ()).join().map_err(|_| std::io::Error::other("join")),
         other => panic!("unknown attempt {other}"),
     };
     let mut out = std::io::stdout();
@@ -820,26 +835,76 @@ fn main() {
     }
 }
 "#,
-    )
-    .unwrap();
-    let binary = dir.path().join("hostile-rs");
-    let compiled = std::process::Command::new("rustc")
-        .args(["-O", "-C", "target-feature=+crt-static", "-o"])
-        .arg(&binary)
-        .arg(&source)
-        .status();
-    assert!(compiled.is_ok_and(|status| status.success()), "rustc builds a static program");
-    for what in ["net", "read", "write", "proc", "thread"] {
+    );
+    for what in ["net", "read", "write", "proc"] {
         let attempt = input_program(&binary, &[what]);
         let (outcome, stdout) = cage(&attempt, dir.path());
         assert!(!stdout.contains("ESCAPED"), "{what}: {stdout}");
-        if what == "thread" {
-            assert_eq!(outcome.verdict, Verdict::Refused { source: "threads".into(), call: "clone".into() });
-        } else {
-            assert_eq!(outcome.verdict, Verdict::Ok, "{what}: {stdout}");
-            assert!(stdout.starts_with(&format!("{what} failed")), "{what}: {stdout}");
-        }
+        assert_eq!(outcome.verdict, Verdict::Ok, "{what}: {stdout}");
+        assert!(stdout.starts_with(&format!("{what} failed")), "{what}: {stdout}");
     }
+}
+
+/// A Rust program's threads (the standard library's: spawn and join, a
+/// channel, a mutex, a condition variable with timed waits, sleeps,
+/// scoped threads) run serialised: two caged runs print the same and
+/// have the same root, while what they print depends on the schedule.
+#[test]
+fn rust_threads_are_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = compile_rust(
+        dir.path(),
+        "threads-rs",
+        r#"
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+fn main() {
+    let start = Instant::now();
+    let shared = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    let turn = Arc::new((Mutex::new(0u32), Condvar::new()));
+    let handles: Vec<_> = (0..6u32)
+        .map(|i| {
+            let (shared, tx, turn) = (shared.clone(), tx.clone(), turn.clone());
+            std::thread::spawn(move || {
+                for j in 0..100 {
+                    shared.lock().unwrap().push(i);
+                    if j % 30 == 0 {
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                }
+                let (lock, changed) = &*turn;
+                let mut current = lock.lock().unwrap();
+                while *current != i {
+                    current = changed.wait_timeout(current, Duration::from_millis(1)).unwrap().0;
+                }
+                *current += 1;
+                changed.notify_all();
+                tx.send((i, start.elapsed().as_nanos())).unwrap();
+            })
+        })
+        .collect();
+    drop(tx);
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    println!("order {:?}", &shared.lock().unwrap()[..60]);
+    println!("sent {:?}", rx.iter().collect::<Vec<_>>());
+    let sum: u64 = std::thread::scope(|s| {
+        let parts: Vec<_> = (0..4u64).map(|k| s.spawn(move || (0..1_000_000u64).map(|x| x ^ k).sum::<u64>())).collect();
+        parts.into_iter().map(|part| part.join().unwrap()).sum()
+    });
+    println!("scoped sum {sum}");
+}
+"#,
+    );
+    let job = input_program(&binary, &[]);
+    let (first, stdout) = cage(&job, dir.path());
+    assert_eq!(first.verdict, Verdict::Ok, "{stdout}");
+    assert!(stdout.ends_with("scoped sum 1999998000000\n"), "{stdout}");
+    assert!(stdout.contains("sent [(0, "), "every thread took its turn: {stdout}");
+    let (second, again) = cage(&job, dir.path());
+    assert_eq!((&second.root, &again), (&first.root, &stdout));
 }
 
 /// A runtime with its own randomness: Python's string hashes, set order,

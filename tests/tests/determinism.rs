@@ -442,7 +442,16 @@ probes! {
         unordered: true,
         ..case("pids", &[], Same, Varies)
     };
-    racing_threads_are_refused: case("threads", &[], Refused("threads"), GetsFurther);
+    racing_threads_are_serialised: Case {
+        shows: &["counter 40000000 expected 40000000"],
+        ..case("threads", &[], Same, Varies)
+    };
+    threads_take_turns_through_locks_condition_variables_and_sleeps: Case {
+        shows: &["joined sum 140 elapsed 0.003202"],
+        ..case("threads", &["sync"], Same, Varies)
+    };
+    the_main_thread_may_leave_first: case("threads", &["exit"], Same, Varies);
+    a_deadlock_of_threads_is_refused: case("threads", &["deadlock"], Refused("threads"), RunsForever);
     spin_loop_ends_at_the_wall_limit: Case { limits: &["wall-ms=500"], ..case("spin", &[], Limit("wall-ms"), RunsForever) };
     spin_loop_ends_at_the_cpu_limit: Case { limits: &["cpu-secs=1"], ..case("spin", &[], Limit("cpu-secs"), RunsForever) };
     signals_are_delivered_in_order: case("signals", &[], Same, Deterministic);
@@ -485,4 +494,5 @@ probes! {
     a_forked_child_is_still_virtual: case("escape", &["fork"], Same, Varies);
     dynamically_linked: case("dynamic", &[], Same, Varies);
     python: case("python", &[], Same, Varies);
+    python_threads: case("python", &["threads"], Same, Varies);
 }

@@ -1,0 +1,386 @@
+//! The supervisor's side of serialised threads: `crate::threads` decides
+//! whose turn it is; this stops, answers and resumes the threads.
+//!
+//! A process becomes *threaded* at its first `clone` with `CLONE_THREAD`
+//! (the filter sends those here). From then on every thread of it stops
+//! at every call's entry, which is where turns change, futexes and sleeps
+//! are answered, and the slice is counted. A thread whose turn it is not
+//! stays stopped (`held`) until it is. When only one thread is left the
+//! process goes back to being an ordinary one.
+
+use super::{read_bytes, registers, set_registers, syscalls, write_memory, Ending, Pending, Supervisor};
+use crate::threads::{Group, Tid, Wait, Woken};
+
+/// `FUTEX_OP`'s operations and comparisons (`<linux/futex.h>`).
+const FUTEX_OP_OPARG_SHIFT: u32 = 8;
+
+/// Why threads end a run.
+const SOURCE: &str = "threads";
+
+impl Supervisor<'_> {
+    /// The group `pid`'s threads are serialised in, if they are.
+    pub(super) fn threaded(&self, pid: Tid) -> Option<Tid> {
+        let group = self.processes.get(&pid)?.group?;
+        self.groups.contains_key(&group).then_some(group)
+    }
+
+    /// At the seccomp stop of a `clone` that makes a thread: the process's
+    /// threads are serialised from here on; the new thread's word to clear
+    /// at its end is noted for its clone event.
+    pub(super) fn thread_clone(&mut self, pid: Tid, regs: &libc::user_regs_struct) {
+        if self.threaded(pid).is_none() {
+            let clock_ns = self.process(pid).clock_ns;
+            let leader = thread_group_leader(pid).unwrap_or(pid);
+            self.groups.insert(pid, Group::new(pid, leader, clock_ns));
+            self.process(pid).group = Some(pid);
+        }
+        let clear_tid = (regs.rdi & libc::CLONE_CHILD_CLEARTID as u64 != 0).then_some(regs.r10);
+        self.thread_clones.insert(pid, clear_tid);
+        self.go_on(pid, 0);
+    }
+
+    /// At the clone event: `child` is a new thread of `parent`'s process;
+    /// it runs at its turn. False (and the run refused) past the most
+    /// threads a process may have.
+    pub(super) fn thread_created(&mut self, parent: Tid, child: Tid, clear_tid: Option<u64>) -> Option<Tid> {
+        let group = self.threaded(parent)?;
+        if self.groups.get_mut(&group).is_some_and(|g| g.add(child, clear_tid)) {
+            return Some(group);
+        }
+        let call = format!("clone (more than {} threads in one process)", crate::threads::THREADS_MAX);
+        self.end(Ending::Refused { source: SOURCE, call }, Some(parent));
+        None
+    }
+
+    /// Resume `pid` from a stop, unless it is a thread whose turn it is
+    /// not: then it stays stopped until its turn comes.
+    pub(super) fn proceed(&mut self, pid: Tid, signal: i32) {
+        if let Some(group) = self.threaded(pid).and_then(|group| self.groups.get(&group)) {
+            if group.scheduled(pid) && !group.runs(pid) && !group.ending {
+                self.held.insert(pid, signal);
+                return;
+            }
+        }
+        self.go_on(pid, signal);
+    }
+
+    /// At a call's entry in a threaded process: the turns, futexes and
+    /// sleeps. A call answered here becomes `getpid` with its answer
+    /// pending for the exit; a thread whose turn ends stays stopped.
+    pub(super) fn on_thread_entry(&mut self, pid: Tid) {
+        let Some(id) = self.threaded(pid) else { return };
+        let Ok(regs) = registers(pid) else { return };
+        let group = self.groups.get_mut(&id).expect("threaded");
+        if group.ending || !group.runs(pid) {
+            return;
+        }
+        match regs.orig_rax as i64 {
+            libc::SYS_futex => self.futex(pid, id, &regs),
+            libc::SYS_nanosleep => self.thread_sleep(pid, id, regs.rdi, libc::CLOCK_MONOTONIC as u64, false),
+            libc::SYS_clock_nanosleep => {
+                let absolute = regs.rsi & libc::TIMER_ABSTIME as u64 != 0;
+                self.thread_sleep(pid, id, regs.rdx, regs.rdi, absolute);
+            }
+            libc::SYS_sched_yield => self.next_turn(id),
+            libc::SYS_set_tid_address => group.set_clear_tid(pid, regs.rdi),
+            libc::SYS_exit => self.thread_exit(pid, id),
+            libc::SYS_exit_group => group.ending = true,
+            libc::SYS_execve | libc::SYS_execveat if pid != group.leader => {
+                let call = "execve from a thread other than the process's first".to_owned();
+                self.end(Ending::Refused { source: SOURCE, call }, Some(pid));
+            }
+            _ => {
+                if group.slice_over() {
+                    self.next_turn(id);
+                }
+            }
+        }
+    }
+
+    /// The thread whose turn it was waits, yields, used its slice or
+    /// left: the next one runs (waiters whose time came wake first). If
+    /// every thread waits for another, the run is refused.
+    fn next_turn(&mut self, id: Tid) {
+        let Some(group) = self.groups.get_mut(&id) else { return };
+        if group.ending {
+            return;
+        }
+        let Some((next, woken)) = group.schedule(-i64::from(libc::ETIMEDOUT)) else {
+            let call = "every thread waits for another (a deadlock)".to_owned();
+            return self.end(Ending::Refused { source: SOURCE, call }, None);
+        };
+        let alone = group.len() == 1;
+        self.answer_woken(woken);
+        if alone {
+            self.dissolve(id);
+        }
+        if let Some(signal) = self.held.remove(&next) {
+            self.go_on(next, signal);
+        }
+    }
+
+    /// One thread is left: the process is an ordinary one again.
+    fn dissolve(&mut self, id: Tid) {
+        let Some(group) = self.groups.remove(&id) else { return };
+        for process in self.processes.values_mut().filter(|process| process.group == Some(id)) {
+            process.group = None;
+            process.clock_ns = group.clock_ns;
+        }
+    }
+
+    /// The process exec'd (only its first thread may): its other threads
+    /// are gone, and it is an ordinary process.
+    pub(super) fn thread_exec(&mut self, pid: Tid) {
+        if let Some(id) = self.threaded(pid) {
+            self.dissolve(id);
+        }
+    }
+
+    /// A thread's `exit`: it leaves the schedule, and its turn passes once
+    /// the kernel has cleared its word to clear (a joiner must not see the
+    /// word before that, or it would see it at a moment the host chose).
+    /// Its exit is reported then; the first thread's only when the whole
+    /// process ends, so for it the supervisor waits until it is a zombie.
+    fn thread_exit(&mut self, pid: Tid, id: Tid) {
+        let group = self.groups.get_mut(&id).expect("threaded");
+        let clear_tid = group.leave(pid);
+        if pid != group.leader {
+            self.exiting.insert(pid, (id, clear_tid));
+            return;
+        }
+        super::resume(pid, libc::PTRACE_SYSCALL, 0);
+        if !wait_until_zombie(pid) {
+            return self.lose(format!("thread {pid} did not end after its exit"));
+        }
+        self.thread_gone(id, clear_tid);
+    }
+
+    /// A thread ended (its exit was reported). If it had left by `exit`,
+    /// its joiner may wake and the next thread runs; if it had not, it
+    /// died with its process, which is ending.
+    pub(super) fn thread_exited(&mut self, pid: Tid, id: Option<Tid>) {
+        self.held.remove(&pid);
+        if let Some((id, clear_tid)) = self.exiting.remove(&pid) {
+            return self.thread_gone(id, clear_tid);
+        }
+        let Some(id) = id else { return };
+        let Some(group) = self.groups.get_mut(&id) else { return };
+        if group.scheduled(pid) {
+            group.ending = true;
+            group.leave(pid);
+        }
+        if group.len() == 0 {
+            self.groups.remove(&id);
+        }
+    }
+
+    /// After a thread's end: wake one waiter on its cleared word, as the
+    /// kernel does, and pass the turn.
+    fn thread_gone(&mut self, id: Tid, clear_tid: Option<u64>) {
+        let Some(group) = self.groups.get_mut(&id) else { return };
+        if group.len() == 0 {
+            self.groups.remove(&id);
+            return;
+        }
+        if let Some(address) = clear_tid {
+            let woken = group.wake(address, 1, u32::MAX);
+            self.answer_woken(woken);
+        }
+        self.next_turn(id);
+    }
+
+    /// Threads that stop waiting get their calls' answers (they are
+    /// stopped at those calls' entries).
+    fn answer_woken(&mut self, woken: Vec<Woken>) {
+        for (tid, result) in woken {
+            if let Ok(regs) = registers(tid) {
+                self.answer_entry(tid, regs, result);
+            }
+        }
+    }
+
+    /// Answer the call `pid` is stopped at the entry of: it becomes
+    /// `getpid` (seccomp runs after this stop and would refuse a skipped
+    /// call's -1), and its exit returns `result`. Recorded with what the
+    /// answer wrote.
+    pub(super) fn answer_entry(&mut self, pid: Tid, mut regs: libc::user_regs_struct, result: i64) -> bool {
+        let name = syscalls::name(regs.orig_rax as i64).unwrap_or("unknown");
+        if !self.record_answer(pid, name, result) {
+            return false;
+        }
+        regs.orig_rax = libc::SYS_getpid as u64;
+        if set_registers(pid, &regs).is_ok() {
+            self.pending.insert(pid, Pending::Answered { result });
+        }
+        true
+    }
+
+    /// `futex`, for the threads of one process: waits and wakes are the
+    /// supervisor's, so which waiter a wake finds follows the schedule.
+    fn futex(&mut self, pid: Tid, id: Tid, regs: &libc::user_regs_struct) {
+        self.written.clear();
+        let (address, op, value) = (regs.rdi, regs.rsi as i32, regs.rdx as u32);
+        let command = op & !(libc::FUTEX_PRIVATE_FLAG | libc::FUTEX_CLOCK_REALTIME);
+        let realtime = op & libc::FUTEX_CLOCK_REALTIME != 0;
+        let all = u32::MAX;
+        let einval = -i64::from(libc::EINVAL);
+        let result = match command {
+            libc::FUTEX_WAIT | libc::FUTEX_WAIT_BITSET => {
+                let bitset = if command == libc::FUTEX_WAIT { all } else { regs.r9 as u32 };
+                match read_u32(pid, address) {
+                    _ if bitset == 0 => einval,
+                    None => -i64::from(libc::EFAULT),
+                    Some(word) if word != value => -i64::from(libc::EAGAIN),
+                    Some(_) => {
+                        // FUTEX_WAIT's timeout is relative (monotonic);
+                        // FUTEX_WAIT_BITSET's an absolute time.
+                        let absolute = command == libc::FUTEX_WAIT_BITSET;
+                        let clock = if realtime { libc::CLOCK_REALTIME } else { libc::CLOCK_MONOTONIC };
+                        match self.deadline(pid, id, regs.r10, clock as u64, absolute) {
+                            Err(errno) => errno,
+                            Ok(deadline) => {
+                                let group = self.groups.get_mut(&id).expect("threaded");
+                                group.wait(pid, Wait::Futex { address, bitset }, deadline);
+                                return self.next_turn(id);
+                            }
+                        }
+                    }
+                }
+            }
+            libc::FUTEX_WAKE | libc::FUTEX_WAKE_BITSET => {
+                let bitset = if command == libc::FUTEX_WAKE { all } else { regs.r9 as u32 };
+                if bitset == 0 {
+                    einval
+                } else {
+                    let woken = self.groups.get_mut(&id).expect("threaded").wake(address, value, bitset);
+                    let count = woken.len() as i64;
+                    self.answer_woken(woken);
+                    count
+                }
+            }
+            libc::FUTEX_REQUEUE | libc::FUTEX_CMP_REQUEUE => {
+                let compare = command == libc::FUTEX_CMP_REQUEUE;
+                match read_u32(pid, address) {
+                    None if compare => -i64::from(libc::EFAULT),
+                    Some(word) if compare && word != regs.r9 as u32 => -i64::from(libc::EAGAIN),
+                    _ => {
+                        let group = self.groups.get_mut(&id).expect("threaded");
+                        let (woken, moved) = group.requeue(address, regs.r8, value, regs.r10 as u32);
+                        let count = woken.len() as i64 + if compare { i64::from(moved) } else { 0 };
+                        self.answer_woken(woken);
+                        count
+                    }
+                }
+            }
+            libc::FUTEX_WAKE_OP => self.futex_wake_op(pid, id, regs),
+            other => {
+                let call = format!("futex operation {other}");
+                return self.end(Ending::Refused { source: SOURCE, call }, Some(pid));
+            }
+        };
+        self.answer_entry(pid, *regs, result);
+    }
+
+    /// `FUTEX_WAKE_OP`: change the second word, wake waiters on the first,
+    /// and on the second if its old value passes the comparison.
+    fn futex_wake_op(&mut self, pid: Tid, id: Tid, regs: &libc::user_regs_struct) -> i64 {
+        let (address, count, second, count2, encoded) =
+            (regs.rdi, regs.rdx as u32, regs.r8, regs.r10 as u32, regs.r9 as u32);
+        let sign_extend_12 = |bits: u32| ((bits << 20) as i32) >> 20;
+        let operation = encoded >> 28;
+        let comparison = (encoded >> 24) & 0xf;
+        let mut oparg = sign_extend_12((encoded >> 12) & 0xfff);
+        let cmparg = sign_extend_12(encoded & 0xfff);
+        if operation & FUTEX_OP_OPARG_SHIFT != 0 {
+            // The kernel masks an out-of-range shift the same way.
+            oparg = 1 << (oparg & 31);
+        }
+        let Some(old) = read_u32(pid, second).map(|word| word as i32) else { return -i64::from(libc::EFAULT) };
+        let new = match operation & 7 {
+            0 => oparg,
+            1 => old.wrapping_add(oparg),
+            2 => old | oparg,
+            3 => old & !oparg,
+            4 => old ^ oparg,
+            _ => return -i64::from(libc::ENOSYS),
+        };
+        let passes = match comparison {
+            0 => old == cmparg,
+            1 => old != cmparg,
+            2 => old < cmparg,
+            3 => old <= cmparg,
+            4 => old > cmparg,
+            5 => old >= cmparg,
+            _ => return -i64::from(libc::ENOSYS),
+        };
+        if let Err(errno) = write_memory(pid, second, &new.to_ne_bytes()) {
+            return errno;
+        }
+        let group = self.groups.get_mut(&id).expect("threaded");
+        let mut woken = group.wake(address, count, u32::MAX);
+        if passes {
+            woken.extend(group.wake(second, count2, u32::MAX));
+        }
+        let total = woken.len() as i64;
+        self.answer_woken(woken);
+        total
+    }
+
+    /// A thread's sleep: it waits until the process's clock reaches the
+    /// deadline (at once, if no other thread can run meanwhile).
+    fn thread_sleep(&mut self, pid: Tid, id: Tid, request: u64, clock: u64, absolute: bool) {
+        self.written.clear();
+        let valid_clock = i32::try_from(clock as i64).is_ok_and(|c| (0..=11).contains(&c));
+        let deadline =
+            if valid_clock { self.deadline(pid, id, request, clock, absolute) } else { Err(-i64::from(libc::EINVAL)) };
+        match deadline {
+            Ok(deadline) => {
+                let group = self.groups.get_mut(&id).expect("threaded");
+                group.wait(pid, Wait::Sleep, deadline.or(Some(group.clock_ns)));
+                self.next_turn(id);
+            }
+            Err(errno) => {
+                if let Ok(regs) = registers(pid) {
+                    self.answer_entry(pid, regs, errno);
+                }
+            }
+        }
+    }
+
+    /// The logical time at which a wait with the timeout at `address` ends
+    /// (`None` without one), or `-errno`.
+    fn deadline(&self, pid: Tid, id: Tid, address: u64, clock: u64, absolute: bool) -> Result<Option<u64>, i64> {
+        if address == 0 {
+            return Ok(None);
+        }
+        let ns = super::read_timespec(pid, address)?;
+        let now = self.groups.get(&id).map_or(0, |group| group.clock_ns);
+        Ok(Some(if absolute { super::logical_ns(clock, ns) } else { now.saturating_add(ns) }))
+    }
+}
+
+/// The pid of the process thread `tid` belongs to (`Tgid` in its status).
+fn thread_group_leader(tid: Tid) -> Option<Tid> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status.lines().find_map(|line| line.strip_prefix("Tgid:")).and_then(|tgid| tgid.trim().parse().ok())
+}
+
+/// Wait (up to a second) until thread `tid` has ended: a process's first
+/// thread stays a zombie until its last one ends, and only then is its
+/// exit reported.
+fn wait_until_zombie(tid: Tid) -> bool {
+    for _ in 0..10_000 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{tid}/stat")) else { return true };
+        // The state follows the command name's closing parenthesis.
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+        if matches!(state, Some('Z' | 'X') | None) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+    false
+}
+
+fn read_u32(pid: Tid, address: u64) -> Option<u32> {
+    read_bytes(pid, address, 4).map(|bytes| u32::from_ne_bytes(bytes.try_into().expect("4 bytes")))
+}

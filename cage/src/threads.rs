@@ -1,0 +1,327 @@
+//! Threads, serialised: a deterministic schedule for the threads of one
+//! process.
+//!
+//! Threads share memory, so what one sees depends on where the others
+//! were when it looked. The cage lets one thread of a process run at a
+//! time and moves it on only at the entry of a system call, by a rule that
+//! depends on nothing but the threads' own calls; between two calls a
+//! thread's work is then fixed by the memory it started from. The rule:
+//!
+//! - the running thread keeps running until it waits (a futex wait or a
+//!   sleep), yields (`sched_yield`), ends, or has made [`SLICE_CALLS`]
+//!   calls; then the next thread in creation order that is not waiting
+//!   runs (round robin);
+//! - futexes are the supervisor's: a wait that would block becomes a
+//!   waiter here and a wake wakes waiters here, oldest first, so no
+//!   thread ever blocks inside the kernel's futex code waiting for
+//!   another (the kernel would then choose when it wakes);
+//! - sleeps and futex timeouts run on the process's logical clock, which
+//!   its threads share: when no thread can run, the clock moves to the
+//!   earliest deadline and that waiter wakes. When no thread can run and
+//!   none has a deadline, every thread waits for another: a deadlock, and
+//!   the run is refused (deterministically: the same schedule deadlocks
+//!   on every run).
+//!
+//! A thread that spins on memory without system calls while another holds
+//! what it waits for never lets the other run: such a run ends at its wall
+//! or CPU limit (a failure, the same on every host), as a spinning single
+//! process does. Any other blocking call (a read of an empty pipe, say)
+//! blocks with the turn held: fine when another process will answer it,
+//! a deadlock (ended by the wall limit) when only a thread of its own
+//! process could.
+//!
+//! This module decides; the supervisor stops, answers and resumes the
+//! threads accordingly. It never touches a process.
+
+use std::collections::HashMap;
+
+pub(crate) type Tid = libc::pid_t;
+
+/// Calls the running thread makes before the next one gets its turn (a
+/// time slice counted in system calls, so it is the same on every host).
+pub(crate) const SLICE_CALLS: u32 = 1_000;
+/// Most threads one process may have; past it, creating one is refused.
+pub(crate) const THREADS_MAX: usize = 4_096;
+
+/// What a waiting thread waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// A futex word at this address, for wakes matching this bit set.
+    Futex { address: u64, bitset: u32 },
+    /// Only its deadline.
+    Sleep,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Waiter {
+    tid: Tid,
+    wait: Wait,
+    /// Logical nanoseconds at which it wakes anyway.
+    deadline: Option<u64>,
+}
+
+/// A thread that stops waiting, and what its call returns.
+pub(crate) type Woken = (Tid, i64);
+
+/// The schedule of one process's threads.
+#[derive(Debug)]
+pub(crate) struct Group {
+    /// Scheduled threads in creation order (a thread leaves at its `exit`).
+    threads: Vec<Tid>,
+    /// The thread whose turn it is.
+    running: Option<Tid>,
+    /// Waiting threads, oldest first.
+    waiting: Vec<Waiter>,
+    /// Calls left in the running thread's slice.
+    slice: u32,
+    /// Where each thread's `CLONE_CHILD_CLEARTID` word is: the kernel
+    /// clears it and wakes one waiter when the thread ends.
+    clear_tid: HashMap<Tid, u64>,
+    /// The logical clock its threads share, in nanoseconds.
+    pub(crate) clock_ns: u64,
+    /// The whole process is ending (`exit_group`, a fatal signal, an
+    /// exec): its threads die as the kernel kills them; nothing more is
+    /// scheduled.
+    pub(crate) ending: bool,
+    /// The process's first thread (its pid): the one thread that may exec.
+    pub(crate) leader: Tid,
+}
+
+impl Group {
+    /// A group of one thread, `first`, which runs, of the process whose
+    /// pid is `leader`.
+    pub(crate) fn new(first: Tid, leader: Tid, clock_ns: u64) -> Self {
+        Self {
+            leader,
+            threads: vec![first],
+            running: Some(first),
+            waiting: Vec::new(),
+            slice: SLICE_CALLS,
+            clear_tid: HashMap::new(),
+            clock_ns,
+            ending: false,
+        }
+    }
+
+    /// Whether `tid` may run now.
+    pub(crate) fn runs(&self, tid: Tid) -> bool {
+        self.running == Some(tid)
+    }
+
+    /// Threads still scheduled.
+    pub(crate) fn len(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Whether `tid` is scheduled (it has not left).
+    pub(crate) fn scheduled(&self, tid: Tid) -> bool {
+        self.threads.contains(&tid)
+    }
+
+    /// A new thread, after every other in the round; `clear_tid` is its
+    /// `CLONE_CHILD_CLEARTID` word, if it has one. False if the process
+    /// has as many threads as it may.
+    pub(crate) fn add(&mut self, tid: Tid, clear_tid: Option<u64>) -> bool {
+        if self.threads.len() >= THREADS_MAX {
+            return false;
+        }
+        self.threads.push(tid);
+        if let Some(address) = clear_tid {
+            self.clear_tid.insert(tid, address);
+        }
+        true
+    }
+
+    /// `set_tid_address`: the word the kernel clears when `tid` ends.
+    pub(crate) fn set_clear_tid(&mut self, tid: Tid, address: u64) {
+        if address == 0 {
+            self.clear_tid.remove(&tid);
+        } else {
+            self.clear_tid.insert(tid, address);
+        }
+    }
+
+    /// The running thread enters a call that does not wait: whether its
+    /// slice is over (then [`Group::schedule`] picks who runs next).
+    pub(crate) fn slice_over(&mut self) -> bool {
+        self.slice = self.slice.saturating_sub(1);
+        self.slice == 0
+    }
+
+    /// The running thread waits.
+    pub(crate) fn wait(&mut self, tid: Tid, wait: Wait, deadline: Option<u64>) {
+        self.waiting.push(Waiter { tid, wait, deadline });
+    }
+
+    /// `tid` leaves the schedule: it called `exit` (its word to clear, if
+    /// any, is returned: the caller clears it and wakes a waiter on it, as
+    /// the kernel will), or it died.
+    pub(crate) fn leave(&mut self, tid: Tid) -> Option<u64> {
+        self.threads.retain(|&t| t != tid);
+        self.waiting.retain(|waiter| waiter.tid != tid);
+        if self.running == Some(tid) {
+            self.running = None;
+        }
+        self.clear_tid.remove(&tid)
+    }
+
+    /// Wake up to `count` threads waiting on the futex at `address` whose
+    /// bit set meets `bitset`, oldest first; each wait returns 0.
+    pub(crate) fn wake(&mut self, address: u64, count: u32, bitset: u32) -> Vec<Woken> {
+        let mut woken = Vec::new();
+        self.waiting.retain(|waiter| match waiter.wait {
+            Wait::Futex { address: at, bitset: wanted }
+                if at == address && wanted & bitset != 0 && woken.len() < count as usize =>
+            {
+                woken.push((waiter.tid, 0));
+                false
+            }
+            _ => true,
+        });
+        woken
+    }
+
+    /// `FUTEX_REQUEUE`: wake up to `count` waiters on `from`, and move up
+    /// to `moved` of the rest to wait on `to`. Returns the woken and how
+    /// many moved.
+    pub(crate) fn requeue(&mut self, from: u64, to: u64, count: u32, moved: u32) -> (Vec<Woken>, u32) {
+        let woken = self.wake(from, count, u32::MAX);
+        let mut done = 0;
+        for waiter in &mut self.waiting {
+            if done == moved {
+                break;
+            }
+            if let Wait::Futex { address, bitset } = waiter.wait {
+                if address == from {
+                    waiter.wait = Wait::Futex { address: to, bitset };
+                    done += 1;
+                }
+            }
+        }
+        (woken, done)
+    }
+
+    /// Whose turn it is next, after the running thread's turn ended (it
+    /// waits, yields, used its slice, or left). Waiters whose deadline has
+    /// passed wake first (with `timed_out`); if no thread can run, the
+    /// clock moves to the earliest deadline. `None` is a deadlock: every
+    /// thread waits for another, and none has a deadline.
+    pub(crate) fn schedule(&mut self, timed_out: i64) -> Option<(Tid, Vec<Woken>)> {
+        let mut woken = self.time_out(timed_out);
+        if self.runnable().next().is_none() {
+            let earliest = self.waiting.iter().filter_map(|waiter| waiter.deadline).min()?;
+            self.clock_ns = self.clock_ns.max(earliest);
+            woken.extend(self.time_out(timed_out));
+        }
+        // Round robin: the first runnable thread after the one that ran.
+        let after = self.running.and_then(|tid| self.threads.iter().position(|&t| t == tid));
+        let start = after.map_or(0, |at| at + 1);
+        let order = self.threads[start..].iter().chain(&self.threads[..start]);
+        let next = order.copied().find(|tid| !self.is_waiting(*tid))?;
+        self.running = Some(next);
+        self.slice = SLICE_CALLS;
+        Some((next, woken))
+    }
+
+    fn runnable(&self) -> impl Iterator<Item = &Tid> {
+        self.threads.iter().filter(|tid| !self.is_waiting(**tid))
+    }
+
+    fn is_waiting(&self, tid: Tid) -> bool {
+        self.waiting.iter().any(|waiter| waiter.tid == tid)
+    }
+
+    /// Wake every waiter whose deadline the clock has reached: a sleep
+    /// returns 0, a futex wait `timed_out`.
+    fn time_out(&mut self, timed_out: i64) -> Vec<Woken> {
+        let now = self.clock_ns;
+        let mut woken = Vec::new();
+        self.waiting.retain(|waiter| match waiter.deadline {
+            Some(deadline) if deadline <= now => {
+                woken.push((waiter.tid, if waiter.wait == Wait::Sleep { 0 } else { timed_out }));
+                false
+            }
+            _ => true,
+        });
+        woken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMED_OUT: i64 = -110;
+
+    #[test]
+    fn turns_go_round_in_creation_order_skipping_waiters() {
+        let mut group = Group::new(1, 1, 0);
+        assert!(group.add(2, None) && group.add(3, None));
+        assert!(group.runs(1) && !group.runs(2));
+        assert_eq!(group.schedule(TIMED_OUT), Some((2, vec![])));
+        group.wait(2, Wait::Futex { address: 0x10, bitset: u32::MAX }, None);
+        assert_eq!(group.schedule(TIMED_OUT), Some((3, vec![])));
+        assert_eq!(group.schedule(TIMED_OUT), Some((1, vec![])), "2 waits: skipped");
+        assert_eq!(group.wake(0x10, 1, u32::MAX), vec![(2, 0)]);
+        assert_eq!(group.schedule(TIMED_OUT), Some((2, vec![])));
+    }
+
+    #[test]
+    fn a_slice_is_counted_in_calls() {
+        let mut group = Group::new(1, 1, 0);
+        let calls = (1..=SLICE_CALLS).take_while(|_| !group.slice_over()).count();
+        assert_eq!(calls as u32, SLICE_CALLS - 1, "the last call of the slice ends it");
+    }
+
+    #[test]
+    fn wakes_take_the_oldest_matching_waiters() {
+        let mut group = Group::new(1, 1, 0);
+        for tid in 2..=5 {
+            group.add(tid, None);
+        }
+        group.wait(2, Wait::Futex { address: 0x10, bitset: 0b01 }, None);
+        group.wait(3, Wait::Futex { address: 0x20, bitset: u32::MAX }, None);
+        group.wait(4, Wait::Futex { address: 0x10, bitset: 0b10 }, None);
+        group.wait(5, Wait::Futex { address: 0x10, bitset: 0b11 }, None);
+        assert_eq!(group.wake(0x10, 1, 0b10), vec![(4, 0)], "2's bit set does not meet the wake's");
+        assert_eq!(group.wake(0x10, u32::MAX, u32::MAX), vec![(2, 0), (5, 0)]);
+        assert_eq!(group.wake(0x10, 1, u32::MAX), vec![]);
+        let (woken, moved) = group.requeue(0x20, 0x30, 0, 1);
+        assert_eq!((woken, moved), (vec![], 1));
+        assert_eq!(group.wake(0x30, 1, u32::MAX), vec![(3, 0)], "requeued to the second word");
+    }
+
+    #[test]
+    fn when_all_wait_the_clock_jumps_to_the_earliest_deadline() {
+        let mut group = Group::new(1, 1, 1_000);
+        group.add(2, None);
+        group.wait(1, Wait::Sleep, Some(50_000));
+        group.wait(2, Wait::Futex { address: 0x10, bitset: u32::MAX }, Some(20_000));
+        assert_eq!(group.schedule(TIMED_OUT), Some((2, vec![(2, TIMED_OUT)])));
+        assert_eq!(group.clock_ns, 20_000);
+        // A deadline the clock has passed while others ran wakes first.
+        group.clock_ns = 60_000;
+        assert_eq!(group.schedule(TIMED_OUT), Some((1, vec![(1, 0)])));
+    }
+
+    #[test]
+    fn every_thread_waiting_without_a_deadline_is_a_deadlock() {
+        let mut group = Group::new(1, 1, 0);
+        group.add(2, None);
+        group.wait(1, Wait::Futex { address: 0x10, bitset: u32::MAX }, None);
+        group.wait(2, Wait::Futex { address: 0x20, bitset: u32::MAX }, None);
+        assert_eq!(group.schedule(TIMED_OUT), None);
+    }
+
+    #[test]
+    fn a_thread_that_leaves_gives_back_its_word_and_its_turn() {
+        let mut group = Group::new(1, 1, 0);
+        group.add(2, Some(0x40));
+        assert_eq!(group.schedule(TIMED_OUT), Some((2, vec![])));
+        assert_eq!(group.leave(2), Some(0x40));
+        assert_eq!(group.len(), 1);
+        assert_eq!(group.schedule(TIMED_OUT), Some((1, vec![])));
+        group.set_clear_tid(1, 0x80);
+        assert_eq!(group.leave(1), Some(0x80));
+    }
+}
