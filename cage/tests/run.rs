@@ -193,6 +193,73 @@ fn concurrent_processes_see_the_same_inode_numbers_every_run() {
     }
 }
 
+/// Threads through their lifecycles: a worker calling `exit` while the
+/// main thread waits, a thread forking and reaping a child, an exec while
+/// a thread waits, a worker crashing, 80 short-lived threads (joined and
+/// detached), the main thread returning while another is woken. Each ends
+/// as the program says, the same way twice, with nothing left waiting.
+#[test]
+fn thread_lifecycles_end_as_their_programs_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = compile_static(dir.path(), "lifecycle", LIFECYCLE);
+    let cases: [(&str, Verdict, &str); 6] = [
+        ("exit_group", Verdict::ProgramFailed { exit_code: Some(3), signal: None }, "worker calls exit(3)\n"),
+        ("fork", Verdict::Ok, "child of a thread, pid 5\nthread reaped 5 status 7\ndone fork\n"),
+        ("exec", Verdict::Ok, "exec'd with a thread waiting\n"),
+        ("crash", Verdict::ProgramFailed { exit_code: None, signal: Some(libc::SIGSEGV) }, ""),
+        ("many", Verdict::Ok, "many done\n"),
+        ("mainexit", Verdict::Ok, "main returns\n"),
+    ];
+    for (variant, verdict, expected) in cases {
+        let job = input_program(&binary, &[variant]);
+        let (first, stdout) = cage(&job, dir.path());
+        assert_eq!((&first.verdict, stdout.as_str()), (&verdict, expected), "{variant}");
+        let (second, _) = cage(&job, dir.path());
+        assert_eq!(second.root, first.root, "{variant}");
+    }
+}
+
+const LIFECYCLE: &str = r#"#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+static pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t c = PTHREAD_COND_INITIALIZER;
+static int flag;
+
+static void *waiter(void *arg) { (void)arg; pthread_mutex_lock(&m); while (!flag) pthread_cond_wait(&c, &m); pthread_mutex_unlock(&m); return NULL; }
+static void *exiter(void *arg) { (void)arg; usleep(500); printf("worker calls exit(3)\n"); fflush(stdout); exit(3); }
+static void *forker(void *arg) {
+    (void)arg;
+    pid_t p = fork();
+    if (p == 0) { printf("child of a thread, pid %d\n", getpid()); fflush(stdout); _exit(7); }
+    int st; waitpid(p, &st, 0); printf("thread reaped %d status %d\n", p, WEXITSTATUS(st)); fflush(stdout);
+    return NULL;
+}
+static void *crasher(void *arg) { (void)arg; usleep(100); raise(SIGSEGV); return NULL; }
+static void *spawner(void *arg) { (void)arg; pthread_t t; pthread_create(&t, NULL, waiter, NULL); pthread_detach(t); return NULL; }
+
+int main(int argc, char **argv) {
+    const char *v = argc > 1 ? argv[1] : "";
+    pthread_t a, b;
+    if (!strcmp(v, "exit_group")) { pthread_create(&a, NULL, waiter, NULL); pthread_create(&b, NULL, exiter, NULL); pthread_join(a, NULL); }
+    if (!strcmp(v, "fork")) { pthread_create(&a, NULL, waiter, NULL); pthread_create(&b, NULL, forker, NULL); pthread_join(b, NULL);
+        pthread_mutex_lock(&m); flag = 1; pthread_cond_broadcast(&c); pthread_mutex_unlock(&m); pthread_join(a, NULL); printf("done fork\n"); }
+    if (!strcmp(v, "exec")) { pthread_create(&a, NULL, waiter, NULL); usleep(100); execl("/bin/echo", "echo", "exec'd with a thread waiting", NULL); }
+    if (!strcmp(v, "crash")) { pthread_create(&a, NULL, waiter, NULL); pthread_create(&b, NULL, crasher, NULL); pthread_join(a, NULL); }
+    if (!strcmp(v, "many")) { for (int i = 0; i < 40; i++) { pthread_create(&a, NULL, spawner, NULL); pthread_join(a, NULL); }
+        usleep(1000); pthread_mutex_lock(&m); flag = 1; pthread_cond_broadcast(&c); pthread_mutex_unlock(&m); usleep(1000); printf("many done\n"); }
+    if (!strcmp(v, "mainexit")) { pthread_create(&a, NULL, waiter, NULL); usleep(100); pthread_mutex_lock(&m); flag = 1; pthread_cond_broadcast(&c); pthread_mutex_unlock(&m); printf("main returns\n"); }
+    return 0;
+}
+"#;
+
 /// Nothing of a run is left on the host: no process in its namespaces, no
 /// mount, nothing in its stage directory but the empty mount point kept
 /// for the next run.
