@@ -35,7 +35,7 @@ program_dirs() {
 
 # Compile each $work/NAME.c statically into $bin_dir/NAME.
 build_static() {
-    for name in "$@"; do gcc -static -O2 -o "$bin_dir/$name" "$work/$name.c"; done
+    for name in "$@"; do gcc -static -O2 -pthread -o "$bin_dir/$name" "$work/$name.c"; done
 }
 
 # A temporary work directory ($work) and the processes started for a bench

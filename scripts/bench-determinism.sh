@@ -4,7 +4,10 @@
 # trapped system call):
 #   1. a static `true`;  2. `ls -la /usr/bin`;  3. bzip2 of a 10 MB file;
 #   4. 200 shell spawns (`sh -c` loop);  5. a compute-bound loop;
-#   6. 100,000 `getrandom` calls (each one trapped and answered).
+#   6. 100,000 `getrandom` calls (each one trapped and answered);
+#   7. two threads passing a turn back and forth 20,000 times each through
+#      a mutex and a condition variable (threads are serialised in the
+#      cage: every handoff is a futex wait and wake the supervisor answers).
 #
 #   scripts/bench-determinism.sh [RUNS]     (default 10)
 #
@@ -29,7 +32,26 @@ cat > "$work/trap.c" <<'C'
 #include <sys/random.h>
 int main(void) { unsigned char b[8]; unsigned long s = 0; for (int i = 0; i < 100000; i++) { getrandom(b, 8, 0); s += b[0]; } printf("%lu\n", s); return 0; }
 C
-build_static true spin trap
+cat > "$work/pingpong.c" <<'C'
+#include <pthread.h>
+#include <stdio.h>
+static pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t c = PTHREAD_COND_INITIALIZER;
+static int turn;
+static void *player(void *arg) {
+    int me = (int)(long)arg;
+    for (int i = 0; i < 20000; i++) {
+        pthread_mutex_lock(&m);
+        while (turn != me) pthread_cond_wait(&c, &m);
+        turn = !me;
+        pthread_cond_signal(&c);
+        pthread_mutex_unlock(&m);
+    }
+    return 0;
+}
+int main(void) { pthread_t a, b; pthread_create(&a, 0, player, (void *)0L); pthread_create(&b, 0, player, (void *)1L); pthread_join(a, 0); pthread_join(b, 0); printf("%d\n", turn); return 0; }
+C
+build_static true spin trap pingpong
 head -c 10000000 /dev/urandom > "$work/data"
 export DOCKLOCK_CACHE_DIR=$work/cache
 cage="$docklock cage run --no-cgroups --witness $work/w.log --limit events=300000 --limit wall-ms=600000"
@@ -41,6 +63,7 @@ add "ls -la /usr/bin" "/usr/bin/ls -la /usr/bin" "$cage -- /usr/bin/ls -la /usr/
 add "bzip2 10 MB" "/usr/bin/bzip2 -c $work/data" "$cage --in data=$work/data -- /usr/bin/bzip2 -c /in/data"
 add "200 sh spawns" "/bin/sh -c 'for i in \$(seq 200); do /bin/sh -c :; done'" "$cage -- /bin/sh -c 'for i in \$(seq 200); do /bin/sh -c :; done'"
 add "compute loop" "$bin_dir/spin" "$cage -- $bin_dir/spin"
+add "thread ping-pong 40,000" "$bin_dir/pingpong" "$cage -- $bin_dir/pingpong"
 add "100,000 getrandom" "$bin_dir/trap" "$cage -- $bin_dir/trap"
 
 echo "| workload | native ms | caged ms | slowdown |"

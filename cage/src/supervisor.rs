@@ -37,6 +37,7 @@ use crate::urandom::{self, Streams};
 use crate::witness::{self, Record};
 use crate::HOSTNAME;
 
+mod ports;
 mod threaded;
 
 /// The logical clock's wall-clock origin: 2000-01-01T00:00:00Z.
@@ -97,6 +98,10 @@ enum Handling<'a> {
     Check(fn(&libc::user_regs_struct) -> Option<&'static str>),
     /// End the run: this source of non-determinism is not handled.
     Refuse(&'static str),
+    /// A thread is being made (`threaded.rs`).
+    Thread,
+    /// The kernel may choose a port (`ports.rs`).
+    Port,
 }
 
 fn handling<'a>(name: &str) -> Handling<'a> {
@@ -128,6 +133,9 @@ fn handling<'a>(name: &str) -> Handling<'a> {
         "setsockopt" => Handling::Check(setsockopt_allowed),
         "getsockopt" => Handling::Check(getsockopt_allowed),
         "getrusage" => Handling::Refuse("resource usage"),
+        // Only thread creation reaches here (the filter passes other clones).
+        "clone" => Handling::Thread,
+        "bind" | "connect" | "listen" => Handling::Port,
         "alarm" | "setitimer" => Handling::Refuse("timers"),
         // Only SIOCGSTAMP and SIOCGSTAMPNS reach here (`RECEIVE_TIME_IOCTLS`).
         "ioctl" => Handling::Refuse("time"),
@@ -189,6 +197,8 @@ struct Process {
     shown: metadata::Shown,
     /// The group its threads are serialised in, once it has threads.
     group: Option<libc::pid_t>,
+    /// Ephemeral ports it has taken (`ports.rs`).
+    ports_taken: u32,
 }
 
 impl Process {
@@ -209,6 +219,7 @@ impl Process {
             reads_random: false,
             shown: metadata::Shown::default(),
             group: None,
+            ports_taken: 0,
         }
     }
 
@@ -447,17 +458,12 @@ impl<'a> Supervisor<'a> {
 
     fn on_seccomp(&mut self, pid: libc::pid_t) {
         let Ok(data) = event_message(pid) else { return };
-        let Ok(mut regs) = registers(pid) else { return };
+        let Ok(regs) = registers(pid) else { return };
         let number = regs.orig_rax as i64;
         let data = data as u32;
         if data == DATA_DENY || data == DATA_FOREIGN {
             let name = call_name(number, data == DATA_FOREIGN);
             return self.end(Ending::Violation { number, name }, Some(pid));
-        }
-        if number == libc::SYS_clone {
-            // Only thread creation reaches here (the filter passes other
-            // clones).
-            return self.thread_clone(pid, &regs);
         }
         let name = syscalls::name(number).unwrap_or("unknown");
         match handling(name) {
@@ -467,15 +473,11 @@ impl<'a> Supervisor<'a> {
                 if self.ending.is_some() {
                     return; // The emulation ended the run; the tracee is gone.
                 }
-                if !self.record_answer(pid, name, result) {
-                    return;
-                }
-                // orig_rax -1 skips the call; rax is what it returns.
-                regs.orig_rax = u64::MAX;
-                regs.rax = result as u64;
-                if set_registers(pid, &regs).is_ok() {
-                    self.go_on(pid, 0);
-                }
+                self.skip_with(pid, regs, name, result);
+            }
+            Handling::AtExit(_) if self.opens_absent_file(pid, number, &regs) => {
+                self.written.clear();
+                self.skip_with(pid, regs, name, -i64::from(libc::ENOENT));
             }
             Handling::AtExit(pending) => {
                 self.pending.insert(pid, pending(&regs));
@@ -487,7 +489,38 @@ impl<'a> Supervisor<'a> {
                 Some(source) => self.end(Ending::Refused { source, call: name.to_owned() }, Some(pid)),
             },
             Handling::Refuse(source) => self.end(Ending::Refused { source, call: name.to_owned() }, Some(pid)),
+            Handling::Thread => self.thread_clone(pid, &regs),
+            Handling::Port => self.choose_port(pid, number, regs),
         }
+    }
+
+    /// Skip the call `pid` is at the seccomp stop of: it returns `result`,
+    /// recorded with what the emulation wrote.
+    fn skip_with(&mut self, pid: libc::pid_t, mut regs: libc::user_regs_struct, name: &str, result: i64) {
+        if !self.record_answer(pid, name, result) {
+            return;
+        }
+        // orig_rax -1 skips the call; rax is what it returns.
+        regs.orig_rax = u64::MAX;
+        regs.rax = result as u64;
+        if set_registers(pid, &regs).is_ok() {
+            self.go_on(pid, 0);
+        }
+    }
+
+    /// Whether an `open` or `openat` names, by an absolute path, a file
+    /// the cage shows as absent: a process's `cgroup` file. It names the
+    /// host's cgroup hierarchy; runtimes read it to size thread pools by a
+    /// CPU quota (the Rust standard library's `available_parallelism`, Go,
+    /// the JVM) and, finding none, fall back to the CPUs they may run on,
+    /// as on a kernel without cgroups. Refusing it would refuse them all.
+    fn opens_absent_file(&self, pid: libc::pid_t, number: i64, regs: &libc::user_regs_struct) -> bool {
+        let address = match number {
+            libc::SYS_open => regs.rdi,
+            libc::SYS_openat => regs.rsi,
+            _ => return false,
+        };
+        read_c_string(pid, address, libc::PATH_MAX as usize).is_some_and(|path| proc_file_absent(&path))
     }
 
     /// At an exec stop, rewrite the new program's auxiliary vector on its
@@ -1187,6 +1220,19 @@ impl<'a> Supervisor<'a> {
 /// `/proc/filesystems`, `cap_last_cap` and `maps` stay readable (libselinux,
 /// libcap and runtimes' stack discovery read them); the kernel's
 /// configuration and the inode numbers they show are documented holes.
+/// `/proc/<self|thread-self|pid>[/task/<tid>]/cgroup`: see
+/// `opens_absent_file`.
+fn proc_file_absent(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/proc/") else { return false };
+    let parts: Vec<&str> = rest.split('/').filter(|part| !part.is_empty() && *part != ".").collect();
+    let is_id = |part: &str| part == "self" || part == "thread-self" || part.bytes().all(|b| b.is_ascii_digit());
+    match parts.as_slice() {
+        [process, "cgroup"] => is_id(process),
+        [process, "task", thread, "cgroup"] => is_id(process) && thread.bytes().all(|b| b.is_ascii_digit()),
+        _ => false,
+    }
+}
+
 fn proc_path_allowed(path: &str) -> bool {
     const FIXED: [&str; 10] = [
         "/proc",
@@ -1275,6 +1321,26 @@ fn read_bytes(pid: libc::pid_t, address: u64, length: usize) -> Option<Vec<u8>> 
     let remote = libc::iovec { iov_base: address as *mut libc::c_void, iov_len: length };
     // SAFETY: local describes bytes; the kernel checks remote.
     (unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } == length as isize).then_some(bytes)
+}
+
+/// The NUL-terminated string at `address` in the tracee, read a page at a
+/// time (a string may end just before an unmapped page), up to `max`
+/// bytes; `None` if it cannot be read, is longer, or is not UTF-8.
+fn read_c_string(pid: libc::pid_t, address: u64, max: usize) -> Option<String> {
+    const PAGE: u64 = 4096;
+    let mut bytes = Vec::new();
+    let mut at = address;
+    while bytes.len() < max {
+        let chunk = (PAGE - at % PAGE) as usize;
+        let piece = read_bytes(pid, at, chunk)?;
+        if let Some(end) = piece.iter().position(|&b| b == 0) {
+            bytes.extend_from_slice(&piece[..end]);
+            return String::from_utf8(bytes).ok();
+        }
+        bytes.extend_from_slice(&piece);
+        at += chunk as u64;
+    }
+    None
 }
 
 /// As much of the tracee's stack from `rsp` as is mapped, up to 64 KiB,
@@ -1573,6 +1639,18 @@ mod tests {
         assert!(!proc_path_allowed("/proc/2/task/3/stat"));
         assert!(!proc_path_allowed("/proc/version"));
         assert!(!proc_path_allowed("/proc/self2/maps"));
+    }
+
+    #[test]
+    fn only_cgroup_files_are_absent() {
+        for absent in ["/proc/self/cgroup", "/proc/2/cgroup", "/proc/thread-self/cgroup", "/proc/self/task/3/cgroup"] {
+            assert!(proc_file_absent(absent), "{absent}");
+        }
+        for present in
+            ["/proc/self/maps", "/proc/cgroups", "/proc/self/cgroup/x", "/tmp/proc/self/cgroup", "/proc/x/cgroup"]
+        {
+            assert!(!proc_file_absent(present), "{present}");
+        }
     }
 
     #[test]

@@ -914,7 +914,8 @@ fn main() {
 
 /// A Rust program's threads (the standard library's: spawn and join, a
 /// channel, a mutex, a condition variable with timed waits, sleeps,
-/// scoped threads) run serialised: two caged runs print the same and
+/// scoped threads, the available parallelism) run serialised: two caged
+/// runs print the same and
 /// have the same root, while what they print depends on the schedule.
 #[test]
 fn rust_threads_are_deterministic() {
@@ -962,13 +963,16 @@ fn main() {
         parts.into_iter().map(|part| part.join().unwrap()).sum()
     });
     println!("scoped sum {sum}");
+    // Reads /proc/self/cgroup for a CPU quota: absent in the cage, so it
+    // counts the CPUs it may run on.
+    println!("parallelism {}", std::thread::available_parallelism().unwrap());
 }
 "#,
     );
     let job = input_program(&binary, &[]);
     let (first, stdout) = cage(&job, dir.path());
     assert_eq!(first.verdict, Verdict::Ok, "{stdout}");
-    assert!(stdout.ends_with("scoped sum 1999998000000\n"), "{stdout}");
+    assert!(stdout.ends_with("scoped sum 1999998000000\nparallelism 1\n"), "{stdout}");
     assert!(stdout.contains("sent [(0, "), "every thread took its turn: {stdout}");
     let (second, again) = cage(&job, dir.path());
     assert_eq!((&second.root, &again), (&first.root, &stdout));
