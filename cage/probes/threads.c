@@ -1,6 +1,9 @@
-/* Observes: thread scheduling -- threads racing on an unlocked counter (lost updates, interleaving), and with "sync" eight threads taking turns through a mutex, condition variables, a barrier, sleeps, timed waits, yields and stdio (the order they get the lock, what time each sees), "exit" the main thread leaving first, "deadlock" two threads waiting for each other. Cage: handled (threads serialised at system call entries, futexes and sleeps answered by the supervisor on the process's logical clock); "deadlock" is refused "threads". */
+/* Observes: thread scheduling -- threads racing on an unlocked counter (lost updates, interleaving), and with "sync" eight threads taking turns through a mutex, condition variables, a barrier, sleeps, timed waits, yields and stdio (the order they get the lock, what time each sees), "exit" the main thread leaving first, "deadlock" two threads waiting for each other, "io" an event loop thread waiting in epoll_wait and poll for what another thread writes to an eventfd and a pipe (and a poll timing out). Cage: handled (threads serialised at system call entries, futexes and sleeps answered by the supervisor on the process's logical clock); "deadlock" is refused "threads". */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
@@ -139,6 +142,48 @@ static int deadlock(void) {
     return 0;
 }
 
+static int wake_fd, pipe_fds[2];
+
+static void *event_loop(void *arg) {
+    (void)arg;
+    int epoll = epoll_create1(0);
+    struct epoll_event interest = {.events = EPOLLIN, .data.u32 = 7};
+    epoll_ctl(epoll, EPOLL_CTL_ADD, wake_fd, &interest);
+    for (int round = 0; round < 3; round++) {
+        struct epoll_event ready;
+        int n = epoll_wait(epoll, &ready, 1, -1);
+        unsigned long long value = 0;
+        if (read(wake_fd, &value, sizeof value) < 0) value = 0;
+        printf("epoll round %d ready %d data %u value %llu at %.6f\n", round, n, ready.data.u32, value, now());
+        fflush(stdout);
+    }
+    struct pollfd reader = {pipe_fds[0], POLLIN, 0};
+    int n = poll(&reader, 1, 5);
+    printf("poll 5 ms ready %d at %.6f\n", n, now());
+    n = poll(&reader, 1, -1);
+    char byte = 0;
+    if (read(pipe_fds[0], &byte, 1) < 0) byte = '?';
+    printf("poll ready %d read %c at %.6f\n", n, byte, now());
+    fflush(stdout);
+    return NULL;
+}
+
+static int io(void) {
+    wake_fd = eventfd(0, 0);
+    if (pipe(pipe_fds)) return 1;
+    pthread_t loop;
+    pthread_create(&loop, NULL, event_loop, NULL);
+    for (unsigned long long i = 1; i <= 3; i++) {
+        usleep(300);
+        if (write(wake_fd, &i, sizeof i) < 0) return 1;
+    }
+    usleep(20000);
+    if (write(pipe_fds[1], "x", 1) < 0) return 1;
+    pthread_join(loop, NULL);
+    printf("io done at %.6f\n", now());
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *variant = argc > 1 ? argv[1] : "race";
     printf("start %s\n", variant);
@@ -146,5 +191,6 @@ int main(int argc, char **argv) {
     if (!strcmp(variant, "sync")) return sync_threads();
     if (!strcmp(variant, "exit")) return main_exits_first();
     if (!strcmp(variant, "deadlock")) return deadlock();
+    if (!strcmp(variant, "io")) return io();
     return race();
 }

@@ -172,6 +172,9 @@ enum Pending {
     Answered {
         result: i64,
     },
+    /// A thread's wait for descriptors, tried without waiting
+    /// (`threaded.rs`).
+    Try,
 }
 
 /// One traced process (or thread): where it sits in the run's process
@@ -274,6 +277,8 @@ pub(crate) struct Supervisor<'a> {
     thread_clones: HashMap<libc::pid_t, Option<u64>>,
     /// Threads that called `exit`: their group and word to clear.
     exiting: HashMap<libc::pid_t, (libc::pid_t, Option<u64>)>,
+    /// Threads trying a wait for descriptors without waiting.
+    tries: HashMap<libc::pid_t, threaded::Try>,
     /// Why the run was ended, if the supervisor ended it.
     pub(crate) ending: Option<Ending>,
 }
@@ -307,6 +312,7 @@ impl<'a> Supervisor<'a> {
             held: HashMap::new(),
             thread_clones: HashMap::new(),
             exiting: HashMap::new(),
+            tries: HashMap::new(),
             ending: None,
         }
     }
@@ -345,6 +351,7 @@ impl<'a> Supervisor<'a> {
     /// A tracee ended (and was reaped by this wait).
     fn on_exit(&mut self, pid: libc::pid_t) {
         self.pending.remove(&pid);
+        self.tries.remove(&pid);
         self.listings.forget(pid);
         match self.processes.remove(&pid) {
             Some(process) => {
@@ -841,10 +848,14 @@ impl<'a> Supervisor<'a> {
         self.thread_clones.remove(&pid);
         let Some(pending) = self.pending.remove(&pid) else { return };
         let Ok(mut regs) = registers(pid) else { return };
-        if let Pending::Answered { result } = pending {
-            regs.rax = result as u64;
-            let _ = set_registers(pid, &regs);
-            return;
+        match pending {
+            Pending::Answered { result } => {
+                regs.rax = result as u64;
+                let _ = set_registers(pid, &regs);
+                return;
+            }
+            Pending::Try => return self.after_try(pid, regs),
+            _ => {}
         }
         let result = regs.rax as i64;
         if result < 0 {
@@ -882,8 +893,8 @@ impl<'a> Supervisor<'a> {
             Pending::Link { buffer, size } => {
                 self.rewrite_link(pid, name, regs, buffer, result as usize, size as usize);
             }
-            // Given its result before the call's own was looked at.
-            Pending::Answered { .. } => {}
+            // Given their results before the call's own was looked at.
+            Pending::Answered { .. } | Pending::Try => {}
         }
     }
 

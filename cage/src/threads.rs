@@ -15,12 +15,20 @@
 //!   waiter here and a wake wakes waiters here, oldest first, so no
 //!   thread ever blocks inside the kernel's futex code waiting for
 //!   another (the kernel would then choose when it wakes);
-//! - sleeps and futex timeouts run on the process's logical clock, which
-//!   its threads share: when no thread can run, the clock moves to the
-//!   earliest deadline and that waiter wakes. When no thread can run and
-//!   none has a deadline, every thread waits for another: a deadlock, and
-//!   the run is refused (deterministically: the same schedule deadlocks
-//!   on every run).
+//! - a wait for descriptors (`poll`, `select`, `epoll_wait` and their
+//!   kin) is tried without waiting; if nothing is ready the thread waits
+//!   here (`Wait::Io`) and tries again once others have had their turns,
+//!   so a thread of the same process can make it ready (an event loop's
+//!   other threads, which write to its wake-up descriptor);
+//! - sleeps and all these timeouts run on the process's logical clock,
+//!   which its threads share: when no thread can run (and the waits for
+//!   descriptors have each been tried once more in vain), the clock moves
+//!   to the earliest deadline and that waiter wakes. When no thread can
+//!   run and none has a deadline: with only futex waits and sleeps, every
+//!   thread waits for another, a deadlock, and the run is refused
+//!   (deterministically: the same schedule deadlocks on every run); with
+//!   waits for descriptors, only another process can help, and the
+//!   supervisor waits a moment between rounds of tries (*stalled*).
 //!
 //! A thread that spins on memory without system calls while another holds
 //! what it waits for never lets the other run: such a run ends at its wall
@@ -28,7 +36,8 @@
 //! process does. Any other blocking call (a read of an empty pipe, say)
 //! blocks with the turn held: fine when another process will answer it,
 //! a deadlock (ended by the wall limit) when only a thread of its own
-//! process could.
+//! process could. What another process writes, and when, is outside the
+//! schedule (as between processes generally).
 //!
 //! This module decides; the supervisor stops, answers and resumes the
 //! threads accordingly. It never touches a process.
@@ -50,6 +59,8 @@ pub(crate) enum Wait {
     Futex { address: u64, bitset: u32 },
     /// Only its deadline.
     Sleep,
+    /// Descriptors: nothing was ready; it tries again at its next turn.
+    Io,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -60,8 +71,21 @@ struct Waiter {
     deadline: Option<u64>,
 }
 
-/// A thread that stops waiting, and what its call returns.
-pub(crate) type Woken = (Tid, i64);
+/// A thread that stops waiting, what its call returns, and what it
+/// waited for.
+pub(crate) type Woken = (Tid, i64, Wait);
+
+/// The next turn.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Turn {
+    /// Whose it is (a thread waiting for descriptors: to try again).
+    pub(crate) next: Tid,
+    /// Waiters whose deadline came, with their calls' results.
+    pub(crate) woken: Vec<Woken>,
+    /// Every thread waits and only another process can help: the
+    /// supervisor lets a moment pass before the next try.
+    pub(crate) stalled: bool,
+}
 
 /// The schedule of one process's threads.
 #[derive(Debug)]
@@ -74,6 +98,8 @@ pub(crate) struct Group {
     waiting: Vec<Waiter>,
     /// Calls left in the running thread's slice.
     slice: u32,
+    /// Turns in a row that ended in a vain try of a wait for descriptors.
+    vain_tries: usize,
     /// Where each thread's `CLONE_CHILD_CLEARTID` word is: the kernel
     /// clears it and wakes one waiter when the thread ends.
     clear_tid: HashMap<Tid, u64>,
@@ -97,6 +123,7 @@ impl Group {
             running: Some(first),
             waiting: Vec::new(),
             slice: SLICE_CALLS,
+            vain_tries: 0,
             clear_tid: HashMap::new(),
             clock_ns,
             ending: false,
@@ -150,6 +177,7 @@ impl Group {
 
     /// The running thread waits.
     pub(crate) fn wait(&mut self, tid: Tid, wait: Wait, deadline: Option<u64>) {
+        self.vain_tries = if wait == Wait::Io { self.vain_tries + 1 } else { 0 };
         self.waiting.push(Waiter { tid, wait, deadline });
     }
 
@@ -173,7 +201,7 @@ impl Group {
             Wait::Futex { address: at, bitset: wanted }
                 if at == address && wanted & bitset != 0 && woken.len() < count as usize =>
             {
-                woken.push((waiter.tid, 0));
+                woken.push((waiter.tid, 0, waiter.wait));
                 false
             }
             _ => true,
@@ -203,42 +231,68 @@ impl Group {
 
     /// Whose turn it is next, after the running thread's turn ended (it
     /// waits, yields, used its slice, or left). Waiters whose deadline has
-    /// passed wake first (with `timed_out`); if no thread can run, the
-    /// clock moves to the earliest deadline. `None` is a deadlock: every
-    /// thread waits for another, and none has a deadline.
-    pub(crate) fn schedule(&mut self, timed_out: i64) -> Option<(Tid, Vec<Woken>)> {
-        let mut woken = self.time_out(timed_out);
-        if self.runnable().next().is_none() {
-            let earliest = self.waiting.iter().filter_map(|waiter| waiter.deadline).min()?;
-            self.clock_ns = self.clock_ns.max(earliest);
-            woken.extend(self.time_out(timed_out));
+    /// passed wake first (with `timed_out`, or 0 for sleeps and waits for
+    /// descriptors); a thread waiting for descriptors takes its turn to
+    /// try again. If no thread can run, or only such tries are left and
+    /// each has just been made in vain, the clock moves to the earliest
+    /// deadline. `None` is a deadlock.
+    pub(crate) fn schedule(&mut self, timed_out: i64) -> Option<Turn> {
+        if self.running.is_some_and(|tid| self.scheduled(tid) && !self.is_waiting(tid)) {
+            self.vain_tries = 0; // It yielded or used its slice: it ran.
         }
-        // Round robin: the first runnable thread after the one that ran.
+        let mut woken = self.time_out(timed_out);
+        let trying = self.waiting.iter().filter(|waiter| waiter.wait == Wait::Io).count();
+        let mut stalled = false;
+        if self.runnable(false).next().is_none() && (trying == 0 || self.vain_tries >= trying) {
+            match self.waiting.iter().filter_map(|waiter| waiter.deadline).min() {
+                Some(earliest) => {
+                    self.clock_ns = self.clock_ns.max(earliest);
+                    woken.extend(self.time_out(timed_out));
+                }
+                None if trying == 0 => return None,
+                None => stalled = true,
+            }
+            self.vain_tries = 0;
+        }
+        // Round robin: the first thread after the one that ran that can
+        // run or try again.
         let after = self.running.and_then(|tid| self.threads.iter().position(|&t| t == tid));
         let start = after.map_or(0, |at| at + 1);
         let order = self.threads[start..].iter().chain(&self.threads[..start]);
-        let next = order.copied().find(|tid| !self.is_waiting(*tid))?;
+        let next = order.copied().find(|tid| self.can_run(*tid, true))?;
+        // A try of a wait for descriptors is a turn: it waits no more.
+        self.waiting.retain(|waiter| waiter.tid != next);
         self.running = Some(next);
         self.slice = SLICE_CALLS;
-        Some((next, woken))
+        Some(Turn { next, woken, stalled })
     }
 
-    fn runnable(&self) -> impl Iterator<Item = &Tid> {
-        self.threads.iter().filter(|tid| !self.is_waiting(**tid))
+    /// Threads that can run (and, with `trying`, those that may try a
+    /// wait for descriptors again).
+    fn runnable(&self, trying: bool) -> impl Iterator<Item = &Tid> {
+        self.threads.iter().filter(move |tid| self.can_run(**tid, trying))
+    }
+
+    fn can_run(&self, tid: Tid, trying: bool) -> bool {
+        match self.waiting.iter().find(|waiter| waiter.tid == tid) {
+            None => true,
+            Some(waiter) => trying && waiter.wait == Wait::Io,
+        }
     }
 
     fn is_waiting(&self, tid: Tid) -> bool {
         self.waiting.iter().any(|waiter| waiter.tid == tid)
     }
 
-    /// Wake every waiter whose deadline the clock has reached: a sleep
-    /// returns 0, a futex wait `timed_out`.
+    /// Wake every waiter whose deadline the clock has reached: a futex
+    /// wait returns `timed_out`, a sleep or a wait for descriptors 0.
     fn time_out(&mut self, timed_out: i64) -> Vec<Woken> {
         let now = self.clock_ns;
         let mut woken = Vec::new();
         self.waiting.retain(|waiter| match waiter.deadline {
             Some(deadline) if deadline <= now => {
-                woken.push((waiter.tid, if waiter.wait == Wait::Sleep { 0 } else { timed_out }));
+                let result = if matches!(waiter.wait, Wait::Futex { .. }) { timed_out } else { 0 };
+                woken.push((waiter.tid, result, waiter.wait));
                 false
             }
             _ => true,
@@ -252,18 +306,40 @@ mod tests {
     use super::*;
 
     const TIMED_OUT: i64 = -110;
+    const ANY: u32 = u32::MAX;
+
+    /// A turn as the tests compare it: next, (woken, result)s, stalled.
+    type Seen = Option<(Tid, Vec<(Tid, i64)>, bool)>;
+
+    fn turn(next: Tid, woken: &[(Tid, i64)]) -> Seen {
+        Some((next, woken.to_vec(), false))
+    }
+
+    /// The next turn without what each woken thread waited for.
+    fn schedule(group: &mut Group) -> Seen {
+        let turn = group.schedule(TIMED_OUT)?;
+        Some((turn.next, turn.woken.iter().map(|&(tid, result, _)| (tid, result)).collect(), turn.stalled))
+    }
+
+    fn tids(woken: Vec<Woken>) -> Vec<Tid> {
+        woken.into_iter().map(|(tid, result, _)| if result == 0 { tid } else { -tid }).collect()
+    }
+
+    fn futex(address: u64) -> Wait {
+        Wait::Futex { address, bitset: ANY }
+    }
 
     #[test]
     fn turns_go_round_in_creation_order_skipping_waiters() {
         let mut group = Group::new(1, 1, 0);
         assert!(group.add(2, None) && group.add(3, None));
         assert!(group.runs(1) && !group.runs(2));
-        assert_eq!(group.schedule(TIMED_OUT), Some((2, vec![])));
-        group.wait(2, Wait::Futex { address: 0x10, bitset: u32::MAX }, None);
-        assert_eq!(group.schedule(TIMED_OUT), Some((3, vec![])));
-        assert_eq!(group.schedule(TIMED_OUT), Some((1, vec![])), "2 waits: skipped");
-        assert_eq!(group.wake(0x10, 1, u32::MAX), vec![(2, 0)]);
-        assert_eq!(group.schedule(TIMED_OUT), Some((2, vec![])));
+        assert_eq!(schedule(&mut group), turn(2, &[]));
+        group.wait(2, futex(0x10), None);
+        assert_eq!(schedule(&mut group), turn(3, &[]));
+        assert_eq!(schedule(&mut group), turn(1, &[]), "2 waits: skipped");
+        assert_eq!(tids(group.wake(0x10, 1, ANY)), [2]);
+        assert_eq!(schedule(&mut group), turn(2, &[]));
     }
 
     #[test]
@@ -280,15 +356,15 @@ mod tests {
             group.add(tid, None);
         }
         group.wait(2, Wait::Futex { address: 0x10, bitset: 0b01 }, None);
-        group.wait(3, Wait::Futex { address: 0x20, bitset: u32::MAX }, None);
+        group.wait(3, futex(0x20), None);
         group.wait(4, Wait::Futex { address: 0x10, bitset: 0b10 }, None);
         group.wait(5, Wait::Futex { address: 0x10, bitset: 0b11 }, None);
-        assert_eq!(group.wake(0x10, 1, 0b10), vec![(4, 0)], "2's bit set does not meet the wake's");
-        assert_eq!(group.wake(0x10, u32::MAX, u32::MAX), vec![(2, 0), (5, 0)]);
-        assert_eq!(group.wake(0x10, 1, u32::MAX), vec![]);
+        assert_eq!(tids(group.wake(0x10, 1, 0b10)), [4], "2's bit set does not meet the wake's");
+        assert_eq!(tids(group.wake(0x10, u32::MAX, ANY)), [2, 5]);
+        assert_eq!(tids(group.wake(0x10, 1, ANY)), [0; 0]);
         let (woken, moved) = group.requeue(0x20, 0x30, 0, 1);
-        assert_eq!((woken, moved), (vec![], 1));
-        assert_eq!(group.wake(0x30, 1, u32::MAX), vec![(3, 0)], "requeued to the second word");
+        assert_eq!((woken.len(), moved), (0, 1));
+        assert_eq!(tids(group.wake(0x30, 1, ANY)), [3], "requeued to the second word");
     }
 
     #[test]
@@ -296,31 +372,58 @@ mod tests {
         let mut group = Group::new(1, 1, 1_000);
         group.add(2, None);
         group.wait(1, Wait::Sleep, Some(50_000));
-        group.wait(2, Wait::Futex { address: 0x10, bitset: u32::MAX }, Some(20_000));
-        assert_eq!(group.schedule(TIMED_OUT), Some((2, vec![(2, TIMED_OUT)])));
+        group.wait(2, futex(0x10), Some(20_000));
+        assert_eq!(schedule(&mut group), turn(2, &[(2, TIMED_OUT)]));
         assert_eq!(group.clock_ns, 20_000);
         // A deadline the clock has passed while others ran wakes first.
         group.clock_ns = 60_000;
-        assert_eq!(group.schedule(TIMED_OUT), Some((1, vec![(1, 0)])));
+        assert_eq!(schedule(&mut group), turn(1, &[(1, 0)]));
     }
 
     #[test]
     fn every_thread_waiting_without_a_deadline_is_a_deadlock() {
         let mut group = Group::new(1, 1, 0);
         group.add(2, None);
-        group.wait(1, Wait::Futex { address: 0x10, bitset: u32::MAX }, None);
-        group.wait(2, Wait::Futex { address: 0x20, bitset: u32::MAX }, None);
+        group.wait(1, futex(0x10), None);
+        group.wait(2, futex(0x20), None);
         assert_eq!(group.schedule(TIMED_OUT), None);
+    }
+
+    #[test]
+    fn a_wait_for_descriptors_tries_again_after_the_others() {
+        let mut group = Group::new(1, 1, 0);
+        group.add(2, None);
+        group.add(3, None);
+        group.wait(1, Wait::Io, None);
+        assert_eq!(schedule(&mut group), turn(2, &[]));
+        assert_eq!(schedule(&mut group), turn(3, &[]), "2 yields");
+        assert_eq!(schedule(&mut group), turn(1, &[]), "3 yields: 1 tries again");
+        // Its try in vain while the others wait on futexes: the others
+        // cannot help, and without a deadline only another process can.
+        group.wait(2, futex(0x10), None);
+        group.wait(3, futex(0x20), None);
+        group.wait(1, Wait::Io, None);
+        assert_eq!(schedule(&mut group), Some((1, vec![], true)), "stalled: tried again after a pause");
+    }
+
+    #[test]
+    fn vain_tries_move_the_clock_to_their_deadline() {
+        let mut group = Group::new(1, 1, 0);
+        group.add(2, None);
+        group.wait(2, futex(0x10), None);
+        group.wait(1, Wait::Io, Some(7_000));
+        assert_eq!(schedule(&mut group), turn(1, &[(1, 0)]), "its timeout: 0 descriptors ready");
+        assert_eq!(group.clock_ns, 7_000);
     }
 
     #[test]
     fn a_thread_that_leaves_gives_back_its_word_and_its_turn() {
         let mut group = Group::new(1, 1, 0);
         group.add(2, Some(0x40));
-        assert_eq!(group.schedule(TIMED_OUT), Some((2, vec![])));
+        assert_eq!(schedule(&mut group), turn(2, &[]));
         assert_eq!(group.leave(2), Some(0x40));
         assert_eq!(group.len(), 1);
-        assert_eq!(group.schedule(TIMED_OUT), Some((1, vec![])));
+        assert_eq!(schedule(&mut group), turn(1, &[]));
         group.set_clear_tid(1, 0x80);
         assert_eq!(group.leave(1), Some(0x80));
     }

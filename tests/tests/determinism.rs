@@ -209,6 +209,8 @@ fn built() -> &'static Built {
                 _ => {}
             }
         }
+        // The Rust probe is this crate's own binary (`src/bin`).
+        std::fs::copy(env!("CARGO_BIN_EXE_event_loop"), dir.join("event_loop")).unwrap();
         std::fs::write(dir.join("control"), b"control input 01").unwrap();
         std::fs::write(dir.join("control.changed"), b"control input 02").unwrap();
         Built { dir }
@@ -452,6 +454,14 @@ probes! {
     };
     the_main_thread_may_leave_first: case("threads", &["exit"], Same, Varies);
     a_deadlock_of_threads_is_refused: case("threads", &["deadlock"], Refused("threads"), RunsForever);
+    tokio_event_loop: Case {
+        shows: &["channel sum 190", "tcp 127.0.0.1:33262 peer 127.0.0.1:48087 reply pong!"],
+        ..case("event_loop", &[], Same, Varies)
+    };
+    threads_wait_for_descriptors_another_thread_makes_ready: Case {
+        shows: &["poll 5 ms ready 0 at 0.005902", "poll ready 1 read x at 0.020901"],
+        ..case("threads", &["io"], Same, Varies)
+    };
     spin_loop_ends_at_the_wall_limit: Case { limits: &["wall-ms=500"], ..case("spin", &[], Limit("wall-ms"), RunsForever) };
     spin_loop_ends_at_the_cpu_limit: Case { limits: &["cpu-secs=1"], ..case("spin", &[], Limit("cpu-secs"), RunsForever) };
     signals_are_delivered_in_order: case("signals", &[], Same, Deterministic);

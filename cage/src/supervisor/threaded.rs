@@ -10,12 +10,40 @@
 
 use super::{read_bytes, registers, set_registers, syscalls, write_memory, Ending, Pending, Supervisor};
 use crate::threads::{Group, Tid, Wait, Woken};
+use crate::witness::Record;
 
 /// `FUTEX_OP`'s operations and comparisons (`<linux/futex.h>`).
 const FUTEX_OP_OPARG_SHIFT: u32 = 8;
 
 /// Why threads end a run.
 const SOURCE: &str = "threads";
+/// How long the supervisor waits between rounds of tries when every
+/// thread of a process waits and only another process can help.
+const STALLED_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+/// Bytes below the stack pointer left alone (the ABI's red zone, with
+/// room): a try's zero timeout is written below them.
+const BELOW_STACK: u64 = 256;
+
+/// Where a call that waits for descriptors takes its timeout: in an
+/// argument (milliseconds, negative for none), or in a structure an
+/// argument points to (`timespec`, or `timeval` for `select`; none if
+/// the pointer is null).
+#[derive(Clone, Copy)]
+enum Timeout {
+    Millis(usize),
+    Spec(usize),
+    Val(usize),
+}
+
+/// A thread's wait for descriptors being tried without waiting: the
+/// argument changed, its value as the program passed it, and when the
+/// wait ends (kept across tries).
+#[derive(Clone, Copy)]
+pub(super) struct Try {
+    argument: usize,
+    passed: u64,
+    deadline: Option<u64>,
+}
 
 impl Supervisor<'_> {
     /// The group `pid`'s threads are serialised in, if they are.
@@ -40,8 +68,8 @@ impl Supervisor<'_> {
     }
 
     /// At the clone event: `child` is a new thread of `parent`'s process;
-    /// it runs at its turn. False (and the run refused) past the most
-    /// threads a process may have.
+    /// it runs at its turn. Its group, or `None` (and the run refused)
+    /// past the most threads a process may have.
     pub(super) fn thread_created(&mut self, parent: Tid, child: Tid, clear_tid: Option<u64>) -> Option<Tid> {
         let group = self.threaded(parent)?;
         if self.groups.get_mut(&group).is_some_and(|g| g.add(child, clear_tid)) {
@@ -64,8 +92,8 @@ impl Supervisor<'_> {
         self.go_on(pid, signal);
     }
 
-    /// At a call's entry in a threaded process: the turns, futexes and
-    /// sleeps. A call answered here becomes `getpid` with its answer
+    /// At a call's entry in a threaded process: the turns, futexes,
+    /// sleeps and waits for descriptors. A call answered here becomes `getpid` with its answer
     /// pending for the exit; a thread whose turn ends stays stopped.
     pub(super) fn on_thread_entry(&mut self, pid: Tid) {
         let Some(id) = self.threaded(pid) else { return };
@@ -89,11 +117,11 @@ impl Supervisor<'_> {
                 let call = "execve from a thread other than the process's first".to_owned();
                 self.end(Ending::Refused { source: SOURCE, call }, Some(pid));
             }
-            _ => {
-                if group.slice_over() {
-                    self.next_turn(id);
-                }
-            }
+            number => match waits_for_descriptors(number) {
+                Some(timeout) => self.try_without_waiting(pid, id, regs, timeout),
+                None if group.slice_over() => self.next_turn(id),
+                None => {}
+            },
         }
     }
 
@@ -105,12 +133,16 @@ impl Supervisor<'_> {
         if group.ending {
             return;
         }
-        let Some((next, woken)) = group.schedule(-i64::from(libc::ETIMEDOUT)) else {
+        let Some(turn) = group.schedule(-i64::from(libc::ETIMEDOUT)) else {
             let call = "every thread waits for another (a deadlock)".to_owned();
             return self.end(Ending::Refused { source: SOURCE, call }, None);
         };
         let alone = group.len() == 1;
-        self.answer_woken(woken);
+        let next = turn.next;
+        self.answer_woken(turn.woken);
+        if turn.stalled {
+            std::thread::sleep(STALLED_PAUSE);
+        }
         if alone {
             self.dissolve(id);
         }
@@ -122,9 +154,11 @@ impl Supervisor<'_> {
     /// One thread is left: the process is an ordinary one again.
     fn dissolve(&mut self, id: Tid) {
         let Some(group) = self.groups.remove(&id) else { return };
-        for process in self.processes.values_mut().filter(|process| process.group == Some(id)) {
+        for (tid, process) in self.processes.iter_mut().filter(|(_, process)| process.group == Some(id)) {
             process.group = None;
             process.clock_ns = group.clock_ns;
+            // A thread about to try again waits in the kernel from now on.
+            self.tries.remove(tid);
         }
     }
 
@@ -192,11 +226,99 @@ impl Supervisor<'_> {
     /// Threads that stop waiting get their calls' answers (they are
     /// stopped at those calls' entries).
     fn answer_woken(&mut self, woken: Vec<Woken>) {
-        for (tid, result) in woken {
-            if let Ok(regs) = registers(tid) {
+        for (tid, result, wait) in woken {
+            let Ok(mut regs) = registers(tid) else { continue };
+            if wait != Wait::Io {
                 self.answer_entry(tid, regs, result);
+                continue;
+            }
+            // Stopped at the exit of its last try, set to try again:
+            // instead the call returns (its timeout came, nothing ready).
+            self.tries.remove(&tid);
+            regs.rip += 2;
+            regs.rax = result as u64;
+            let name = syscalls::name(regs.orig_rax as i64).unwrap_or("unknown").to_owned();
+            if set_registers(tid, &regs).is_ok() {
+                self.event(Record::Call { name, result, data: Vec::new() }, tid);
             }
         }
+    }
+
+    /// A thread's wait for descriptors (`poll`, `select`, `epoll_wait`
+    /// and kin) runs with a zero timeout; `after_try` looks at what it
+    /// found. One that does not wait (a zero timeout already, or a
+    /// timeout it cannot read) runs as it is.
+    fn try_without_waiting(&mut self, pid: Tid, id: Tid, mut regs: libc::user_regs_struct, timeout: Timeout) {
+        let (Timeout::Millis(argument) | Timeout::Spec(argument) | Timeout::Val(argument)) = timeout;
+        let passed = argument_value(&regs, argument);
+        let waits_ns = match timeout {
+            Timeout::Millis(_) => u64::try_from(passed as i32).ok().map(|ms| ms * 1_000_000),
+            _ if passed == 0 => None,
+            Timeout::Spec(_) | Timeout::Val(_) => {
+                let Some(bytes) = read_bytes(pid, passed, 16) else { return };
+                let secs = i64::from_ne_bytes(bytes[..8].try_into().expect("8 bytes"));
+                let fraction = i64::from_ne_bytes(bytes[8..].try_into().expect("8 bytes"));
+                let unit = if matches!(timeout, Timeout::Val(_)) { 1_000 } else { 1 };
+                if secs < 0 || fraction < 0 || fraction * unit >= 1_000_000_000 {
+                    return; // The kernel says EINVAL.
+                }
+                Some((secs as u64).saturating_mul(1_000_000_000).saturating_add((fraction * unit) as u64))
+            }
+        };
+        if waits_ns == Some(0) {
+            return;
+        }
+        let now = self.groups.get(&id).map_or(0, |group| group.clock_ns);
+        let deadline = match self.tries.get(&pid) {
+            Some(earlier) => earlier.deadline,
+            None => waits_ns.map(|ns| now.saturating_add(ns)),
+        };
+        let zero = match timeout {
+            Timeout::Millis(_) => 0,
+            Timeout::Spec(_) | Timeout::Val(_) => {
+                // A zero timeout of its own, below the thread's stack.
+                let at = (regs.rsp - BELOW_STACK - 16) & !15;
+                if write_memory(pid, at, &[0u8; 16]).is_err() {
+                    return;
+                }
+                at
+            }
+        };
+        set_argument(&mut regs, argument, zero);
+        if set_registers(pid, &regs).is_ok() {
+            self.tries.insert(pid, Try { argument, passed, deadline });
+            self.pending.insert(pid, Pending::Try);
+        }
+    }
+
+    /// At the exit of a try: the arguments back as the program passed
+    /// them; if something was ready (or failed) the call returns that; if
+    /// nothing was, the thread waits (`Wait::Io`), set to make the call
+    /// again at its next turn, unless its time is up.
+    pub(super) fn after_try(&mut self, pid: Tid, mut regs: libc::user_regs_struct) {
+        let Some(attempt) = self.tries.get(&pid).copied() else { return };
+        set_argument(&mut regs, attempt.argument, attempt.passed);
+        let id = self.threaded(pid);
+        let now = id.and_then(|id| self.groups.get(&id)).map(|group| (group.clock_ns, group.ending));
+        let waits = match now {
+            Some((clock_ns, false)) => regs.rax == 0 && attempt.deadline.is_none_or(|deadline| deadline > clock_ns),
+            _ => false,
+        };
+        if !waits {
+            self.tries.remove(&pid);
+            let _ = set_registers(pid, &regs);
+            return;
+        }
+        // Back to the `syscall` instruction (2 bytes), with the call's
+        // number, as the kernel restarts a call.
+        regs.rip -= 2;
+        regs.rax = regs.orig_rax;
+        if set_registers(pid, &regs).is_err() {
+            return;
+        }
+        let id = id.expect("threaded");
+        self.groups.get_mut(&id).expect("threaded").wait(pid, Wait::Io, attempt.deadline);
+        self.next_turn(id);
     }
 
     /// Answer the call `pid` is stopped at the entry of: it becomes
@@ -357,6 +479,35 @@ impl Supervisor<'_> {
         let now = self.groups.get(&id).map_or(0, |group| group.clock_ns);
         Ok(Some(if absolute { super::logical_ns(clock, ns) } else { now.saturating_add(ns) }))
     }
+}
+
+/// Where a call that waits for descriptors has its timeout, if it is one.
+fn waits_for_descriptors(number: i64) -> Option<Timeout> {
+    Some(match number {
+        libc::SYS_poll => Timeout::Millis(2),
+        libc::SYS_epoll_wait | libc::SYS_epoll_pwait => Timeout::Millis(3),
+        libc::SYS_ppoll => Timeout::Spec(2),
+        libc::SYS_pselect6 => Timeout::Spec(4),
+        libc::SYS_epoll_pwait2 => Timeout::Spec(3),
+        libc::SYS_select => Timeout::Val(4),
+        _ => return None,
+    })
+}
+
+fn argument_value(regs: &libc::user_regs_struct, index: usize) -> u64 {
+    [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9][index]
+}
+
+fn set_argument(regs: &mut libc::user_regs_struct, index: usize, value: u64) {
+    let slot = match index {
+        0 => &mut regs.rdi,
+        1 => &mut regs.rsi,
+        2 => &mut regs.rdx,
+        3 => &mut regs.r10,
+        4 => &mut regs.r8,
+        _ => &mut regs.r9,
+    };
+    *slot = value;
 }
 
 /// The pid of the process thread `tid` belongs to (`Tgid` in its status).
