@@ -11,7 +11,9 @@
 //! the kernel fails the call with `ENOSYS` without running it, so the
 //! policy stays fail-closed either way. Two adjustments in code, each
 //! stricter than the list: `clone` is allowed only without namespace flags
-//! (no nested user namespaces) and goes to the supervisor with
+//! (no nested user namespaces), `sendto` goes to the supervisor when it
+//! names an address (an unbound socket's port is the cage's to choose),
+//! and `clone` goes to the supervisor with
 //! `CLONE_THREAD` (which serialises the process's threads from then on:
 //! `threads.rs`), and `clone3`, whose flags sit in memory a filter
 //! cannot read, fails with `ENOSYS` so libc falls back to `clone`.
@@ -147,6 +149,15 @@ impl Policy {
                 stamp_rules.push(SeccompRule::new(vec![is]).map_err(compile)?);
             }
             traced_rules.insert(syscalls::number("ioctl").expect("known"), stamp_rules);
+        }
+        if allowed.iter().any(|name| name == "sendto") {
+            // A datagram sent to an address from a socket not yet bound:
+            // the kernel would bind it to a random port, so the supervisor
+            // binds it first (`supervisor/ports.rs`). A send without an
+            // address (a connected socket's) is not stopped.
+            let addressed = SeccompCondition::new(4, SeccompArgLen::Qword, SeccompCmpOp::Ne, 0).map_err(compile)?;
+            let sendto = syscalls::number("sendto").expect("known");
+            traced_rules.insert(sendto, vec![SeccompRule::new(vec![addressed]).map_err(compile)?]);
         }
         if !traced_rules.is_empty() {
             let trace = SeccompAction::Trace(DATA_TRACE);

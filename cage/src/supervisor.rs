@@ -135,7 +135,8 @@ fn handling<'a>(name: &str) -> Handling<'a> {
         "getrusage" => Handling::Refuse("resource usage"),
         // Only thread creation reaches here (the filter passes other clones).
         "clone" => Handling::Thread,
-        "bind" | "connect" | "listen" => Handling::Port,
+        // `sendto` only with an address (an argument rule in the policy).
+        "bind" | "connect" | "listen" | "sendto" => Handling::Port,
         "alarm" | "setitimer" => Handling::Refuse("timers"),
         // Only SIOCGSTAMP and SIOCGSTAMPNS reach here (`RECEIVE_TIME_IOCTLS`).
         "ioctl" => Handling::Refuse("time"),

@@ -490,6 +490,10 @@ probes! {
         shows: &["bind ret 0 errno 0", "exchange wrote 14 read 14 msg hello docklock"],
         ..case("network", &[], Same, Varies)
     };
+    unbound_datagram_ports: Case {
+        shows: &["udp sent 8 got 8 datagram"],
+        ..case("network", &["udp"], Same, Varies)
+    };
     socket_timestamps_are_refused: case("network", &["timestamp"], Refused("time"), GetsFurther);
     receive_time_ioctl_is_refused: case("network", &["stamp"], Refused("time"), GetsFurther);
     receive_time_ioctl_with_a_junk_high_half_is_refused: case("network", &["stamp_high"], Refused("time"), GetsFurther);

@@ -8,8 +8,11 @@
 //! sequence: a function of its place in the process tree and how many it
 //! has taken, the same on every run. A port in use is skipped for the
 //! next (deterministic unless two processes take ports at the same time
-//! and meet). UDP sockets sending unbound (`sendto` without `connect`)
-//! still get the kernel's port: a documented hole.
+//! and meet). A datagram socket sending unbound gets its port the same
+//! way at a `sendto` that names an address; at a `sendmsg` (its address
+//! is inside a structure a filter cannot read, and stopping every
+//! `sendmsg` would stop every stream write through it) it still gets the
+//! kernel's: a documented hole.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -25,7 +28,8 @@ const PORTS: u16 = 28_232;
 const TRIES_MAX: u32 = 64;
 
 impl Supervisor<'_> {
-    /// At the seccomp stop of a `bind`, `connect` or `listen`: bind the
+    /// At the seccomp stop of a `bind`, `connect`, `listen` or an
+    /// addressed `sendto`: bind the
     /// socket to a port of the process's sequence if the kernel would
     /// otherwise pick one. The call then runs (a `bind` to port 0 is
     /// answered instead: it is done).
@@ -40,7 +44,8 @@ impl Supervisor<'_> {
                     _ => return self.go_on(pid, 0),
                 }
             }
-            // The kernel would bind an unbound socket at connect or listen.
+            // The kernel would bind an unbound socket at connect, listen or
+            // an addressed send.
             _ if bound_port(&socket) == Some(0) => Address::any(family),
             _ => return self.go_on(pid, 0),
         };
