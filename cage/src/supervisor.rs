@@ -517,11 +517,14 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Whether an `open` or `openat` names, by an absolute path, a file
-    /// the cage shows as absent: a process's `cgroup` file. It names the
-    /// host's cgroup hierarchy; runtimes read it to size thread pools by a
-    /// CPU quota (the Rust standard library's `available_parallelism`, Go,
-    /// the JVM) and, finding none, fall back to the CPUs they may run on,
-    /// as on a kernel without cgroups. Refusing it would refuse them all.
+    /// the cage shows as absent: a process's `cgroup` file and
+    /// `/proc/cgroups` (they name the host's cgroup hierarchy and
+    /// controllers; runtimes read them to size thread pools by a CPU quota
+    /// (the Rust standard library's `available_parallelism`, Go, the JVM)
+    /// and, finding none, fall back to the CPUs they may run on, as on a
+    /// kernel without cgroups), and `/proc/sys/kernel/core_pattern` (the
+    /// host's crash handler; the JVM reads it to say where a core would
+    /// go). Refusing them would refuse those runtimes outright.
     fn opens_absent_file(&self, pid: libc::pid_t, number: i64, regs: &libc::user_regs_struct) -> bool {
         let address = match number {
             libc::SYS_open => regs.rdi,
@@ -1232,9 +1235,12 @@ impl<'a> Supervisor<'a> {
 /// `/proc/filesystems`, `cap_last_cap` and `maps` stay readable (libselinux,
 /// libcap and runtimes' stack discovery read them); the kernel's
 /// configuration and the inode numbers they show are documented holes.
-/// `/proc/<self|thread-self|pid>[/task/<tid>]/cgroup`: see
-/// `opens_absent_file`.
+/// `/proc/<self|thread-self|pid>[/task/<tid>]/cgroup`, `/proc/cgroups`,
+/// `/proc/sys/kernel/core_pattern`: see `opens_absent_file`.
 fn proc_file_absent(path: &str) -> bool {
+    if ["/proc/cgroups", "/proc/sys/kernel/core_pattern"].contains(&path) {
+        return true;
+    }
     let Some(rest) = path.strip_prefix("/proc/") else { return false };
     let parts: Vec<&str> = rest.split('/').filter(|part| !part.is_empty() && *part != ".").collect();
     let is_id = |part: &str| part == "self" || part == "thread-self" || part.bytes().all(|b| b.is_ascii_digit());
@@ -1259,11 +1265,12 @@ fn proc_path_allowed(path: &str) -> bool {
         "/proc/uptime",
         "/proc/loadavg",
     ];
+    // `coredump_filter`: the process's own setting (the JVM writes it).
     // Not `mounts` (nor `mountinfo`): the options of the device nodes
     // bound from the host's devtmpfs carry its size (the host's memory),
     // and the host disk's device name shows.
-    const PER_PROCESS: [&str; 10] =
-        ["cmdline", "comm", "environ", "exe", "fd", "cwd", "root", "limits", "maps", "task"];
+    const PER_PROCESS: [&str; 11] =
+        ["cmdline", "comm", "environ", "exe", "fd", "cwd", "root", "limits", "maps", "task", "coredump_filter"];
     // Kernel constants libraries read (libcap; `id`), and the namespace's own
     // network devices (only loopback).
     const FIXED_MORE: [&str; 2] = ["/proc/sys/kernel/cap_last_cap", "/proc/sys/kernel/ngroups_max"];
@@ -1654,12 +1661,20 @@ mod tests {
     }
 
     #[test]
-    fn only_cgroup_files_are_absent() {
-        for absent in ["/proc/self/cgroup", "/proc/2/cgroup", "/proc/thread-self/cgroup", "/proc/self/task/3/cgroup"] {
+    fn only_cgroup_files_and_the_core_pattern_are_absent() {
+        let absent = [
+            "/proc/self/cgroup",
+            "/proc/2/cgroup",
+            "/proc/thread-self/cgroup",
+            "/proc/self/task/3/cgroup",
+            "/proc/cgroups",
+            "/proc/sys/kernel/core_pattern",
+        ];
+        for absent in absent {
             assert!(proc_file_absent(absent), "{absent}");
         }
         for present in
-            ["/proc/self/maps", "/proc/cgroups", "/proc/self/cgroup/x", "/tmp/proc/self/cgroup", "/proc/x/cgroup"]
+            ["/proc/self/maps", "/proc/cgroup", "/proc/self/cgroup/x", "/tmp/proc/self/cgroup", "/proc/x/cgroup"]
         {
             assert!(!proc_file_absent(present), "{present}");
         }
