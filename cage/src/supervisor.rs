@@ -102,6 +102,9 @@ enum Handling<'a> {
     Thread,
     /// The kernel may choose a port (`ports.rs`).
     Port,
+    /// A wait, wake, sleep, yield or thread exit: in a threaded process,
+    /// the schedule's (`threaded.rs`); elsewhere it runs as it is.
+    Turn,
 }
 
 fn handling<'a>(name: &str) -> Handling<'a> {
@@ -137,6 +140,9 @@ fn handling<'a>(name: &str) -> Handling<'a> {
         "clone" => Handling::Thread,
         // `sendto` only with an address (an argument rule in the policy).
         "bind" | "connect" | "listen" | "sendto" => Handling::Port,
+        "futex" | "sched_yield" | "exit" | "poll" | "ppoll" | "select" | "pselect6" | "epoll_wait" | "epoll_pwait" => {
+            Handling::Turn
+        }
         "alarm" | "setitimer" => Handling::Refuse("timers"),
         // Only SIOCGSTAMP and SIOCGSTAMPNS reach here (`RECEIVE_TIME_IOCTLS`).
         "ioctl" => Handling::Refuse("time"),
@@ -373,11 +379,18 @@ impl<'a> Supervisor<'a> {
         let deliver = match status >> 16 {
             libc::PTRACE_EVENT_SECCOMP => return self.on_seccomp(pid),
             libc::PTRACE_EVENT_EXEC => {
+                // The thread that exec'd (read first: the calls injected
+                // below have stops that replace the message).
+                let former = event_message(pid).map_or(pid, |tid| tid as libc::pid_t);
                 self.witness_exec(pid);
                 self.rewrite_auxv(pid);
                 self.after_exec(pid);
-                // Its other threads are gone.
-                self.thread_exec(pid);
+                // Its other threads are gone (or, if a thread other than
+                // the first exec'd, the run ends).
+                self.thread_exec(pid, former);
+                if self.ending.is_some() {
+                    return;
+                }
                 // Close-on-exec descriptors are gone.
                 self.recheck_random(pid);
                 0
@@ -420,15 +433,11 @@ impl<'a> Supervisor<'a> {
             // the cage is not supported: the tracee goes on).
             event if event != 0 => 0,
             _ if signal == libc::SIGTRAP | 0x80 => {
-                // A process that reads `/dev/urandom` or has threads stops
-                // at every call's entry and exit; any other only at the
-                // exit of a call it was sent on to with PTRACE_SYSCALL.
-                let every_call = self.reads_random(pid) || self.threaded(pid).is_some();
-                if every_call && syscall_stop_op(pid) == libc::PTRACE_SYSCALL_INFO_ENTRY {
-                    self.on_thread_entry(pid);
-                    if !self.pending.contains_key(&pid) && self.reads_random(pid) {
-                        self.on_syscall_entry(pid);
-                    }
+                // A process that reads `/dev/urandom` stops at every call's
+                // entry and exit; any other only at the exit of a call it
+                // was sent on to with PTRACE_SYSCALL.
+                if self.reads_random(pid) && syscall_stop_op(pid) == libc::PTRACE_SYSCALL_INFO_ENTRY {
+                    self.on_syscall_entry(pid);
                     if self.ending.is_some() {
                         return;
                     }
@@ -456,11 +465,11 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Let `pid` run on to its next stop that matters: a traced call, a
-    /// signal, an event, or every call's entry and exit while it may hold
-    /// an open file of `/dev/urandom` or has threads (and the exit of a
-    /// call answered at its entry).
+    /// signal, an event, the exit of a call it has pending, or every
+    /// call's entry and exit while it may hold an open file of
+    /// `/dev/urandom`.
     fn go_on(&self, pid: libc::pid_t, signal: i32) {
-        let every_call = self.reads_random(pid) || self.threaded(pid).is_some() || self.pending.contains_key(&pid);
+        let every_call = self.reads_random(pid) || self.pending.contains_key(&pid);
         resume(pid, if every_call { libc::PTRACE_SYSCALL } else { libc::PTRACE_CONT }, signal);
     }
 
@@ -474,6 +483,14 @@ impl<'a> Supervisor<'a> {
             return self.end(Ending::Violation { number, name }, Some(pid));
         }
         let name = syscalls::name(number).unwrap_or("unknown");
+        // A threaded process's turns move at its traced calls; its waits,
+        // wakes, sleeps and yields are the schedule's.
+        if self.threaded(pid).is_some() && self.on_thread_call(pid, number, regs) {
+            if self.ending.is_none() {
+                self.proceed(pid, 0);
+            }
+            return;
+        }
         match handling(name) {
             Handling::Emulate(emulate) => {
                 self.written.clear();
@@ -488,17 +505,19 @@ impl<'a> Supervisor<'a> {
                 self.skip_with(pid, regs, name, -i64::from(libc::ENOENT));
             }
             Handling::AtExit(pending) => {
+                // With a call pending, the next stop is this call's exit.
                 self.pending.insert(pid, pending(&regs));
-                // The next stop is this call's exit.
-                resume(pid, libc::PTRACE_SYSCALL, 0);
+                self.proceed(pid, 0);
             }
             Handling::Check(check) => match check(&regs) {
-                None => self.go_on(pid, 0),
+                None => self.proceed(pid, 0),
                 Some(source) => self.end(Ending::Refused { source, call: name.to_owned() }, Some(pid)),
             },
             Handling::Refuse(source) => self.end(Ending::Refused { source, call: name.to_owned() }, Some(pid)),
             Handling::Thread => self.thread_clone(pid, &regs),
             Handling::Port => self.choose_port(pid, number, regs),
+            // Not threaded: it runs as it is.
+            Handling::Turn => self.proceed(pid, 0),
         }
     }
 
@@ -512,7 +531,7 @@ impl<'a> Supervisor<'a> {
         regs.orig_rax = u64::MAX;
         regs.rax = result as u64;
         if set_registers(pid, &regs).is_ok() {
-            self.go_on(pid, 0);
+            self.proceed(pid, 0);
         }
     }
 
@@ -800,7 +819,18 @@ impl<'a> Supervisor<'a> {
             // SAFETY: lseek on a descriptor this thread owns.
             unsafe { libc::lseek(file.as_raw_fd(), moved, libc::SEEK_SET) };
         }
-        self.answer_entry(pid, regs, result);
+        if !self.record_answer(pid, syscalls::name(number).unwrap_or("unknown"), result) {
+            return;
+        }
+        // Skipping the call (system call number -1) works at a seccomp stop
+        // but not here, at the entry: seccomp runs after this stop and
+        // would see -1. The call becomes `getpid`, which the policy
+        // allows and which changes nothing, and its exit returns the answer.
+        let mut regs = regs;
+        regs.orig_rax = libc::SYS_getpid as u64;
+        if set_registers(pid, &regs).is_ok() {
+            self.pending.insert(pid, Pending::Answered { result });
+        }
     }
 
     /// Fill `buffers` (address, length) in turn from the stream `key` at

@@ -30,6 +30,11 @@
 //!   waits for descriptors, only another process can help, and the
 //!   supervisor waits a moment between rounds of tries (*stalled*).
 //!
+//! Turns move only at calls the supervisor sees (the filter sends it the
+//! waits, wakes, sleeps and yields, and the calls it answers anyway), so
+//! a slice counts those: a thread making only other calls keeps its turn
+//! until it makes one.
+//!
 //! A thread that spins on memory without system calls while another holds
 //! what it waits for never lets the other run: such a run ends at its wall
 //! or CPU limit (a failure, the same on every host), as a spinning single
@@ -157,15 +162,6 @@ impl Group {
             self.clear_tid.insert(tid, address);
         }
         true
-    }
-
-    /// `set_tid_address`: the word the kernel clears when `tid` ends.
-    pub(crate) fn set_clear_tid(&mut self, tid: Tid, address: u64) {
-        if address == 0 {
-            self.clear_tid.remove(&tid);
-        } else {
-            self.clear_tid.insert(tid, address);
-        }
     }
 
     /// The running thread enters a call that does not wait: whether its
@@ -424,7 +420,6 @@ mod tests {
         assert_eq!(group.leave(2), Some(0x40));
         assert_eq!(group.len(), 1);
         assert_eq!(schedule(&mut group), turn(1, &[]));
-        group.set_clear_tid(1, 0x80);
-        assert_eq!(group.leave(1), Some(0x80));
+        assert_eq!(group.leave(1), None, "its word is not known");
     }
 }

@@ -196,19 +196,25 @@ fn concurrent_processes_see_the_same_inode_numbers_every_run() {
 /// Threads through their lifecycles: a worker calling `exit` while the
 /// main thread waits, a thread forking and reaping a child, an exec while
 /// a thread waits, a worker crashing, 80 short-lived threads (joined and
-/// detached), the main thread returning while another is woken. Each ends
+/// detached), the main thread returning while another is woken, an exec
+/// by a thread other than the first (refused). Each ends
 /// as the program says, the same way twice, with nothing left waiting.
 #[test]
 fn thread_lifecycles_end_as_their_programs_say() {
     let dir = tempfile::tempdir().unwrap();
     let binary = compile_static(dir.path(), "lifecycle", LIFECYCLE);
-    let cases: [(&str, Verdict, &str); 6] = [
+    let exec_refused = Verdict::Refused {
+        source: "threads".into(),
+        call: "execve from a thread other than the process's first".into(),
+    };
+    let cases: [(&str, Verdict, &str); 7] = [
         ("exit_group", Verdict::ProgramFailed { exit_code: Some(3), signal: None }, "worker calls exit(3)\n"),
         ("fork", Verdict::Ok, "child of a thread, pid 5\nthread reaped 5 status 7\ndone fork\n"),
         ("exec", Verdict::Ok, "exec'd with a thread waiting\n"),
         ("crash", Verdict::ProgramFailed { exit_code: None, signal: Some(libc::SIGSEGV) }, ""),
         ("many", Verdict::Ok, "many done\n"),
         ("mainexit", Verdict::Ok, "main returns\n"),
+        ("thread_exec", exec_refused, ""),
     ];
     for (variant, verdict, expected) in cases {
         let job = input_program(&binary, &[variant]);
@@ -243,6 +249,7 @@ static void *forker(void *arg) {
     return NULL;
 }
 static void *crasher(void *arg) { (void)arg; usleep(100); raise(SIGSEGV); return NULL; }
+static void *execer(void *arg) { (void)arg; execl("/bin/echo", "echo", "exec'd by a thread", NULL); return NULL; }
 static void *spawner(void *arg) { (void)arg; pthread_t t; pthread_create(&t, NULL, waiter, NULL); pthread_detach(t); return NULL; }
 
 int main(int argc, char **argv) {
@@ -255,6 +262,7 @@ int main(int argc, char **argv) {
     if (!strcmp(v, "crash")) { pthread_create(&a, NULL, waiter, NULL); pthread_create(&b, NULL, crasher, NULL); pthread_join(a, NULL); }
     if (!strcmp(v, "many")) { for (int i = 0; i < 40; i++) { pthread_create(&a, NULL, spawner, NULL); pthread_join(a, NULL); }
         usleep(1000); pthread_mutex_lock(&m); flag = 1; pthread_cond_broadcast(&c); pthread_mutex_unlock(&m); usleep(1000); printf("many done\n"); }
+    if (!strcmp(v, "thread_exec")) { pthread_create(&a, NULL, execer, NULL); pthread_join(a, NULL); }
     if (!strcmp(v, "mainexit")) { pthread_create(&a, NULL, waiter, NULL); usleep(100); pthread_mutex_lock(&m); flag = 1; pthread_cond_broadcast(&c); pthread_mutex_unlock(&m); printf("main returns\n"); }
     return 0;
 }

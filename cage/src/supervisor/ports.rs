@@ -34,20 +34,20 @@ impl Supervisor<'_> {
     /// otherwise pick one. The call then runs (a `bind` to port 0 is
     /// answered instead: it is done).
     pub(super) fn choose_port(&mut self, pid: libc::pid_t, number: i64, regs: libc::user_regs_struct) {
-        let Ok(socket) = tracee_descriptor(pid, regs.rdi as i32) else { return self.go_on(pid, 0) };
-        let Some(family) = inet_stream_or_datagram(&socket) else { return self.go_on(pid, 0) };
+        let Ok(socket) = tracee_descriptor(pid, regs.rdi as i32) else { return self.proceed(pid, 0) };
+        let Some(family) = inet_stream_or_datagram(&socket) else { return self.proceed(pid, 0) };
         let wanted = match number {
             libc::SYS_bind => {
                 let length = (regs.rdx as usize).min(std::mem::size_of::<libc::sockaddr_in6>());
                 match read_bytes(pid, regs.rsi, length).and_then(|bytes| Address::parse(&bytes)) {
                     Some(address) if address.family == family && address.port() == 0 => address,
-                    _ => return self.go_on(pid, 0),
+                    _ => return self.proceed(pid, 0),
                 }
             }
             // The kernel would bind an unbound socket at connect, listen or
             // an addressed send.
             _ if bound_port(&socket) == Some(0) => Address::any(family),
-            _ => return self.go_on(pid, 0),
+            _ => return self.proceed(pid, 0),
         };
         let name = super::syscalls::name(number).unwrap_or("unknown");
         self.written.clear();
@@ -58,7 +58,7 @@ impl Supervisor<'_> {
         }
         let port = (result as u16).to_be_bytes().to_vec();
         if self.event(Record::Call { name: format!("{name} port"), result: 0, data: port }, pid) {
-            self.go_on(pid, 0);
+            self.proceed(pid, 0);
         }
     }
 

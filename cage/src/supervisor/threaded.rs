@@ -2,11 +2,14 @@
 //! whose turn it is; this stops, answers and resumes the threads.
 //!
 //! A process becomes *threaded* at its first `clone` with `CLONE_THREAD`
-//! (the filter sends those here). From then on every thread of it stops
-//! at every call's entry, which is where turns change, futexes and sleeps
-//! are answered, and the slice is counted. A thread whose turn it is not
-//! stays stopped (`held`) until it is. When only one thread is left the
-//! process goes back to being an ordinary one.
+//! (the filter sends those here). Turns change at the calls the filter
+//! sends to the supervisor: futexes, sleeps, yields, waits for
+//! descriptors and thread exits (the policy traces them for this), where
+//! they are answered, and every other traced call (time, randomness,
+//! opens, stats), where the slice is counted. Calls the filter allows run
+//! without a stop, so a thread's turn costs nothing between them. A
+//! thread whose turn it is not stays stopped (`held`) until it is. When
+//! only one thread is left the process is an ordinary one again.
 
 use super::{read_bytes, registers, set_registers, syscalls, write_memory, Ending, Pending, Supervisor};
 use crate::threads::{Group, Tid, Wait, Woken};
@@ -64,7 +67,7 @@ impl Supervisor<'_> {
         }
         let clear_tid = (regs.rdi & libc::CLONE_CHILD_CLEARTID as u64 != 0).then_some(regs.r10);
         self.thread_clones.insert(pid, clear_tid);
-        self.go_on(pid, 0);
+        self.proceed(pid, 0);
     }
 
     /// At the clone event: `child` is a new thread of `parent`'s process;
@@ -92,37 +95,38 @@ impl Supervisor<'_> {
         self.go_on(pid, signal);
     }
 
-    /// At a call's entry in a threaded process: the turns, futexes,
-    /// sleeps and waits for descriptors. A call answered here becomes `getpid` with its answer
-    /// pending for the exit; a thread whose turn ends stays stopped.
-    pub(super) fn on_thread_entry(&mut self, pid: Tid) {
-        let Some(id) = self.threaded(pid) else { return };
-        let Ok(regs) = registers(pid) else { return };
+    /// At the seccomp stop of a traced call in a threaded process, whose
+    /// turn it is: true if the schedule handled it (a futex, a sleep, a
+    /// yield, a wait for descriptors, a thread's exit); the caller then
+    /// resumes the thread if it may still run. Any other call counts
+    /// against the slice and is handled as in any process.
+    pub(super) fn on_thread_call(&mut self, pid: Tid, number: i64, regs: libc::user_regs_struct) -> bool {
+        let Some(id) = self.threaded(pid) else { return false };
         let group = self.groups.get_mut(&id).expect("threaded");
         if group.ending || !group.runs(pid) {
-            return;
+            return false;
         }
-        match regs.orig_rax as i64 {
+        match number {
             libc::SYS_futex => self.futex(pid, id, &regs),
-            libc::SYS_nanosleep => self.thread_sleep(pid, id, regs.rdi, libc::CLOCK_MONOTONIC as u64, false),
+            libc::SYS_nanosleep => self.thread_sleep(pid, id, regs, regs.rdi, libc::CLOCK_MONOTONIC as u64, false),
             libc::SYS_clock_nanosleep => {
                 let absolute = regs.rsi & libc::TIMER_ABSTIME as u64 != 0;
-                self.thread_sleep(pid, id, regs.rdx, regs.rdi, absolute);
+                self.thread_sleep(pid, id, regs, regs.rdx, regs.rdi, absolute);
             }
+            // The call itself then runs, at the thread's next turn.
             libc::SYS_sched_yield => self.next_turn(id),
-            libc::SYS_set_tid_address => group.set_clear_tid(pid, regs.rdi),
             libc::SYS_exit => self.thread_exit(pid, id),
-            libc::SYS_exit_group => group.ending = true,
-            libc::SYS_execve | libc::SYS_execveat if pid != group.leader => {
-                let call = "execve from a thread other than the process's first".to_owned();
-                self.end(Ending::Refused { source: SOURCE, call }, Some(pid));
-            }
             number => match waits_for_descriptors(number) {
                 Some(timeout) => self.try_without_waiting(pid, id, regs, timeout),
-                None if group.slice_over() => self.next_turn(id),
-                None => {}
+                None => {
+                    if group.slice_over() {
+                        self.next_turn(id);
+                    }
+                    return false;
+                }
             },
         }
+        true
     }
 
     /// The thread whose turn it was waits, yields, used its slice or
@@ -162,11 +166,17 @@ impl Supervisor<'_> {
         }
     }
 
-    /// The process exec'd (only its first thread may): its other threads
-    /// are gone, and it is an ordinary process.
-    pub(super) fn thread_exec(&mut self, pid: Tid) {
-        if let Some(id) = self.threaded(pid) {
-            self.dissolve(id);
+    /// The process exec'd (by thread `former`): its other threads are
+    /// gone, and it is an ordinary process. An exec by a thread other than
+    /// the first is
+    /// refused (the kernel gives the exec'ing thread the first one's pid,
+    /// which the schedule does not follow).
+    pub(super) fn thread_exec(&mut self, pid: Tid, former: Tid) {
+        let Some(id) = self.threaded(pid) else { return };
+        self.dissolve(id);
+        if former != pid {
+            let call = "execve from a thread other than the process's first".to_owned();
+            self.end(Ending::Refused { source: SOURCE, call }, Some(pid));
         }
     }
 
@@ -229,7 +239,8 @@ impl Supervisor<'_> {
         for (tid, result, wait) in woken {
             let Ok(mut regs) = registers(tid) else { continue };
             if wait != Wait::Io {
-                self.answer_entry(tid, regs, result);
+                // Stopped at the seccomp stop of its wait or sleep.
+                self.answer_call(tid, regs, result);
                 continue;
             }
             // Stopped at the exit of its last try, set to try again:
@@ -321,20 +332,16 @@ impl Supervisor<'_> {
         self.next_turn(id);
     }
 
-    /// Answer the call `pid` is stopped at the entry of: it becomes
-    /// `getpid` (seccomp runs after this stop and would refuse a skipped
-    /// call's -1), and its exit returns `result`. Recorded with what the
-    /// answer wrote.
-    pub(super) fn answer_entry(&mut self, pid: Tid, mut regs: libc::user_regs_struct, result: i64) -> bool {
+    /// Answer the call `pid` is stopped at the seccomp stop of: it is
+    /// skipped and returns `result`, recorded with what the answer wrote.
+    /// The thread is not resumed here.
+    fn answer_call(&mut self, pid: Tid, mut regs: libc::user_regs_struct, result: i64) {
         let name = syscalls::name(regs.orig_rax as i64).unwrap_or("unknown");
-        if !self.record_answer(pid, name, result) {
-            return false;
+        if self.record_answer(pid, name, result) {
+            regs.orig_rax = u64::MAX;
+            regs.rax = result as u64;
+            let _ = set_registers(pid, &regs);
         }
-        regs.orig_rax = libc::SYS_getpid as u64;
-        if set_registers(pid, &regs).is_ok() {
-            self.pending.insert(pid, Pending::Answered { result });
-        }
-        true
     }
 
     /// `futex`, for the threads of one process: waits and wakes are the
@@ -400,7 +407,7 @@ impl Supervisor<'_> {
                 return self.end(Ending::Refused { source: SOURCE, call }, Some(pid));
             }
         };
-        self.answer_entry(pid, *regs, result);
+        self.answer_call(pid, *regs, result);
     }
 
     /// `FUTEX_WAKE_OP`: change the second word, wake waiters on the first,
@@ -450,7 +457,15 @@ impl Supervisor<'_> {
 
     /// A thread's sleep: it waits until the process's clock reaches the
     /// deadline (at once, if no other thread can run meanwhile).
-    fn thread_sleep(&mut self, pid: Tid, id: Tid, request: u64, clock: u64, absolute: bool) {
+    fn thread_sleep(
+        &mut self,
+        pid: Tid,
+        id: Tid,
+        regs: libc::user_regs_struct,
+        request: u64,
+        clock: u64,
+        absolute: bool,
+    ) {
         self.written.clear();
         let valid_clock = i32::try_from(clock as i64).is_ok_and(|c| (0..=11).contains(&c));
         let deadline =
@@ -461,11 +476,7 @@ impl Supervisor<'_> {
                 group.wait(pid, Wait::Sleep, deadline.or(Some(group.clock_ns)));
                 self.next_turn(id);
             }
-            Err(errno) => {
-                if let Ok(regs) = registers(pid) {
-                    self.answer_entry(pid, regs, errno);
-                }
-            }
+            Err(errno) => self.answer_call(pid, regs, errno),
         }
     }
 
