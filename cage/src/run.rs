@@ -33,7 +33,9 @@ pub const CANCEL_POLL_MS: u128 = 100;
 /// Revision 2: CPUID leaf 2 descriptors, one vDSO unmap record,
 /// `AT_MINSIGSTKSZ`, `/dev/urandom` streams, the cage's own `/proc`
 /// machine files, `SIOCGSTAMP` refused. Revision 3: virtual inode numbers
-/// per process; threads serialised (were refused).
+/// per process (the cage's tmpfs too); threads serialised (were refused);
+/// ephemeral ports the process's own; cgroup files and the core pattern
+/// absent; `AT_MINSIGSTKSZ` 16384.
 pub const CAGE_VERSION: &str = concat!("docklock-cage/", env!("CARGO_PKG_VERSION"), "+3");
 
 /// Device nodes bound from the host.
