@@ -140,9 +140,8 @@ fn handling<'a>(name: &str) -> Handling<'a> {
         "clone" => Handling::Thread,
         // `sendto` only with an address (an argument rule in the policy).
         "bind" | "connect" | "listen" | "sendto" => Handling::Port,
-        "futex" | "sched_yield" | "exit" | "poll" | "ppoll" | "select" | "pselect6" | "epoll_wait" | "epoll_pwait" => {
-            Handling::Turn
-        }
+        "futex" | "sched_yield" | "exit" | "tgkill" | "tkill" | "poll" | "ppoll" | "select" | "pselect6"
+        | "epoll_wait" | "epoll_pwait" => Handling::Turn,
         "alarm" | "setitimer" => Handling::Refuse("timers"),
         // Only SIOCGSTAMP and SIOCGSTAMPNS reach here (`RECEIVE_TIME_IOCTLS`).
         "ioctl" => Handling::Refuse("time"),

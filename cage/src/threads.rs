@@ -177,6 +177,22 @@ impl Group {
         self.waiting.push(Waiter { tid, wait, deadline });
     }
 
+    /// The threads waiting, oldest first.
+    pub(crate) fn waiters(&self) -> Vec<Tid> {
+        self.waiting.iter().map(|waiter| waiter.tid).collect()
+    }
+
+    /// A signal for waiting thread `tid`: it stops waiting, its call
+    /// interrupted (`interrupted`, with the time its sleep had left); the
+    /// kernel then delivers the signal as it goes on. `None` if it was not
+    /// waiting.
+    pub(crate) fn interrupt(&mut self, tid: Tid, interrupted: i64) -> Option<(Woken, Option<u64>)> {
+        let at = self.waiting.iter().position(|waiter| waiter.tid == tid)?;
+        let waiter = self.waiting.remove(at);
+        let left = waiter.deadline.map(|deadline| deadline.saturating_sub(self.clock_ns));
+        Some(((tid, interrupted, waiter.wait), left))
+    }
+
     /// `tid` leaves the schedule: it called `exit` (its word to clear, if
     /// any, is returned: the caller clears it and wakes a waiter on it, as
     /// the kernel will), or it died.
@@ -410,6 +426,16 @@ mod tests {
         group.wait(1, Wait::Io, Some(7_000));
         assert_eq!(schedule(&mut group), turn(1, &[(1, 0)]), "its timeout: 0 descriptors ready");
         assert_eq!(group.clock_ns, 7_000);
+    }
+
+    #[test]
+    fn a_signal_interrupts_a_wait() {
+        let mut group = Group::new(1, 1, 1_000);
+        group.add(2, None);
+        group.wait(2, Wait::Sleep, Some(5_000));
+        assert_eq!(group.interrupt(2, -4), Some(((2, -4, Wait::Sleep), Some(4_000))), "4 µs of its sleep left");
+        assert_eq!(group.interrupt(2, -4), None, "no longer waiting");
+        assert_eq!(schedule(&mut group), turn(2, &[]), "it runs");
     }
 
     #[test]

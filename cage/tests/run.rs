@@ -197,7 +197,9 @@ fn concurrent_processes_see_the_same_inode_numbers_every_run() {
 /// main thread waits, a thread forking and reaping a child, an exec while
 /// a thread waits, a worker crashing, 80 short-lived threads (joined and
 /// detached), the main thread returning while another is woken, an exec
-/// by a thread other than the first (refused). Each ends
+/// by a thread other than the first (refused), a signal to a sleeping
+/// thread (its sleep ends early, the handler runs), a cancelled waiter.
+/// Each ends
 /// as the program says, the same way twice, with nothing left waiting.
 #[test]
 fn thread_lifecycles_end_as_their_programs_say() {
@@ -207,7 +209,7 @@ fn thread_lifecycles_end_as_their_programs_say() {
         source: "threads".into(),
         call: "execve from a thread other than the process's first".into(),
     };
-    let cases: [(&str, Verdict, &str); 7] = [
+    let cases: [(&str, Verdict, &str); 9] = [
         ("exit_group", Verdict::ProgramFailed { exit_code: Some(3), signal: None }, "worker calls exit(3)\n"),
         ("fork", Verdict::Ok, "child of a thread, pid 5\nthread reaped 5 status 7\ndone fork\n"),
         ("exec", Verdict::Ok, "exec'd with a thread waiting\n"),
@@ -215,6 +217,8 @@ fn thread_lifecycles_end_as_their_programs_say() {
         ("many", Verdict::Ok, "many done\n"),
         ("mainexit", Verdict::Ok, "main returns\n"),
         ("thread_exec", exec_refused, ""),
+        ("signal_sleeper", Verdict::Ok, "sleep returned -1 woken 1 left more than an hour less a second 1\n"),
+        ("cancel_waiter", Verdict::Ok, "cancelled 1\n"),
     ];
     for (variant, verdict, expected) in cases {
         let job = input_program(&binary, &[variant]);
@@ -249,6 +253,17 @@ static void *forker(void *arg) {
     return NULL;
 }
 static void *crasher(void *arg) { (void)arg; usleep(100); raise(SIGSEGV); return NULL; }
+static volatile sig_atomic_t woken;
+static void on_usr1(int sig) { (void)sig; woken = 1; }
+static void *sleeper(void *arg) {
+    (void)arg;
+    struct timespec request = {3600, 0}, left = {0, 0};
+    int r = nanosleep(&request, &left);
+    printf("sleep returned %d woken %d left more than an hour less a second %d\n", r, (int)woken, left.tv_sec >= 3598);
+    fflush(stdout);
+    return NULL;
+}
+static void *cond_waiter(void *arg) { (void)arg; pthread_mutex_lock(&m); while (!flag) pthread_cond_wait(&c, &m); pthread_mutex_unlock(&m); return NULL; }
 static void *execer(void *arg) { (void)arg; execl("/bin/echo", "echo", "exec'd by a thread", NULL); return NULL; }
 static void *spawner(void *arg) { (void)arg; pthread_t t; pthread_create(&t, NULL, waiter, NULL); pthread_detach(t); return NULL; }
 
@@ -262,6 +277,8 @@ int main(int argc, char **argv) {
     if (!strcmp(v, "crash")) { pthread_create(&a, NULL, waiter, NULL); pthread_create(&b, NULL, crasher, NULL); pthread_join(a, NULL); }
     if (!strcmp(v, "many")) { for (int i = 0; i < 40; i++) { pthread_create(&a, NULL, spawner, NULL); pthread_join(a, NULL); }
         usleep(1000); pthread_mutex_lock(&m); flag = 1; pthread_cond_broadcast(&c); pthread_mutex_unlock(&m); usleep(1000); printf("many done\n"); }
+    if (!strcmp(v, "signal_sleeper")) { signal(SIGUSR1, on_usr1); pthread_create(&a, NULL, sleeper, NULL); usleep(1000); pthread_kill(a, SIGUSR1); pthread_join(a, NULL); }
+    if (!strcmp(v, "cancel_waiter")) { pthread_create(&a, NULL, cond_waiter, NULL); usleep(1000); pthread_cancel(a); void *r; pthread_join(a, &r); printf("cancelled %d\n", r == PTHREAD_CANCELED); }
     if (!strcmp(v, "thread_exec")) { pthread_create(&a, NULL, execer, NULL); pthread_join(a, NULL); }
     if (!strcmp(v, "mainexit")) { pthread_create(&a, NULL, waiter, NULL); usleep(100); pthread_mutex_lock(&m); flag = 1; pthread_cond_broadcast(&c); pthread_mutex_unlock(&m); printf("main returns\n"); }
     return 0;

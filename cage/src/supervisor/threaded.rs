@@ -116,6 +116,14 @@ impl Supervisor<'_> {
             // The call itself then runs, at the thread's next turn.
             libc::SYS_sched_yield => self.next_turn(id),
             libc::SYS_exit => self.thread_exit(pid, id),
+            // The signal is sent as the call runs; a waiting target of this
+            // process stops waiting first, as in the kernel.
+            libc::SYS_tgkill | libc::SYS_tkill => {
+                let (target, signal) =
+                    if number == libc::SYS_tgkill { (regs.rsi, regs.rdx) } else { (regs.rdi, regs.rsi) };
+                self.interrupt_wait(id, target as Tid, signal as i32);
+                return false;
+            }
             number => match waits_for_descriptors(number) {
                 Some(timeout) => self.try_without_waiting(pid, id, regs, timeout),
                 None => {
@@ -332,6 +340,38 @@ impl Supervisor<'_> {
         self.next_turn(id);
     }
 
+    /// A thread signals thread `target`: if the target waits here (a
+    /// futex, a sleep, a wait for descriptors) and would take the signal
+    /// (it neither blocks nor ignores it), its call returns `EINTR` (a
+    /// relative sleep's remaining time written back, as the kernel does),
+    /// so that the signal is delivered when it next runs. Without this it
+    /// would stay waiting with the signal pending, which a program that
+    /// signals a waiting thread to wake it (`pthread_cancel`, a runtime's
+    /// preemption) would wait on for ever.
+    fn interrupt_wait(&mut self, id: Tid, target: Tid, signal: i32) {
+        if !(1..=64).contains(&signal) {
+            return;
+        }
+        // The workload names threads by their ids in its PID namespace.
+        let Some(group) = self.groups.get_mut(&id) else { return };
+        let waiting = group.waiters().into_iter().find(|&tid| namespace_tid(tid) == Some(target));
+        let Some(target) = waiting.filter(|&tid| takes_signal(tid, signal)) else { return };
+        let Some((woken, left)) = group.interrupt(target, -i64::from(libc::EINTR)) else { return };
+        if let (Wait::Sleep, Some(left), Ok(regs)) = (woken.2, left, registers(target)) {
+            // nanosleep(request, remaining); clock_nanosleep(clock, flags,
+            // request, remaining), which writes it only when relative.
+            let remaining = match regs.orig_rax as i64 {
+                libc::SYS_nanosleep => Some(regs.rsi),
+                libc::SYS_clock_nanosleep if regs.rsi & libc::TIMER_ABSTIME as u64 == 0 => Some(regs.r10),
+                _ => None,
+            };
+            if let Some(address) = remaining.filter(|&address| address != 0) {
+                let _ = write_memory(target, address, &super::timespec(left));
+            }
+        }
+        self.answer_woken(vec![woken]);
+    }
+
     /// Answer the call `pid` is stopped at the seccomp stop of: it is
     /// skipped and returns `result`, recorded with what the answer wrote.
     /// The thread is not resumed here.
@@ -492,6 +532,25 @@ impl Supervisor<'_> {
     }
 }
 
+/// The value of `field` (`"Tgid:"`, say) in thread `tid`'s status.
+fn status_field(tid: Tid, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status.lines().find_map(|line| line.strip_prefix(field)).map(|value| value.trim().to_owned())
+}
+
+/// Thread `tid`'s id in its own PID namespace (the last of `NSpid`).
+fn namespace_tid(tid: Tid) -> Option<Tid> {
+    status_field(tid, "NSpid:")?.split_whitespace().last()?.parse().ok()
+}
+
+/// Whether thread `tid` would take `signal` now: not blocked, not
+/// ignored (`SigBlk`, `SigIgn` in its status, hexadecimal masks).
+fn takes_signal(tid: Tid, signal: i32) -> bool {
+    let mask = |field| status_field(tid, field).and_then(|value| u64::from_str_radix(&value, 16).ok());
+    let (Some(blocked), Some(ignored)) = (mask("SigBlk:"), mask("SigIgn:")) else { return false };
+    (blocked | ignored) & (1u64 << (signal - 1)) == 0
+}
+
 /// Where a call that waits for descriptors has its timeout, if it is one.
 fn waits_for_descriptors(number: i64) -> Option<Timeout> {
     Some(match number {
@@ -523,8 +582,7 @@ fn set_argument(regs: &mut libc::user_regs_struct, index: usize, value: u64) {
 
 /// The pid of the process thread `tid` belongs to (`Tgid` in its status).
 fn thread_group_leader(tid: Tid) -> Option<Tid> {
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    status.lines().find_map(|line| line.strip_prefix("Tgid:")).and_then(|tgid| tgid.trim().parse().ok())
+    status_field(tid, "Tgid:")?.parse().ok()
 }
 
 /// Wait (up to a second) until thread `tid` has ended: a process's first
