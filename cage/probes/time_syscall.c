@@ -1,4 +1,4 @@
-/* Observes: wall/monotonic/CPU time through raw syscalls (clock_gettime for every clock id, clock_getres, gettimeofday, time). Cage: handled -- answered from the per-process logical clock (2000-01-01T00:00:00Z, +1 us per reading), resolution fixed at 1 ns. Variant "vsyscall" calls the legacy vsyscall page (gettimeofday at 0xffffffffff600000, time at 0xffffffffff600400), which the kernel emulates on the page fault rather than through a syscall instruction. Variant "times" calls times(2) (CPU ticks and elapsed ticks since boot; answered in the cage from the logical clock), "rusage" getrusage (refused in the cage). */
+/* Observes: wall/monotonic/CPU time through raw syscalls (clock_gettime for every clock id, clock_getres, gettimeofday, time). Cage: handled -- answered from the per-process logical clock (2000-01-01T00:00:00Z, +1 us per reading), resolution fixed at 1 ns. Variant "vsyscall" calls the legacy vsyscall page (gettimeofday at 0xffffffffff600000, time at 0xffffffffff600400), which the kernel emulates on the page fault rather than through a syscall instruction. Variant "times" sleeps 11 ms (so that native runs cannot share one 10 ms tick) and calls times(2) (CPU ticks and elapsed ticks since boot; answered in the cage from the logical clock), "rusage" getrusage (refused in the cage). */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <time.h>
@@ -32,6 +32,10 @@ int main(int argc, char **argv) {
         printf("variant times\n");
         fflush(stdout);
         struct tms t;
+        /* More than one 10 ms tick, so that natively no two runs in a row
+           can read the same count (the runs take about 1 ms each). */
+        struct timespec pause = {0, 11000000};
+        nanosleep(&pause, NULL);
         long r = syscall(SYS_times, &t);
         printf("times ret %ld utime %ld stime %ld cutime %ld cstime %ld\n", r, (long)t.tms_utime, (long)t.tms_stime,
                (long)t.tms_cutime, (long)t.tms_cstime);
