@@ -122,19 +122,24 @@ static int main_exits_first(void) {
 
 static pthread_mutex_t first = PTHREAD_MUTEX_INITIALIZER, second = PTHREAD_MUTEX_INITIALIZER;
 
+static pthread_barrier_t both_hold_one;
+
 static void *take_second_then_first(void *arg) {
     (void)arg;
     pthread_mutex_lock(&second);
-    usleep(1000);
+    pthread_barrier_wait(&both_hold_one);
     pthread_mutex_lock(&first);
     return NULL;
 }
 
 static int deadlock(void) {
     pthread_t thread;
+    /* A barrier, not a sleep: each thread surely holds one lock before it
+       asks for the other, natively too, however loaded the host. */
+    pthread_barrier_init(&both_hold_one, NULL, 2);
     pthread_mutex_lock(&first);
     pthread_create(&thread, NULL, take_second_then_first, NULL);
-    usleep(1000);
+    pthread_barrier_wait(&both_hold_one);
     printf("both locks taken; each thread now waits for the other\n");
     fflush(stdout);
     pthread_mutex_lock(&second);

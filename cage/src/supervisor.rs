@@ -522,16 +522,23 @@ impl<'a> Supervisor<'a> {
 
     /// Skip the call `pid` is at the seccomp stop of: it returns `result`,
     /// recorded with what the emulation wrote.
-    fn skip_with(&mut self, pid: libc::pid_t, mut regs: libc::user_regs_struct, name: &str, result: i64) {
+    fn skip_with(&mut self, pid: libc::pid_t, regs: libc::user_regs_struct, name: &str, result: i64) {
+        if self.answer_call(pid, regs, name, result) {
+            self.proceed(pid, 0);
+        }
+    }
+
+    /// Answer the call `pid` is stopped at the seccomp stop of, without
+    /// resuming it: skipped, it returns `result`, recorded with what the
+    /// emulation wrote. False if the run ended or the tracee is gone.
+    fn answer_call(&mut self, pid: libc::pid_t, mut regs: libc::user_regs_struct, name: &str, result: i64) -> bool {
         if !self.record_answer(pid, name, result) {
-            return;
+            return false;
         }
         // orig_rax -1 skips the call; rax is what it returns.
         regs.orig_rax = u64::MAX;
         regs.rax = result as u64;
-        if set_registers(pid, &regs).is_ok() {
-            self.proceed(pid, 0);
-        }
+        set_registers(pid, &regs).is_ok()
     }
 
     /// Whether an `open` or `openat` names, by an absolute path, a file
@@ -1100,10 +1107,11 @@ impl<'a> Supervisor<'a> {
     /// Every clock reads the logical clock: the wall clocks from the fixed
     /// epoch, the others from a fixed boot time.
     fn clock_value(&mut self, pid: libc::pid_t, clock: u64) -> Option<u64> {
-        let realtime = [libc::CLOCK_REALTIME, libc::CLOCK_REALTIME_COARSE, libc::CLOCK_TAI];
-        let clock = i32::try_from(clock as i64).ok().filter(|c| (0..=11).contains(c))?;
+        if !known_clock(clock) {
+            return None;
+        }
         let now = self.now(pid);
-        Some(if realtime.contains(&clock) { EPOCH_SECS * 1_000_000_000 + now } else { now })
+        Some(if wall_clock(clock) { EPOCH_SECS * 1_000_000_000 + now } else { now })
     }
 
     fn clock_gettime(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
@@ -1527,24 +1535,39 @@ fn read_word(pid: libc::pid_t, address: u64) -> Option<u64> {
 
 /// The `struct timespec` at `address` in nanoseconds, or `-errno`.
 fn read_timespec(pid: libc::pid_t, address: u64) -> Result<u64, i64> {
+    read_time(pid, address, 1)
+}
+
+/// A seconds-and-fraction time at `address` (`timespec`: the fraction in
+/// units of 1 ns; `timeval`: of 1,000 ns) in nanoseconds, or `-errno`.
+fn read_time(pid: libc::pid_t, address: u64, unit_ns: i64) -> Result<u64, i64> {
     let Some(bytes) = read_bytes(pid, address, 16) else { return Err(-i64::from(libc::EFAULT)) };
     let secs = i64::from_ne_bytes(bytes[..8].try_into().expect("8 bytes"));
-    let nanos = i64::from_ne_bytes(bytes[8..].try_into().expect("8 bytes"));
-    if secs < 0 || !(0..1_000_000_000).contains(&nanos) {
+    let fraction = i64::from_ne_bytes(bytes[8..].try_into().expect("8 bytes"));
+    if secs < 0 || !(0..1_000_000_000 / unit_ns).contains(&fraction) {
         return Err(-i64::from(libc::EINVAL));
     }
-    Ok((secs as u64).saturating_mul(1_000_000_000).saturating_add(nanos as u64))
+    Ok((secs as u64).saturating_mul(1_000_000_000).saturating_add((fraction * unit_ns) as u64))
 }
 
 /// An absolute time `ns` on `clock` as logical nanoseconds: the wall
 /// clocks count from the epoch, the others from the logical boot.
 fn logical_ns(clock: u64, ns: u64) -> u64 {
-    let wall = [libc::CLOCK_REALTIME, libc::CLOCK_REALTIME_COARSE, libc::CLOCK_TAI];
-    if wall.iter().any(|&c| c as u64 == clock) {
+    if wall_clock(clock) {
         ns.saturating_sub(EPOCH_SECS * 1_000_000_000)
     } else {
         ns
     }
+}
+
+/// A clock id the kernel knows (0 to 11; the logical clock answers all).
+fn known_clock(clock: u64) -> bool {
+    i32::try_from(clock as i64).is_ok_and(|clock| (0..=11).contains(&clock))
+}
+
+/// The clocks that count from the epoch rather than from boot.
+fn wall_clock(clock: u64) -> bool {
+    [libc::CLOCK_REALTIME, libc::CLOCK_REALTIME_COARSE, libc::CLOCK_TAI].iter().any(|&c| c as u64 == clock)
 }
 
 fn timespec(ns: u64) -> Vec<u8> {

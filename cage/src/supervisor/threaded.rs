@@ -248,7 +248,7 @@ impl Supervisor<'_> {
             let Ok(mut regs) = registers(tid) else { continue };
             if wait != Wait::Io {
                 // Stopped at the seccomp stop of its wait or sleep.
-                self.answer_call(tid, regs, result);
+                self.answer_wait(tid, regs, result);
                 continue;
             }
             // Stopped at the exit of its last try, set to try again:
@@ -274,14 +274,11 @@ impl Supervisor<'_> {
             Timeout::Millis(_) => u64::try_from(passed as i32).ok().map(|ms| ms * 1_000_000),
             _ if passed == 0 => None,
             Timeout::Spec(_) | Timeout::Val(_) => {
-                let Some(bytes) = read_bytes(pid, passed, 16) else { return };
-                let secs = i64::from_ne_bytes(bytes[..8].try_into().expect("8 bytes"));
-                let fraction = i64::from_ne_bytes(bytes[8..].try_into().expect("8 bytes"));
-                let unit = if matches!(timeout, Timeout::Val(_)) { 1_000 } else { 1 };
-                if secs < 0 || fraction < 0 || fraction * unit >= 1_000_000_000 {
-                    return; // The kernel says EINVAL.
-                }
-                Some((secs as u64).saturating_mul(1_000_000_000).saturating_add((fraction * unit) as u64))
+                let unit_ns = if matches!(timeout, Timeout::Val(_)) { 1_000 } else { 1 };
+                // Unreadable or invalid: the call runs as it is, and the
+                // kernel says so.
+                let Ok(ns) = super::read_time(pid, passed, unit_ns) else { return };
+                Some(ns)
             }
         };
         if waits_ns == Some(0) {
@@ -372,16 +369,11 @@ impl Supervisor<'_> {
         self.answer_woken(vec![woken]);
     }
 
-    /// Answer the call `pid` is stopped at the seccomp stop of: it is
-    /// skipped and returns `result`, recorded with what the answer wrote.
-    /// The thread is not resumed here.
-    fn answer_call(&mut self, pid: Tid, mut regs: libc::user_regs_struct, result: i64) {
+    /// Answer the waiting or sleeping call thread `pid` is stopped at the
+    /// seccomp stop of (the thread is not resumed here).
+    fn answer_wait(&mut self, pid: Tid, regs: libc::user_regs_struct, result: i64) {
         let name = syscalls::name(regs.orig_rax as i64).unwrap_or("unknown");
-        if self.record_answer(pid, name, result) {
-            regs.orig_rax = u64::MAX;
-            regs.rax = result as u64;
-            let _ = set_registers(pid, &regs);
-        }
+        self.answer_call(pid, regs, name, result);
     }
 
     /// `futex`, for the threads of one process: waits and wakes are the
@@ -447,7 +439,7 @@ impl Supervisor<'_> {
                 return self.end(Ending::Refused { source: SOURCE, call }, Some(pid));
             }
         };
-        self.answer_call(pid, *regs, result);
+        self.answer_wait(pid, *regs, result);
     }
 
     /// `FUTEX_WAKE_OP`: change the second word, wake waiters on the first,
@@ -507,16 +499,18 @@ impl Supervisor<'_> {
         absolute: bool,
     ) {
         self.written.clear();
-        let valid_clock = i32::try_from(clock as i64).is_ok_and(|c| (0..=11).contains(&c));
-        let deadline =
-            if valid_clock { self.deadline(pid, id, request, clock, absolute) } else { Err(-i64::from(libc::EINVAL)) };
+        let deadline = if super::known_clock(clock) {
+            self.deadline(pid, id, request, clock, absolute)
+        } else {
+            Err(-i64::from(libc::EINVAL))
+        };
         match deadline {
             Ok(deadline) => {
                 let group = self.groups.get_mut(&id).expect("threaded");
                 group.wait(pid, Wait::Sleep, deadline.or(Some(group.clock_ns)));
                 self.next_turn(id);
             }
-            Err(errno) => self.answer_call(pid, regs, errno),
+            Err(errno) => self.answer_wait(pid, regs, errno),
         }
     }
 
@@ -532,21 +526,26 @@ impl Supervisor<'_> {
     }
 }
 
-/// The value of `field` (`"Tgid:"`, say) in thread `tid`'s status.
-fn status_field(tid: Tid, field: &str) -> Option<String> {
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    status.lines().find_map(|line| line.strip_prefix(field)).map(|value| value.trim().to_owned())
+/// Thread `tid`'s status (`/proc/<tid>/status`).
+fn status(tid: Tid) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{tid}/status")).ok()
+}
+
+/// The value of `field` (`"Tgid:"`, say) in a status.
+fn field<'a>(status: &'a str, field: &str) -> Option<&'a str> {
+    status.lines().find_map(|line| line.strip_prefix(field)).map(str::trim)
 }
 
 /// Thread `tid`'s id in its own PID namespace (the last of `NSpid`).
 fn namespace_tid(tid: Tid) -> Option<Tid> {
-    status_field(tid, "NSpid:")?.split_whitespace().last()?.parse().ok()
+    field(&status(tid)?, "NSpid:")?.split_whitespace().last()?.parse().ok()
 }
 
 /// Whether thread `tid` would take `signal` now: not blocked, not
 /// ignored (`SigBlk`, `SigIgn` in its status, hexadecimal masks).
 fn takes_signal(tid: Tid, signal: i32) -> bool {
-    let mask = |field| status_field(tid, field).and_then(|value| u64::from_str_radix(&value, 16).ok());
+    let Some(status) = status(tid) else { return false };
+    let mask = |name| field(&status, name).and_then(|value| u64::from_str_radix(value, 16).ok());
     let (Some(blocked), Some(ignored)) = (mask("SigBlk:"), mask("SigIgn:")) else { return false };
     (blocked | ignored) & (1u64 << (signal - 1)) == 0
 }
@@ -582,7 +581,7 @@ fn set_argument(regs: &mut libc::user_regs_struct, index: usize, value: u64) {
 
 /// The pid of the process thread `tid` belongs to (`Tgid` in its status).
 fn thread_group_leader(tid: Tid) -> Option<Tid> {
-    status_field(tid, "Tgid:")?.parse().ok()
+    field(&status(tid)?, "Tgid:")?.parse().ok()
 }
 
 /// Wait (up to a second) until thread `tid` has ended: a process's first
