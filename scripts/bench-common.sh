@@ -14,11 +14,18 @@ ensure_packages() {
 
 # Build docklock and the load generator in release mode, into the shared
 # target directory (CARGO_TARGET_DIR if set); sets $docklock and $bench.
+# DOCKLOCK_BIN=PATH uses that docklock binary instead of building one (to
+# measure two builds of the code one after the other, e.g. before and
+# after a change: copy each build's target/release/docklock aside).
 build_release() {
     local target=${CARGO_TARGET_DIR:-$PWD/target}
-    cargo build --release --bin docklock
+    if [ -n "${DOCKLOCK_BIN:-}" ]; then
+        docklock=$DOCKLOCK_BIN
+    else
+        cargo build --release --bin docklock
+        docklock=$target/release/docklock
+    fi
     (cd node/bench && cargo build --release --target-dir "$target")
-    docklock=$target/release/docklock
     bench=$target/release/docklock-bench
 }
 

@@ -1,11 +1,12 @@
-//! The one place that flushes the sled database.
+//! The one place that makes the store durable: it writes the append
+//! journal and flushes the sled database.
 //!
 //! sled 0.34's flush is not a durable write on Linux: it writes its log with
 //! `pwrite` + `sync_file_range`, which neither flushes the device's write
 //! cache nor the file's size, and it writes large values ("blobs", a file
 //! each) with no sync at all; only its background thread calls `fsync`,
-//! every 500 ms. A `kill -9` loses nothing (the page cache survives), but a
-//! power cut could lose acknowledged log entries. So after each sled flush
+//! every 500 ms (and it is off here). A power cut could lose what such a
+//! flush wrote. So after each sled flush
 //! the flusher itself makes it durable: `fsync` of every blob file written
 //! since the last flush and of the blob directory, then `fdatasync` of the
 //! database file.
@@ -13,16 +14,21 @@
 //! sled 0.34.7 can deadlock when flushes run concurrently (sled#1308), so
 //! every flush takes one lock.
 //!
-//! Log appends are flushed in the background by one thread, in order: an
-//! append returns as soon as its entries are written to sled, and openraft
-//! is told they are durable through their `LogFlushed` callback once a
-//! flush that started after the write has finished. openraft runs a
-//! leader's commands one after another, so a flush inside `append` held
-//! back the replication of the very entries being flushed: the followers'
-//! flushes started only after the leader's had finished, two disk waits in
-//! a row on every write. Now the leader's flush and the replication overlap.
-//! Callbacks waiting together share one flush (group commit), and are called
-//! in the order their appends were made.
+//! Log appends are made durable in the background by one thread, in order:
+//! an append returns as soon as its entries are written to sled (unflushed)
+//! and queued as a [`Journal`] record, and openraft is told they are durable
+//! through their `LogFlushed` callback once the record is. openraft runs a
+//! leader's commands one after another, so making an append durable inside
+//! `append` held back the replication of the very entries being written:
+//! the followers' writes started only after the leader's had finished, two
+//! disk waits in a row on every write. Now the leader's write and the
+//! replication overlap. Appends waiting together share one journal write
+//! and one `fdatasync` (group commit), and are called back in the order they
+//! were made.
+//!
+//! Everything else (votes, truncations, snapshots) is a checkpoint: a sled
+//! flush made durable as above, after which the journal restarts empty. A
+//! checkpoint also runs when the journal is full.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -32,8 +38,18 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
+use super::journal::Journal;
+
 /// A callback to run once everything written before it was queued is durable.
 type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+/// What the background thread is asked to make durable.
+enum Job {
+    /// Entries already written to sled, as a journal record.
+    Append { record: Vec<u8>, done: Done },
+    /// Everything written to sled before it, by a sled flush.
+    Checkpoint { done: Done },
+}
 
 /// Most callbacks served by one background flush.
 const GROUP_MAX: usize = 1_024;
@@ -43,7 +59,7 @@ const GROUP_MAX: usize = 1_024;
 pub struct Flusher {
     db: sled::Db,
     lock: Arc<Mutex<Durable>>,
-    background: mpsc::Sender<Done>,
+    background: mpsc::Sender<Job>,
 }
 
 /// What makes a sled flush durable (held under the flush lock).
@@ -99,11 +115,16 @@ impl std::fmt::Debug for Flusher {
 }
 
 impl Flusher {
-    /// A flusher for `db`, kept in `dir`, with its background thread (which
-    /// ends when the last clone of the flusher is dropped).
-    pub fn new(db: sled::Db, dir: &Path) -> io::Result<Self> {
-        let (background, queue) = mpsc::channel::<Done>();
+    /// A flusher for `db`, kept in `dir`, appending to `journal`, with its
+    /// background thread (which ends when the last clone of the flusher is
+    /// dropped). A journal that still holds records (replayed into sled by
+    /// the caller) is checkpointed first.
+    pub(super) fn new(db: sled::Db, dir: &Path, mut journal: Journal) -> io::Result<Self> {
+        let (background, queue) = mpsc::channel::<Job>();
         let lock = Arc::new(Mutex::new(Durable::open(dir)?));
+        if !journal.is_empty() {
+            checkpoint(&db, &lock, &mut journal)?;
+        }
         let (thread_db, thread_lock) = (db.clone(), lock.clone());
         std::thread::Builder::new()
             .name("sled-flusher".to_owned())
@@ -112,12 +133,13 @@ impl Flusher {
                     let mut group = vec![first];
                     while group.len() < GROUP_MAX {
                         match queue.try_recv() {
-                            Ok(done) => group.push(done),
+                            Ok(job) => group.push(job),
                             Err(_) => break,
                         }
                     }
-                    let result = flush_locked(&thread_db, &thread_lock);
-                    for done in group {
+                    let result = make_durable(&thread_db, &thread_lock, &mut journal, &mut group);
+                    for job in group {
+                        let (Job::Append { done, .. } | Job::Checkpoint { done }) = job;
                         done(match &result {
                             Ok(()) => Ok(()),
                             Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
@@ -141,18 +163,26 @@ impl Flusher {
     /// order openraft saw when each flush ran inline.
     pub async fn flush(&self) -> io::Result<()> {
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        self.flush_then(move |result| {
-            let _ = sender.send(result);
+        self.queue(Job::Checkpoint {
+            done: Box::new(move |result| {
+                let _ = sender.send(result);
+            }),
         });
         receiver.await.unwrap_or_else(|_| Err(io::Error::other("the sled flusher stopped")))
     }
 
-    /// Call `done` once every write made before this call is durable, from
-    /// the background thread; calls happen in the order of these requests.
-    pub fn flush_then(&self, done: impl FnOnce(io::Result<()>) + Send + 'static) {
-        if let Err(mpsc::SendError(done)) = self.background.send(Box::new(done)) {
+    /// Call `done` from the background thread once `record` (a
+    /// [`Journal::record`] of entries already written to sled) and every
+    /// earlier request are durable; calls happen in the order of requests.
+    pub(super) fn append_then(&self, record: Vec<u8>, done: impl FnOnce(io::Result<()>) + Send + 'static) {
+        self.queue(Job::Append { record, done: Box::new(done) });
+    }
+
+    fn queue(&self, job: Job) {
+        if let Err(mpsc::SendError(job)) = self.background.send(job) {
             // The thread is gone (it never exits while a sender lives, so
-            // this is a panic in a callback): flush here instead.
+            // this is a panic in a callback): flush sled here instead.
+            let (Job::Append { done, .. } | Job::Checkpoint { done }) = job;
             done(self.flush_now());
         }
     }
@@ -160,6 +190,34 @@ impl Flusher {
 
 /// A flush slower than this is logged: every write waits for it.
 const SLOW_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Make one group of requests durable: its appends by one journal write,
+/// or everything by a checkpoint if the group asks for one or the journal
+/// is full. Every request in the group was queued after its sled write, so
+/// a checkpoint starting now covers them all.
+fn make_durable(db: &sled::Db, lock: &Mutex<Durable>, journal: &mut Journal, group: &mut [Job]) -> io::Result<()> {
+    let mut records = Vec::with_capacity(group.len());
+    for job in group.iter_mut() {
+        match job {
+            Job::Append { record, .. } => records.push(std::mem::take(record)),
+            Job::Checkpoint { .. } => return checkpoint(db, lock, journal),
+        }
+    }
+    if journal.fits(records.iter().map(Vec::len).sum()) {
+        journal.append(&mut records)
+    } else {
+        checkpoint(db, lock, journal)
+    }
+}
+
+/// A durable sled flush, after which the journal's records are redundant.
+fn checkpoint(db: &sled::Db, lock: &Mutex<Durable>, journal: &mut Journal) -> io::Result<()> {
+    flush_locked(db, lock)?;
+    if journal.is_empty() {
+        return Ok(());
+    }
+    journal.restart()
+}
 
 fn flush_locked(db: &sled::Db, lock: &Mutex<Durable>) -> io::Result<()> {
     let mut durable = lock.lock().expect("flush lock poisoned");

@@ -8,14 +8,16 @@
 //! - `ledger_checkpoints`: the audit ledger's checkpoints; its events and
 //!   Merkle nodes are flat files under `ledger/` (see [`ledger`]).
 //!
-//! Durability: appends, votes and truncations are acknowledged only after a
-//! flush (through the single [`Flusher`]). The state machine is in memory and
+//! Durability: appends are acknowledged once their journal record is
+//! durable, votes and truncations only after a durable sled flush (both
+//! through the single [`Flusher`]; see [`journal`]). The state machine is in memory and
 //! restored from the snapshot at start; openraft re-applies the committed log
 //! after it (the committed id is saved). A snapshot is flushed before openraft
 //! may purge the log behind it, so no entry the restored state needs is ever
 //! purged.
 
 mod flusher;
+mod journal;
 pub mod ledger;
 mod log_store;
 mod snapshot_bytes;
@@ -37,6 +39,8 @@ use crate::types::StorageError;
 const FORMAT: &[u8] = b"docklock-store-v2";
 const FORMAT_KEY: &[u8] = b"format";
 const IDENTITY_KEY: &[u8] = b"identity";
+/// The write-ahead journal's file, beside sled's (see [`journal`]).
+const JOURNAL: &str = "raft-journal";
 /// How long `open` retries while a previous handle still holds the file lock.
 const OPEN_RETRY_MS: u64 = 5_000;
 
@@ -117,8 +121,12 @@ impl Store {
                 db.flush().map_err(sled_error)?;
             }
         }
-        let flusher = Flusher::new(db.clone(), dir).map_err(|error| sled_error(sled::Error::Io(error)))?;
-        let log = LogStore::new(db.open_tree("log").map_err(sled_error)?, meta, flusher.clone());
+        let corrupt = |reason: String| OpenError::Corrupt { path: path.clone(), reason };
+        let (journal, recovered) = journal::Journal::open(&dir.join(JOURNAL)).map_err(|e| corrupt(e.to_string()))?;
+        let log_tree = db.open_tree("log").map_err(sled_error)?;
+        log_store::replay(&log_tree, &meta, recovered).map_err(|e| corrupt(e.to_string()))?;
+        let flusher = Flusher::new(db.clone(), dir, journal).map_err(|error| sled_error(sled::Error::Io(error)))?;
+        let log = LogStore::new(log_tree, meta, flusher.clone());
         let ledger = ledger::LedgerStore::open(dir, &db)
             .map_err(|error| OpenError::Corrupt { path: path.clone(), reason: error.to_string() })?;
         let state_machine = StateMachine::open(db.open_tree("snapshot").map_err(sled_error)?, ledger, flusher)

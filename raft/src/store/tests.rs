@@ -1,6 +1,6 @@
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::testing::{log_id, StoreBuilder, Suite};
-use openraft::{EntryPayload, RaftSnapshotBuilder};
+use openraft::{EntryPayload, RaftLogReader, RaftSnapshotBuilder};
 
 use super::*;
 use crate::types::{Command, Entry, Proposal, Request, TypeConfig};
@@ -140,4 +140,60 @@ async fn ledger_rows_survive_a_restart() {
     let state = reopened.view().read().registry.to_state();
     assert_eq!(merkle::root_at(&rows, 350).unwrap(), state.ledger.root());
     assert_eq!(rows.chain_head(350).unwrap(), state.ledger.head());
+}
+
+/// Where `crash_after_appending` keeps its store; unset outside that child.
+const CRASH_DIR: &str = "DOCKLOCK_TEST_CRASH_DIR";
+
+/// The child half of `acknowledged_appends_survive_a_crash`: appends in
+/// groups, truncates once (a checkpoint in the middle of the journal's
+/// life), waits until every group is durable, then dies with no flush and no
+/// destructor, as `kill -9` would leave it.
+#[tokio::test]
+#[ignore = "a child process of acknowledged_appends_survive_a_crash"]
+async fn crash_after_appending() {
+    let Some(dir) = std::env::var_os(CRASH_DIR) else { return };
+    let store = Store::open(std::path::Path::new(&dir), &StoreConfig::default()).unwrap();
+    let mut log = store.log.clone();
+    let append = |log: &LogStore, range: std::ops::RangeInclusive<u64>, value: &'static str| {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let entries = range.map(|i| put_entry(i, "key", value));
+        log.write_entries(entries, move |result| sender.send(result).unwrap()).unwrap();
+        receiver
+    };
+    let first = append(&log, 1..=40, "old");
+    first.await.unwrap().unwrap();
+    log.truncate(log_id(1, 1, 31)).await.unwrap();
+    let waits: Vec<_> = (0..20).map(|group| append(&log, 31 + group * 5..=35 + group * 5, "new")).collect();
+    for wait in waits {
+        wait.await.unwrap().unwrap();
+    }
+    std::process::abort();
+}
+
+/// Entries acknowledged as durable are there after a crash that left sled
+/// unflushed (the journal is replayed into it), and entries removed by a
+/// truncation do not come back.
+#[tokio::test]
+async fn acknowledged_appends_survive_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "store::tests::crash_after_appending", "--ignored", "--nocapture"])
+        .env(CRASH_DIR, dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child aborts once its appends are acknowledged: {status}");
+    let mut log = Store::open(dir.path(), &StoreConfig::default()).unwrap().log;
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id.map(|id| id.index), Some(130));
+    let entries = log.try_get_log_entries(1..=130).await.unwrap();
+    assert_eq!(entries.len(), 130);
+    for entry in &entries {
+        let EntryPayload::Normal(proposal) = &entry.payload else { panic!("a put") };
+        let Command::Put { value, .. } = &proposal.requests[0].command else { panic!("a put") };
+        let expected: &[u8] = if entry.log_id.index <= 30 { b"old" } else { b"new" };
+        assert_eq!(value, expected, "entry {}", entry.log_id.index);
+    }
 }
