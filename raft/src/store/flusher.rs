@@ -45,7 +45,7 @@ type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
 
 /// What the background thread is asked to make durable.
 enum Job {
-    /// Entries already written to sled, as a journal record.
+    /// Entries already written to sled, as a journal record's payload.
     Append { record: Vec<u8>, done: Done },
     /// Everything written to sled before it, by a sled flush.
     Checkpoint { done: Done },
@@ -203,8 +203,8 @@ fn make_durable(db: &sled::Db, lock: &Mutex<Durable>, journal: &mut Journal, gro
             Job::Checkpoint { .. } => return checkpoint(db, lock, journal),
         }
     }
-    if journal.fits(records.iter().map(Vec::len).sum()) {
-        journal.append(&mut records)
+    if journal.fits(&records) {
+        journal.append(&records)
     } else {
         checkpoint(db, lock, journal)
     }

@@ -74,17 +74,13 @@ impl Journal {
     pub(super) fn open(path: &Path) -> io::Result<(Self, Recovered)> {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         let allocated = file.metadata()?.len();
-        if allocated < HEADER {
-            // New (or its creation was cut short before the header was
-            // durable, so it never held a record anyone was told of).
-            let mut journal = Self { file, generation: 0, end: HEADER, allocated };
-            journal.restart()?;
-            return Ok((journal, Vec::new()));
-        }
         let mut header = [0u8; 16];
-        journal_read(&file, &mut header, 0)?;
+        if allocated >= HEADER {
+            file.read_exact_at(&mut header, 0)?;
+        }
         if header == [0u8; 16] {
-            // Allocated, but cut short before its first header was durable.
+            // New, or its creation was cut short before its first header was
+            // durable (so it never held a record anyone was told of).
             let mut journal = Self { file, generation: 0, end: HEADER, allocated };
             journal.restart()?;
             return Ok((journal, Vec::new()));
@@ -97,7 +93,7 @@ impl Journal {
         let mut end = HEADER;
         let mut head = [0u8; RECORD_HEADER];
         while end + RECORD_HEADER as u64 <= allocated {
-            journal_read(&file, &mut head, end)?;
+            file.read_exact_at(&mut head, end)?;
             let record_generation = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
             let length = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes")) as u64;
             let checksum = u32::from_le_bytes(head[12..16].try_into().expect("4 bytes"));
@@ -106,7 +102,7 @@ impl Journal {
                 break;
             }
             let mut payload = vec![0u8; length as usize];
-            journal_read(&file, &mut payload, end + RECORD_HEADER as u64)?;
+            file.read_exact_at(&mut payload, end + RECORD_HEADER as u64)?;
             if checksum != crc(&[&head[..12], &payload]) {
                 // Torn by a crash during its write: nobody was told it was
                 // durable, and nothing after it was written.
@@ -120,32 +116,35 @@ impl Journal {
         Ok((Self { file, generation, end, allocated }, recovered))
     }
 
-    /// The record for a group of serialized entries, ready to append.
+    /// The payload of one record: a group of serialized entries.
     pub(super) fn record(entries: &[Vec<u8>]) -> io::Result<Vec<u8>> {
-        let payload = bincode::serialize(&entries.iter().map(|e| serde_bytes::Bytes::new(e)).collect::<Vec<_>>())
-            .map_err(io::Error::other)?;
-        let mut record = Vec::with_capacity(RECORD_HEADER + payload.len());
-        record.extend_from_slice(&[0u8; RECORD_HEADER]);
-        record.extend_from_slice(&payload);
-        Ok(record)
+        bincode::serialize(&entries.iter().map(|e| serde_bytes::Bytes::new(e)).collect::<Vec<_>>())
+            .map_err(io::Error::other)
     }
 
-    /// Whether `bytes` more of records fit before the journal must restart.
-    pub(super) fn fits(&self, bytes: usize) -> bool {
-        self.end + bytes as u64 <= CAPACITY
+    /// Whether records of these payloads fit before the journal must restart.
+    pub(super) fn fits(&self, payloads: &[Vec<u8>]) -> bool {
+        self.end + Self::size(payloads) <= CAPACITY
     }
 
-    /// Append records made by [`Journal::record`] and make them durable.
-    pub(super) fn append(&mut self, records: &mut [Vec<u8>]) -> io::Result<()> {
-        let mut buffer = Vec::with_capacity(records.iter().map(Vec::len).sum());
-        for record in records.iter_mut() {
-            let length =
-                u32::try_from(record.len() - RECORD_HEADER).map_err(|_| corrupt("journal record too large"))?;
-            record[..8].copy_from_slice(&self.generation.to_le_bytes());
-            record[8..12].copy_from_slice(&length.to_le_bytes());
-            let checksum = crc(&[&record[..12], &record[RECORD_HEADER..]]);
-            record[12..16].copy_from_slice(&checksum.to_le_bytes());
-            buffer.extend_from_slice(record);
+    /// Bytes the records of these payloads take.
+    fn size(payloads: &[Vec<u8>]) -> u64 {
+        payloads.iter().map(|payload| (RECORD_HEADER + payload.len()) as u64).sum()
+    }
+
+    /// Append one record per payload made by [`Journal::record`], and make
+    /// them durable.
+    pub(super) fn append(&mut self, payloads: &[Vec<u8>]) -> io::Result<()> {
+        let mut buffer = Vec::with_capacity(Self::size(payloads) as usize);
+        for payload in payloads {
+            let length = u32::try_from(payload.len()).map_err(|_| corrupt("journal record too large"))?;
+            let mut head = [0u8; RECORD_HEADER];
+            head[..8].copy_from_slice(&self.generation.to_le_bytes());
+            head[8..12].copy_from_slice(&length.to_le_bytes());
+            let checksum = crc(&[&head[..12], payload]);
+            head[12..16].copy_from_slice(&checksum.to_le_bytes());
+            buffer.extend_from_slice(&head);
+            buffer.extend_from_slice(payload);
         }
         let end = self.end + buffer.len() as u64;
         // A record left from an earlier generation just past the new end
@@ -186,10 +185,6 @@ impl Journal {
     }
 }
 
-fn journal_read(file: &File, buffer: &mut [u8], at: u64) -> io::Result<()> {
-    file.read_exact_at(buffer, at)
-}
-
 /// Reserve `length` bytes at `offset` (zeros to readers) and make the new
 /// size durable, so later `fdatasync`s only write data.
 fn allocate(file: &File, offset: u64, length: u64) -> io::Result<()> {
@@ -217,16 +212,21 @@ mod tests {
     }
 
     fn append(journal: &mut Journal, group: &[Vec<u8>]) {
-        let mut records = vec![Journal::record(group).unwrap()];
-        journal.append(&mut records).unwrap();
+        journal.append(&[Journal::record(group).unwrap()]).unwrap();
+    }
+
+    /// A new journal in a temporary directory (kept as long as the result).
+    fn fresh() -> (tempfile::TempDir, std::path::PathBuf, Journal) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let (journal, recovered) = Journal::open(&path).unwrap();
+        assert!(recovered.is_empty() && journal.is_empty());
+        (dir, path, journal)
     }
 
     #[test]
     fn reads_back_what_was_appended_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal");
-        let (mut journal, recovered) = Journal::open(&path).unwrap();
-        assert!(recovered.is_empty() && journal.is_empty());
+        let (_dir, path, mut journal) = fresh();
         append(&mut journal, &entries(0..3));
         append(&mut journal, &entries(3..5));
         drop(journal);
@@ -237,9 +237,7 @@ mod tests {
 
     #[test]
     fn a_restart_forgets_older_records_even_where_they_are_longer() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal");
-        let (mut journal, _) = Journal::open(&path).unwrap();
+        let (_dir, path, mut journal) = fresh();
         append(&mut journal, &entries(0..10));
         append(&mut journal, &entries(10..20));
         journal.restart().unwrap();
@@ -255,9 +253,7 @@ mod tests {
 
     #[test]
     fn a_torn_record_ends_the_journal_and_a_torn_header_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal");
-        let (mut journal, _) = Journal::open(&path).unwrap();
+        let (_dir, path, mut journal) = fresh();
         append(&mut journal, &entries(0..2));
         let torn_at = journal.end;
         append(&mut journal, &entries(2..4));
@@ -273,13 +269,11 @@ mod tests {
 
     #[test]
     fn grows_in_steps_and_reports_when_full() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal");
-        let (mut journal, _) = Journal::open(&path).unwrap();
+        let (_dir, path, mut journal) = fresh();
         let big = vec![vec![7u8; (GROW_STEP + GROW_STEP / 2) as usize]];
         append(&mut journal, &big);
         assert!(journal.allocated >= journal.end && journal.allocated <= CAPACITY);
-        assert!(!journal.fits(CAPACITY as usize));
+        assert!(!journal.fits(&[vec![0u8; CAPACITY as usize]]));
         drop(journal);
         assert_eq!(Journal::open(&path).unwrap().1, big);
     }

@@ -43,10 +43,7 @@ impl LogStore {
     }
 
     pub(super) fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
-        let Some(bytes) = self.meta.get(key).map_err(read_error)? else {
-            return Ok(None);
-        };
-        bincode::deserialize(&bytes).map(Some).map_err(read_error)
+        read_meta(&self.meta, key)
     }
 
     fn write_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
@@ -87,14 +84,18 @@ impl LogStore {
     }
 }
 
+fn read_meta<T: DeserializeOwned>(meta: &sled::Tree, key: &[u8]) -> Result<Option<T>, StorageError> {
+    let Some(bytes) = meta.get(key).map_err(read_error)? else {
+        return Ok(None);
+    };
+    bincode::deserialize(&bytes).map(Some).map_err(read_error)
+}
+
 /// Write entries recovered from the journal back into the `log` tree, in
 /// order (later ones overwrite earlier ones at the same index), except those
 /// at or below the purge point `meta` records; the caller then checkpoints.
 pub(super) fn replay(log: &sled::Tree, meta: &sled::Tree, recovered: Recovered) -> Result<(), StorageError> {
-    let purged = match meta.get(PURGED_KEY).map_err(read_error)? {
-        Some(bytes) => Some(bincode::deserialize::<LogId>(&bytes).map_err(read_error)?.index),
-        None => None,
-    };
+    let purged = read_meta::<LogId>(meta, PURGED_KEY)?.map(|id| id.index);
     let mut batch = sled::Batch::default();
     for bytes in recovered {
         let entry: Entry = bincode::deserialize(&bytes).map_err(read_error)?;

@@ -10,9 +10,9 @@
 //!
 //! Durability: appends are acknowledged once their journal record is
 //! durable, votes and truncations only after a durable sled flush (both
-//! through the single [`Flusher`]; see [`journal`]). The state machine is in memory and
-//! restored from the snapshot at start; openraft re-applies the committed log
-//! after it (the committed id is saved). A snapshot is flushed before openraft
+//! through the single [`Flusher`]; see [`journal`]). The state machine is in
+//! memory and restored from the snapshot at start; openraft re-applies the
+//! committed log after it (the committed id is saved). A snapshot is flushed before openraft
 //! may purge the log behind it, so no entry the restored state needs is ever
 //! purged.
 
@@ -127,10 +127,9 @@ impl Store {
         log_store::replay(&log_tree, &meta, recovered).map_err(|e| corrupt(e.to_string()))?;
         let flusher = Flusher::new(db.clone(), dir, journal).map_err(|error| sled_error(sled::Error::Io(error)))?;
         let log = LogStore::new(log_tree, meta, flusher.clone());
-        let ledger = ledger::LedgerStore::open(dir, &db)
-            .map_err(|error| OpenError::Corrupt { path: path.clone(), reason: error.to_string() })?;
+        let ledger = ledger::LedgerStore::open(dir, &db).map_err(|e| corrupt(e.to_string()))?;
         let state_machine = StateMachine::open(db.open_tree("snapshot").map_err(sled_error)?, ledger, flusher)
-            .map_err(|error| OpenError::Corrupt { path: path.clone(), reason: error.to_string() })?;
+            .map_err(|e| corrupt(e.to_string()))?;
         Ok(Self { db, log, state_machine })
     }
 
