@@ -31,6 +31,8 @@ use docklock_tests::binary;
 const CAGED_RUNS: usize = 20;
 /// How long a native run may take (only the spin loop needs it).
 const NATIVE_TIMEOUT_SECS: &str = "1";
+/// Debian's libfaketime (package `faketime`, installed by scripts/setup.sh).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 /// The seed of every run.
 const SEED: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
 
@@ -221,6 +223,9 @@ fn built() -> &'static Built {
 #[derive(Debug, Clone, PartialEq)]
 struct Run {
     stdout: String,
+    /// What the run wrote to stderr: shown when a check fails, never
+    /// compared (the cage's verdict and root are compared on their own).
+    stderr: String,
     /// `verdict ...` (caged runs) or the exit status (native runs).
     verdict: String,
     /// The witness root (caged runs).
@@ -251,7 +256,14 @@ fn under(outer: &[&str], condition: Condition, argv: &[String], scratch: &Path) 
         Condition::Hostname => full.extend(
             ["unshare", "--uts", "sh", "-c", "hostname docklock-probe-other && exec \"$@\"", "sh"].map(String::from),
         ),
-        Condition::Time => full.extend(["faketime".into(), "2036-06-01 12:00:00".into()]),
+        // libfaketime itself, not the `faketime` wrapper: the wrapper
+        // creates a semaphore named after its pid and refuses to start when
+        // one exists; the native runs' timeout SIGKILLs it before it can
+        // remove its own, and with pid_max at 32768 a later wrapper reused
+        // that pid and exited 1 without running the probe.
+        Condition::Time => {
+            full.extend(["env".into(), format!("LD_PRELOAD={LIBFAKETIME}"), "FAKETIME=@2036-06-01 12:00:00".into()])
+        }
         _ => {}
     }
     full.extend_from_slice(argv);
@@ -306,6 +318,7 @@ fn native(case: &Case, condition: Condition, scratch: &Path) -> Run {
     let output = spawn(&mut command);
     Run {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         verdict: format!("{:?}", output.status.code()),
         root: String::new(),
     }
@@ -336,6 +349,7 @@ fn caged(case: &Case, condition: Condition, control: &str, scratch: &Path) -> Ru
     };
     Run {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: stderr.into_owned(),
         verdict,
         root: root.split(' ').next().unwrap_or_default().to_owned(),
     }
@@ -366,9 +380,14 @@ fn check(case: &Case) {
     // output and the verdict must not.
     let comparable = |run: &Run| {
         if case.holes.is_empty() && !case.unordered {
-            run.clone()
+            Run { stderr: String::new(), ..run.clone() }
         } else {
-            Run { stdout: masked(case, &run.stdout), verdict: run.verdict.clone(), root: String::new() }
+            Run {
+                stdout: masked(case, &run.stdout),
+                stderr: String::new(),
+                verdict: run.verdict.clone(),
+                root: String::new(),
+            }
         }
     };
     for line in case.shows {
