@@ -108,6 +108,18 @@ pub fn seed_of(id: &AgreementId, spec: &Spec) -> [u8; 32] {
     })
 }
 
+/// The nonce of this node's commitment for one attempt: derived from its
+/// key, so no other node can guess it, and the same on every computation,
+/// so a run repeated after a crash (its remembered result lost with the
+/// page cache, its commitment already in the log) reveals a nonce that
+/// still matches what it committed.
+fn run_nonce(identity: &WorkerIdentity, id: &AgreementId, attempt: u64) -> [u8; 32] {
+    let mut context = b"docklock run nonce v1\0".to_vec();
+    context.extend_from_slice(&id.0);
+    context.extend_from_slice(&attempt.to_le_bytes());
+    identity.key.derive_secret(&context)
+}
+
 /// A test-only fault: in debug builds, `DOCKLOCK_TEST_FAULT_SEED=1` makes
 /// this node run with another seed, so its witness root differs from its
 /// peers' (the divergence test uses it). Release builds have no such knob.
@@ -546,7 +558,7 @@ impl Executor {
         })
         .await??;
         tracing::info!(agreement = %id, verdict = %outcome.verdict.describe(), root = %outcome.root, "run finished");
-        let nonce: [u8; 32] = rand::random();
+        let nonce = run_nonce(&self.identity, id, attempt);
         Ok(RunResult {
             root: outcome.root,
             nonce: hex::encode(nonce),
@@ -555,5 +567,23 @@ impl Executor {
             witness,
             outputs,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use docklock_proto::crypto::{Algorithm, KeyPair};
+
+    #[test]
+    fn a_run_nonce_is_the_same_on_a_rerun_and_differs_per_attempt_and_node() {
+        let identity = |key: Arc<KeyPair>| WorkerIdentity { id: 1, cluster_id: "c".into(), key, address: "a".into() };
+        let (key, other) = (Arc::new(KeyPair::generate(Algorithm::MlDsa65)), KeyPair::generate(Algorithm::MlDsa65));
+        let (node, other) = (identity(key), identity(Arc::new(other)));
+        let id = AgreementId([7; 32]);
+        assert_eq!(run_nonce(&node, &id, 1), run_nonce(&node, &id, 1));
+        assert_ne!(run_nonce(&node, &id, 1), run_nonce(&node, &id, 2));
+        assert_ne!(run_nonce(&node, &id, 1), run_nonce(&node, &AgreementId([8; 32]), 1));
+        assert_ne!(run_nonce(&node, &id, 1), run_nonce(&other, &id, 1));
     }
 }

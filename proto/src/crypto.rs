@@ -422,6 +422,19 @@ impl KeyPair {
         &self.public
     }
 
+    /// A value only this key's holder can compute, the same each time for
+    /// one `context` (which starts with its own domain prefix): SHA3-256
+    /// over a domain tag, the secret key and `context`. Nothing about the
+    /// key follows from it.
+    pub fn derive_secret(&self, context: &[u8]) -> [u8; 32] {
+        let mut hasher = Sha3_256::new();
+        hasher.update(b"docklock derived secret v1\0");
+        hasher.update((self.secret.len() as u64).to_le_bytes());
+        hasher.update(self.secret.as_slice());
+        hasher.update(context);
+        hasher.finalize().into()
+    }
+
     /// Sign `message` (a canonical encoding with its domain prefix).
     pub fn sign(&self, message: &[u8]) -> Signature {
         let alg = self.public.alg;
@@ -511,6 +524,17 @@ fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyFileErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_secrets_depend_on_the_key_and_the_context() {
+        let (one, other) = (KeyPair::generate(Algorithm::MlDsa65), KeyPair::generate(Algorithm::MlDsa65));
+        assert_eq!(one.derive_secret(b"a"), one.derive_secret(b"a"));
+        assert_ne!(one.derive_secret(b"a"), one.derive_secret(b"b"));
+        assert_ne!(one.derive_secret(b"a"), other.derive_secret(b"a"));
+        // The same key read back from its parts derives the same values.
+        let again = KeyPair::from_parts(one.public().clone(), one.secret.to_vec()).unwrap();
+        assert_eq!(again.derive_secret(b"a"), one.derive_secret(b"a"));
+    }
 
     #[test]
     fn sign_and_verify_each_algorithm() {
