@@ -286,6 +286,45 @@ impl ArtifactStore {
         Ok(digest)
     }
 
+    /// Store the file at `path` by moving it into the store: on one file
+    /// system that is a rename (no copy and no new file: a run's witness
+    /// log, stdout and outputs are written once and then only stored),
+    /// else a copy. The file must not change while this runs. Returns its
+    /// digest; `path` is gone unless the digest was stored already.
+    pub fn adopt_file(self: &Arc<Self>, path: &Path) -> Result<Digest, StoreError> {
+        let digest = digest_of_file(path)?;
+        let size = std::fs::metadata(path)?.len();
+        if size > self.limits.artifact_bytes_max {
+            return Err(StoreError::TooLarge(format!(
+                "artifact is {size} bytes, more than the bound of {} (agent flag --artifact-bytes-max)",
+                self.limits.artifact_bytes_max
+            )));
+        }
+        if !self.uploading.lock().expect("upload set").insert(digest) {
+            return Err(StoreError::Busy(digest));
+        }
+        let guard = UploadGuard { store: self.clone(), digest };
+        if self.size(&digest).is_some() {
+            self.touch(&digest);
+            return Ok(digest);
+        }
+        self.reserve(size)?;
+        let moved = std::fs::File::open(path)
+            .and_then(|file| file.sync_all())
+            .and_then(|()| std::fs::rename(path, self.path(&digest)));
+        match moved {
+            Ok(()) => Ok(digest),
+            Err(error) => {
+                self.total.fetch_sub(size, Ordering::Relaxed);
+                drop(guard);
+                match error.kind() {
+                    std::io::ErrorKind::CrossesDevices => self.put_file(path),
+                    _ => Err(error.into()),
+                }
+            }
+        }
+    }
+
     /// Whole artifacts after `start_after`, in digest order, at most `limit`.
     pub fn list(&self, start_after: Option<Digest>, limit: usize) -> std::io::Result<(Vec<(Digest, u64)>, bool)> {
         let mut all: Vec<(Digest, u64)> = Vec::new();
@@ -617,6 +656,38 @@ impl artifacts_server::Artifacts for ArtifactsService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run's file is moved in whole (its bytes, under its digest, counted
+    /// in the total); one stored already stays where it is; bounds hold.
+    #[test]
+    fn adopted_files_are_moved_into_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = StoreLimits { artifact_bytes_max: 64, store_bytes_max: 100, ..StoreLimits::default() };
+        let store = ArtifactStore::open(&dir.path().join("store"), limits).unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        let witness = file("witness.log", b"a witness log");
+        let digest = store.adopt_file(&witness).unwrap();
+        assert_eq!(digest, Digest::of(b"a witness log"));
+        assert_eq!(std::fs::read(store.path(&digest)).unwrap(), b"a witness log");
+        assert!(!witness.exists(), "moved, not copied");
+        assert_eq!(store.total_bytes(), 13);
+        let again = file("stdout", b"a witness log");
+        assert_eq!(store.adopt_file(&again).unwrap(), digest);
+        assert!(again.exists(), "a file stored already stays");
+        assert_eq!(store.total_bytes(), 13);
+        let large = file("large", &[0; 65]);
+        assert!(matches!(store.adopt_file(&large), Err(StoreError::TooLarge(_))));
+        let fills = file("fills", &[1; 60]);
+        store.adopt_file(&fills).unwrap();
+        let over = file("over", &[2; 60]);
+        assert!(matches!(store.adopt_file(&over), Err(StoreError::TooLarge(_))));
+        assert!(over.exists(), "a refused file stays where it was");
+        assert_eq!(store.total_bytes(), 73);
+    }
 
     /// Uploads land only when they hash right; a broken one resumes; bounds
     /// hold.

@@ -545,13 +545,13 @@ impl Executor {
         }
         let store = self.store.clone();
         let (stdout, witness, outputs) = tokio::task::spawn_blocking(move || {
-            let stdout = store.put_file(&stdout_path)?;
-            let witness = store.put_file(&witness_path)?;
+            let stdout = store.adopt_file(&stdout_path)?;
+            let witness = store.adopt_file(&witness_path)?;
             let mut outputs = BTreeMap::new();
             for name in &outcome.outputs {
                 let path = out_dir.join(name);
                 if path.is_file() {
-                    outputs.insert(name.clone(), store.put_file(&path)?);
+                    outputs.insert(name.clone(), store.adopt_file(&path)?);
                 }
             }
             anyhow::Ok((stdout, witness, outputs))
