@@ -1,4 +1,4 @@
-/* Observes: the network -- a loopback TCP server and client in one process (ephemeral ports chosen by the kernel), a connect to 1.1.1.1:53 with 1 s timeout, the interface list (getifaddrs). Cage: handled -- network namespace with only loopback (external connect fails at once with ENETUNREACH); ephemeral ports (bind to port 0, connect unbound) are the process's own sequence, bound by the supervisor. Variant "udp": a datagram from an unbound UDP socket (sendto names the receiver), and the sender's port as the receiver sees it. Variant "fixed" binds server and client to fixed ports 40000/40001 and prints only the loopback part. Variant "timestamp": a loopback UDP datagram received with SO_TIMESTAMPNS (kernel receive time in a control message), ioctl SIOCGSTAMP, and getsockopt TCP_INFO on a loopback TCP connection (RTT and timing fields); the cage refuses SO_TIMESTAMP* and TCP_INFO ("time"). Variant "stamp": a loopback datagram received plainly, then ioctl SIOCGSTAMPNS; the cage refuses the ioctl ("time"); "stamp_high" passes the request with junk in its upper 32 bits, which the kernel ignores, and is refused the same. */
+/* Observes: the network -- a loopback TCP server and client in one process (ephemeral ports chosen by the kernel), a connect to 1.1.1.1:53 with 1 s timeout, the interface list (getifaddrs). Cage: handled -- network namespace with only loopback (external connect fails at once with ENETUNREACH); ephemeral ports (bind to port 0, connect unbound) are the process's own sequence, bound by the supervisor. Variant "udp": a datagram from an unbound UDP socket (sendto names the receiver), and the sender's port as the receiver sees it; "udp_sendmsg" the same with sendmsg naming the receiver. Variant "fixed" binds server and client to fixed ports 40000/40001 and prints only the loopback part. Variant "timestamp": a loopback UDP datagram received with SO_TIMESTAMPNS (kernel receive time in a control message), ioctl SIOCGSTAMP, and getsockopt TCP_INFO on a loopback TCP connection (RTT and timing fields); the cage refuses SO_TIMESTAMP* and TCP_INFO ("time"). Variant "stamp": a loopback datagram received plainly, then ioctl SIOCGSTAMPNS; the cage refuses the ioctl ("time"); "stamp_high" passes the request with junk in its upper 32 bits, which the kernel ignores, and is refused the same. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <string.h>
@@ -103,7 +103,7 @@ static int stamp_ioctl(int high) {
     return 0;
 }
 
-static int udp(void) {
+static int udp(int through_sendmsg) {
     int receiver = socket(AF_INET, SOCK_DGRAM, 0);
     struct sockaddr_in at = {0};
     at.sin_family = AF_INET;
@@ -114,7 +114,14 @@ static int udp(void) {
     addr("udp_receiver", &at);
     int sender = socket(AF_INET, SOCK_DGRAM, 0);
     for (int i = 0; i < 2; i++) {
-        long sent = sendto(sender, "datagram", 8, 0, (struct sockaddr *)&at, sizeof at);
+        long sent;
+        if (through_sendmsg) {
+            struct iovec data = {"datagram", 8};
+            struct msghdr message = {.msg_name = &at, .msg_namelen = sizeof at, .msg_iov = &data, .msg_iovlen = 1};
+            sent = sendmsg(sender, &message, 0);
+        } else {
+            sent = sendto(sender, "datagram", 8, 0, (struct sockaddr *)&at, sizeof at);
+        }
         struct sockaddr_in from = {0};
         socklen_t from_length = sizeof from;
         char buf[16] = {0};
@@ -126,7 +133,8 @@ static int udp(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1 && strcmp(argv[1], "udp") == 0) return udp();
+    if (argc > 1 && strcmp(argv[1], "udp") == 0) return udp(0);
+    if (argc > 1 && strcmp(argv[1], "udp_sendmsg") == 0) return udp(1);
     if (argc > 1 && strcmp(argv[1], "timestamp") == 0) return timestamps();
     if (argc > 1 && strcmp(argv[1], "stamp") == 0) return stamp_ioctl(0);
     if (argc > 1 && strcmp(argv[1], "stamp_high") == 0) return stamp_ioctl(1);

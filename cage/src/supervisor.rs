@@ -138,8 +138,9 @@ fn handling<'a>(name: &str) -> Handling<'a> {
         "getrusage" => Handling::Refuse("resource usage"),
         // Only thread creation reaches here (the filter passes other clones).
         "clone" => Handling::Thread,
-        // `sendto` only with an address (an argument rule in the policy).
-        "bind" | "connect" | "listen" | "sendto" => Handling::Port,
+        // `sendto` only with an address (an argument rule in the policy);
+        // every `sendmsg` (its address is in memory a filter cannot read).
+        "bind" | "connect" | "listen" | "sendto" | "sendmsg" => Handling::Port,
         "futex" | "sched_yield" | "exit" | "tgkill" | "tkill" | "poll" | "ppoll" | "select" | "pselect6"
         | "epoll_wait" | "epoll_pwait" => Handling::Turn,
         "alarm" | "setitimer" => Handling::Refuse("timers"),

@@ -513,6 +513,10 @@ probes! {
         shows: &["udp sent 8 got 8 datagram"],
         ..case("network", &["udp"], Same, Varies)
     };
+    unbound_datagram_ports_through_sendmsg: Case {
+        shows: &["udp sent 8 got 8 datagram"],
+        ..case("network", &["udp_sendmsg"], Same, Varies)
+    };
     socket_timestamps_are_refused: case("network", &["timestamp"], Refused("time"), GetsFurther);
     receive_time_ioctl_is_refused: case("network", &["stamp"], Refused("time"), GetsFurther);
     receive_time_ioctl_with_a_junk_high_half_is_refused: case("network", &["stamp_high"], Refused("time"), GetsFurther);

@@ -9,10 +9,10 @@
 //! has taken, the same on every run. A port in use is skipped for the
 //! next (deterministic unless two processes take ports at the same time
 //! and meet). A datagram socket sending unbound gets its port the same
-//! way at a `sendto` that names an address; at a `sendmsg` (its address
-//! is inside a structure a filter cannot read, and stopping every
-//! `sendmsg` would stop every stream write through it) it still gets the
-//! kernel's: a documented hole.
+//! way at a `sendto` that names an address (the filter sends only those
+//! here) or a `sendmsg` that does (its address is inside a structure the
+//! filter cannot read, so every `sendmsg` stops here and is looked at: one
+//! stop more per call for programs that write through it).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -28,12 +28,21 @@ const PORTS: u16 = 28_232;
 const TRIES_MAX: u32 = 64;
 
 impl Supervisor<'_> {
-    /// At the seccomp stop of a `bind`, `connect`, `listen` or an
-    /// addressed `sendto`: bind the
+    /// At the seccomp stop of a `bind`, `connect`, `listen`, an
+    /// addressed `sendto` or a `sendmsg`: bind the
     /// socket to a port of the process's sequence if the kernel would
     /// otherwise pick one. The call then runs (a `bind` to port 0 is
     /// answered instead: it is done).
     pub(super) fn choose_port(&mut self, pid: libc::pid_t, number: i64, regs: libc::user_regs_struct) {
+        // A `sendmsg` names an address in the `msg_name` pointer that
+        // starts its `msghdr`; without one (a connected socket's write, or
+        // descriptors passed) the kernel binds nothing.
+        if number == libc::SYS_sendmsg {
+            let named = read_bytes(pid, regs.rsi, 8).is_some_and(|name| name.iter().any(|byte| *byte != 0));
+            if !named {
+                return self.proceed(pid, 0);
+            }
+        }
         let Ok(socket) = tracee_descriptor(pid, regs.rdi as i32) else { return self.proceed(pid, 0) };
         let Some(family) = inet_stream_or_datagram(&socket) else { return self.proceed(pid, 0) };
         let wanted = match number {
