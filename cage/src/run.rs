@@ -1,8 +1,6 @@
 //! One run: stage the root and inputs, start the sandbox, collect output
 //! under the limits, record the witness log, decide the verdict.
 
-use std::fs::File;
-use std::io::BufWriter;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -19,7 +17,7 @@ use crate::replay::escape;
 use crate::rootfs::{self, Prepared, Rootfs};
 use crate::sandbox::{self, Bind, Node, Plan};
 use crate::supervisor::{self, Ending, Supervisor};
-use crate::witness::{self, Record, WitnessWriter, CHUNK_BYTES};
+use crate::witness::{self, BackgroundWriter, Record, WitnessWriter, CHUNK_BYTES};
 use crate::CAGE_UID;
 
 /// How often a run looks at its cancel flag, at most (ms).
@@ -281,7 +279,7 @@ pub fn run_cancellable(
         .tempfile_in(folder)
         .map_err(io(format!("create a witness log in {}", folder.display())))?;
     let file = partial.reopen().map_err(io("write the witness log"))?;
-    let mut witness = WitnessWriter::new(BufWriter::new(file)).map_err(io("write the witness log"))?;
+    let mut witness = WitnessWriter::new(BackgroundWriter::new(file)).map_err(io("write the witness log"))?;
     let prepared = match rootfs::prepare(&spec.rootfs, &spec.cache) {
         Ok(prepared) => prepared,
         Err(error) => return Err(CageError::Spec(error.to_string())),
@@ -577,7 +575,7 @@ fn execute(
     spec: &RunSpec,
     cgroup: Option<&Cgroup>,
     unpinned: Option<libc::cpu_set_t>,
-    witness: &mut WitnessWriter<BufWriter<File>>,
+    witness: &mut WitnessWriter<BackgroundWriter>,
     stdout_sink: &mut (impl std::io::Write + Send),
     caller: Caller<'_>,
 ) -> Result<(Verdict, Vec<String>), CageError> {
@@ -722,7 +720,7 @@ fn out_full(out: &Path) -> bool {
 /// not outputs and are never followed.
 fn record_outputs(
     out: &Path,
-    witness: &mut WitnessWriter<BufWriter<File>>,
+    witness: &mut WitnessWriter<BackgroundWriter>,
     out_dir: Option<&Path>,
 ) -> Result<Vec<String>, CageError> {
     let mut found = Vec::new();
@@ -782,7 +780,7 @@ fn collect_output(
     pipes: [std::os::fd::OwnedFd; 3],
     limits: &Limits,
     keeper: &std::os::fd::OwnedFd,
-    witness: &mut WitnessWriter<BufWriter<File>>,
+    witness: &mut WitnessWriter<BackgroundWriter>,
     stdout_sink: &mut impl std::io::Write,
     cancel: &AtomicBool,
 ) -> Result<Collected, CageError> {
