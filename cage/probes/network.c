@@ -1,4 +1,4 @@
-/* Observes: the network -- a loopback TCP server and client in one process (ephemeral ports chosen by the kernel), a connect to 1.1.1.1:53 with 1 s timeout, the interface list (getifaddrs). Cage: handled -- network namespace with only loopback (external connect fails at once with ENETUNREACH); ephemeral ports (bind to port 0, connect unbound) are the process's own sequence, bound by the supervisor. Variant "udp": a datagram from an unbound UDP socket (sendto names the receiver), and the sender's port as the receiver sees it; "udp_sendmsg" the same with sendmsg naming the receiver. Variant "fixed" binds server and client to fixed ports 40000/40001 and prints only the loopback part. Variant "timestamp": a loopback UDP datagram received with SO_TIMESTAMPNS (kernel receive time in a control message), ioctl SIOCGSTAMP, and getsockopt TCP_INFO on a loopback TCP connection (RTT and timing fields); the cage refuses SO_TIMESTAMP* and TCP_INFO ("time"). Variant "stamp": a loopback datagram received plainly, then ioctl SIOCGSTAMPNS; the cage refuses the ioctl ("time"); "stamp_high" passes the request with junk in its upper 32 bits, which the kernel ignores, and is refused the same. */
+/* Observes: the network -- a loopback TCP server and client in one process (ephemeral ports chosen by the kernel), a connect to 1.1.1.1:53 with 1 s timeout, the interface list (getifaddrs). Cage: handled -- network namespace with only loopback (external connect fails at once with ENETUNREACH); ephemeral ports (bind to port 0, connect unbound) are the process's own sequence, bound by the supervisor. Variant "udp": a datagram from an unbound UDP socket (sendto names the receiver), and the sender's port as the receiver sees it; "udp_sendmsg" the same with sendmsg naming the receiver. Variant "pass_fd": a pipe's write end passed over a Unix socket pair with sendmsg (SCM_RIGHTS, no address) and written through by the receiver (cage: every sendmsg stops at the supervisor; one without an address runs as it is). Variant "fixed" binds server and client to fixed ports 40000/40001 and prints only the loopback part. Variant "timestamp": a loopback UDP datagram received with SO_TIMESTAMPNS (kernel receive time in a control message), ioctl SIOCGSTAMP, and getsockopt TCP_INFO on a loopback TCP connection (RTT and timing fields); the cage refuses SO_TIMESTAMP* and TCP_INFO ("time"). Variant "stamp": a loopback datagram received plainly, then ioctl SIOCGSTAMPNS; the cage refuses the ioctl ("time"); "stamp_high" passes the request with junk in its upper 32 bits, which the kernel ignores, and is refused the same. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <string.h>
@@ -132,7 +132,37 @@ static int udp(int through_sendmsg) {
     return 0;
 }
 
+/* A pipe's write end passed over a Unix socket pair with sendmsg
+   (SCM_RIGHTS, no address): the receiver writes through it. */
+static int pass_descriptor(void) {
+    int pair[2], pipe_fds[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, pair) || pipe(pipe_fds)) return 1;
+    char control[CMSG_SPACE(sizeof(int))] = {0};
+    struct iovec data = {"fd", 2};
+    struct msghdr message = {.msg_iov = &data, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+    struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(header), &pipe_fds[1], sizeof(int));
+    long sent = sendmsg(pair[0], &message, 0);
+    char got[4] = {0}, received_control[CMSG_SPACE(sizeof(int))] = {0};
+    struct iovec into = {got, sizeof got - 1};
+    struct msghdr received = {.msg_iov = &into, .msg_iovlen = 1, .msg_control = received_control, .msg_controllen = sizeof received_control};
+    long read_bytes = recvmsg(pair[1], &received, 0);
+    int passed = -1;
+    struct cmsghdr *came = CMSG_FIRSTHDR(&received);
+    if (came && came->cmsg_type == SCM_RIGHTS) memcpy(&passed, CMSG_DATA(came), sizeof(int));
+    long wrote = passed >= 0 ? write(passed, "through", 7) : -1;
+    char back[8] = {0};
+    long came_back = read(pipe_fds[0], back, sizeof back - 1);
+    printf("sendmsg sent %ld recvmsg got %ld %s passed %s wrote %ld read %ld %s\n", sent, read_bytes, got,
+           passed >= 0 ? "yes" : "no", wrote, came_back, back);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "pass_fd") == 0) return pass_descriptor();
     if (argc > 1 && strcmp(argv[1], "udp") == 0) return udp(0);
     if (argc > 1 && strcmp(argv[1], "udp_sendmsg") == 0) return udp(1);
     if (argc > 1 && strcmp(argv[1], "timestamp") == 0) return timestamps();

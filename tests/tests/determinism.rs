@@ -513,6 +513,10 @@ probes! {
         shows: &["udp sent 8 got 8 datagram"],
         ..case("network", &["udp"], Same, Varies)
     };
+    descriptors_pass_through_sendmsg: Case {
+        shows: &["sendmsg sent 2 recvmsg got 2 fd passed yes wrote 7 read 7 through"],
+        ..case("network", &["pass_fd"], Same, Deterministic)
+    };
     unbound_datagram_ports_through_sendmsg: Case {
         shows: &["udp sent 8 got 8 datagram"],
         ..case("network", &["udp_sendmsg"], Same, Varies)
