@@ -208,8 +208,9 @@ impl ArtifactStore {
         Ok(())
     }
 
-    /// Start (or resume) writing `digest` of `size` bytes at `offset`.
-    pub fn begin(self: &Arc<Self>, digest: Digest, size: u64, offset: u64) -> Result<Upload, StoreError> {
+    /// The right to store `digest` of `size` bytes: within the bound on
+    /// one artifact, and no one else storing it (until the guard drops).
+    fn claim(self: &Arc<Self>, digest: Digest, size: u64) -> Result<UploadGuard, StoreError> {
         if size > self.limits.artifact_bytes_max {
             return Err(StoreError::TooLarge(format!(
                 "artifact is {size} bytes, more than the bound of {} (agent flag --artifact-bytes-max)",
@@ -219,7 +220,12 @@ impl ArtifactStore {
         if !self.uploading.lock().expect("upload set").insert(digest) {
             return Err(StoreError::Busy(digest));
         }
-        let guard = UploadGuard { store: self.clone(), digest };
+        Ok(UploadGuard { store: self.clone(), digest })
+    }
+
+    /// Start (or resume) writing `digest` of `size` bytes at `offset`.
+    pub fn begin(self: &Arc<Self>, digest: Digest, size: u64, offset: u64) -> Result<Upload, StoreError> {
+        let guard = self.claim(digest, size)?;
         if self.size(&digest).is_some() {
             self.touch(&digest);
             return Ok(Upload { guard, file: None, hasher: Sha3_256::new(), written: size, size, reserved: false });
@@ -292,26 +298,16 @@ impl ArtifactStore {
     /// else a copy. The file must not change while this runs. Returns its
     /// digest; `path` is gone unless the digest was stored already.
     pub fn adopt_file(self: &Arc<Self>, path: &Path) -> Result<Digest, StoreError> {
-        let digest = digest_of_file(path)?;
-        let size = std::fs::metadata(path)?.len();
-        if size > self.limits.artifact_bytes_max {
-            return Err(StoreError::TooLarge(format!(
-                "artifact is {size} bytes, more than the bound of {} (agent flag --artifact-bytes-max)",
-                self.limits.artifact_bytes_max
-            )));
-        }
-        if !self.uploading.lock().expect("upload set").insert(digest) {
-            return Err(StoreError::Busy(digest));
-        }
-        let guard = UploadGuard { store: self.clone(), digest };
+        let mut file = std::fs::File::open(path)?;
+        let size = file.metadata()?.len();
+        let digest = digest_of(&mut file)?;
+        let guard = self.claim(digest, size)?;
         if self.size(&digest).is_some() {
             self.touch(&digest);
             return Ok(digest);
         }
         self.reserve(size)?;
-        let moved = std::fs::File::open(path)
-            .and_then(|file| file.sync_all())
-            .and_then(|()| std::fs::rename(path, self.path(&digest)));
+        let moved = file.sync_all().and_then(|()| std::fs::rename(path, self.path(&digest)));
         match moved {
             Ok(()) => Ok(digest),
             Err(error) => {
@@ -435,7 +431,11 @@ where
 
 /// SHA3-256 of a file, streamed.
 pub fn digest_of_file(path: &Path) -> std::io::Result<Digest> {
-    let mut file = std::fs::File::open(path)?;
+    digest_of(&mut std::fs::File::open(path)?)
+}
+
+/// SHA3-256 of what `file` reads from where it is to its end.
+fn digest_of(file: &mut std::fs::File) -> std::io::Result<Digest> {
     let mut hasher = Sha3_256::new();
     let mut buffer = vec![0u8; CHUNK_BYTES];
     loop {
