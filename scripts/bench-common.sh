@@ -29,6 +29,15 @@ build_release() {
     bench=$target/release/docklock-bench
 }
 
+# Three nodes and the load generator share two cores: each node serves on
+# one thread (agent --threads 1; ARCHITECTURE.md, "Threads"). etcd keeps its
+# default GOMAXPROCS, which measured no slower for it than GOMAXPROCS=1.
+# DOCKLOCK_THREADS= (empty) leaves the agent's default, one per core.
+nodes_on_one_thread() {
+    local threads=${DOCKLOCK_THREADS-1}
+    if [ -n "$threads" ]; then export DOCKLOCK_THREADS=$threads; else unset DOCKLOCK_THREADS; fi
+}
+
 # A temporary work directory ($work) and a directory for static programs
 # under /usr/local/libexec ($bin_dir, named $1), where the cage's host
 # rootfs shows them read-only so no run copies or hashes them as inputs;

@@ -15,6 +15,7 @@ concurrency=${2:-32}
 seconds=${3:-20}
 
 source scripts/bench-common.sh
+nodes_on_one_thread
 ensure_packages protoc:protobuf-compiler gcc:build-essential
 
 build_release

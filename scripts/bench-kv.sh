@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-5}
 
 source scripts/bench-common.sh
+nodes_on_one_thread
 ensure_packages etcd:etcd-server protoc:protobuf-compiler
 
 build_release

@@ -551,6 +551,17 @@ impl ArtifactsService {
     }
 }
 
+/// Run the store's file work on a blocking thread: the runtime may have a
+/// single thread (`--threads 1`), which a disk wait must not hold.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(StoreError::into_status),
+        Err(error) => Err(Status::internal(format!("artifact store work failed: {error}"))),
+    }
+}
+
 type DownloadStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<v1::DownloadChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -564,9 +575,12 @@ impl artifacts_server::Artifacts for ArtifactsService {
             stream.next().await.ok_or_else(|| Status::invalid_argument("an upload needs at least one chunk"))??;
         let digest = parse_digest(&first.digest)?;
         let store = self.store.clone();
-        let mut upload = tokio::task::block_in_place(|| store.begin(digest, first.size, first.offset))
-            .map_err(StoreError::into_status)?;
-        tokio::task::block_in_place(|| upload.write(&first.data)).map_err(StoreError::into_status)?;
+        let mut upload = off_runtime(move || {
+            let mut upload = store.begin(digest, first.size, first.offset)?;
+            upload.write(&first.data)?;
+            Ok(upload)
+        })
+        .await?;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             if chunk.offset != 0 && chunk.offset != upload.written() {
@@ -576,9 +590,9 @@ impl artifacts_server::Artifacts for ArtifactsService {
                     upload.written()
                 )));
             }
-            tokio::task::block_in_place(|| upload.write(&chunk.data)).map_err(StoreError::into_status)?;
+            upload = off_runtime(move || upload.write(&chunk.data).map(|()| upload)).await?;
         }
-        tokio::task::block_in_place(|| upload.finish()).map_err(StoreError::into_status)?;
+        off_runtime(move || upload.finish()).await?;
         Ok(tonic::Response::new(self.info(digest)))
     }
 

@@ -330,6 +330,12 @@ pub struct AgentArgs {
     /// Seconds between artifact collections (default 300; 0: never).
     #[arg(long, env = "DOCKLOCK_ARTIFACT_GC_INTERVAL_SECS")]
     artifact_gc_interval_secs: Option<u64>,
+    /// Threads that serve the node's network and Raft work (default: one
+    /// per core). 1 runs them all on one thread, which is faster when
+    /// several nodes share a small machine (BENCHMARKS.md, issue 2); cage
+    /// runs and file work have threads of their own either way.
+    #[arg(long, env = "DOCKLOCK_THREADS")]
+    threads: Option<usize>,
     /// Log filter (tracing env-filter syntax); RUST_LOG overrides it.
     #[arg(long, env = "DOCKLOCK_LOG", default_value = "info,openraft=warn,sled=warn,h2=warn,tower=warn")]
     log: String,
@@ -367,7 +373,11 @@ struct AgentFile {
     store_bytes_max: Option<u64>,
     artifact_gc_grace_secs: Option<u64>,
     artifact_gc_interval_secs: Option<u64>,
+    threads: Option<usize>,
 }
+
+/// Most threads `--threads` may ask for.
+const THREADS_MAX: usize = 1_024;
 
 /// Artifact store bounds and retention: the given ones, else the defaults.
 fn store_limits(
@@ -418,14 +428,29 @@ impl AgentArgs {
         Ok(WorkerOnlyConfig { store_limits, id, listen, advertise, data_dir, endpoints, worker })
     }
 
-    fn resolve(self) -> anyhow::Result<AgentConfig> {
-        let file: AgentFile = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?
+    fn file(&self) -> anyhow::Result<AgentFile> {
+        let Some(path) = &self.config else { return Ok(AgentFile::default()) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// The runtime the agent runs on: `--threads`, else one thread per core.
+    fn runtime(&self) -> anyhow::Result<tokio::runtime::Runtime> {
+        let mut builder = match self.threads.or(self.file()?.threads) {
+            None => tokio::runtime::Builder::new_multi_thread(),
+            Some(1) => tokio::runtime::Builder::new_current_thread(),
+            Some(threads) if (2..=THREADS_MAX).contains(&threads) => {
+                let mut builder = tokio::runtime::Builder::new_multi_thread();
+                builder.worker_threads(threads);
+                builder
             }
-            None => AgentFile::default(),
+            Some(_) => bail!("--threads must be between 1 and {THREADS_MAX}"),
         };
+        builder.enable_all().build().context("cannot start the async runtime")
+    }
+
+    fn resolve(self) -> anyhow::Result<AgentConfig> {
+        let file = self.file()?;
         let id = self.id.or(file.id).context("--id is required")?;
         let listen = self.listen.or(file.listen).context("--listen is required")?;
         let data_dir = self.data_dir.or(file.data_dir).context("--data-dir is required")?;
@@ -542,6 +567,18 @@ impl Cli {
             Command::Cage { command } => Ok(crate::cli_cage::cage(command)),
             Command::Key { command } => Ok(crate::cli_audit::key(command)),
             command => Err(Cli { command }),
+        }
+    }
+
+    /// The async runtime this command runs on: the agent's is configurable,
+    /// every other command takes tokio's default.
+    pub fn runtime(&self) -> anyhow::Result<tokio::runtime::Runtime> {
+        match &self.command {
+            Command::Agent(args) => args.runtime().map_err(|error| UsageError(one_line(&error)).into()),
+            _ => tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime"),
         }
     }
 }

@@ -150,7 +150,9 @@ impl LocalCluster {
             initial_cluster,
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
             initial_args: Vec::new(),
-            env: Vec::new(),
+            // Its nodes share one machine, so each serves on one thread
+            // (ARCHITECTURE.md, "Threads"); a `--threads` flag overrides it.
+            env: vec![("DOCKLOCK_THREADS".to_owned(), "1".to_owned())],
             node_env: Vec::new(),
             nodes,
         })

@@ -23,12 +23,9 @@ fn main() -> ExitCode {
     }
     let result = match cli.run_without_runtime() {
         Ok(result) => result,
-        Err(command) => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Err(command) => match command.runtime() {
             Ok(runtime) => runtime.block_on(cli::run(command)),
-            Err(error) => {
-                eprintln!("error: cannot start the async runtime: {error}");
-                return ExitCode::from(1);
-            }
+            Err(error) => Err(error),
         },
     };
     match result {

@@ -12,7 +12,7 @@ fn docklock(args: &[&str]) -> (i32, String) {
 /// Agent flags that cannot describe a node are refused as usage errors.
 #[test]
 fn agent_flag_errors_exit_2() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["agent", "--listen", "127.0.0.1:1", "--data-dir", "/tmp/x", "--join", "127.0.0.1:2"], "--id is required"),
         (&["agent", "--id", "0", "--listen", "127.0.0.1:1", "--data-dir", "/tmp/x", "--join", "a:1"], "reserved"),
         (&["agent", "--id", "1", "--listen", "127.0.0.1:1", "--data-dir", "/tmp/x"], "--initial-cluster"),
@@ -43,6 +43,10 @@ fn agent_flag_errors_exit_2() {
                 "1=127.0.0.1:1",
             ],
             "not in the initial cluster",
+        ),
+        (
+            &["agent", "--id", "1", "--listen", "127.0.0.1:1", "--data-dir", "/tmp/x", "--threads", "0"],
+            "--threads must be between 1 and 1024",
         ),
     ];
     for (args, reason) in cases {

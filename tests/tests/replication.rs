@@ -6,9 +6,11 @@ use docklock_tests::{cli, started_cluster};
 use tonic::Code;
 
 /// A write through any node is visible to linearizable reads on every node.
+/// Its nodes run on two threads each, as a node alone on a machine does
+/// (the launcher's nodes otherwise run on one).
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_on_any_node_are_readable_on_every_node() -> anyhow::Result<()> {
-    let (_dir, cluster) = started_cluster(3, &[]).await?;
+    let (_dir, cluster) = started_cluster(3, &["--threads", "2"]).await?;
     let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
     for (round, writer) in ids.iter().enumerate() {
         let key = format!("k/{round}");
