@@ -73,3 +73,15 @@ fn config_file_unknown_field_is_refused() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("shiny"), "{stderr}");
 }
+
+/// `threads` from a config file is checked like `--threads`, before the
+/// agent starts its runtime.
+#[test]
+fn config_file_threads_out_of_range_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, "id = 1\nlisten = \"127.0.0.1:1\"\nthreads = 5000\n").unwrap();
+    let (code, stderr) = docklock(&["agent", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--threads must be between 1 and 1024"), "{stderr}");
+}
