@@ -435,8 +435,8 @@ impl AgentArgs {
     }
 
     /// The runtime the agent runs on: `--threads`, else one thread per core.
-    fn runtime(&self) -> anyhow::Result<tokio::runtime::Runtime> {
-        let mut builder = match self.threads.or(self.file()?.threads) {
+    fn runtime(&self, file: &AgentFile) -> anyhow::Result<tokio::runtime::Runtime> {
+        let mut builder = match self.threads.or(file.threads) {
             None => tokio::runtime::Builder::new_multi_thread(),
             Some(1) => tokio::runtime::Builder::new_current_thread(),
             Some(threads) if (2..=THREADS_MAX).contains(&threads) => {
@@ -449,8 +449,7 @@ impl AgentArgs {
         builder.enable_all().build().context("cannot start the async runtime")
     }
 
-    fn resolve(self) -> anyhow::Result<AgentConfig> {
-        let file = self.file()?;
+    fn resolve(self, file: AgentFile) -> anyhow::Result<AgentConfig> {
         let id = self.id.or(file.id).context("--id is required")?;
         let listen = self.listen.or(file.listen).context("--listen is required")?;
         let data_dir = self.data_dir.or(file.data_dir).context("--data-dir is required")?;
@@ -560,33 +559,40 @@ impl Cli {
         }
     }
 
-    /// Run the command now if it needs no async runtime (`cage`, `key`);
+    /// Run the command now if it needs no async runtime from the caller
+    /// (`cage`, `key`, and `agent`, which builds its own per `--threads`);
     /// otherwise hand it back.
     pub fn run_without_runtime(self) -> Result<anyhow::Result<()>, Cli> {
         match self.command {
             Command::Cage { command } => Ok(crate::cli_cage::cage(command)),
             Command::Key { command } => Ok(crate::cli_audit::key(command)),
+            Command::Agent(args) => Ok(agent(*args)),
             command => Err(Cli { command }),
         }
     }
+}
 
-    /// The async runtime this command runs on: the agent's is configurable,
-    /// every other command takes tokio's default.
-    pub fn runtime(&self) -> anyhow::Result<tokio::runtime::Runtime> {
-        match &self.command {
-            Command::Agent(args) => args.runtime().map_err(|error| UsageError(one_line(&error)).into()),
-            _ => tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime"),
-        }
-    }
+/// A settings error, reported as bad usage (exit 2).
+fn usage_error(error: anyhow::Error) -> anyhow::Error {
+    UsageError(one_line(&error)).into()
+}
+
+/// The agent, on a runtime of its own sized by `--threads`.
+fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let file = args.file().map_err(usage_error)?;
+    let runtime = args.runtime(&file).map_err(usage_error)?;
+    runtime.block_on(run_agent(args, file))
 }
 
 /// Run a parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Agent(args) => run_agent(*args).await,
+        // On the caller's runtime: the binary starts agents through
+        // `run_without_runtime`, which sizes one per `--threads`.
+        Command::Agent(args) => {
+            let file = args.file().map_err(usage_error)?;
+            run_agent(*args, file).await
+        }
         Command::Cluster { client, command } => cluster(&client, command).await,
         Command::Kv { client, command } => kv(&client, command).await,
         Command::Key { command } => crate::cli_audit::key(command),
@@ -607,16 +613,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+async fn run_agent(args: AgentArgs, file: AgentFile) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log))
         .context("invalid --log filter")?;
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     if args.worker_only {
-        let config = args.resolve_worker_only().map_err(|error| UsageError(one_line(&error)))?;
+        let config = args.resolve_worker_only().map_err(usage_error)?;
         return run_worker_only(config).await;
     }
-    let config = args.resolve().map_err(|error| UsageError(one_line(&error)))?;
+    let config = args.resolve(file).map_err(usage_error)?;
     let agent = Agent::start(config).await?;
     tracing::info!(node = agent.node.id, "serving");
     wait_for_signal().await;

@@ -23,9 +23,12 @@ fn main() -> ExitCode {
     }
     let result = match cli.run_without_runtime() {
         Ok(result) => result,
-        Err(command) => match command.runtime() {
+        Err(command) => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
             Ok(runtime) => runtime.block_on(cli::run(command)),
-            Err(error) => Err(error),
+            Err(error) => {
+                eprintln!("error: cannot start the async runtime: {error}");
+                return ExitCode::from(1);
+            }
         },
     };
     match result {

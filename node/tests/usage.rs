@@ -63,13 +63,18 @@ fn unknown_command_exits_2() {
     assert_eq!(docklock(&["kv", "put"]).0, 2);
 }
 
+/// An agent started with a config file holding `text`.
+fn agent_with_config(text: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, text).unwrap();
+    docklock(&["agent", "--config", path.to_str().unwrap()])
+}
+
 /// A config file with an unknown setting is refused, not ignored.
 #[test]
 fn config_file_unknown_field_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("agent.toml");
-    std::fs::write(&path, "id = 1\nlisten = \"127.0.0.1:1\"\nshiny = true\n").unwrap();
-    let (code, stderr) = docklock(&["agent", "--config", path.to_str().unwrap()]);
+    let (code, stderr) = agent_with_config("id = 1\nlisten = \"127.0.0.1:1\"\nshiny = true\n");
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("shiny"), "{stderr}");
 }
@@ -78,10 +83,7 @@ fn config_file_unknown_field_is_refused() {
 /// agent starts its runtime.
 #[test]
 fn config_file_threads_out_of_range_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("agent.toml");
-    std::fs::write(&path, "id = 1\nlisten = \"127.0.0.1:1\"\nthreads = 5000\n").unwrap();
-    let (code, stderr) = docklock(&["agent", "--config", path.to_str().unwrap()]);
+    let (code, stderr) = agent_with_config("id = 1\nlisten = \"127.0.0.1:1\"\nthreads = 5000\n");
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--threads must be between 1 and 1024"), "{stderr}");
 }
