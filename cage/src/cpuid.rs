@@ -136,6 +136,70 @@ pub(crate) fn cpuinfo() -> String {
     )
 }
 
+/// The class of machines a run's root holds on, as the witness header's
+/// `machine` line names it. Where the CPU can fault CPUID, every program
+/// sees the virtual CPU above, so the class is the architecture and that
+/// CPU. Where it cannot (some AMD hosts and hypervisors), CPUID reaches
+/// the real CPU, and what a program does may depend on which CPU it is:
+/// the class then names the host CPU (vendor, signature, brand and a
+/// digest of the feature words libraries dispatch on), so two such hosts
+/// give one root only when they have the same CPU, and a replay on
+/// another CPU says so at the header rather than later.
+///
+/// Computed once per process, before any supervisor turns CPUID faulting
+/// on (a CPUID on a thread with faulting on would fault).
+pub(crate) fn machine_class() -> &'static str {
+    static CLASS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CLASS.get_or_init(|| {
+        if can_fault_cpuid() {
+            "x86_64 cpuid=virtual/1".to_owned()
+        } else {
+            format!("x86_64 cpuid=host {}", host_cpu())
+        }
+    })
+}
+
+/// Whether this CPU and kernel can fault CPUID. `ARCH_SET_CPUID` fails
+/// with `ENODEV` before looking at its argument where they cannot; asking
+/// for CPUID on (1) changes nothing where they can, because faulting is
+/// off outside the supervisor's guard.
+#[allow(unsafe_code)]
+fn can_fault_cpuid() -> bool {
+    const ARCH_SET_CPUID: libc::c_ulong = 0x1012;
+    // SAFETY: arch_prctl(ARCH_SET_CPUID, 1) sets this thread's CPUID
+    // setting to its default; it takes no pointers.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_SET_CPUID, 1 as libc::c_ulong) == 0 }
+}
+
+/// The host CPU as a caged program would see it through CPUID: vendor,
+/// leaf 1's signature (family, model, stepping), the brand string, and a
+/// digest of the feature words (leaves 1, 7 and 0x8000_0001; not leaf 1's
+/// EBX, which carries the APIC id of whichever CPU ran this).
+fn host_cpu() -> String {
+    use core::arch::x86_64::{__cpuid_count, CpuidResult};
+    // This thread has CPUID faulting off (see `machine_class`).
+    let leaf = |leaf: u32, sub: u32| __cpuid_count(leaf, sub);
+    let zero = leaf(0, 0);
+    let vendor: Vec<u8> = [zero.ebx, zero.edx, zero.ecx].iter().flat_map(|word| word.to_le_bytes()).collect();
+    let one = leaf(1, 0);
+    let seven = if zero.eax >= 7 { leaf(7, 0) } else { CpuidResult { eax: 0, ebx: 0, ecx: 0, edx: 0 } };
+    let extended = leaf(0x8000_0000, 0).eax;
+    let mut features = vec![one.ecx, one.edx, seven.ebx, seven.ecx, seven.edx];
+    let mut brand = Vec::new();
+    if extended >= 0x8000_0004 {
+        let ext1 = leaf(0x8000_0001, 0);
+        features.extend([ext1.ecx, ext1.edx]);
+        for index in 0x8000_0002..=0x8000_0004 {
+            let words = leaf(index, 0);
+            brand.extend([words.eax, words.ebx, words.ecx, words.edx].iter().flat_map(|word| word.to_le_bytes()));
+        }
+    }
+    let bytes: Vec<u8> = features.iter().flat_map(|word| word.to_le_bytes()).collect();
+    let digest = hex::encode(&crate::witness::digest(&bytes)[..8]);
+    let brand = String::from_utf8_lossy(&brand).trim_end_matches('\0').trim().to_owned();
+    format!("{} {:08x} {brand:?} features={digest}", String::from_utf8_lossy(&vendor), one.eax)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

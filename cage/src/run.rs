@@ -33,8 +33,9 @@ pub const CANCEL_POLL_MS: u128 = 100;
 /// machine files, `SIOCGSTAMP` refused. Revision 3: virtual inode numbers
 /// per process (the cage's tmpfs too); threads serialised (were refused);
 /// ephemeral ports the process's own; cgroup files and the core pattern
-/// absent; `AT_MINSIGSTKSZ` 16384.
-pub const CAGE_VERSION: &str = concat!("docklock-cage/", env!("CARGO_PKG_VERSION"), "+3");
+/// absent; `AT_MINSIGSTKSZ` 16384. Revision 4: the header names the
+/// machine class (`machine=`), the host CPU where CPUID cannot be faulted.
+pub const CAGE_VERSION: &str = concat!("docklock-cage/", env!("CARGO_PKG_VERSION"), "+4");
 
 /// Device nodes bound from the host.
 const DEVICES: [&str; 2] = ["null", "zero"];
@@ -379,6 +380,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), CageError> {
 fn header(spec: &RunSpec, rootfs: &Prepared, policy: &Policy, cgroup: Enforcement) -> String {
     let mut lines = vec![
         format!("cage={CAGE_VERSION}"),
+        format!("machine={}", escape(crate::cpuid::machine_class())),
         format!("policy=default sha3-256:{}", hex::encode(policy.digest)),
         format!("rootfs={}", rootfs.description),
         format!("program={}", escape(&spec.program)),

@@ -25,8 +25,9 @@ const PAYLOAD_BYTES_MAX: usize = 1 << 20;
 /// One witness record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
-    /// What ran and how: cage version, program, arguments, environment,
-    /// rootfs, limits, seed (text, `key=value` lines, in a fixed order).
+    /// What ran and how: cage version, machine class, policy, rootfs,
+    /// program, seed, arguments, environment, limits, cgroup (text,
+    /// `key=value` lines, in a fixed order).
     Header(String),
     /// A declared input: name and SHA3-256 of its bytes.
     Input {

@@ -676,6 +676,60 @@ int main(int argc, char **argv) {
     assert!(read.iter().any(|path| path.ends_with("/ls")), "the program is witnessed: {read:?}");
 }
 
+/// The CPU a caged program sees is the one the witness header's machine
+/// class names. Where the host can fault CPUID (its `/proc/cpuinfo` says
+/// `cpuid_fault`), that is the virtual CPU. Where it cannot, the host CPU
+/// shows through: the header then names that CPU, so a root holds only
+/// among hosts with the same one, and the witness records the failed
+/// attempt (`ENODEV`). Either way the test says which case it checked.
+#[test]
+fn the_cpu_a_program_sees_is_the_machine_class_the_header_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = compile_static(
+        dir.path(),
+        "brand",
+        r#"
+#include <stdio.h>
+#include <stdint.h>
+#include <string.h>
+int main(void) {
+    uint32_t r[4];
+    char brand[49] = {0};
+    for (uint32_t leaf = 0; leaf < 3; leaf++) {
+        __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(0x80000002 + leaf), "c"(0));
+        memcpy(brand + 16 * leaf, r, 16);
+    }
+    printf("%s\n", brand);
+    return 0;
+}
+"#,
+    );
+    let (outcome, stdout) = cage(&input_program(&binary, &[]), dir.path());
+    assert_eq!(outcome.verdict, Verdict::Ok, "{stdout}");
+    let brand = stdout.trim();
+    let (records, _) = witness::read(std::fs::File::open(dir.path().join("witness.log")).unwrap()).unwrap();
+    let witness::Record::Header(header) = &records[0] else { panic!("a witness log starts with its header") };
+    let machine = header.lines().find_map(|line| line.strip_prefix("machine=")).expect("the header names the machine");
+    let faulting = records.iter().find_map(|record| match record {
+        witness::Record::Call { name, result, .. } if name == "cpuid faulting" => Some(*result),
+        _ => None,
+    });
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    if cpuinfo.contains(" cpuid_fault") {
+        eprintln!("this host faults CPUID: checking that programs see the virtual CPU");
+        assert_eq!(brand, "DockLock virtual CPU (x86-64-v2)");
+        assert_eq!(machine, "x86_64 cpuid=virtual/1");
+        assert_eq!(faulting, Some(0));
+    } else {
+        eprintln!("this host cannot fault CPUID: checking that the header names the host CPU programs see");
+        let host = cpuinfo.lines().find_map(|line| line.strip_prefix("model name\t: ")).unwrap().trim();
+        assert_eq!(brand, host, "the host CPU shows through");
+        assert!(machine.starts_with("x86_64 cpuid=host "), "{machine}");
+        assert!(machine.contains(&format!("{host:?}")), "the class names the CPU: {machine}");
+        assert_eq!(faulting, Some(-i64::from(libc::ENODEV)), "the witness records the failed attempt");
+    }
+}
+
 /// Memory is bounded for the whole cage, not per process: four processes
 /// of 24 MiB each do not fit in 64 MiB (each alone would), and the verdict
 /// names the memory limit.

@@ -246,10 +246,19 @@ pub fn replay_run(
     match docklock_cage::replay::first_difference(&recorded, &replayed) {
         None => Ok((root, recorded.len(), outcome.verdict.describe())),
         Some(index) => {
-            let show = |records: &[Record]| records.get(index).map_or_else(|| "nothing".to_owned(), summary);
             println!("diverged at record {index}");
-            println!("  recorded: {}", show(&recorded));
-            println!("  replayed: {}", show(&replayed));
+            if let (Some(Record::Header(was)), Some(Record::Header(is))) = (recorded.get(index), replayed.get(index)) {
+                // A header is long; the lines that differ say why (another
+                // cage revision, another machine class).
+                let lines = |text: &str| text.lines().map(str::to_owned).collect::<std::collections::BTreeSet<_>>();
+                let (was, is) = (lines(was), lines(is));
+                was.difference(&is).for_each(|line| println!("  recorded: {line}"));
+                is.difference(&was).for_each(|line| println!("  replayed: {line}"));
+            } else {
+                let show = |records: &[Record]| records.get(index).map_or_else(|| "nothing".to_owned(), summary);
+                println!("  recorded: {}", show(&recorded));
+                println!("  replayed: {}", show(&replayed));
+            }
             Err(crate::cli_audit::VerificationFailed(format!("the replay differs at record {index}")).into())
         }
     }

@@ -1,12 +1,14 @@
 //! `docklock cage run`, `inspect` and `replay` as a user runs them: the
 //! real binary, a real cage.
 
+use docklock_cage::witness::Record;
 use docklock_tests::cli;
 
 /// A run with an input, replayed: `match` with the same root; replayed with
 /// a changed input it is refused before running; a forged witness log (one
 /// stdout byte changed and the log rewritten) replays as diverged at the
-/// changed record, exit code 5.
+/// changed record, exit code 5; a log whose header names another machine
+/// class replays as diverged at the header, naming the machine lines.
 #[test]
 fn a_run_replays_to_the_same_root() {
     let dir = tempfile::tempdir().unwrap();
@@ -51,19 +53,36 @@ fn a_run_replays_to_the_same_root() {
     let (code, _, stderr) = replay(&witness_arg, &other.display().to_string());
     assert_eq!(code, 2, "a different input is refused before running: {stderr}");
 
-    // Forge: change the recorded stdout and rewrite the log consistently.
-    let (mut records, _) = docklock_cage::witness::read(std::fs::File::open(&witness).unwrap()).unwrap();
-    let index = records.iter().position(|r| matches!(r, docklock_cage::witness::Record::Stdout(_))).unwrap();
-    records[index] = docklock_cage::witness::Record::Stdout(b"1\n2\n4\n".to_vec());
-    let forged = dir.path().join("forged.log");
-    let mut writer = docklock_cage::witness::WitnessWriter::new(std::fs::File::create(&forged).unwrap()).unwrap();
-    for record in &records {
-        writer.record(record).unwrap();
-    }
-    writer.finish().unwrap();
-    let (code, stdout, _) = replay(&forged.display().to_string(), &input.display().to_string());
+    // Forge: change one record and rewrite the log consistently.
+    let forge = |name: &str, change: &dyn Fn(&mut Vec<Record>)| {
+        let (mut records, _) = docklock_cage::witness::read(std::fs::File::open(&witness).unwrap()).unwrap();
+        change(&mut records);
+        let forged = dir.path().join(name);
+        let mut writer = docklock_cage::witness::WitnessWriter::new(std::fs::File::create(&forged).unwrap()).unwrap();
+        for record in &records {
+            writer.record(record).unwrap();
+        }
+        writer.finish().unwrap();
+        replay(&forged.display().to_string(), &input.display().to_string())
+    };
+    let (records, _) = docklock_cage::witness::read(std::fs::File::open(&witness).unwrap()).unwrap();
+    let index = records.iter().position(|r| matches!(r, Record::Stdout(_))).unwrap();
+    let (code, stdout, _) = forge("forged.log", &|records| records[index] = Record::Stdout(b"1\n2\n4\n".to_vec()));
     assert_eq!(code, 5, "{stdout}");
     assert!(stdout.contains(&format!("diverged at record {index}")), "{stdout}");
+
+    // A log recorded on another machine class: the replay differs at the
+    // header and names the line that differs.
+    let Record::Header(header) = &records[0] else { panic!("a log starts with its header") };
+    let here =
+        header.lines().find(|line| line.starts_with("machine=")).expect("the header names the machine").to_owned();
+    let there = "machine=x86_64 cpuid=host GenuineIntel 000906ea \"another CPU\" features=0000000000000000";
+    let elsewhere = header.replace(&here, there);
+    let (code, stdout, _) = forge("elsewhere.log", &|records| records[0] = Record::Header(elsewhere.clone()));
+    assert_eq!(code, 5, "{stdout}");
+    assert!(stdout.contains("diverged at record 0"), "{stdout}");
+    assert!(stdout.contains(&format!("  recorded: {there}\n")), "{stdout}");
+    assert!(stdout.contains(&format!("  replayed: {here}\n")), "{stdout}");
 }
 
 /// The launcher an agent starts runs through (`docklock cage launcher`):
