@@ -55,10 +55,15 @@ fn compile_rust(dir: &Path, name: &str, source: &str) -> std::path::PathBuf {
     binary
 }
 
+/// The records of the last run's witness log in `dir`, and its root.
+fn read_witness(dir: &Path) -> (Vec<witness::Record>, [u8; 32]) {
+    witness::read(std::fs::File::open(dir.join("witness.log")).unwrap()).unwrap()
+}
+
 /// Whether the last run in `dir` had cgroup limits (its witness header
 /// says). They need root (or a delegated cgroup): CI runs as root.
 fn cgroups(dir: &Path) -> bool {
-    let (records, _) = witness::read(std::fs::File::open(dir.join("witness.log")).unwrap()).unwrap();
+    let (records, _) = read_witness(dir);
     let witness::Record::Header(header) = &records[0] else { panic!("a witness log starts with its header") };
     let enforced = !header.contains("cgroup=none");
     // SAFETY: geteuid has no preconditions.
@@ -88,7 +93,7 @@ fn host_program_runs_and_is_witnessed() {
     let (outcome, stdout) = cage(&spec("/bin/echo", &["hello", "cage"]), dir.path());
     assert_eq!(outcome.verdict, Verdict::Ok, "{outcome:?}");
     assert_eq!(stdout, "hello cage\n");
-    let (records, root) = witness::read(std::fs::File::open(dir.path().join("witness.log")).unwrap()).unwrap();
+    let (records, root) = read_witness(dir.path());
     assert_eq!(hex::encode(root), outcome.root);
     assert!(records.iter().any(|r| matches!(r, witness::Record::Stdout(bytes) if bytes == b"hello cage\n")));
 }
@@ -617,7 +622,7 @@ int main(int argc, char **argv) {
     let (other, stdout_other) = run_with(2, &[]);
     assert_ne!(other.root, first.root);
     assert_ne!(stdout_other.lines().nth(2), Some(lines[2]), "another seed, other random bytes");
-    let (records, _) = witness::read(std::fs::File::open(dir.path().join("witness.log")).unwrap()).unwrap();
+    let (records, _) = read_witness(dir.path());
     let calls: Vec<&str> = records
         .iter()
         .filter_map(|r| if let witness::Record::Call { name, .. } = r { Some(name.as_str()) } else { None })
@@ -667,7 +672,7 @@ int main(int argc, char **argv) {
     // A dynamically linked program's libraries are witnessed by digest.
     let (listed, _) = cage(&spec("/usr/bin/ls", &["/"]), dir.path());
     assert_eq!(listed.verdict, Verdict::Ok);
-    let (records, _) = witness::read(std::fs::File::open(dir.path().join("witness.log")).unwrap()).unwrap();
+    let (records, _) = read_witness(dir.path());
     let read: Vec<&str> = records
         .iter()
         .filter_map(|r| if let witness::Record::Read { path, .. } = r { Some(path.as_str()) } else { None })
@@ -707,7 +712,7 @@ int main(void) {
     let (outcome, stdout) = cage(&input_program(&binary, &[]), dir.path());
     assert_eq!(outcome.verdict, Verdict::Ok, "{stdout}");
     let brand = stdout.trim();
-    let (records, _) = witness::read(std::fs::File::open(dir.path().join("witness.log")).unwrap()).unwrap();
+    let (records, _) = read_witness(dir.path());
     let witness::Record::Header(header) = &records[0] else { panic!("a witness log starts with its header") };
     let machine = header.lines().find_map(|line| line.strip_prefix("machine=")).expect("the header names the machine");
     let faulting = records.iter().find_map(|record| match record {
@@ -860,7 +865,7 @@ int main(int argc, char **argv) {
     // the host has it, CPUID is the virtual CPU's; where not, the witness
     // records that it could not be turned on (so such runs are of another
     // machine class) and the host's CPU shows through.
-    let (records, _) = witness::read(std::fs::File::open(dir.path().join("witness.log")).unwrap()).unwrap();
+    let (records, _) = read_witness(dir.path());
     let faulting = records.iter().find_map(|r| match r {
         witness::Record::Call { name, result, .. } if name == "cpuid faulting" => Some(*result),
         _ => None,
