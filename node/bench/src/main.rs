@@ -402,6 +402,9 @@ fn print_table(results: &[Measurement]) {
     }
 }
 
+/// Retries of one fill put while the cluster has no leader (100 ms apart).
+const FILL_RETRIES: u32 = 100;
+
 async fn fill(args: FillArgs) -> anyhow::Result<()> {
     let system = docklock_system(&args.docklock, args.concurrency.min(16)).await?;
     let value = vec![b'v'; args.value_bytes];
@@ -414,8 +417,21 @@ async fn fill(args: FillArgs) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             let Conn::DockLock(client) = &mut conn else { unreachable!("docklock system") };
             for i in worker * per_worker..((worker + 1) * per_worker).min(keys) {
-                let request = v1::PutRequest { key: format!("fill/{i:08}"), value: value.clone(), session: None };
-                client.put(request).await?;
+                // A fresh cluster may still be electing (its first leader
+                // can lose to a slower node's vote): retry that, bounded.
+                // Writing the same value again is harmless.
+                let mut attempts = 0;
+                loop {
+                    let request = v1::PutRequest { key: format!("fill/{i:08}"), value: value.clone(), session: None };
+                    match client.put(request).await {
+                        Ok(_) => break,
+                        Err(status) if status.code() == tonic::Code::Unavailable && attempts < FILL_RETRIES => {
+                            attempts += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(status) => return Err(status.into()),
+                    }
+                }
             }
             anyhow::Ok(())
         }));
