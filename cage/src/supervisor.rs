@@ -329,7 +329,7 @@ impl<'a> Supervisor<'a> {
     /// child of this thread, so the calling thread must have no children
     /// but the run's keeper.
     pub(crate) fn supervise(&mut self, workload: libc::pid_t, announce: &OwnedFd) {
-        let _faulting = CpuidFaulting::adopt();
+        let _settings = TraceeSettings::adopt();
         match seize(workload).and_then(|()| crate::sandbox::release_workload(announce)) {
             Ok(()) => {
                 self.processes.insert(workload, Process::new(&self.seed, vec![1], 0));
@@ -1610,40 +1610,63 @@ fn seize(pid: libc::pid_t) -> io::Result<()> {
     Ok(())
 }
 
-/// CPUID faulting turned on for the calling thread while it supervises,
-/// so that it matches its tracees. The setting is a model-specific
-/// register the kernel rewrites whenever it switches between a task that
-/// faults and one that does not; in a VM each such write is a VM exit.
-/// Every trapped call is two switches between the tracee and this thread,
-/// and measured on this machine's VM the two writes cost about 4.5 µs per
-/// call (14 µs instead of 9.5). The time-stamp counter setting also
-/// differs between them but costs nothing measurable to switch, and must
-/// stay on here: the vDSO's clock reads it.
+/// The tracees' CPU settings turned on for the calling thread while it
+/// supervises, so that it matches them: CPUID faulting and time-stamp
+/// counter faulting. Each is a setting the kernel rewrites whenever it
+/// switches between a task that has it and one that does not (a
+/// model-specific register for CPUID, a bit of CR4 for the TSC), and in a
+/// VM each such write can be a VM exit. Every trapped call is two
+/// switches between a tracee and this thread. Measured: the CPUID
+/// register's two writes cost about 4.5 µs per call on session 4's Intel
+/// VM (14 µs instead of 9.5); on session 13's AMD EPYC VM (which cannot
+/// fault CPUID) a pipe round trip between two processes pinned to one CPU
+/// took 17–19 µs when one of them had TSC faulting on and 6–7 µs when
+/// both or neither had.
 ///
-/// While it is on, a CPUID instruction on this thread faults (SIGSEGV),
-/// so nothing may run one: the standard library's feature detection is
-/// done before (its answer is cached for the process), the supervisor's
-/// own code has none (SHA3 and ChaCha20 pick their code at compile time
-/// or through that cache), and the guard restores the setting on drop,
-/// unwinding included, before the thread goes back to its pool.
-struct CpuidFaulting;
+/// While they are on, a CPUID or RDTSC instruction on this thread faults
+/// (SIGSEGV, which would end the process), so nothing in supervision may
+/// run one:
+/// - CPUID: the standard library's feature detection is done before (its
+///   answer is cached for the process); the supervisor's own code has
+///   none (SHA3 and ChaCha20 pick their code at compile time or through
+///   that cache);
+/// - RDTSC: the vDSO reads the counter for `clock_gettime` and
+///   `gettimeofday`, so supervision reads no clock (no `Instant`, no
+///   `SystemTime`; the wall-time limit is the output thread's, and waits
+///   are `nanosleep`s, which do not read the clock in user space).
+///
+/// The guard restores both on drop, unwinding included, before the
+/// thread goes back to its caller or pool.
+struct TraceeSettings {
+    cpuid: bool,
+}
 
-impl CpuidFaulting {
-    fn adopt() -> Option<Self> {
+impl TraceeSettings {
+    fn adopt() -> Self {
         // Fill the feature-detection cache: the one CPUID the libraries
         // this thread runs might otherwise execute lazily.
         let _ = std::is_x86_feature_detected!("avx2");
         // SAFETY: arch_prctl(ARCH_SET_CPUID, 0) changes this thread's own
         // CPUID setting; it takes no pointers. It fails where the CPU
         // cannot fault CPUID, and then nothing changed.
-        (unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_SET_CPUID, 0) } == 0).then_some(Self)
+        let cpuid = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_SET_CPUID, 0) } == 0;
+        // SAFETY: PR_SET_TSC changes this thread's own setting; no
+        // pointers. If it fails, only the switches cost more.
+        unsafe { libc::prctl(libc::PR_SET_TSC, libc::PR_TSC_SIGSEGV, 0, 0, 0) };
+        Self { cpuid }
     }
 }
 
-impl Drop for CpuidFaulting {
+impl Drop for TraceeSettings {
     fn drop(&mut self) {
-        // SAFETY: as in `adopt`; 1 turns CPUID back on for this thread.
-        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_SET_CPUID, 1) };
+        // SAFETY: as in `adopt`; these turn RDTSC and CPUID back on for
+        // this thread.
+        unsafe {
+            libc::prctl(libc::PR_SET_TSC, libc::PR_TSC_ENABLE, 0, 0, 0);
+            if self.cpuid {
+                libc::syscall(libc::SYS_arch_prctl, ARCH_SET_CPUID, 1);
+            }
+        }
     }
 }
 
