@@ -148,7 +148,9 @@ pub(crate) fn cpuinfo() -> String {
 ///
 /// Computed once per process, before any supervisor turns CPUID faulting
 /// on (a CPUID on a thread with faulting on would fault).
-pub(crate) fn machine_class() -> &'static str {
+///
+/// Whether programs see the host CPU: [`shows_host_cpu`].
+pub fn machine_class() -> &'static str {
     static CLASS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     CLASS.get_or_init(|| {
         if can_fault_cpuid() {
@@ -157,6 +159,12 @@ pub(crate) fn machine_class() -> &'static str {
             format!("x86_64 cpuid=host {}", host_cpu())
         }
     })
+}
+
+/// Whether caged programs see this host's CPU through CPUID (it cannot
+/// fault CPUID), so that a root holds only among hosts with the same CPU.
+pub fn shows_host_cpu() -> bool {
+    machine_class().starts_with("x86_64 cpuid=host ")
 }
 
 /// Whether this CPU and kernel can fault CPUID. `ARCH_SET_CPUID` fails

@@ -37,4 +37,5 @@ mod urandom;
 pub mod witness;
 
 pub use cgroup::Enforcement;
+pub use cpuid::{machine_class, shows_host_cpu};
 pub use sandbox::{CAGE_UID, HOSTNAME};

@@ -735,6 +735,29 @@ int main(void) {
     }
 }
 
+/// The thread that ran (and supervised) a run gets its CPU settings back:
+/// while supervising it has time-stamp counter faulting on (and CPUID
+/// faulting where the host can), as its tracees do; left on, its next
+/// clock read through the vDSO would kill the process with SIGSEGV.
+#[test]
+#[allow(unsafe_code)]
+fn the_supervising_thread_gets_its_cpu_settings_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outcome, _) = cage(&shell("date; cat /dev/urandom | head -c 4 | od -An -tx1"), dir.path());
+    assert_eq!(outcome.verdict, Verdict::Ok);
+    let mut tsc: libc::c_int = 0;
+    // SAFETY: PR_GET_TSC writes one int through the pointer.
+    assert_eq!(unsafe { libc::prctl(libc::PR_GET_TSC, &mut tsc as *mut libc::c_int, 0, 0, 0) }, 0);
+    assert_eq!(tsc, libc::PR_TSC_ENABLE, "RDTSC works again on this thread");
+    const ARCH_GET_CPUID: libc::c_ulong = 0x1011;
+    // SAFETY: ARCH_GET_CPUID takes no pointer; it returns the setting.
+    let cpuid = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_GET_CPUID, 0 as libc::c_ulong) };
+    assert_eq!(cpuid, 1, "CPUID works again on this thread");
+    // And the clock reads (through the vDSO, which reads the counter).
+    let before = std::time::Instant::now();
+    assert!(before.elapsed() < std::time::Duration::from_secs(60));
+}
+
 /// Memory is bounded for the whole cage, not per process: four processes
 /// of 24 MiB each do not fit in 64 MiB (each alone would), and the verdict
 /// names the memory limit.

@@ -182,6 +182,14 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
         eprintln!("verdict {}", outcome.verdict.describe());
+        if docklock_cage::shows_host_cpu() {
+            // Said where people read it: the header alone is easy to miss.
+            eprintln!(
+                "note: this host cannot fault CPUID, so the program saw the host CPU; the root holds only on hosts \
+                 with the same CPU (machine={})",
+                docklock_cage::machine_class()
+            );
+        }
         eprintln!("witness root {} ({} records, {})", outcome.root, outcome.records, args.witness.display());
     }
     match verdict_exit_code(&outcome.verdict) {
