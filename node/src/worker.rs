@@ -17,6 +17,9 @@ use tonic::Code;
 
 use crate::api::NodeContext;
 
+/// The label every worker carries: its cage's machine class.
+pub const MACHINE_LABEL: &str = "docklock.machine";
+
 /// What this node offers as a worker.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -50,8 +53,16 @@ impl WorkerConfig {
         let mut parsed = BTreeMap::new();
         for label in labels {
             let Some((key, value)) = label.split_once('=') else { bail!("--label {label:?} is not KEY=VALUE") };
+            if key == MACHINE_LABEL {
+                bail!("--label {MACHINE_LABEL} is set by the node itself (its cage's machine class)");
+            }
             parsed.insert(key.to_owned(), value.to_owned());
         }
+        // A run's root holds among hosts of one machine class (the witness
+        // header's `machine=`): the label lets a spec keep its replicas on
+        // one class (`constraints: {labels: {docklock.machine: ...}}`), so
+        // a mixed cluster does not report honest runs as diverged.
+        parsed.insert(MACHINE_LABEL.to_owned(), docklock_cage::machine_class().to_owned());
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
         Ok(Self {
             node_type,

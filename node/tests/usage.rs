@@ -12,7 +12,7 @@ fn docklock(args: &[&str]) -> (i32, String) {
 /// Agent flags that cannot describe a node are refused as usage errors.
 #[test]
 fn agent_flag_errors_exit_2() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["agent", "--listen", "127.0.0.1:1", "--data-dir", "/tmp/x", "--join", "127.0.0.1:2"], "--id is required"),
         (&["agent", "--id", "0", "--listen", "127.0.0.1:1", "--data-dir", "/tmp/x", "--join", "a:1"], "reserved"),
         (&["agent", "--id", "1", "--listen", "127.0.0.1:1", "--data-dir", "/tmp/x"], "--initial-cluster"),
@@ -47,6 +47,22 @@ fn agent_flag_errors_exit_2() {
         (
             &["agent", "--id", "1", "--listen", "127.0.0.1:1", "--data-dir", "/tmp/x", "--threads", "0"],
             "--threads must be between 1 and 1024",
+        ),
+        (
+            &[
+                "agent",
+                "--id",
+                "1",
+                "--listen",
+                "127.0.0.1:1",
+                "--data-dir",
+                "/tmp/x",
+                "--initial-cluster",
+                "1=127.0.0.1:1",
+                "--label",
+                "docklock.machine=any",
+            ],
+            "is set by the node itself",
         ),
     ];
     for (args, reason) in cases {

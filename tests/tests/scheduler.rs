@@ -273,6 +273,11 @@ async fn a_worker_only_node_joins_after_authorisation_and_takes_work() -> anyhow
     docklock_tests::wait_for_workers(&client, 4).await?;
     let row = workers(&client).await?.nodes.into_iter().find(|n| n.id == 10).expect("worker 10 is listed");
     assert_eq!((row.zone.as_str(), row.address), ("edge", format!("127.0.0.1:{port}")));
+    assert_eq!(
+        row.labels.get("docklock.machine").map(String::as_str),
+        Some(docklock_cage::machine_class()),
+        "a worker is labelled with its cage's machine class"
+    );
     assert!(
         cluster.client()?.status().await?.members.iter().all(|m| m.id != 10),
         "a worker-only node is no Raft member"
