@@ -51,18 +51,13 @@ fn agent_flag_errors_exit_2() {
         (
             &[
                 "agent",
-                "--id",
-                "1",
-                "--listen",
-                "127.0.0.1:1",
-                "--data-dir",
-                "/tmp/x",
-                "--initial-cluster",
-                "1=127.0.0.1:1",
-                "--label",
-                "docklock.machine=any",
+                "--id=1",
+                "--listen=127.0.0.1:1",
+                "--data-dir=/tmp/x",
+                "--join=a:1",
+                "--label=docklock.machine=any",
             ],
-            "is set by the node itself",
+            "set by the node",
         ),
     ];
     for (args, reason) in cases {
