@@ -11,14 +11,11 @@ use docklock_proto::agreement::Envelope;
 use docklock_proto::client::{Client, ClientOptions};
 use docklock_proto::crypto::KeyPair;
 use docklock_proto::identity::NodeKeyClaim;
-use docklock_proto::node::{Capacity, NodeRegistration, NodeType};
+use docklock_proto::node::{Capacity, NodeRegistration, NodeType, MACHINE_LABEL};
 use docklock_proto::v1::{self, nodes_client::NodesClient};
 use tonic::Code;
 
 use crate::api::NodeContext;
-
-/// The label every worker carries: its cage's machine class.
-pub const MACHINE_LABEL: &str = "docklock.machine";
 
 /// What this node offers as a worker.
 #[derive(Debug, Clone)]
@@ -59,9 +56,9 @@ impl WorkerConfig {
             parsed.insert(key.to_owned(), value.to_owned());
         }
         // A run's root holds among hosts of one machine class (the witness
-        // header's `machine=`): the label lets a spec keep its replicas on
-        // one class (`constraints: {labels: {docklock.machine: ...}}`), so
-        // a mixed cluster does not report honest runs as diverged.
+        // header's `machine=`): placement keeps an agreement's replicas on
+        // one class by this label, so a mixed cluster does not report
+        // honest runs as diverged; a spec may also name a class.
         parsed.insert(MACHINE_LABEL.to_owned(), docklock_cage::machine_class().to_owned());
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
         Ok(Self {

@@ -12,6 +12,10 @@ use crate::canonical::{DecodeError, Reader, Writer};
 
 /// Domain prefix of a node registration.
 pub const REGISTRATION_PREFIX: &str = "docklock-node-registration-v1";
+/// The label every worker sets to its cage's machine class (the witness
+/// header's `machine=` line): a run's root holds only among nodes of one
+/// class, so placement keeps an agreement's replicas on one.
+pub const MACHINE_LABEL: &str = "docklock.machine";
 
 /// Longest address, zone, label or feature string.
 const STRING_BYTES_MAX: usize = 256;

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use docklock_proto::agreement::Constraints;
-use docklock_proto::node::{Capacity, NodeType};
+use docklock_proto::node::{Capacity, NodeType, MACHINE_LABEL};
 use serde::{Deserialize, Serialize};
 
 use crate::ring::Ring;
@@ -71,6 +71,9 @@ pub enum Skip {
     Label,
     /// It has less memory than one replica needs.
     Memory,
+    /// Its machine class differs from the replicas' (a root holds only
+    /// among nodes of one class).
+    MachineClass,
     /// It is not registered (a ring point without a node record).
     Unknown,
 }
@@ -86,6 +89,7 @@ impl Skip {
             Self::NodeType => "node type not allowed",
             Self::Label => "missing a required label",
             Self::Memory => "too little memory",
+            Self::MachineClass => "another machine class",
             Self::Unknown => "not registered",
         }
     }
@@ -220,7 +224,62 @@ impl Walk {
 /// `replicas` nodes in distinct zones, or enough eligible nodes and has seen
 /// every zone on the ring (no unused zone can still turn up), or has seen
 /// every node.
+///
+/// All replicas share one machine class (the [`MACHINE_LABEL`] label; no
+/// label is a class of its own): that of the kept replicas if any, else
+/// the class of the first eligible node on the walk, else the first class
+/// in walk order that can hold every replica. When none can, the answer is
+/// the first class's short placement, whose shortfall counts the nodes of
+/// other classes.
 pub fn place<'a>(ring: &Ring, request: &Request<'_>, lookup: impl Fn(u64) -> Option<Candidate<'a>>) -> Placement {
+    let class_of = |node: u64| lookup(node).map(|candidate| candidate.labels.get(MACHINE_LABEL).cloned());
+    if let Some(&kept) = request.keep.first() {
+        let class = class_of(kept);
+        return place_in(ring, request, &lookup, class.as_ref());
+    }
+    // The common case, one class: one walk.
+    let first = place_in(ring, request, &lookup, None);
+    if first.complete(request.replicas) || !first.skipped.contains_key(&Skip::MachineClass) {
+        return first;
+    }
+    // Other classes, in the order the walk meets their first eligible node.
+    let mut classes: Vec<Option<String>> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (_, node) in ring.walk(request.key) {
+        if seen.len() >= ring.node_count() || classes.len() >= CLASSES_TRIED_MAX {
+            break;
+        }
+        if !seen.insert(node) {
+            continue;
+        }
+        let Some(candidate) = lookup(node) else { continue };
+        let class = candidate.labels.get(MACHINE_LABEL).cloned();
+        if eligibility(request, &candidate).is_ok() && !classes.contains(&class) {
+            classes.push(class);
+        }
+    }
+    for class in classes.iter().skip(1) {
+        let placement = place_in(ring, request, &lookup, Some(class));
+        if placement.complete(request.replicas) {
+            return placement;
+        }
+    }
+    first
+}
+
+/// Most machine classes one placement tries: a cluster has a handful.
+const CLASSES_TRIED_MAX: usize = 16;
+
+/// [`place`] within one machine class: `class` is `None` for the class of
+/// the first eligible node the walk meets, `Some(None)` for nodes without
+/// the label.
+fn place_in<'a>(
+    ring: &Ring,
+    request: &Request<'_>,
+    lookup: &impl Fn(u64) -> Option<Candidate<'a>>,
+    class: Option<&Option<String>>,
+) -> Placement {
+    let mut class: Option<Option<String>> = class.cloned();
     let wanted = request.replicas as usize;
     let mut walk = Walk {
         placement: Placement {
@@ -259,6 +318,15 @@ pub fn place<'a>(ring: &Ring, request: &Request<'_>, lookup: impl Fn(u64) -> Opt
         if let Err(skip) = eligibility(request, &candidate) {
             walk.step(point, node, Decision::Skipped(skip));
             continue;
+        }
+        let its_class = candidate.labels.get(MACHINE_LABEL);
+        match &class {
+            None => class = Some(its_class.cloned()),
+            Some(wanted_class) if wanted_class.as_ref() != its_class => {
+                walk.step(point, node, Decision::Skipped(Skip::MachineClass));
+                continue;
+            }
+            Some(_) => {}
         }
         if request.avoid.contains(&node) {
             returning.push(node);
@@ -439,6 +507,56 @@ mod tests {
         for node in cluster.place_with(key(4), 3, &zone, &[]).nodes {
             assert_eq!(cluster.nodes[&node].zone, "z0");
         }
+    }
+
+    /// Every replica of an agreement lands on one machine class: the first
+    /// class the walk meets that can hold them all, the kept replicas'
+    /// class when some are kept, and a short placement that says so when no
+    /// class has enough nodes.
+    #[test]
+    fn replicas_share_one_machine_class() {
+        let mut cluster = uniform(8, 2);
+        let label = |cluster: &mut Cluster, node: u64, class: &str| {
+            cluster.nodes.get_mut(&node).unwrap().labels.insert(MACHINE_LABEL.into(), class.into());
+        };
+        for node in 1..=8 {
+            label(&mut cluster, node, if node <= 4 { "intel" } else { "amd" });
+        }
+        let class = |cluster: &Cluster, nodes: &[u64]| -> BTreeSet<String> {
+            nodes.iter().map(|n| cluster.nodes[n].labels[MACHINE_LABEL].clone()).collect()
+        };
+        let mut used = BTreeSet::new();
+        for i in 0..300 {
+            let nodes = cluster.place(key(i), 3);
+            assert_eq!(nodes.len(), 3);
+            let classes = class(&cluster, &nodes);
+            assert_eq!(classes.len(), 1, "one class: {nodes:?}");
+            used.extend(classes);
+        }
+        assert_eq!(used.len(), 2, "both classes take work");
+
+        // Two "intel" nodes left: every agreement needing 3 goes to "amd",
+        // whichever class the walk meets first.
+        for node in [3, 4] {
+            label(&mut cluster, node, "amd");
+        }
+        for i in 0..300 {
+            let nodes = cluster.place(key(i), 3);
+            assert_eq!(class(&cluster, &nodes), ["amd".to_owned()].into(), "{nodes:?}");
+        }
+        // A kept replica fixes the class, even when its class is short.
+        let kept = cluster.place_with(key(5), 3, &Constraints::default(), &[1]);
+        assert_eq!(kept.nodes.len(), 2, "only nodes 1 and 2 are intel: {:?}", kept.nodes);
+        assert_eq!(class(&cluster, &kept.nodes), ["intel".to_owned()].into());
+        assert!(kept.shortfall(3).unwrap().contains("6 another machine class"), "{:?}", kept.shortfall(3));
+
+        // No class holds 7: short, and the shortfall names the classes.
+        let short = cluster.place_with(key(5), 7, &Constraints::default(), &[]);
+        assert_eq!(short.nodes.len(), 6);
+        assert_eq!(short.shortfall(7).unwrap(), "needs 7 nodes, 6 eligible (2 another machine class)");
+        // Unlabelled nodes are a class of their own.
+        let unlabelled = uniform(4, 1);
+        assert_eq!(unlabelled.place(key(5), 4).len(), 4);
     }
 
     /// A node with four cores gets about four times the share of a one-core
