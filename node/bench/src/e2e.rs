@@ -13,6 +13,7 @@ use docklock_proto::crypto::KeyPair;
 use docklock_proto::v1::agreements_client::AgreementsClient;
 use docklock_proto::v1;
 use futures::StreamExt;
+use sha3::Digest as _;
 use tonic::transport::Channel;
 
 #[derive(clap::Args, Debug)]
@@ -45,12 +46,49 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
     sorted[index].as_secs_f64() * 1e3
 }
 
+/// Tries of one request while the leader cannot confirm its leadership
+/// (`Unavailable`: a heartbeat round without a quorum, as on a starved
+/// machine), 50 ms apart. A submission is safe to repeat: the spec's
+/// idempotency key names the same agreement.
+const UNAVAILABLE_TRIES: u32 = 40;
+
+/// `request` until it is not `Unavailable`, or [`UNAVAILABLE_TRIES`] times.
+async fn retrying<T, F: std::future::Future<Output = Result<T, tonic::Status>>>(
+    mut request: impl FnMut() -> F,
+) -> Result<T, tonic::Status> {
+    let mut tries = 1;
+    loop {
+        match request().await {
+            Err(status) if status.code() == tonic::Code::Unavailable && tries < UNAVAILABLE_TRIES => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Submit one signed agreement and follow it to its verdict.
 async fn one(channel: Channel, envelope: Vec<u8>) -> anyhow::Result<(Duration, String)> {
     let started = Instant::now();
-    let mut client = AgreementsClient::new(channel);
-    let id = client.submit(v1::SubmitAgreementRequest { envelope }).await?.into_inner().id;
-    let mut watch = client.watch(v1::WatchAgreementRequest { id, follow: true }).await?.into_inner();
+    let client = AgreementsClient::new(channel);
+    let submit = || {
+        let (mut client, envelope) = (client.clone(), envelope.clone());
+        async move { client.submit(v1::SubmitAgreementRequest { envelope }).await }
+    };
+    let id = match retrying(submit).await {
+        Ok(response) => response.into_inner().id,
+        // A retried submission that had committed: its id is its digest.
+        Err(status) if status.code() == tonic::Code::AlreadyExists => {
+            docklock_proto::agreement::AgreementId(sha3::Sha3_256::digest(&envelope).into()).to_hex()
+        }
+        Err(status) => return Err(status.into()),
+    };
+    let watch = || {
+        let (mut client, id) = (client.clone(), id.clone());
+        async move { client.watch(v1::WatchAgreementRequest { id, follow: true }).await }
+    };
+    let mut watch = retrying(watch).await?.into_inner();
     while let Some(info) = watch.next().await {
         let info = info?;
         if matches!(info.status.as_str(), "verified" | "diverged" | "timed-out" | "failed") {
