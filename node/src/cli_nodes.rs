@@ -1,6 +1,7 @@
 //! `docklock node ...`: list workers, drain, undrain and remove them.
 
 use clap::Subcommand;
+use docklock_proto::node::MACHINE_LABEL;
 use docklock_proto::v1::{self, nodes_client::NodesClient};
 use serde_json::json;
 
@@ -118,6 +119,15 @@ pub async fn run(args: &ClientArgs, command: NodeCommand) -> anyhow::Result<()> 
                         node.address
                     );
                 }
+                // A root holds only within a machine class, and placement
+                // keeps each agreement on one: say which classes there are.
+                let mut classes: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+                for node in &list.nodes {
+                    let class = node.labels.get(MACHINE_LABEL).map_or("(none)", String::as_str);
+                    *classes.entry(class).or_default() += 1;
+                }
+                let classes: Vec<String> = classes.iter().map(|(class, count)| format!("{count} × {class}")).collect();
+                println!("machine classes: {}", classes.join("; "));
                 println!(
                     "heartbeat every {} ms, down after {} ms of silence; {} agreements wait for nodes{}",
                     list.interval_ms,

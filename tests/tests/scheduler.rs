@@ -135,6 +135,11 @@ async fn drain_moves_placements_off_and_takes_no_new_ones() -> anyhow::Result<()
     let list: serde_json::Value = serde_json::from_str(&out)?;
     let row = list["nodes"].as_array().unwrap().iter().find(|n| n["id"] == drained).unwrap().clone();
     assert_eq!((row["draining"].as_bool(), row["placements"].as_u64()), (Some(true), Some(0)), "{row}");
+    let (code, out, err) = cli(&["node", "list", "--endpoints", &endpoints]);
+    assert_eq!(code, 0, "{err}");
+    let count = list["nodes"].as_array().unwrap().len();
+    let summary = format!("machine classes: {count} × {}\n", docklock_cage::machine_class());
+    assert!(out.contains(&summary), "one class on one machine: {out}");
 
     let (code, _, err) = cli(&["node", "undrain", &drained.to_string(), "--endpoints", &endpoints]);
     assert_eq!(code, 0, "{err}");
