@@ -151,21 +151,30 @@ pub(crate) fn cpuinfo() -> String {
 ///
 /// Whether programs see the host CPU: [`shows_host_cpu`].
 pub fn machine_class() -> &'static str {
-    static CLASS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    CLASS.get_or_init(|| {
-        if can_fault_cpuid() {
-            "x86_64 cpuid=virtual/1".to_owned()
-        } else {
-            format!("x86_64 cpuid=host {}", host_cpu())
-        }
-    })
+    &class().0
 }
 
 /// Whether caged programs see this host's CPU through CPUID (it cannot
 /// fault CPUID), so that a root holds only among hosts with the same CPU.
 pub fn shows_host_cpu() -> bool {
-    machine_class().starts_with("x86_64 cpuid=host ")
+    class().1
 }
+
+/// The machine class and whether it names the host CPU, found once.
+fn class() -> &'static (String, bool) {
+    static CLASS: std::sync::OnceLock<(String, bool)> = std::sync::OnceLock::new();
+    CLASS.get_or_init(|| {
+        if can_fault_cpuid() {
+            ("x86_64 cpuid=virtual/1".to_owned(), false)
+        } else {
+            (format!("x86_64 cpuid=host {}", host_cpu()), true)
+        }
+    })
+}
+
+/// `arch_prctl`'s request to turn CPUID faulting off (0) or on (1) for the
+/// calling thread.
+pub(crate) const ARCH_SET_CPUID: u64 = 0x1012;
 
 /// Whether this CPU and kernel can fault CPUID. `ARCH_SET_CPUID` fails
 /// with `ENODEV` before looking at its argument where they cannot; asking
@@ -173,10 +182,9 @@ pub fn shows_host_cpu() -> bool {
 /// off outside the supervisor's guard.
 #[allow(unsafe_code)]
 fn can_fault_cpuid() -> bool {
-    const ARCH_SET_CPUID: libc::c_ulong = 0x1012;
     // SAFETY: arch_prctl(ARCH_SET_CPUID, 1) sets this thread's CPUID
     // setting to its default; it takes no pointers.
-    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_SET_CPUID, 1 as libc::c_ulong) == 0 }
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_SET_CPUID, 1u64) == 0 }
 }
 
 /// The host CPU as a caged program would see it through CPUID: vendor,
@@ -193,10 +201,12 @@ fn host_cpu() -> String {
     let seven = if zero.eax >= 7 { leaf(7, 0) } else { CpuidResult { eax: 0, ebx: 0, ecx: 0, edx: 0 } };
     let extended = leaf(0x8000_0000, 0).eax;
     let mut features = vec![one.ecx, one.edx, seven.ebx, seven.ecx, seven.edx];
-    let mut brand = Vec::new();
-    if extended >= 0x8000_0004 {
+    if extended >= 0x8000_0001 {
         let ext1 = leaf(0x8000_0001, 0);
         features.extend([ext1.ecx, ext1.edx]);
+    }
+    let mut brand = Vec::new();
+    if extended >= 0x8000_0004 {
         for index in 0x8000_0002..=0x8000_0004 {
             let words = leaf(index, 0);
             brand.extend([words.eax, words.ebx, words.ecx, words.edx].iter().flat_map(|word| word.to_le_bytes()));

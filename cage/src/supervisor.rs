@@ -28,7 +28,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use sha3::{Digest as _, Sha3_256};
 
-use crate::cpuid;
+use crate::cpuid::{self, ARCH_SET_CPUID};
 use crate::listing::{self, Listings};
 use crate::metadata::{self, Metadata};
 use crate::policy::{DATA_DENY, DATA_FOREIGN};
@@ -1367,9 +1367,6 @@ fn getsockopt_allowed(regs: &libc::user_regs_struct) -> Option<&'static str> {
 fn arch_prctl_allowed(regs: &libc::user_regs_struct) -> Option<&'static str> {
     (regs.rdi == ARCH_SET_CPUID).then_some("undoing the cage")
 }
-
-/// `arch_prctl` code that turns CPUID faulting on or off.
-const ARCH_SET_CPUID: u64 = 0x1012;
 
 /// `length` bytes of the tracee's memory at `address`.
 fn read_bytes(pid: libc::pid_t, address: u64, length: usize) -> Option<Vec<u8>> {

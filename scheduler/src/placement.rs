@@ -232,9 +232,8 @@ impl Walk {
 /// the first class's short placement, whose shortfall counts the nodes of
 /// other classes.
 pub fn place<'a>(ring: &Ring, request: &Request<'_>, lookup: impl Fn(u64) -> Option<Candidate<'a>>) -> Placement {
-    let class_of = |node: u64| lookup(node).map(|candidate| candidate.labels.get(MACHINE_LABEL).cloned());
     if let Some(&kept) = request.keep.first() {
-        let class = class_of(kept);
+        let class = lookup(kept).map(|candidate| candidate.labels.get(MACHINE_LABEL).cloned());
         return place_in(ring, request, &lookup, class.as_ref());
     }
     // The common case, one class: one walk.

@@ -48,25 +48,11 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
 
 /// Tries of one request while the leader cannot confirm its leadership
 /// (`Unavailable`: a heartbeat round without a quorum, as on a starved
-/// machine), 50 ms apart. A submission is safe to repeat: the spec's
-/// idempotency key names the same agreement.
+/// machine), 50 ms apart. A repeated submission that had committed is
+/// refused as `AlreadyExists`, and the agreement's id is then its
+/// envelope's digest.
 const UNAVAILABLE_TRIES: u32 = 40;
-
-/// `request` until it is not `Unavailable`, or [`UNAVAILABLE_TRIES`] times.
-async fn retrying<T, F: std::future::Future<Output = Result<T, tonic::Status>>>(
-    mut request: impl FnMut() -> F,
-) -> Result<T, tonic::Status> {
-    let mut tries = 1;
-    loop {
-        match request().await {
-            Err(status) if status.code() == tonic::Code::Unavailable && tries < UNAVAILABLE_TRIES => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => return other,
-        }
-    }
-}
+const UNAVAILABLE_PAUSE: Duration = Duration::from_millis(50);
 
 /// Submit one signed agreement and follow it to its verdict.
 async fn one(channel: Channel, envelope: Vec<u8>) -> anyhow::Result<(Duration, String)> {
@@ -76,7 +62,7 @@ async fn one(channel: Channel, envelope: Vec<u8>) -> anyhow::Result<(Duration, S
         let (mut client, envelope) = (client.clone(), envelope.clone());
         async move { client.submit(v1::SubmitAgreementRequest { envelope }).await }
     };
-    let id = match retrying(submit).await {
+    let id = match crate::retrying(UNAVAILABLE_TRIES, UNAVAILABLE_PAUSE, submit).await {
         Ok(response) => response.into_inner().id,
         // A retried submission that had committed: its id is its digest.
         Err(status) if status.code() == tonic::Code::AlreadyExists => {
@@ -88,7 +74,7 @@ async fn one(channel: Channel, envelope: Vec<u8>) -> anyhow::Result<(Duration, S
         let (mut client, id) = (client.clone(), id.clone());
         async move { client.watch(v1::WatchAgreementRequest { id, follow: true }).await }
     };
-    let mut watch = retrying(watch).await?.into_inner();
+    let mut watch = crate::retrying(UNAVAILABLE_TRIES, UNAVAILABLE_PAUSE, watch).await?.into_inner();
     while let Some(info) = watch.next().await {
         let info = info?;
         if matches!(info.status.as_str(), "verified" | "diverged" | "timed-out" | "failed") {

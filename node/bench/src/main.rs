@@ -402,8 +402,27 @@ fn print_table(results: &[Measurement]) {
     }
 }
 
-/// Retries of one fill put while the cluster has no leader (100 ms apart).
-const FILL_RETRIES: u32 = 100;
+/// `request` until it is not refused `Unavailable` (no leader, or one that
+/// cannot confirm its leadership), at most `tries` times, `pause` apart.
+async fn retrying<T, F: std::future::Future<Output = Result<T, tonic::Status>>>(
+    tries: u32,
+    pause: Duration,
+    mut request: impl FnMut() -> F,
+) -> Result<T, tonic::Status> {
+    let mut tried = 1;
+    loop {
+        match request().await {
+            Err(status) if status.code() == tonic::Code::Unavailable && tried < tries => {
+                tried += 1;
+                tokio::time::sleep(pause).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Tries of one fill put while the cluster has no leader, 100 ms apart.
+const FILL_TRIES: u32 = 100;
 
 async fn fill(args: FillArgs) -> anyhow::Result<()> {
     let system = docklock_system(&args.docklock, args.concurrency.min(16)).await?;
@@ -420,18 +439,13 @@ async fn fill(args: FillArgs) -> anyhow::Result<()> {
                 // A fresh cluster may still be electing (its first leader
                 // can lose to a slower node's vote): retry that, bounded.
                 // Writing the same value again is harmless.
-                let mut attempts = 0;
-                loop {
-                    let request = v1::PutRequest { key: format!("fill/{i:08}"), value: value.clone(), session: None };
-                    match client.put(request).await {
-                        Ok(_) => break,
-                        Err(status) if status.code() == tonic::Code::Unavailable && attempts < FILL_RETRIES => {
-                            attempts += 1;
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                        Err(status) => return Err(status.into()),
+                let put = || {
+                    let (mut client, value) = (client.clone(), value.clone());
+                    async move {
+                        client.put(v1::PutRequest { key: format!("fill/{i:08}"), value, session: None }).await
                     }
-                }
+                };
+                retrying(FILL_TRIES, Duration::from_millis(100), put).await?;
             }
             anyhow::Ok(())
         }));
