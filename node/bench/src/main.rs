@@ -320,8 +320,10 @@ async fn kv(args: KvArgs) -> anyhow::Result<()> {
     if !args.docklock.is_empty() {
         systems.push(docklock_system(&args.docklock, args.connections).await.context("connect to docklock")?);
     }
-    if !args.etcd.is_empty() {
-        systems.push(etcd_system(&args.etcd, args.connections).await.context("connect to etcd")?);
+    // `--etcd ""` names no endpoint, as leaving the flag out does.
+    let etcd: Vec<String> = args.etcd.iter().filter(|endpoint| !endpoint.is_empty()).cloned().collect();
+    if !etcd.is_empty() {
+        systems.push(etcd_system(&etcd, args.connections).await.context("connect to etcd")?);
     }
     for system in &systems {
         prepare_gets(system, &value).await.with_context(|| format!("prepare {}", system.name))?;
