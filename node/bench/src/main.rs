@@ -65,7 +65,7 @@ struct CageArgs {
 
 #[derive(clap::Args, Debug)]
 struct KvArgs {
-    /// DockLock endpoints (any member; the leader is found).
+    /// DockLock endpoints (any member; the leader is found; empty skips DockLock).
     #[arg(long, value_delimiter = ',')]
     docklock: Vec<String>,
     /// etcd client endpoints, http://HOST:PORT (empty skips etcd).
@@ -314,14 +314,20 @@ async fn prepare_gets(system: &System, value: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The endpoints a list flag names: `--etcd ""` (or `--docklock ""`) names
+/// none, as leaving the flag out does, so a script can skip a system.
+fn named(endpoints: &[String]) -> Vec<String> {
+    endpoints.iter().filter(|endpoint| !endpoint.is_empty()).cloned().collect()
+}
+
 async fn kv(args: KvArgs) -> anyhow::Result<()> {
     let value = Arc::new(vec![b'x'; args.value_bytes]);
     let mut systems = Vec::new();
-    if !args.docklock.is_empty() {
-        systems.push(docklock_system(&args.docklock, args.connections).await.context("connect to docklock")?);
+    let docklock = named(&args.docklock);
+    if !docklock.is_empty() {
+        systems.push(docklock_system(&docklock, args.connections).await.context("connect to docklock")?);
     }
-    // `--etcd ""` names no endpoint, as leaving the flag out does.
-    let etcd: Vec<String> = args.etcd.iter().filter(|endpoint| !endpoint.is_empty()).cloned().collect();
+    let etcd = named(&args.etcd);
     if !etcd.is_empty() {
         systems.push(etcd_system(&etcd, args.connections).await.context("connect to etcd")?);
     }
