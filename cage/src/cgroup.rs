@@ -8,11 +8,13 @@
 //! hybrid layout); otherwise none, and the witness header says which, so
 //! two runs are only compared under the same enforcement.
 //! A run can go without them (`RunSpec::cgroups`, `docklock cage run
-//! --no-cgroups`): moving a process into a v1 memory cgroup waits for an
-//! RCU grace period, up to about 10 ms on a host that starts runs rarely.
+//! --no-cgroups`). On v1 the keeper moves itself in, which is cheap; on v2
+//! the runner moves it, which waits for an RCU grace period (`self_join`).
 
+use std::ffi::CString;
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -85,6 +87,26 @@ impl Cgroup {
     /// The enforcement this cgroup gives.
     pub(crate) fn version(&self) -> Enforcement {
         self.version
+    }
+
+    /// The files a single-threaded process writes "0" to, to move itself
+    /// into this cgroup: v1's `tasks`, or `None` on v2 (whose `tasks`
+    /// counterpart cannot cross domains), where `add` is the way in.
+    ///
+    /// Why the keeper moves itself: a write of any other pid to
+    /// `cgroup.procs` takes the kernel's global threadgroup lock for
+    /// writing, which waits for an RCU grace period once the lock has been
+    /// idle (measured 6-11 ms on the VMs here, more than the rest of a
+    /// run), while a thread moving itself through `tasks` skips that lock
+    /// (`cgroup_procs_write_start`, kernel 5.x and later): about 0.05 ms.
+    pub(crate) fn self_join(&self) -> Option<io::Result<Vec<CString>>> {
+        (self.version == Enforcement::V1).then(|| {
+            let mut files = vec![self.memory.join("tasks")];
+            if self.pids != self.memory {
+                files.push(self.pids.join("tasks"));
+            }
+            files.iter().map(|file| crate::sandbox::cstring(file.as_os_str().as_bytes())).collect()
+        })
     }
 
     /// Move `pid` (the keeper, before it forks) into the cgroup.

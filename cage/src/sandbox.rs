@@ -20,6 +20,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
+use crate::cgroup::Cgroup;
 use crate::supervisor::EPOCH_SECS;
 
 /// The uid and gid the workload runs as inside its user namespace.
@@ -145,6 +146,7 @@ pub(crate) struct Started {
 #[derive(Clone, Copy)]
 #[repr(i32)]
 enum Step {
+    JoinCgroup,
     Unshare,
     WaitMaps,
     Fork,
@@ -166,7 +168,8 @@ enum Step {
 }
 
 /// What each step is called in a setup failure, by its number.
-const STEP_NAMES: [&str; 18] = [
+const STEP_NAMES: [&str; 19] = [
+    "join the run's cgroup",
     "unshare namespaces",
     "wait for id maps",
     "fork",
@@ -188,7 +191,7 @@ const STEP_NAMES: [&str; 18] = [
 ];
 
 /// Start the keeper and, through it, the workload.
-pub(crate) fn start(plan: &Plan, cgroup: Option<&crate::cgroup::Cgroup>) -> io::Result<Started> {
+pub(crate) fn start(plan: &Plan, cgroup: Option<&Cgroup>) -> io::Result<Started> {
     let (stdout_read, stdout_write) = pipe()?;
     // A larger pipe means fewer wake-ups for a loud program; best effort.
     // SAFETY: fcntl on a descriptor we own.
@@ -227,6 +230,13 @@ pub(crate) fn start(plan: &Plan, cgroup: Option<&crate::cgroup::Cgroup>) -> io::
     keep.sort_unstable();
     // SAFETY: getpid has no preconditions.
     let runner = unsafe { libc::getpid() };
+    // The keeper joins a v1 cgroup itself, at no cost; a v2 one only the
+    // runner can move it into, below, and that waits.
+    let cgroup_tasks = match cgroup.map(Cgroup::self_join) {
+        Some(Some(files)) => files?,
+        _ => Vec::new(),
+    };
+    let runner_admits = cgroup.filter(|_| cgroup_tasks.is_empty());
 
     // SAFETY: fork in a possibly multi-threaded process: the child below
     // calls only async-signal-safe system calls on memory prepared above,
@@ -238,7 +248,16 @@ pub(crate) fn start(plan: &Plan, cgroup: Option<&crate::cgroup::Cgroup>) -> io::
     if keeper == 0 {
         // SAFETY: in the freshly forked child; see `keeper_main`.
         unsafe {
-            keeper_main(&Child { plan, fds: &fds, keep: &keep, runner, argv: &argv, envp: &envp, filters: &filters })
+            keeper_main(&Child {
+                plan,
+                fds: &fds,
+                keep: &keep,
+                runner,
+                cgroup_tasks: &cgroup_tasks,
+                argv: &argv,
+                envp: &envp,
+                filters: &filters,
+            })
         }
     }
     drop((
@@ -267,10 +286,10 @@ pub(crate) fn start(plan: &Plan, cgroup: Option<&crate::cgroup::Cgroup>) -> io::
 
     // The keeper has unshared: write its id maps (only a process outside
     // the new user namespace may map ids other than its own).
-    // Into the run's cgroup too, before it forks anything.
+    // Into the run's cgroup too (v2), before it forks anything.
     let mut byte = [0u8; 1];
     if read_full(&ready_read, &mut byte).unwrap_or(0) == 1 {
-        let admitted = cgroup.map_or(Ok(()), |cgroup| cgroup.add(keeper));
+        let admitted = runner_admits.map_or(Ok(()), |cgroup| cgroup.add(keeper));
         if let Err(error) = admitted.and_then(|()| write_id_maps(keeper)).and_then(|()| write_full(&maps_write, &[1])) {
             // SAFETY: kill and waitpid on our own child.
             unsafe {
@@ -433,6 +452,9 @@ struct Child<'a> {
     keep: &'a [RawFd],
     /// The runner's pid: the keeper's parent while the run lives.
     runner: libc::pid_t,
+    /// Files the keeper writes "0" to, to move itself into the run's
+    /// cgroup (see `Cgroup::self_join`).
+    cgroup_tasks: &'a [CString],
     argv: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
     filters: &'a [libc::sock_fprog],
@@ -479,6 +501,15 @@ unsafe fn keeper_main(child: &Child<'_>) -> ! {
         low = low.max(fd + 1);
     }
     libc::syscall(libc::SYS_close_range, low as u32, u32::MAX, 0);
+    // Into the run's cgroup before anything of the run is forked, and
+    // before the new user namespace takes the runner's rights over it.
+    for tasks in child.cgroup_tasks {
+        let fd = libc::open(tasks.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+            fail(fds, Step::JoinCgroup);
+        }
+        libc::close(fd);
+    }
     // No supplementary groups in the cage: a root runner's group 0 would
     // otherwise go with the workload (the namespace denies setgroups
     // later), and host files readable by group root would be readable
