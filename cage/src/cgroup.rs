@@ -100,22 +100,18 @@ impl Cgroup {
     /// run), while a thread moving itself through `tasks` skips that lock
     /// (`cgroup_procs_write_start`, kernel 5.x and later): about 0.05 ms.
     pub(crate) fn self_join(&self) -> Option<io::Result<Vec<CString>>> {
-        (self.version == Enforcement::V1).then(|| {
-            let mut files = vec![self.memory.join("tasks")];
-            if self.pids != self.memory {
-                files.push(self.pids.join("tasks"));
-            }
-            files.iter().map(|file| crate::sandbox::cstring(file.as_os_str().as_bytes())).collect()
-        })
+        (self.version == Enforcement::V1)
+            .then(|| self.dirs().map(|dir| crate::sandbox::cstring(dir.join("tasks").as_os_str().as_bytes())).collect())
     }
 
     /// Move `pid` (the keeper, before it forks) into the cgroup.
     pub(crate) fn add(&self, pid: libc::pid_t) -> io::Result<()> {
-        fs::write(self.memory.join("cgroup.procs"), pid.to_string())?;
-        if self.pids != self.memory {
-            fs::write(self.pids.join("cgroup.procs"), pid.to_string())?;
-        }
-        Ok(())
+        self.dirs().try_for_each(|dir| fs::write(dir.join("cgroup.procs"), pid.to_string()))
+    }
+
+    /// The run's directories: one on v2, the memory and the pids one on v1.
+    fn dirs(&self) -> impl Iterator<Item = &Path> {
+        std::iter::once(self.memory.as_path()).chain((self.pids != self.memory).then_some(self.pids.as_path()))
     }
 
     /// Which limit the kernel enforced during the run, if any: an OOM kill
@@ -137,7 +133,7 @@ impl Drop for Cgroup {
     fn drop(&mut self) {
         // Every process of the run has been reaped by now; a cgroup frees
         // its last task asynchronously, so allow a few short retries.
-        for dir in [&self.memory, &self.pids] {
+        for dir in self.dirs() {
             for _ in 0..50 {
                 if !dir.exists() || fs::remove_dir(dir).is_ok() {
                     break;
