@@ -305,6 +305,16 @@ impl RegistryView for RemoteView {
 
 /// How often a worker-only node asks for its assignments.
 const REMOTE_POLL: Duration = Duration::from_millis(200);
+/// How often the directories of finished runs are collected.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How long a finished run's directory (its `result.json`, and the files
+/// the store already held) stays after it last changed: long enough that
+/// a view which has not applied the reveal yet finds the result again
+/// rather than running the replica a second time.
+const RUN_DIR_GRACE: Duration = Duration::from_secs(600);
+/// Most run directories one sweep removes, so a node that comes back to a
+/// large backlog spreads the work.
+const SWEEP_MAX: usize = 10_000;
 
 /// The executor of one node.
 pub struct Executor {
@@ -354,6 +364,7 @@ impl Executor {
     /// Look for work whenever the registry may have changed until the node
     /// stops.
     pub async fn duty(self: Arc<Self>) {
+        tokio::spawn(self.clone().sweep());
         let mut waiter = Waiter::default();
         loop {
             self.view.changed(&mut waiter).await;
@@ -386,6 +397,33 @@ impl Executor {
 
     fn run_dir(&self, id: &AgreementId, attempt: u64) -> PathBuf {
         self.runs_dir.join(id.to_hex()).join(attempt.to_string())
+    }
+
+    /// Remove the directories of runs that are no longer this node's work,
+    /// once a minute until the node stops. Without it every run would
+    /// leave its directory behind for good. Removing one is never unsafe,
+    /// only wasteful: a replica whose remembered result is gone runs again
+    /// and, its nonce being derived, reports the same commitment.
+    async fn sweep(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(SWEEP_EVERY).await;
+            if self.view.stopping() {
+                return;
+            }
+            let Ok(mut keep) = self.view.jobs().await.map(BTreeSet::from_iter) else { continue };
+            keep.extend(self.in_flight.lock().expect("in-flight set").iter().copied());
+            let runs_dir = self.runs_dir.clone();
+            let swept = tokio::task::spawn_blocking(move || {
+                sweep_runs(&runs_dir, &keep, std::time::SystemTime::now(), RUN_DIR_GRACE, SWEEP_MAX)
+            })
+            .await;
+            match swept {
+                Ok(Ok(0)) => {}
+                Ok(Ok(removed)) => tracing::debug!(removed, "collected finished runs' directories"),
+                Ok(Err(error)) => tracing::warn!(%error, "cannot collect finished runs' directories"),
+                Err(error) => tracing::warn!(%error, "the run directory sweep stopped"),
+            }
+        }
     }
 
     /// Run (or resume) one replica to its reveal.
@@ -570,6 +608,41 @@ impl Executor {
     }
 }
 
+/// Remove `runs_dir/<agreement>/<attempt>` directories that `keep` does
+/// not name and that have not changed for `grace` before `now`, at most
+/// `max` of them; an agreement's directory goes once it is empty.
+/// Anything else there (the cage's mount point) is left alone. Returns
+/// how many run directories went.
+fn sweep_runs(
+    runs_dir: &Path,
+    keep: &BTreeSet<(AgreementId, u64)>,
+    now: std::time::SystemTime,
+    grace: Duration,
+    max: usize,
+) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for agreement in std::fs::read_dir(runs_dir)? {
+        let agreement = agreement?;
+        let Some(id) = agreement.file_name().to_str().and_then(|name| AgreementId::from_hex(name).ok()) else {
+            continue;
+        };
+        for run in std::fs::read_dir(agreement.path())? {
+            let run = run?;
+            let Some(attempt) = run.file_name().to_str().and_then(|name| name.parse::<u64>().ok()) else { continue };
+            let changed = run.metadata()?.modified()?;
+            let settled = now.duration_since(changed).is_ok_and(|age| age >= grace);
+            if removed >= max || keep.contains(&(id, attempt)) || !settled {
+                continue;
+            }
+            std::fs::remove_dir_all(run.path())?;
+            removed += 1;
+        }
+        // Fails while runs of the agreement remain, which is the point.
+        let _ = std::fs::remove_dir(agreement.path());
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -585,5 +658,42 @@ mod tests {
         assert_ne!(run_nonce(&node, &id, 1), run_nonce(&node, &id, 2));
         assert_ne!(run_nonce(&node, &id, 1), run_nonce(&node, &AgreementId([8; 32]), 1));
         assert_ne!(run_nonce(&node, &id, 1), run_nonce(&other, &id, 1));
+    }
+
+    #[test]
+    fn the_sweep_removes_settled_runs_that_are_not_this_nodes_work_and_nothing_else() {
+        let runs = tempfile::tempdir().unwrap();
+        let make = |id: &AgreementId, attempt: u64| {
+            let dir = runs.path().join(id.to_hex()).join(attempt.to_string());
+            std::fs::create_dir_all(dir.join("out")).unwrap();
+            std::fs::write(dir.join("result.json"), b"{}").unwrap();
+            dir
+        };
+        let (done, assigned, other) = (AgreementId([1; 32]), AgreementId([2; 32]), AgreementId([3; 32]));
+        let finished = make(&done, 1);
+        let still_mine = make(&assigned, 4);
+        let (older, newer) = (make(&other, 1), make(&other, 2));
+        let mount_point = runs.path().join("docklock-cage-root-0");
+        std::fs::create_dir(&mount_point).unwrap();
+        let keep = BTreeSet::from([(assigned, 4), (other, 2)]);
+        let grace = Duration::from_secs(600);
+        let now = std::time::SystemTime::now();
+
+        // Nothing has settled yet.
+        assert_eq!(sweep_runs(runs.path(), &keep, now, grace, 100).unwrap(), 0);
+        assert!(finished.exists() && older.exists());
+
+        let later = now + grace + Duration::from_secs(1);
+        assert_eq!(sweep_runs(runs.path(), &keep, later, grace, 100).unwrap(), 2);
+        assert!(!finished.exists() && !older.exists(), "settled runs nobody needs are removed");
+        assert!(!runs.path().join(done.to_hex()).exists(), "an agreement's empty directory goes too");
+        assert!(still_mine.join("result.json").exists() && newer.join("result.json").exists(), "kept runs stay");
+        assert!(runs.path().join(other.to_hex()).exists(), "an agreement with a kept run stays");
+        assert!(mount_point.exists(), "the cage's mount point is not a run");
+
+        // A bounded sweep removes at most its share.
+        let (a, b) = (make(&done, 1), make(&done, 2));
+        assert_eq!(sweep_runs(runs.path(), &keep, later, grace, 1).unwrap(), 1);
+        assert!(a.exists() != b.exists());
     }
 }
