@@ -611,8 +611,10 @@ impl Executor {
 /// Remove `runs_dir/<agreement>/<attempt>` directories that `keep` does
 /// not name and that have not changed for `grace` before `now`, at most
 /// `max` of them; an agreement's directory goes once it is empty.
-/// Anything else there (the cage's mount point) is left alone. Returns
-/// how many run directories went.
+/// Anything else there (the cage's mount point) is left alone, and a run
+/// that cannot be read or removed is skipped, so one bad directory does
+/// not stop the collection of the rest. Returns how many run directories
+/// went.
 fn sweep_runs(
     runs_dir: &Path,
     keep: &BTreeSet<(AgreementId, u64)>,
@@ -626,16 +628,17 @@ fn sweep_runs(
         let Some(id) = agreement.file_name().to_str().and_then(|name| AgreementId::from_hex(name).ok()) else {
             continue;
         };
-        for run in std::fs::read_dir(agreement.path())? {
-            let run = run?;
-            let Some(attempt) = run.file_name().to_str().and_then(|name| name.parse::<u64>().ok()) else { continue };
-            let changed = run.metadata()?.modified()?;
-            let settled = now.duration_since(changed).is_ok_and(|age| age >= grace);
-            if removed >= max || keep.contains(&(id, attempt)) || !settled {
-                continue;
+        let Ok(runs) = std::fs::read_dir(agreement.path()) else { continue };
+        for run in runs.flatten() {
+            if removed >= max {
+                return Ok(removed);
             }
-            std::fs::remove_dir_all(run.path())?;
-            removed += 1;
+            let Some(attempt) = run.file_name().to_str().and_then(|name| name.parse::<u64>().ok()) else { continue };
+            let changed = run.metadata().and_then(|meta| meta.modified());
+            let settled = changed.is_ok_and(|changed| now.duration_since(changed).is_ok_and(|age| age >= grace));
+            if settled && !keep.contains(&(id, attempt)) && std::fs::remove_dir_all(run.path()).is_ok() {
+                removed += 1;
+            }
         }
         // Fails while runs of the agreement remain, which is the point.
         let _ = std::fs::remove_dir(agreement.path());
