@@ -2,6 +2,13 @@
 //! (what `docker export` writes) unpacked once into a content-addressed
 //! cache keyed by the tarball's SHA3-256.
 //!
+//! The cache is bounded: after an archive is unpacked, the least recently
+//! used trees beyond [`CACHE_TREES_MAX`] or [`CACHE_BYTES_MAX`] are removed.
+//! Each tree has a lease file beside it (`<digest>.lease`, holding the
+//! tree's size) that a run holds a shared lock on while the tree may be
+//! mounted, and whose modification time says when it was last used; a tree
+//! is removed only under an exclusive lock, so never from under a run.
+//!
 //! Unpacking is defensive: entries are written with no-follow checks on
 //! every path component (a symlink in the archive can never redirect a later
 //! entry onto the host), `..` and absolute entry paths are refused, hard
@@ -55,6 +62,11 @@ pub const RESERVED: [&str; 6] = ["in", "out", "tmp", "proc", "dev", ".old"];
 const ENTRIES_MAX: u64 = 1_000_000;
 /// Most bytes a tarball may unpack to.
 const UNPACKED_BYTES_MAX: u64 = 8 << 30;
+/// Most unpacked trees the cache keeps (the one just unpacked and those in
+/// use are kept even beyond it).
+pub const CACHE_TREES_MAX: usize = 32;
+/// Most bytes of unpacked trees the cache keeps, likewise.
+pub const CACHE_BYTES_MAX: u64 = 16 << 30;
 
 /// A root filesystem ready to mount: the directory whose top-level entries
 /// become `/`, and which of them to show.
@@ -66,6 +78,9 @@ pub struct Prepared {
     pub entries: Vec<String>,
     /// How the witness header names it.
     pub description: String,
+    /// The shared lock that keeps an unpacked tree in the cache while a run
+    /// may mount it (none for `host`).
+    _lease: Option<std::sync::Arc<File>>,
 }
 
 /// Why a rootfs cannot be used.
@@ -96,29 +111,43 @@ pub fn prepare(rootfs: &Rootfs, cache: &Path) -> Result<Prepared, RootfsError> {
             source: PathBuf::from("/"),
             entries: HOST_ENTRIES.iter().map(|e| (*e).to_owned()).collect(),
             description: "host".into(),
+            _lease: None,
         }),
         Rootfs::Tarball(path) | Rootfs::Image(path) => {
             let digest = crate::digests::digest(path, Some(cache)).map_err(io(format!("hash {}", path.display())))?;
             let hex = hex::encode(digest);
-            let dir = cache.join("rootfs").join(&hex);
+            let trees = cache.join("rootfs");
+            std::fs::create_dir_all(&trees).map_err(io("create the rootfs cache"))?;
+            let lease = lease(&trees, &hex)?;
+            let dir = trees.join(&hex);
             if !dir.exists() {
-                std::fs::create_dir_all(cache.join("rootfs")).map_err(io("create the rootfs cache"))?;
                 let partial = tempfile::Builder::new()
                     .prefix(".unpacking-")
-                    .tempdir_in(cache.join("rootfs"))
+                    .tempdir_in(&trees)
                     .map_err(io("create an unpack directory"))?;
-                if matches!(rootfs, Rootfs::Image(_)) {
-                    unpack_image(path, partial.path())?;
+                let unpacked = if matches!(rootfs, Rootfs::Image(_)) {
+                    unpack_image(path, partial.path())
                 } else {
-                    let file = File::open(path).map_err(io(format!("open {}", path.display())))?;
-                    unpack(BufReader::new(file), partial.path())?;
+                    File::open(path)
+                        .map_err(io(format!("open {}", path.display())))
+                        .and_then(|file| unpack(BufReader::new(file), partial.path()))
+                };
+                if let Err(error) = unpacked {
+                    // Its lease is collected with whatever else is stale.
+                    drop((partial, lease));
+                    collect(&trees, "");
+                    return Err(error);
                 }
+                let size = disk_usage(partial.path());
                 // Another run may have unpacked the same digest meanwhile:
                 // its copy is as good as ours.
                 let unpacked = partial.keep();
                 if std::fs::rename(&unpacked, &dir).is_err() {
                     let _ = std::fs::remove_dir_all(&unpacked);
                 }
+                // Best effort: an unreadable size counts as none.
+                let _ = std::fs::write(trees.join(format!("{hex}.lease")), size.to_string());
+                collect(&trees, &hex);
             }
             let mut entries = Vec::new();
             for entry in std::fs::read_dir(&dir).map_err(io("list the rootfs"))? {
@@ -129,9 +158,139 @@ pub fn prepare(rootfs: &Rootfs, cache: &Path) -> Result<Prepared, RootfsError> {
             }
             entries.sort();
             let kind = if matches!(rootfs, Rootfs::Image(_)) { "image" } else { "tarball" };
-            Ok(Prepared { source: dir, entries, description: format!("{kind} sha3-256:{hex}") })
+            Ok(Prepared {
+                source: dir,
+                entries,
+                description: format!("{kind} sha3-256:{hex}"),
+                _lease: Some(std::sync::Arc::new(lease)),
+            })
         }
     }
+}
+
+/// A shared lock on the lease of tree `hex`, taken before the tree is
+/// looked at, and marked used now. The lease may be removed between its
+/// open and the lock (its tree was being collected): then it is opened
+/// again.
+fn lease(trees: &Path, hex: &str) -> Result<File, RootfsError> {
+    use std::os::unix::fs::MetadataExt;
+    let path = trees.join(format!("{hex}.lease"));
+    // A collection removes a lease only while holding its exclusive lock,
+    // so a few rounds always suffice; the bound only keeps a broken cache
+    // directory from spinning.
+    for _ in 0..100 {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .read(true)
+            .open(&path)
+            .map_err(io(format!("open {}", path.display())))?;
+        file.lock_shared().map_err(io(format!("lock {}", path.display())))?;
+        let held = file.metadata().map_err(io("inspect a lease"))?;
+        let current = std::fs::metadata(&path);
+        if current.is_ok_and(|current| current.ino() == held.ino() && current.dev() == held.dev()) {
+            // Best effort: a lease that cannot be touched is only
+            // collected sooner.
+            let _ = file.set_modified(std::time::SystemTime::now());
+            return Ok(file);
+        }
+    }
+    Err(RootfsError::Io {
+        what: format!("lock {}", path.display()),
+        source: std::io::Error::other("the lease kept being removed"),
+    })
+}
+
+/// Bytes the tree at `root` takes on disk (not following symlinks).
+fn disk_usage(root: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(children) = std::fs::read_dir(&dir) else { continue };
+        for child in children.flatten() {
+            let Ok(meta) = child.metadata() else { continue };
+            total = total.saturating_add(meta.blocks().saturating_mul(512));
+            if meta.is_dir() {
+                pending.push(child.path());
+            }
+        }
+    }
+    total
+}
+
+/// Remove the least recently used trees of the cache at `trees` beyond
+/// its bounds, sparing `keep` and every tree a run holds a lease on; and
+/// what crashed or failed runs left: leases without a tree, trees half
+/// removed, unpacks abandoned a day ago. Best effort: what cannot be
+/// removed now is tried after the next unpack.
+fn collect(trees: &Path, keep: &str) {
+    collect_within(trees, keep, CACHE_TREES_MAX, CACHE_BYTES_MAX);
+}
+
+fn collect_within(trees: &Path, keep: &str, trees_max: usize, bytes_max: u64) {
+    struct Tree {
+        hex: String,
+        used: std::time::SystemTime,
+        size: u64,
+    }
+    let is_digest = |name: &str| name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+    let abandoned = std::time::SystemTime::now() - std::time::Duration::from_secs(24 * 3600);
+    let Ok(listing) = std::fs::read_dir(trees) else { return };
+    let mut cached = Vec::new();
+    for entry in listing.flatten() {
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+        let modified = entry.metadata().and_then(|meta| meta.modified()).unwrap_or(std::time::UNIX_EPOCH);
+        if name.starts_with(".evicting-") || (name.starts_with(".unpacking-") && modified < abandoned) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        } else if let Some(hex) = name.strip_suffix(".lease").filter(|hex| is_digest(hex) && *hex != keep) {
+            if !trees.join(hex).exists() {
+                evict(trees, hex);
+            }
+        } else if is_digest(&name) {
+            let lease = trees.join(format!("{name}.lease"));
+            let used = std::fs::metadata(&lease).and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+            let size = std::fs::read_to_string(&lease).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+            cached.push(Tree { hex: name, used, size });
+        }
+    }
+    cached.sort_by_key(|tree| tree.used);
+    let mut count = cached.len();
+    let mut bytes: u64 = cached.iter().map(|tree| tree.size).sum();
+    for tree in cached {
+        if count <= trees_max && bytes <= bytes_max {
+            break;
+        }
+        if tree.hex != keep && evict(trees, &tree.hex) {
+            count -= 1;
+            bytes -= tree.size;
+        }
+    }
+}
+
+/// Remove tree `hex` and its lease unless a run holds the lease; whether
+/// the tree is gone.
+fn evict(trees: &Path, hex: &str) -> bool {
+    let path = trees.join(format!("{hex}.lease"));
+    let Ok(lease) = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path) else {
+        return false;
+    };
+    if lease.try_lock().is_err() {
+        return false;
+    }
+    // Out of sight under the lock: a run that takes the lease after this
+    // finds no tree and unpacks its own.
+    let doomed = trees.join(format!(".evicting-{hex}-{}", std::process::id()));
+    match std::fs::rename(trees.join(hex), &doomed) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(_) => return false,
+    }
+    let _ = std::fs::remove_file(&path);
+    drop(lease);
+    let _ = std::fs::remove_dir_all(&doomed);
+    true
 }
 
 fn safe_relative(path: &Path) -> Result<PathBuf, RootfsError> {
@@ -379,6 +538,61 @@ mod tests {
         header.set_mode(mode);
         header.set_size(size);
         header
+    }
+
+    #[test]
+    fn the_cache_drops_least_recently_used_trees_but_never_one_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let trees = cache.join("rootfs");
+        let tarballs: Vec<PathBuf> = (0..5)
+            .map(|i| {
+                let path = dir.path().join(format!("root-{i}.tar"));
+                let name = format!("file-{i}");
+                let body = vec![b'x'; 10_000];
+                let bytes = archive(|b| {
+                    b.append_data(&mut header(tar::EntryType::Regular, 0o644, body.len() as u64), &name, &body[..])
+                        .unwrap()
+                });
+                std::fs::write(&path, bytes).unwrap();
+                path
+            })
+            .collect();
+        let mut prepared: Vec<Prepared> =
+            tarballs.iter().map(|path| prepare(&Rootfs::Tarball(path.clone()), &cache).unwrap()).collect();
+        // Last used in the order made, a second apart.
+        let epoch = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
+        for (i, tree) in prepared.iter().enumerate() {
+            let lease = tree._lease.as_ref().unwrap();
+            lease.set_modified(epoch + std::time::Duration::from_secs(i as u64)).unwrap();
+        }
+        let size = disk_usage(&prepared[0].source);
+        assert!(size >= 10_000, "{size} bytes on disk");
+        let held = prepared.remove(0);
+        drop(prepared);
+        std::fs::create_dir(trees.join(".evicting-abc-1")).unwrap();
+        let orphan = trees.join(format!("{}.lease", "ab".repeat(32)));
+        std::fs::write(&orphan, "0").unwrap();
+
+        collect_within(&trees, "", 2, u64::MAX);
+        let kept: Vec<bool> = (0..5).map(|i| trees.join(hex_of(&tarballs[i])).exists()).collect();
+        assert_eq!(kept, [true, false, false, false, true], "the oldest is in use; the newest two stay");
+        assert!(held.source.join("file-0").exists(), "a tree in use keeps its files");
+        assert!(!trees.join(format!("{}.lease", hex_of(&tarballs[1]))).exists(), "an evicted tree's lease goes");
+        assert!(!trees.join(".evicting-abc-1").exists() && !orphan.exists(), "leftovers are removed");
+
+        drop(held);
+        collect_within(&trees, "", 10, size);
+        let kept: Vec<bool> = (0..5).map(|i| trees.join(hex_of(&tarballs[i])).exists()).collect();
+        assert_eq!(kept, [false, false, false, false, true], "the byte budget keeps the newest");
+
+        // An evicted tree is unpacked again when a run needs it.
+        let again = prepare(&Rootfs::Tarball(tarballs[1].clone()), &cache).unwrap();
+        assert!(again.source.join("file-1").exists());
+    }
+
+    fn hex_of(path: &Path) -> String {
+        hex::encode(crate::witness::digest(&std::fs::read(path).unwrap()))
     }
 
     #[test]
