@@ -145,8 +145,11 @@ pub fn prepare(rootfs: &Rootfs, cache: &Path) -> Result<Prepared, RootfsError> {
                 if std::fs::rename(&unpacked, &dir).is_err() {
                     let _ = std::fs::remove_dir_all(&unpacked);
                 }
-                // Best effort: an unreadable size counts as none.
-                let _ = std::fs::write(trees.join(format!("{hex}.lease")), size.to_string());
+                // Through the lease held (the lock keeps it the one at its
+                // path). Best effort: an unreadable size counts as none.
+                let _ = lease
+                    .set_len(0)
+                    .and_then(|()| std::os::unix::fs::FileExt::write_all_at(&lease, size.to_string().as_bytes(), 0));
                 collect(&trees, &hex);
             }
             let mut entries = Vec::new();
@@ -249,9 +252,15 @@ fn collect_within(trees: &Path, keep: &str, trees_max: usize, bytes_max: u64) {
                 evict(trees, hex);
             }
         } else if is_digest(&name) {
-            let lease = trees.join(format!("{name}.lease"));
-            let used = std::fs::metadata(&lease).and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
-            let size = std::fs::read_to_string(&lease).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+            // One open for both: a tree without a lease was never used.
+            let (mut used, mut size) = (std::time::UNIX_EPOCH, 0);
+            if let Ok(mut lease) = File::open(trees.join(format!("{name}.lease"))) {
+                used = lease.metadata().and_then(|meta| meta.modified()).unwrap_or(used);
+                let mut text = String::new();
+                if lease.read_to_string(&mut text).is_ok() {
+                    size = text.trim().parse().unwrap_or(0);
+                }
+            }
             cached.push(Tree { hex: name, used, size });
         }
     }
