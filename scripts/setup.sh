@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing DockLock needs on a fresh Debian machine
 # that has Rust (rustup, stable): a C toolchain (some dependencies build C;
-# the cage's tests build static C programs), python3 (a cage test runs it),
+# the cage's tests build static C programs), python3 and nodejs (cage tests
+# run them),
 # and iproute2 and iptables (the chaos tests' namespaces and faults).
 # Idempotent; later capabilities add their packages here.
 set -euo pipefail
@@ -11,6 +12,8 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # The cage's tests run Debian's python3 (a runtime with its own randomness).
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
+# ... and Debian's Node.js (V8 and libuv: a JIT, a thread pool, timers).
+[ -x /usr/bin/node ] || need_apt+=(nodejs)
 # The chaos tests put nodes in network namespaces (ip, from iproute2) and
 # cut and delay packets with iptables (NFQUEUE); the Docker backend imports
 # an image with tar.

@@ -124,7 +124,10 @@ pub fn serve() -> io::Result<()> {
                 std::thread::spawn(move || {
                     let result = std::fs::File::create(&stdout)
                         .map_err(|source| CageError::Io { what: format!("create {}", stdout.display()), source })
-                        .and_then(|sink| run_cancellable(&spec, &witness, out_dir.as_deref(), sink, &cancel));
+                        // Stderr is in the witness log, where the agent reads it.
+                        .and_then(|sink| {
+                            run_cancellable(&spec, &witness, out_dir.as_deref(), (sink, std::io::sink()), &cancel)
+                        });
                     cancels.lock().expect("cancel flags").remove(&id);
                     let response = Response { id, result: result.map_err(WireError::from) };
                     // The agent gone, nobody is waiting for the answer.

@@ -241,7 +241,8 @@ fn check_name(name: &str) -> Result<(), CageError> {
     }
 }
 
-/// Run `spec` with the host rootfs; stdout goes to `stdout` as well as the
+/// Run `spec`; the program's stdout goes to `stdout` a witness chunk at a
+/// time and its stderr to `stderr` as it is read, as well as to the
 /// witness log written to `witness_path`; output files are copied to
 /// `out_dir` if given.
 pub fn run(
@@ -249,18 +250,20 @@ pub fn run(
     witness_path: &Path,
     out_dir: Option<&Path>,
     stdout: impl std::io::Write + Send,
+    stderr: impl std::io::Write + Send,
 ) -> Result<Outcome, CageError> {
-    run_cancellable(spec, witness_path, out_dir, stdout, &AtomicBool::new(false))
+    run_cancellable(spec, witness_path, out_dir, (stdout, stderr), &AtomicBool::new(false))
 }
 
-/// [`run`], ending early with [`CageError::Cancelled`] once `cancel` is set
-/// (seen within [`CANCEL_POLL_MS`]): an agent stops a replica that is no
-/// longer its own (the agreement timed out or moved).
+/// [`run`] with its two sinks as a pair (stdout, stderr), ending early with
+/// [`CageError::Cancelled`] once `cancel` is set (seen within
+/// [`CANCEL_POLL_MS`]): an agent stops a replica that is no longer its own
+/// (the agreement timed out or moved).
 pub fn run_cancellable(
     spec: &RunSpec,
     witness_path: &Path,
     out_dir: Option<&Path>,
-    mut stdout: impl std::io::Write + Send,
+    mut sinks: (impl std::io::Write + Send, impl std::io::Write + Send),
     cancel: &AtomicBool,
 ) -> Result<Outcome, CageError> {
     let started = Instant::now();
@@ -311,7 +314,7 @@ pub fn run_cancellable(
         Ok(started_run) => {
             let unpinned = pinned.as_ref().map(|pinned| pinned.previous);
             let caller = Caller { out_dir, cancel };
-            execute(started_run, spec, cgroup.as_ref(), unpinned, &mut witness, &mut stdout, caller)?
+            execute(started_run, spec, cgroup.as_ref(), unpinned, &mut witness, &mut sinks, caller)?
         }
     };
     witness.record(&Record::End(verdict.describe())).map_err(io("write the witness log"))?;
@@ -578,7 +581,7 @@ fn execute(
     cgroup: Option<&Cgroup>,
     unpinned: Option<libc::cpu_set_t>,
     witness: &mut WitnessWriter<BackgroundWriter>,
-    stdout_sink: &mut (impl std::io::Write + Send),
+    sinks: &mut (impl std::io::Write + Send, impl std::io::Write + Send),
     caller: Caller<'_>,
 ) -> Result<(Verdict, Vec<String>), CageError> {
     let Caller { out_dir, cancel } = caller;
@@ -593,7 +596,7 @@ fn execute(
             if let Some(set) = &unpinned {
                 set_affinity(set);
             }
-            collect_output([stdout, stderr, status], limits, &keeper_fd, witness, stdout_sink, cancel)
+            collect_output([stdout, stderr, status], limits, &keeper_fd, witness, sinks, cancel)
         });
         match sandbox::await_workload(&announce) {
             Ok(Some(workload)) => {
@@ -783,7 +786,7 @@ fn collect_output(
     limits: &Limits,
     keeper: &std::os::fd::OwnedFd,
     witness: &mut WitnessWriter<BackgroundWriter>,
-    stdout_sink: &mut impl std::io::Write,
+    (stdout_sink, stderr_sink): &mut (impl std::io::Write, impl std::io::Write),
     cancel: &AtomicBool,
 ) -> Result<Collected, CageError> {
     let deadline = Instant::now() + Duration::from_millis(limits.wall_ms);
@@ -851,6 +854,7 @@ fn collect_output(
                 supervisor::kill_keeper(keeper);
             }
             if slot == 1 {
+                stderr_sink.write_all(&buffer[..allowed]).map_err(io("write stderr"))?;
                 stderr.extend_from_slice(&buffer[..allowed]);
                 continue;
             }

@@ -122,6 +122,7 @@ fn handling<'a>(name: &str) -> Handling<'a> {
         "getcpu" => Handling::Emulate(Supervisor::getcpu),
         "sched_getaffinity" => Handling::Emulate(Supervisor::sched_getaffinity),
         "open" => Handling::AtExit(|regs| Pending::Open { flags: regs.rsi as i32 }),
+        "creat" => Handling::AtExit(|_| Pending::Open { flags: libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC }),
         "openat" => Handling::AtExit(|regs| Pending::Open { flags: regs.rdx as i32 }),
         "getdents64" => Handling::Emulate(Supervisor::getdents64),
         "fstat" | "stat" | "lstat" => Handling::AtExit(|regs| Pending::Stat { buffer: regs.rsi }),
@@ -131,6 +132,7 @@ fn handling<'a>(name: &str) -> Handling<'a> {
         "readlink" => Handling::AtExit(|regs| Pending::Link { buffer: regs.rsi, size: regs.rdx }),
         "readlinkat" => Handling::AtExit(|regs| Pending::Link { buffer: regs.rdx, size: regs.r10 }),
         "rseq" => Handling::Emulate(|_, _, _| -i64::from(libc::ENOSYS)),
+        "pkey_alloc" => Handling::Emulate(|_, _, regs| pkey_alloc(regs.rdi, regs.rsi)),
         "prctl" => Handling::Check(prctl_allowed),
         "arch_prctl" => Handling::Check(arch_prctl_allowed),
         "setsockopt" => Handling::Check(setsockopt_allowed),
@@ -1338,6 +1340,19 @@ fn proc_path_allowed(path: &str) -> bool {
     entry.is_none_or(|entry| PER_PROCESS.contains(&entry))
 }
 
+/// `pkey_alloc(flags, access)` as the kernel answers it on a CPU without
+/// protection keys, which is what the virtual CPU announces (leaf 7 has no
+/// PKU): `EINVAL` for flags or access rights it does not know, else
+/// `ENOSPC`, no key left. Runtimes that use keys (V8) fall back to
+/// `mprotect`.
+fn pkey_alloc(flags: u64, access: u64) -> i64 {
+    const ACCESS_KNOWN: u64 = 0x3; // PKEY_DISABLE_ACCESS | PKEY_DISABLE_WRITE
+    if flags != 0 || access & !ACCESS_KNOWN != 0 {
+        return -i64::from(libc::EINVAL);
+    }
+    -i64::from(libc::ENOSPC)
+}
+
 /// `prctl` options that would undo the cage: re-enable the time-stamp
 /// counter, or stack a seccomp filter whose trace data could pose as ours.
 fn prctl_allowed(regs: &libc::user_regs_struct) -> Option<&'static str> {
@@ -1703,6 +1718,16 @@ fn set_registers(pid: libc::pid_t, regs: &libc::user_regs_struct) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protection_keys_are_answered_as_on_a_cpu_without_them() {
+        let enospc = -i64::from(libc::ENOSPC);
+        let einval = -i64::from(libc::EINVAL);
+        assert_eq!(pkey_alloc(0, 0), enospc);
+        assert_eq!(pkey_alloc(0, 0x3), enospc, "both access rights are known");
+        assert_eq!(pkey_alloc(1, 0), einval, "no flags are defined");
+        assert_eq!(pkey_alloc(0, 0x4), einval, "an unknown access right");
+    }
 
     #[test]
     fn proc_is_allowed_only_where_it_shows_no_host_state() {

@@ -25,7 +25,8 @@ fn spec(program: &str, args: &[&str]) -> RunSpec {
 
 fn cage(spec: &RunSpec, dir: &Path) -> (Outcome, String) {
     let mut stdout = Vec::new();
-    let outcome = run(spec, &dir.join("witness.log"), Some(&dir.join("out")), &mut stdout).expect("the cage runs");
+    let outcome = run(spec, &dir.join("witness.log"), Some(&dir.join("out")), &mut stdout, std::io::sink())
+        .expect("the cage runs");
     (outcome, String::from_utf8_lossy(&stdout).into_owned())
 }
 
@@ -335,13 +336,13 @@ fn a_witness_log_is_replaced_whole_or_not_at_all() {
     std::fs::write(&path, b"the previous log").unwrap();
     let mut missing_input = spec("/bin/true", &[]);
     missing_input.inputs = vec![("data".into(), dir.path().join("no-such-file"))];
-    let error = run(&missing_input, &path, None, Vec::new()).expect_err("the input is missing");
+    let error = run(&missing_input, &path, None, Vec::new(), Vec::new()).expect_err("the input is missing");
     assert!(error.to_string().contains("no-such-file"), "{error}");
     assert_eq!(std::fs::read(&path).unwrap(), b"the previous log");
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["witness.log"], "nothing partial is left");
 
-    let outcome = run(&spec("/bin/true", &[]), &path, None, Vec::new()).expect("the cage runs");
+    let outcome = run(&spec("/bin/true", &[]), &path, None, Vec::new(), Vec::new()).expect("the cage runs");
     let (_, root) = witness::read(std::fs::File::open(&path).unwrap()).expect("a whole log");
     assert_eq!(hex::encode(root), outcome.root);
 }
@@ -687,6 +688,66 @@ int main(int argc, char **argv) {
 /// shows through: the header then names that CPU, so a root holds only
 /// among hosts with the same one, and the witness records the failed
 /// attempt (`ENODEV`). Either way the test says which case it checked.
+/// Calls runtimes make at start-up that the policy once denied outright
+/// (Node.js died at `capget`, V8 at `pkey_alloc`, GNU tar at `creat`):
+/// the legacy `creat` opens as `open` would, `capget` shows the cage's
+/// fixed capabilities (none, for the workload), and `pkey_alloc` finds no
+/// protection keys, as on the virtual CPU; the same answers every run.
+#[test]
+fn runtime_start_up_calls_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = compile_static(
+        dir.path(),
+        "startup",
+        r#"
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(void) {
+    long fd = syscall(SYS_creat, "/tmp/made", 0640);
+    long wrote = write((int)fd, "kept", 4);
+    close((int)fd);
+    char back[8] = {0};
+    int again = open("/tmp/made", O_RDONLY);
+    long got = read(again, back, sizeof back - 1);
+    printf("creat %ld wrote %ld read %ld %s\n", fd, wrote, got, back);
+    struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    long caps = syscall(SYS_capget, &header, data);
+    printf("capget %ld effective %x %x permitted %x %x\n", caps, data[0].effective, data[1].effective,
+           data[0].permitted, data[1].permitted);
+    long key = syscall(SYS_pkey_alloc, 0, 0);
+    printf("pkey_alloc %ld errno %d\n", key, key < 0 ? errno : 0);
+    long bad = syscall(SYS_pkey_alloc, 1, 0);
+    printf("pkey_alloc flags %ld errno %d\n", bad, bad < 0 ? errno : 0);
+    return 0;
+}
+"#,
+    );
+    let (first, stdout) = cage(&input_program(&binary, &[]), dir.path());
+    assert_eq!(first.verdict, Verdict::Ok, "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "creat 3 wrote 4 read 4 kept", "{stdout}");
+    assert_eq!(lines[1], "capget 0 effective 0 0 permitted 0 0", "{stdout}");
+    assert_eq!(lines[2], format!("pkey_alloc -1 errno {}", libc::ENOSPC), "{stdout}");
+    assert_eq!(lines[3], format!("pkey_alloc flags -1 errno {}", libc::EINVAL), "{stdout}");
+    let (again, stdout_again) = cage(&input_program(&binary, &[]), dir.path());
+    assert_eq!((&again.root, &stdout_again), (&first.root, &stdout), "the same answers, the same root");
+    let (records, _) = read_witness(dir.path());
+    let answered: Vec<(&str, i64)> = records
+        .iter()
+        .filter_map(|r| match r {
+            witness::Record::Call { name, result, .. } if name == "pkey_alloc" => Some((name.as_str(), *result)),
+            _ => None,
+        })
+        .collect();
+    let (enospc, einval) = (-i64::from(libc::ENOSPC), -i64::from(libc::EINVAL));
+    assert_eq!(answered, [("pkey_alloc", enospc), ("pkey_alloc", einval)], "each answer is witnessed");
+}
+
 #[test]
 fn the_cpu_a_program_sees_is_the_machine_class_the_header_names() {
     let dir = tempfile::tempdir().unwrap();

@@ -177,7 +177,8 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     // The program's stdout goes to ours only for text output.
     let sink: Box<dyn std::io::Write + Send> =
         if output == Output::Text { Box::new(std::io::stdout()) } else { Box::new(std::io::sink()) };
-    let outcome = run(&spec, &args.witness, args.out.as_deref(), sink)?;
+    // Its stderr goes to ours either way: JSON is on stdout.
+    let outcome = run(&spec, &args.witness, args.out.as_deref(), sink, std::io::stderr())?;
     if output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
@@ -249,7 +250,7 @@ pub fn replay_run(
         inputs.push((name.clone(), path.clone()));
     }
     let spec = run_spec.spec(inputs, rootfs, cache);
-    let outcome = run(&spec, replay_witness, None, std::io::sink())?;
+    let outcome = run(&spec, replay_witness, None, std::io::sink(), std::io::sink())?;
     let (replayed, _) = read_witness(replay_witness)?;
     match docklock_cage::replay::first_difference(&recorded, &replayed) {
         None => Ok((root, recorded.len(), outcome.verdict.describe())),

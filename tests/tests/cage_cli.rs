@@ -4,7 +4,7 @@
 use docklock_cage::witness::Record;
 use docklock_tests::cli;
 
-/// A run with an input, replayed: `match` with the same root; replayed with
+/// A run with an input (its stderr shown to the user), replayed: `match` with the same root; replayed with
 /// a changed input it is refused before running; a forged witness log (one
 /// stdout byte changed and the log rewritten) replays as diverged at the
 /// changed record, exit code 5; a log whose header names another machine
@@ -19,7 +19,7 @@ fn a_run_replays_to_the_same_root() {
     let witness_arg = witness.display().to_string();
     // A pipeline: its two processes show files to the supervisor at the
     // same time, in whatever order the host runs them.
-    let script = "sort -n /in/numbers; head -c 8 /dev/urandom | od -An -tx1; date +%s";
+    let script = "sort -n /in/numbers; head -c 8 /dev/urandom | od -An -tx1; echo a warning >&2; date +%s";
     let (code, stdout, stderr) = cli(&[
         "cage",
         "run",
@@ -37,6 +37,9 @@ fn a_run_replays_to_the_same_root() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.starts_with("1\n2\n3\n"), "{stdout}");
     assert!(stdout.ends_with("946684800\n"), "date reads the logical clock: {stdout}");
+    // The program's stderr is the user's to read, ahead of the verdict.
+    let warned = stderr.find("a warning\n").unwrap_or_else(|| panic!("the program's stderr is shown: {stderr}"));
+    assert!(warned < stderr.find("verdict ok").unwrap(), "{stderr}");
     let root =
         stderr.lines().find_map(|l| l.strip_prefix("witness root ")).unwrap().split(' ').next().unwrap().to_owned();
 

@@ -205,7 +205,7 @@ fn built() -> &'static Built {
                     let status = gcc.status().expect("gcc is needed (build-essential)");
                     assert!(status.success(), "{} does not build", path.display());
                 }
-                Some("py") => {
+                Some("py" | "js") => {
                     std::fs::copy(&path, dir.join(&stem)).unwrap();
                 }
                 _ => {}
@@ -302,8 +302,10 @@ fn spawn(command: &mut Command) -> std::process::Output {
 /// The probe's own command line: where it is, and how it is started.
 fn probe_argv(case: &Case, program: &str) -> Vec<String> {
     let mut argv = Vec::new();
-    if case.probe == "python" {
-        argv.push("/usr/bin/python3".into());
+    match case.probe {
+        "python" => argv.push("/usr/bin/python3".into()),
+        "node" => argv.push("/usr/bin/node".into()),
+        _ => {}
     }
     argv.push(program.into());
     argv.extend(case.args.iter().map(|a| (*a).to_owned()));
@@ -539,4 +541,5 @@ probes! {
     dynamically_linked: case("dynamic", &[], Same, Varies);
     python: case("python", &[], Same, Varies);
     python_threads: case("python", &["threads"], Same, Varies);
+    node: case("node", &[], Same, Varies);
 }

@@ -500,7 +500,7 @@ fn cage_starts(args: CageArgs) -> anyhow::Result<()> {
         // online discard here: 1-4 ms to free a file's blocks).
         let _ = std::fs::remove_file(&witness);
         let started = Instant::now();
-        let outcome = run(&spec, &witness, None, std::io::sink())?;
+        let outcome = run(&spec, &witness, None, std::io::sink(), std::io::sink())?;
         anyhow::ensure!(outcome.verdict == Verdict::Ok, "run {index}: {}", outcome.verdict.describe());
         if index >= 3 {
             times.push(started.elapsed().as_secs_f64() * 1e3);
