@@ -48,7 +48,7 @@ fn compile_rust(dir: &Path, name: &str, source: &str) -> std::path::PathBuf {
     std::fs::write(&source_path, source).unwrap();
     let binary = dir.join(name);
     let compiled = std::process::Command::new("rustc")
-        .args(["-O", "-C", "target-feature=+crt-static", "-o"])
+        .args(["--edition", "2021", "-O", "-C", "target-feature=+crt-static", "-o"])
         .arg(&binary)
         .arg(&source_path)
         .status();

@@ -285,6 +285,19 @@ pub fn recorded_inputs(witness_path: &std::path::Path) -> anyhow::Result<Vec<(St
         .collect())
 }
 
+/// What the program wrote to stderr, as a witness log recorded it.
+pub fn recorded_stderr(witness_path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let (recorded, _) = read_witness(witness_path)?;
+    Ok(recorded
+        .into_iter()
+        .filter_map(|record| match record {
+            Record::Stderr(bytes) => Some(bytes),
+            _ => None,
+        })
+        .flatten()
+        .collect())
+}
+
 /// One record in a line.
 fn summary(record: &Record) -> String {
     match record {

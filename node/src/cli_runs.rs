@@ -246,11 +246,14 @@ pub async fn logs(args: &ClientArgs, id: &AgreementId, node: Option<u64>) -> any
     let client = args.client()?;
     let info = client.get_agreement(id).await?;
     let run = chosen_run(&info, node)?;
+    let addresses = holders(&client, &args.endpoints).await;
     let temporary = tempfile::NamedTempFile::new()?;
-    client
-        .download_any(&holders(&client, &args.endpoints).await, &parse_digest(&run.stdout)?, temporary.path())
-        .await?;
+    client.download_any(&addresses, &parse_digest(&run.stdout)?, temporary.path()).await?;
     std::io::Write::write_all(&mut std::io::stdout(), &std::fs::read(temporary.path())?)?;
+    // Stderr is kept only in the run's witness log.
+    let witness = tempfile::NamedTempFile::new()?;
+    client.download_any(&addresses, &parse_digest(&run.witness)?, witness.path()).await?;
+    std::io::Write::write_all(&mut std::io::stderr(), &crate::cli_cage::recorded_stderr(witness.path())?)?;
     Ok(())
 }
 

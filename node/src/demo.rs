@@ -223,6 +223,7 @@ pub const ROWS: &str = "region,amount\neu-1,120\nus-2,75\nap-3,210\n";
 /// is deterministic only because the cage makes it so.
 pub const SCRIPT: &str = "set -e
 rows=$(wc -l < /in/rows.csv)
+echo \"counted $rows rows\" >&2
 random=$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')
 now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 echo \"rows=$rows random=$random time=$now\" > /out/result.txt

@@ -67,6 +67,7 @@ async fn a_signed_workload_runs_on_three_nodes_and_is_verified() -> anyhow::Resu
     let (code, logs, stderr) = cli(&["agreement", "logs", &id, "--endpoints", &endpoints]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(logs, result, "stdout is the cat of the result");
+    assert!(stderr.contains("counted 4 rows\n"), "the run's stderr, from its witness log: {stderr}");
     let (code, status, _) = cli(&["agreement", "status", &id, "--output", "json", "--endpoints", &endpoints]);
     assert_eq!(code, 0);
     let status: serde_json::Value = serde_json::from_str(&status)?;
