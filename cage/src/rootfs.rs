@@ -54,8 +54,11 @@ impl Rootfs {
     }
 }
 
-/// Host directories the `host` rootfs shows.
-pub const HOST_ENTRIES: [&str; 5] = ["usr", "bin", "lib", "lib64", "sbin"];
+/// Host directories the `host` rootfs shows. Of `/etc` (host
+/// configuration and identity: `hostname`, `machine-id`, users) only
+/// Debian's `alternatives`: `/usr/bin/awk`, `which`, `java` and hundreds
+/// more are links through it, dangling without it.
+pub const HOST_ENTRIES: [&str; 6] = ["usr", "bin", "lib", "lib64", "sbin", "etc/alternatives"];
 /// Top-level names the cage provides itself; a rootfs's own are hidden.
 pub const RESERVED: [&str; 6] = ["in", "out", "tmp", "proc", "dev", ".old"];
 /// Most entries a tarball may hold.

@@ -423,11 +423,20 @@ fn plan(
     let c = |path: &Path| sandbox::cstring(path.as_os_str().as_encoded_bytes()).map_err(io("a path"));
     let mut binds = Vec::new();
     let mut skeleton = Vec::new();
-    // Each top-level entry of the rootfs: a directory or file is bound
-    // read-only, a symlink (as on merged-/usr systems) recreated.
+    // Each entry of the rootfs (top-level, but for the host's
+    // `etc/alternatives`): a directory or file is bound read-only, a
+    // symlink (as on merged-/usr systems) recreated.
+    let mut parents = std::collections::BTreeSet::new();
     for name in &rootfs.entries {
         let source = rootfs.source.join(name);
         let target = root.join(name);
+        let outer_first: Vec<&Path> =
+            Path::new(name).ancestors().skip(1).filter(|dir| !dir.as_os_str().is_empty()).collect();
+        for parent in outer_first.into_iter().rev() {
+            if parents.insert(parent.to_owned()) {
+                skeleton.push(Node::Dir(c(&root.join(parent))?));
+            }
+        }
         match std::fs::symlink_metadata(&source) {
             Ok(meta) if meta.file_type().is_symlink() => {
                 let link = std::fs::read_link(&source).map_err(io("read a rootfs symlink"))?;

@@ -100,13 +100,15 @@ fn host_program_runs_and_is_witnessed() {
 }
 
 /// Inside: a fixed hostname, uid 1000, PID 2 (an init is PID 1), only loopback, an empty
-/// environment but TZ, cwd /tmp, and none of the host's files.
+/// environment but TZ, cwd /tmp, and none of the host's files but its system directories
+/// and, of `/etc`, the `alternatives` links commands such as `awk` go through.
 #[test]
 fn the_inside_is_isolated() {
     let dir = tempfile::tempdir().unwrap();
     let script = "echo host=$(cat /proc/sys/kernel/hostname) $(id) pid=$$ cwd=$(pwd); \
                   env | sort | tr '\\n' ' '; echo; ls /sys/class/net 2>&1 | tr '\\n' ' '; cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' \\n'; echo; \
-                  ls / | tr '\\n' ' '; echo; ls /root /home /etc 2>&1 | head -3 | tr '\\n' ' '";
+                  ls / | tr '\\n' ' '; echo; ls /root /home 2>&1 | head -3 | tr '\\n' ' '; echo; ls /etc; \
+                  echo a b | awk '{print $2}'";
     let (outcome, stdout) = cage(&shell(script), dir.path());
     assert_eq!(outcome.verdict, Verdict::Ok, "{outcome:?} {stdout}");
     let lines: Vec<&str> = stdout.lines().collect();
@@ -115,7 +117,10 @@ fn the_inside_is_isolated() {
     assert!(lines[1].starts_with("PWD=/tmp") || lines[1].contains("TZ=UTC"), "{stdout}");
     assert!(!lines[1].contains("HOME=") && !lines[1].contains("PATH=/root"), "no host environment: {stdout}");
     assert!(lines[2].ends_with("lo"), "only loopback: {stdout}");
-    assert!(!lines[3].contains("root") && !lines[3].contains("home") && !lines[3].contains("etc"), "{stdout}");
+    assert!(!lines[3].contains("root") && !lines[3].contains("home"), "{stdout}");
+    assert!(lines[4].contains("No such file"), "no /root, no /home: {stdout}");
+    assert_eq!(lines[5], "alternatives", "only the links of /etc, no host names or users: {stdout}");
+    assert_eq!(lines[6], "b", "awk, a link through /etc/alternatives, runs: {stdout}");
 }
 
 /// The root is read-only; /tmp and /out are writable; outputs are collected
