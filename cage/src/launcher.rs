@@ -124,7 +124,7 @@ pub fn serve() -> io::Result<()> {
                 std::thread::spawn(move || {
                     let result = std::fs::File::create(&stdout)
                         .map_err(|source| CageError::Io { what: format!("create {}", stdout.display()), source })
-                        // Stderr is in the witness log, where the agent reads it.
+                        // Stderr is kept in the witness log (`docklock agreement logs` reads it there).
                         .and_then(|sink| {
                             run_cancellable(&spec, &witness, out_dir.as_deref(), (sink, std::io::sink()), &cancel)
                         });

@@ -404,6 +404,24 @@ struct StagedInput {
     bytes: Vec<u8>,
 }
 
+/// The directories between `base` (made already) and `target`, outermost
+/// first, each made once (`made` remembers them): a nested name's
+/// directories come before it in the skeleton.
+fn push_parents(
+    skeleton: &mut Vec<Node>,
+    made: &mut std::collections::BTreeSet<PathBuf>,
+    base: &Path,
+    target: &Path,
+) -> Result<(), CageError> {
+    let parents: Vec<&Path> = target.ancestors().skip(1).take_while(|dir| *dir != base).collect();
+    for dir in parents.into_iter().rev() {
+        if made.insert(dir.to_owned()) {
+            skeleton.push(Node::Dir(sandbox::cstring(dir.as_os_str().as_encoded_bytes()).map_err(io("a path"))?));
+        }
+    }
+    Ok(())
+}
+
 /// Build the children's plan. Nothing of the new root is made on the
 /// host: the init builds it in a tmpfs from the skeleton.
 ///
@@ -426,17 +444,11 @@ fn plan(
     // Each entry of the rootfs (top-level, but for the host's
     // `etc/alternatives`): a directory or file is bound read-only, a
     // symlink (as on merged-/usr systems) recreated.
-    let mut parents = std::collections::BTreeSet::new();
+    let mut made = std::collections::BTreeSet::new();
     for name in &rootfs.entries {
         let source = rootfs.source.join(name);
         let target = root.join(name);
-        let outer_first: Vec<&Path> =
-            Path::new(name).ancestors().skip(1).filter(|dir| !dir.as_os_str().is_empty()).collect();
-        for parent in outer_first.into_iter().rev() {
-            if parents.insert(parent.to_owned()) {
-                skeleton.push(Node::Dir(c(&root.join(parent))?));
-            }
-        }
+        push_parents(&mut skeleton, &mut made, root, &target)?;
         match std::fs::symlink_metadata(&source) {
             Ok(meta) if meta.file_type().is_symlink() => {
                 let link = std::fs::read_link(&source).map_err(io("read a rootfs symlink"))?;
@@ -466,16 +478,9 @@ fn plan(
     }
     let input_dir = root.join("in");
     skeleton.push(Node::Dir(c(&input_dir)?));
-    let mut made = std::collections::BTreeSet::new();
     for StagedInput { name, bytes } in inputs {
         let target = input_dir.join(&name);
-        // Directories of a nested name, each once, before its files.
-        let parents: Vec<&Path> = target.ancestors().skip(1).take_while(|dir| *dir != input_dir).collect();
-        for dir in parents.into_iter().rev() {
-            if made.insert(dir.to_owned()) {
-                skeleton.push(Node::Dir(c(dir)?));
-            }
-        }
+        push_parents(&mut skeleton, &mut made, &input_dir, &target)?;
         skeleton.push(Node::Contents(c(&target)?, bytes, INPUT_MODE));
     }
     // A minimal /sys: the CPU lists libc reads to count processors (one,

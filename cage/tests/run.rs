@@ -168,7 +168,8 @@ fn verdicts() {
     assert!(matches!(&outcome.verdict, Verdict::CageError { reason } if reason.contains("exec")), "{outcome:?}");
 }
 
-/// The same run twice gives the same root; one changed input byte changes it.
+/// The same run twice gives the same root; one changed input byte changes it;
+/// inputs may have nested names.
 #[test]
 fn roots_are_stable_and_inputs_count() {
     let dir = tempfile::tempdir().unwrap();
@@ -184,6 +185,12 @@ fn roots_are_stable_and_inputs_count() {
     std::fs::write(&input, "abd").unwrap();
     let (third, _) = cage(&job, dir.path());
     assert_ne!(first.root, third.root);
+    // Nested names get their directories, each once, before their files.
+    let mut nested = shell("cat /in/a/b/x /in/a/y; ls /in/a");
+    nested.inputs = vec![("a/b/x".into(), input.clone()), ("a/y".into(), input.clone())];
+    let (outcome, stdout) = cage(&nested, dir.path());
+    assert_eq!(outcome.verdict, Verdict::Ok, "{outcome:?}");
+    assert_eq!(stdout, "abdabdb\ny\n");
 }
 
 /// Two processes showing host files at the same time (two `ls -i` in the

@@ -273,29 +273,27 @@ pub fn replay_run(
     }
 }
 
+/// What `pick` takes from each record of a witness log, in order.
+fn recorded<T>(witness_path: &std::path::Path, pick: impl FnMut(Record) -> Option<T>) -> anyhow::Result<Vec<T>> {
+    let (recorded, _) = read_witness(witness_path)?;
+    Ok(recorded.into_iter().filter_map(pick).collect())
+}
+
 /// The inputs a witness log recorded: (name, digest).
 pub fn recorded_inputs(witness_path: &std::path::Path) -> anyhow::Result<Vec<(String, [u8; 32])>> {
-    let (recorded, _) = read_witness(witness_path)?;
-    Ok(recorded
-        .into_iter()
-        .filter_map(|record| match record {
-            Record::Input { name, digest } => Some((name, digest)),
-            _ => None,
-        })
-        .collect())
+    recorded(witness_path, |record| match record {
+        Record::Input { name, digest } => Some((name, digest)),
+        _ => None,
+    })
 }
 
 /// What the program wrote to stderr, as a witness log recorded it.
 pub fn recorded_stderr(witness_path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    let (recorded, _) = read_witness(witness_path)?;
-    Ok(recorded
-        .into_iter()
-        .filter_map(|record| match record {
-            Record::Stderr(bytes) => Some(bytes),
-            _ => None,
-        })
-        .flatten()
-        .collect())
+    let chunks = recorded(witness_path, |record| match record {
+        Record::Stderr(bytes) => Some(bytes),
+        _ => None,
+    })?;
+    Ok(chunks.concat())
 }
 
 /// One record in a line.
