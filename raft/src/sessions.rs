@@ -9,14 +9,19 @@
 //! - at most [`CLIENTS_MAX`] clients, the least recently writing forgotten;
 //! - at most [`OUTCOME_BYTES_MAX`] of remembered outcomes, likewise.
 //!
-//! Outcomes are keyed `client \0 serial` in one ordered map, so a client's
-//! outcomes are a contiguous range in serial order.
+//! Each client's outcomes are kept with the client, in serial order: a
+//! retry or a new write costs one lookup by client id. Snapshots carry them
+//! in the shape they have always had (client records, and one map of
+//! outcomes keyed `client \0 serial`), so a data dir written by an earlier
+//! version still loads.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use imbl::OrdMap;
 
-use serde::{Deserialize, Serialize};
+use serde::ser::{SerializeMap, SerializeStruct};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::types::{Outcome, Response, WriteSession};
 
@@ -29,7 +34,7 @@ pub const OUTCOME_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Longest client id, in bytes.
 pub const CLIENT_ID_BYTES_MAX: usize = 128;
 
-/// What is remembered of one client besides its outcomes.
+/// What a snapshot holds of one client besides its outcomes.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct ClientRecord {
     /// Request sequence number of the client's latest write; orders eviction.
@@ -38,6 +43,30 @@ pub struct ClientRecord {
     pub retained: u32,
     /// Their size, as counted by [`outcome_bytes`].
     pub bytes: u64,
+}
+
+/// One client's session.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+struct Client {
+    /// Request sequence number of the client's latest write; orders eviction.
+    last_sequence: u64,
+    /// Size of `outcomes`, as counted by [`outcome_bytes`].
+    bytes: u64,
+    /// Retained outcomes by serial, ascending, at most [`SERIALS_RETAINED`].
+    /// Shared: a snapshot's copy of the map (and imbl's copy of a tree node
+    /// on write) costs a reference count, not the outcomes.
+    outcomes: Arc<Vec<(u64, Response)>>,
+}
+
+impl Client {
+    fn outcome(&self, serial: u64) -> Option<&Response> {
+        let found = self.outcomes.binary_search_by_key(&serial, |(s, _)| *s).ok()?;
+        Some(&self.outcomes[found].1)
+    }
+
+    fn oldest_serial(&self) -> Option<u64> {
+        self.outcomes.first().map(|(serial, _)| *serial)
+    }
 }
 
 /// A write whose session was seen before.
@@ -55,19 +84,90 @@ pub enum Seen {
 /// The session cache.
 #[derive(Debug, Clone, Default)]
 pub struct Sessions {
-    clients: OrdMap<String, ClientRecord>,
-    outcomes: OrdMap<String, Response>,
+    clients: OrdMap<String, Client>,
     /// Derived, never persisted: clients by `last_sequence`, for eviction.
     by_sequence: BTreeMap<u64, String>,
     /// Derived: sum of every client's `bytes`.
     bytes_total: u64,
 }
 
-/// A plain copy of the cache, for snapshots.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+/// A copy of the cache, for snapshots (an O(1) copy; see [`Client`]).
+#[derive(Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(from = "WireSessions")]
 pub struct SessionsState {
+    clients: OrdMap<String, Client>,
+}
+
+/// The snapshot shape of the cache.
+#[derive(Deserialize)]
+struct WireSessions {
     clients: OrdMap<String, ClientRecord>,
     outcomes: OrdMap<String, Response>,
+}
+
+impl From<WireSessions> for SessionsState {
+    fn from(wire: WireSessions) -> Self {
+        let mut clients: OrdMap<String, Client> = wire
+            .clients
+            .into_iter()
+            .map(|(name, record)| {
+                let client = Client { last_sequence: record.last_sequence, bytes: record.bytes, ..Client::default() };
+                (name, client)
+            })
+            .collect();
+        // Keys sort by client, then serial: each client's outcomes arrive
+        // in serial order.
+        for (key, response) in wire.outcomes {
+            let (name, serial) = split_outcome_key(&key);
+            if let Some(client) = clients.get_mut(name) {
+                Arc::make_mut(&mut client.outcomes).push((serial, response));
+            }
+        }
+        Self { clients }
+    }
+}
+
+impl Serialize for SessionsState {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut state = serializer.serialize_struct("SessionsState", 2)?;
+        state.serialize_field("clients", &Records(&self.clients))?;
+        state.serialize_field("outcomes", &Outcomes(&self.clients))?;
+        state.end()
+    }
+}
+
+/// The clients as [`ClientRecord`]s, in the wire shape.
+struct Records<'a>(&'a OrdMap<String, Client>);
+
+impl Serialize for Records<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, client) in self.0 {
+            let retained = client.outcomes.len() as u32;
+            map.serialize_entry(
+                name,
+                &ClientRecord { last_sequence: client.last_sequence, retained, bytes: client.bytes },
+            )?;
+        }
+        map.end()
+    }
+}
+
+/// Every client's outcomes as one map keyed `client \0 serial`, in key
+/// order (clients in name order, then serials: `\0` sorts first).
+struct Outcomes<'a>(&'a OrdMap<String, Client>);
+
+impl Serialize for Outcomes<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let count = self.0.values().map(|client| client.outcomes.len()).sum();
+        let mut map = serializer.serialize_map(Some(count))?;
+        for (name, client) in self.0 {
+            for (serial, response) in client.outcomes.iter() {
+                map.serialize_entry(&outcome_key(name, *serial), response)?;
+            }
+        }
+        map.end()
+    }
 }
 
 fn outcome_key(client: &str, serial: u64) -> String {
@@ -75,12 +175,9 @@ fn outcome_key(client: &str, serial: u64) -> String {
     format!("{client}\0{serial:020}")
 }
 
-fn client_range(client: &str) -> (String, String) {
-    (format!("{client}\0"), format!("{client}\u{1}"))
-}
-
-fn serial_of(key: &str) -> u64 {
-    key.rsplit('\0').next().and_then(|s| s.parse().ok()).expect("outcome keys end in a serial")
+fn split_outcome_key(key: &str) -> (&str, u64) {
+    let (client, serial) = key.rsplit_once('\0').expect("outcome keys hold a separator");
+    (client, serial.parse().expect("outcome keys end in a serial"))
 }
 
 /// Approximate memory an outcome holds: its values plus a fixed overhead.
@@ -104,14 +201,14 @@ pub fn invalid_client_id(client_id: &str) -> Option<String> {
 impl Sessions {
     /// Rebuild from a snapshot copy, recomputing the derived indexes.
     pub fn from_state(state: SessionsState) -> Self {
-        let by_sequence = state.clients.iter().map(|(client, record)| (record.last_sequence, client.clone())).collect();
-        let bytes_total = state.clients.values().map(|record| record.bytes).sum();
-        Self { clients: state.clients, outcomes: state.outcomes, by_sequence, bytes_total }
+        let by_sequence = state.clients.iter().map(|(name, client)| (client.last_sequence, name.clone())).collect();
+        let bytes_total = state.clients.values().map(|client| client.bytes).sum();
+        Self { clients: state.clients, by_sequence, bytes_total }
     }
 
-    /// A plain copy, for snapshots.
+    /// A copy, for snapshots.
     pub fn to_state(&self) -> SessionsState {
-        SessionsState { clients: self.clients.clone(), outcomes: self.outcomes.clone() }
+        SessionsState { clients: self.clients.clone() }
     }
 
     /// Number of clients remembered.
@@ -121,46 +218,51 @@ impl Sessions {
 
     /// What is known of a write's session: `None` if the write is new.
     pub fn deduplicate(&self, session: &WriteSession) -> Option<Seen> {
-        let record = self.clients.get(&session.client_id)?;
-        if let Some(first) = self.outcomes.get(&outcome_key(&session.client_id, session.serial)) {
+        let client = self.clients.get(&session.client_id)?;
+        if let Some(first) = client.outcome(session.serial) {
             return Some(Seen::Repeat(first.clone()));
         }
-        let oldest = self.oldest_serial(&session.client_id)?;
-        if record.retained >= SERIALS_RETAINED && session.serial < oldest {
+        let oldest = client.oldest_serial()?;
+        if client.outcomes.len() >= SERIALS_RETAINED as usize && session.serial < oldest {
             return Some(Seen::Expired { oldest_retained_serial: oldest });
         }
         None
     }
 
-    fn oldest_serial(&self, client: &str) -> Option<u64> {
-        let (start, end) = client_range(client);
-        self.outcomes.range(start..end).next().map(|(key, _)| serial_of(key))
-    }
-
-    /// Remember `response` as the outcome of `session`, the registry's
-    /// `sequence`-th request.
+    /// Remember `response` as the outcome of `session` (a write
+    /// [`Self::deduplicate`] found new), the registry's `sequence`-th
+    /// request.
     pub fn remember(&mut self, sequence: u64, session: &WriteSession, response: &Response) {
-        let client = &session.client_id;
-        let mut record = self.clients.get(client).cloned().unwrap_or_default();
-        if record.last_sequence != 0 {
-            self.by_sequence.remove(&record.last_sequence);
+        let name = &session.client_id;
+        if !self.clients.contains_key(name) {
+            self.clients.insert(name.clone(), Client::default());
+        }
+        let client = self.clients.get_mut(name).expect("inserted above");
+        if client.last_sequence != 0 {
+            self.by_sequence.remove(&client.last_sequence);
         }
         let size = outcome_bytes(response);
-        self.outcomes.insert(outcome_key(client, session.serial), response.clone());
-        record.retained += 1;
-        record.bytes += size;
+        let outcomes = Arc::make_mut(&mut client.outcomes);
+        match outcomes.binary_search_by_key(&session.serial, |(serial, _)| *serial) {
+            Ok(at) => {
+                // Not reached through `apply` (a repeat is answered, not
+                // remembered); replacing keeps the sizes right if it is.
+                let replaced = std::mem::replace(&mut outcomes[at].1, response.clone());
+                client.bytes -= outcome_bytes(&replaced);
+                self.bytes_total -= outcome_bytes(&replaced);
+            }
+            Err(at) => outcomes.insert(at, (session.serial, response.clone())),
+        }
+        client.bytes += size;
         self.bytes_total += size;
-        while record.retained > SERIALS_RETAINED {
-            let oldest = self.oldest_serial(client).expect("retained outcomes exist");
-            let dropped = self.outcomes.remove(&outcome_key(client, oldest)).expect("oldest outcome exists");
+        while outcomes.len() > SERIALS_RETAINED as usize {
+            let (_, dropped) = outcomes.remove(0);
             let dropped_size = outcome_bytes(&dropped);
-            record.retained -= 1;
-            record.bytes -= dropped_size;
+            client.bytes -= dropped_size;
             self.bytes_total -= dropped_size;
         }
-        record.last_sequence = sequence;
-        self.clients.insert(client.clone(), record);
-        self.by_sequence.insert(sequence, client.clone());
+        client.last_sequence = sequence;
+        self.by_sequence.insert(sequence, name.clone());
         while self.clients.len() > CLIENTS_MAX || self.bytes_total > OUTCOME_BYTES_MAX {
             let (_, oldest_client) = self.by_sequence.pop_first().expect("by_sequence matches clients");
             self.forget(&oldest_client);
@@ -168,14 +270,9 @@ impl Sessions {
         self.check();
     }
 
-    fn forget(&mut self, client: &str) {
-        let record = self.clients.remove(client).expect("forgotten client exists");
-        let (start, end) = client_range(client);
-        let keys: Vec<String> = self.outcomes.range(start..end).map(|(key, _)| key.clone()).collect();
-        for key in keys {
-            self.outcomes.remove(&key);
-        }
-        self.bytes_total -= record.bytes;
+    fn forget(&mut self, name: &str) {
+        let client = self.clients.remove(name).expect("forgotten client exists");
+        self.bytes_total -= client.bytes;
     }
 
     fn check(&self) {
@@ -246,6 +343,49 @@ mod tests {
         }
         let rebuilt = Sessions::from_state(sessions.to_state());
         assert_eq!(rebuilt.by_sequence, sessions.by_sequence);
+        assert_eq!(rebuilt.bytes_total, sessions.bytes_total);
+    }
+
+    /// A snapshot of the cache is byte for byte what the earlier layout
+    /// (client records beside one map of outcomes keyed `client \0
+    /// serial`) wrote, and such a snapshot loads into the same cache.
+    #[test]
+    fn snapshot_shape_is_unchanged() {
+        #[derive(Serialize)]
+        struct Earlier {
+            clients: OrdMap<String, ClientRecord>,
+            outcomes: OrdMap<String, Response>,
+        }
+        let mut sessions = Sessions::default();
+        let mut earlier = Earlier { clients: OrdMap::new(), outcomes: OrdMap::new() };
+        let mut sequence = 0;
+        // Serials out of order and past the window; client names that are
+        // prefixes of each other.
+        for (client, serials) in [("a", vec![3, 1, 2]), ("ab", (1..=20).collect()), ("b", vec![7])] {
+            for serial in serials {
+                sequence += 1;
+                let response = written(serial as usize);
+                sessions.remember(sequence, &session(client, serial), &response);
+                earlier.outcomes.insert(outcome_key(client, serial), response);
+                let record = earlier.clients.entry(client.to_owned()).or_default();
+                record.last_sequence = sequence;
+                record.retained += 1;
+                record.bytes += outcome_bytes(&written(serial as usize));
+            }
+        }
+        for oldest in 1..=4 {
+            let dropped = earlier.outcomes.remove(&outcome_key("ab", oldest)).unwrap();
+            let record = earlier.clients.get_mut("ab").unwrap();
+            record.retained -= 1;
+            record.bytes -= outcome_bytes(&dropped);
+        }
+        let bytes = bincode::serialize(&sessions.to_state()).unwrap();
+        assert_eq!(bytes, bincode::serialize(&earlier).unwrap());
+        let loaded: SessionsState = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(loaded, sessions.to_state());
+        let rebuilt = Sessions::from_state(loaded);
+        assert_eq!(rebuilt.deduplicate(&session("a", 1)), Some(Seen::Repeat(written(1))));
+        assert_eq!(rebuilt.deduplicate(&session("ab", 4)), Some(Seen::Expired { oldest_retained_serial: 5 }));
         assert_eq!(rebuilt.bytes_total, sessions.bytes_total);
     }
 
