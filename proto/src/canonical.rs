@@ -63,7 +63,9 @@ pub struct Writer {
 impl Writer {
     /// A writer whose output starts with the domain-separation `prefix`.
     pub fn with_prefix(prefix: &str) -> Self {
-        let mut writer = Self::default();
+        // Room for most encodings (an event, a chain link), so building one
+        // rarely reallocates; larger ones grow as before.
+        let mut writer = Self { bytes: Vec::with_capacity(256) };
         writer.str(prefix);
         writer
     }

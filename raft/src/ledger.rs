@@ -103,12 +103,11 @@ impl LedgerState {
     pub fn append(&mut self, raft_index: u64, body: EventBody, writes: &mut LedgerWrites) -> u64 {
         let index = self.size;
         let bytes = Event { index, raft_index, body }.canonical();
-        let mut frontier = self.frontier();
+        let hashes = std::mem::take(&mut self.frontier);
+        let mut frontier = Frontier::from_parts(self.size, hashes).expect("stored frontier matches its size");
         writes.nodes.extend(frontier.append(merkle::leaf_hash(&bytes)));
         self.head = chain_next(&self.head, index, &bytes);
-        let (size, hashes) = frontier.parts();
-        self.size = size;
-        self.frontier = hashes.to_vec();
+        (self.size, self.frontier) = frontier.into_parts();
         writes.events.push((index, bytes, self.head));
         index
     }

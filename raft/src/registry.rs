@@ -315,18 +315,31 @@ impl Registry {
                 reason: format!("key or value over the registry bound ({KEY_BYTES_MAX} / {VALUE_BYTES_MAX} bytes)"),
             };
         }
-        let prev = self.variables.get(key).cloned();
-        if prev.is_none() && self.variables.len() >= VARIABLES_COUNT_MAX {
-            return Outcome::LimitExceeded { reason: format!("registry holds {VARIABLES_COUNT_MAX} variables") };
-        }
-        let revision = self.bump(REVISION);
-        let current = Variable {
-            value: value.to_vec(),
-            version: prev.as_ref().map_or(1, |p| p.version + 1),
-            create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
-            mod_revision: revision,
+        // One lookup: the variable is replaced in place when it exists.
+        let revision = self.counter(REVISION) + 1;
+        let (current, prev) = match self.variables.get_mut(key) {
+            Some(slot) => {
+                let current = Variable {
+                    value: value.to_vec(),
+                    version: slot.version + 1,
+                    create_revision: slot.create_revision,
+                    mod_revision: revision,
+                };
+                (current.clone(), Some(std::mem::replace(slot, current)))
+            }
+            None => {
+                if self.variables.len() >= VARIABLES_COUNT_MAX {
+                    return Outcome::LimitExceeded {
+                        reason: format!("registry holds {VARIABLES_COUNT_MAX} variables"),
+                    };
+                }
+                let current =
+                    Variable { value: value.to_vec(), version: 1, create_revision: revision, mod_revision: revision };
+                self.variables.insert(key.to_owned(), current.clone());
+                (current, None)
+            }
         };
-        self.variables.insert(key.to_owned(), current.clone());
+        self.bump(REVISION);
         self.record(EventBody::VariablePut { key: key.to_owned(), value: Digest::of(value), version: current.version });
         Outcome::Written { current, prev }
     }

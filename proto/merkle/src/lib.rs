@@ -164,6 +164,11 @@ impl Frontier {
         (self.size, &self.hashes)
     }
 
+    /// [`Frontier::parts`], taken apart without a copy.
+    pub fn into_parts(self) -> (u64, Vec<Hash>) {
+        (self.size, self.hashes)
+    }
+
     /// Number of leaves appended so far.
     pub fn size(&self) -> u64 {
         self.size
