@@ -20,13 +20,11 @@ pub const QUEUE_MAX: usize = 16_384;
 pub const PROPOSAL_REQUESTS_MAX: usize = 1_024;
 /// Most value bytes in one proposal (a larger single write still goes alone).
 pub const PROPOSAL_BYTES_MAX: usize = 8 * 1024 * 1024;
-/// Proposals submitted to Raft and not yet applied: one being made durable
-/// and replicated while the next gathers the writes that arrive meanwhile.
-/// More cut the batches smaller (more entries, flushes and AppendEntries
-/// per write): session 19 alternated 1, 2, 4 and 8 with 256 clients
-/// putting; 2 was ahead of 4 in each of four pairs (about 6% more puts a
-/// second), and neither 1 nor 8 was ahead of 2 (BENCHMARKS.md, issue 2).
-pub const PROPOSALS_IN_FLIGHT_MAX: usize = 2;
+/// Proposals submitted to Raft and not yet applied. Session 19 tried 2:
+/// puts from 256 clients gained about 6% (larger batches), but agreements
+/// verified end to end, whose writes are few and costly to apply, fell by
+/// about 12% in three alternated pairs (BENCHMARKS.md, issue 2); so 4.
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4;
 
 /// Why a write was not applied.
 #[derive(Debug, Clone, thiserror::Error)]
