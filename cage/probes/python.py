@@ -1,5 +1,39 @@
-# Observes: CPython's nondeterminism -- str hash seed (PYTHONHASHSEED from getrandom), set iteration order, time.time(), os.urandom, uuid4, id() (addresses), unseeded random; with "threads", four threads sharing a list under a lock and a queue (the order they run in, the times they see). Cage: handled -- getrandom/urandom seeded, logical clock, ASLR off, threads serialised.
+# Observes: CPython's nondeterminism -- str hash seed (PYTHONHASHSEED from getrandom), set iteration order, time.time(), os.urandom, uuid4, id() (addresses), unseeded random; with "threads", four threads sharing a list under a lock and a queue (the order they run in, the times they see); with "processes", multiprocessing: three forked workers counting in shared memory under a process-shared lock (a POSIX semaphore in /dev/shm), reporting through a pipe and posting a semaphore the parent waits on while it has a second thread (a worker making threads would race the parent's forks for pid numbers, a known hole). Cage: handled -- getrandom/urandom seeded, logical clock, ASLR off, threads serialised, shared futexes waited on by trying.
 import os, random, sys, time, uuid
+
+if sys.argv[1:] == ["processes"]:
+    import multiprocessing, threading
+
+    context = multiprocessing.get_context("fork")
+    total, lock = context.Value("i", 0, lock=False), context.Lock()
+    finished, results = context.Semaphore(0), context.SimpleQueue()
+
+    def count(i):
+        for _ in range(200):
+            with lock:
+                total.value += 1
+        results.put((i, os.getpid(), os.urandom(4).hex(), repr(time.time())))
+        finished.release()
+
+    # A second thread keeps the parent threaded while it waits for the
+    # workers' posts: its waits are tried, not left in the kernel.
+    stop = threading.Event()
+    ticker = threading.Thread(target=stop.wait)
+    ticker.start()
+    workers = [context.Process(target=count, args=(i,)) for i in range(3)]
+    for worker in workers:
+        worker.start()
+    for _ in workers:
+        finished.acquire()
+    reports = sorted(results.get() for _ in workers)
+    for worker in workers:
+        worker.join()
+    stop.set()
+    ticker.join()
+    print("total", total.value)
+    print("workers", reports)
+    print("exits", [worker.exitcode for worker in workers])
+    sys.exit(0)
 
 if sys.argv[1:] == ["threads"]:
     import queue, threading

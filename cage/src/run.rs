@@ -86,6 +86,11 @@ const INPUT_MODE: libc::mode_t = 0o555;
 const TMP_BYTES: u64 = 64 << 20;
 /// Files and directories `/tmp` may hold.
 const TMP_FILES: u64 = 16384;
+/// Size of `/dev/shm` (POSIX shared memory and semaphores: `shm_open`,
+/// `sem_open`, Python's `multiprocessing` locks).
+const SHM_BYTES: u64 = 64 << 20;
+/// Files `/dev/shm` may hold.
+const SHM_FILES: u64 = 1024;
 /// Files and directories `/out` may hold.
 const OUT_FILES: u64 = 4096;
 /// Files the root tmpfs holds beyond its skeleton (none are made later:
@@ -476,6 +481,7 @@ fn plan(
         let locked = sandbox::locked_flags(&host).map_err(io("statvfs"))?;
         binds.push(Bind { source: c(&host)?, target: c(&target)?, writable: true, device: true, locked });
     }
+    skeleton.push(Node::Dir(c(&root.join("dev/shm"))?));
     let input_dir = root.join("in");
     skeleton.push(Node::Dir(c(&input_dir)?));
     for StagedInput { name, bytes } in inputs {
@@ -546,6 +552,7 @@ fn plan(
         binds,
         tmpfs: vec![
             (c(&root.join("tmp"))?, tmpfs_options(&format!("size={TMP_BYTES},nr_inodes={TMP_FILES},mode=1777"))?),
+            (c(&root.join("dev/shm"))?, tmpfs_options(&format!("size={SHM_BYTES},nr_inodes={SHM_FILES},mode=1777"))?),
             // /out lives only in the namespace, bounded; the runner reads it
             // through the init's root before the namespace ends.
             (

@@ -14,7 +14,10 @@
 //! - futexes are the supervisor's: a wait that would block becomes a
 //!   waiter here and a wake wakes waiters here, oldest first, so no
 //!   thread ever blocks inside the kernel's futex code waiting for
-//!   another (the kernel would then choose when it wakes);
+//!   another (the kernel would then choose when it wakes); a *shared*
+//!   futex (no `FUTEX_PRIVATE_FLAG`), which another process may wake, is
+//!   waited on like a descriptor (`Wait::Io`, tried again at each turn
+//!   until its word changes), and its wakes reach the kernel too;
 //! - a wait for descriptors (`poll`, `select`, `epoll_wait` and their
 //!   kin) is tried without waiting; if nothing is ready the thread waits
 //!   here (`Wait::Io`) and tries again once others have had their turns,

@@ -541,5 +541,6 @@ probes! {
     dynamically_linked: case("dynamic", &[], Same, Varies);
     python: case("python", &[], Same, Varies);
     python_threads: case("python", &["threads"], Same, Varies);
+    python_processes: case("python", &["processes"], Same, Varies);
     node: case("node", &[], Same, Varies);
 }

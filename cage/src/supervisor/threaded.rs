@@ -46,6 +46,9 @@ pub(super) struct Try {
     argument: usize,
     passed: u64,
     deadline: Option<u64>,
+    /// What the try returns when nothing was ready: 0 for a wait for
+    /// descriptors, `-ETIMEDOUT` for a futex wait.
+    idle: i64,
 }
 
 impl Supervisor<'_> {
@@ -292,17 +295,13 @@ impl Supervisor<'_> {
         let zero = match timeout {
             Timeout::Millis(_) => 0,
             Timeout::Spec(_) | Timeout::Val(_) => {
-                // A zero timeout of its own, below the thread's stack.
-                let at = (regs.rsp - BELOW_STACK - 16) & !15;
-                if write_memory(pid, at, &[0u8; 16]).is_err() {
-                    return;
-                }
+                let Some(at) = zero_time(pid, &regs) else { return };
                 at
             }
         };
         set_argument(&mut regs, argument, zero);
         if set_registers(pid, &regs).is_ok() {
-            self.tries.insert(pid, Try { argument, passed, deadline });
+            self.tries.insert(pid, Try { argument, passed, deadline, idle: 0 });
             self.pending.insert(pid, Pending::Try);
         }
     }
@@ -317,7 +316,9 @@ impl Supervisor<'_> {
         let id = self.threaded(pid);
         let now = id.and_then(|id| self.groups.get(&id)).map(|group| (group.clock_ns, group.ending));
         let waits = match now {
-            Some((clock_ns, false)) => regs.rax == 0 && attempt.deadline.is_none_or(|deadline| deadline > clock_ns),
+            Some((clock_ns, false)) => {
+                regs.rax as i64 == attempt.idle && attempt.deadline.is_none_or(|deadline| deadline > clock_ns)
+            }
             _ => false,
         };
         if !waits {
@@ -383,6 +384,10 @@ impl Supervisor<'_> {
         let (address, op, value) = (regs.rdi, regs.rsi as i32, regs.rdx as u32);
         let command = op & !(libc::FUTEX_PRIVATE_FLAG | libc::FUTEX_CLOCK_REALTIME);
         let realtime = op & libc::FUTEX_CLOCK_REALTIME != 0;
+        // A futex without the private flag may be in memory another
+        // process shares (a POSIX semaphore in /dev/shm, a process-shared
+        // mutex): its waiters and wakers there wait in the kernel.
+        let shared = op & libc::FUTEX_PRIVATE_FLAG == 0;
         let all = u32::MAX;
         let einval = -i64::from(libc::EINVAL);
         let result = match command {
@@ -391,7 +396,10 @@ impl Supervisor<'_> {
                 match read_u32(pid, address) {
                     _ if bitset == 0 => einval,
                     None => -i64::from(libc::EFAULT),
-                    Some(word) if word != value => -i64::from(libc::EAGAIN),
+                    // A shared word may have changed a moment ago in
+                    // another process: the try below finds out, unrecorded,
+                    // so the witness does not hold that moment.
+                    Some(word) if word != value && !shared => -i64::from(libc::EAGAIN),
                     Some(_) => {
                         // FUTEX_WAIT's timeout is relative (monotonic);
                         // FUTEX_WAIT_BITSET's an absolute time.
@@ -399,6 +407,7 @@ impl Supervisor<'_> {
                         let clock = if realtime { libc::CLOCK_REALTIME } else { libc::CLOCK_MONOTONIC };
                         match self.deadline(pid, id, regs.r10, clock as u64, absolute) {
                             Err(errno) => errno,
+                            Ok(deadline) if shared => return self.try_futex_wait(pid, *regs, deadline),
                             Ok(deadline) => {
                                 let group = self.groups.get_mut(&id).expect("threaded");
                                 group.wait(pid, Wait::Futex { address, bitset }, deadline);
@@ -416,6 +425,9 @@ impl Supervisor<'_> {
                     let woken = self.groups.get_mut(&id).expect("threaded").wake(address, value, bitset);
                     let count = woken.len() as i64;
                     self.answer_woken(woken);
+                    if shared {
+                        return self.wake_in_kernel_too(pid, count);
+                    }
                     count
                 }
             }
@@ -440,6 +452,40 @@ impl Supervisor<'_> {
             }
         };
         self.answer_wait(pid, *regs, result);
+    }
+
+    /// A shared futex's wake: this process's waiters (which wait here)
+    /// are woken; the call then runs in the kernel too, for waiters in
+    /// other processes, and returns how many it woke here. What the
+    /// kernel's count adds depends on where the other processes are,
+    /// which a wake's caller has no use for.
+    fn wake_in_kernel_too(&mut self, pid: Tid, woken_here: i64) {
+        if self.record_answer(pid, "futex", woken_here) {
+            self.pending.insert(pid, Pending::Answered { result: woken_here });
+        }
+    }
+
+    /// A shared futex's wait: another process may be the one to wake it,
+    /// in the kernel, where this thread must not wait (the schedule would
+    /// stop). So it is tried as a wait for descriptors is: the call runs
+    /// with a zero timeout (it returns at once: `EAGAIN` if the word has
+    /// changed, else `ETIMEDOUT`), and until the word changes or its
+    /// deadline passes the thread waits here and tries again at its
+    /// turns. A return for a changed word is a wake as far as the caller
+    /// can tell, which rechecks its word after any wake.
+    fn try_futex_wait(&mut self, pid: Tid, mut regs: libc::user_regs_struct, deadline: Option<u64>) {
+        const TIMEOUT: usize = 3;
+        let deadline = self.tries.get(&pid).map_or(deadline, |earlier| earlier.deadline);
+        let Some(zero) = zero_time(pid, &regs) else {
+            return self.answer_wait(pid, regs, -i64::from(libc::EFAULT));
+        };
+        let passed = argument_value(&regs, TIMEOUT);
+        set_argument(&mut regs, TIMEOUT, zero);
+        if set_registers(pid, &regs).is_ok() {
+            let idle = -i64::from(libc::ETIMEDOUT);
+            self.tries.insert(pid, Try { argument: TIMEOUT, passed, deadline, idle });
+            self.pending.insert(pid, Pending::Try);
+        }
     }
 
     /// `FUTEX_WAKE_OP`: change the second word, wake waiters on the first,
@@ -561,6 +607,13 @@ fn waits_for_descriptors(number: i64) -> Option<Timeout> {
         libc::SYS_select => Timeout::Val(4),
         _ => return None,
     })
+}
+
+/// A zero `timespec` (or `timeval`) of the thread's own, written below its
+/// stack, for a try: its address, or `None` if it could not be written.
+fn zero_time(pid: Tid, regs: &libc::user_regs_struct) -> Option<u64> {
+    let at = (regs.rsp - BELOW_STACK - 16) & !15;
+    write_memory(pid, at, &[0u8; 16]).ok().map(|()| at)
 }
 
 fn argument_value(regs: &libc::user_regs_struct, index: usize) -> u64 {
