@@ -255,8 +255,13 @@ impl Supervisor<'_> {
                 continue;
             }
             // Stopped at the exit of its last try, set to try again:
-            // instead the call returns (its timeout came, nothing ready).
-            self.tries.remove(&tid);
+            // instead the call returns (its timeout came, nothing ready:
+            // what its try returns when nothing was, `-ETIMEDOUT` for a
+            // futex; or it was interrupted).
+            let result = match self.tries.remove(&tid) {
+                Some(attempt) if result == 0 => attempt.idle,
+                _ => result,
+            };
             regs.rip += 2;
             regs.rax = result as u64;
             let name = syscalls::name(regs.orig_rax as i64).unwrap_or("unknown").to_owned();
