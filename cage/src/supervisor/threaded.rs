@@ -459,11 +459,12 @@ impl Supervisor<'_> {
         self.answer_wait(pid, *regs, result);
     }
 
-    /// A shared futex's wake: this process's waiters (which wait here)
-    /// are woken; the call then runs in the kernel too, for waiters in
-    /// other processes, and returns how many it woke here. What the
-    /// kernel's count adds depends on where the other processes are,
-    /// which a wake's caller has no use for.
+    /// A shared futex's wake: the call runs in the kernel too, for waiters
+    /// in other processes, and returns how many waiters of its own process
+    /// it woke here (this process's waits on a shared word are tries,
+    /// which see the changed word at their next turn, so usually none).
+    /// What the kernel's count would add depends on where the other
+    /// processes are, which a wake's caller has no use for.
     fn wake_in_kernel_too(&mut self, pid: Tid, woken_here: i64) {
         if self.record_answer(pid, "futex", woken_here) {
             self.pending.insert(pid, Pending::Answered { result: woken_here });
