@@ -315,8 +315,12 @@ impl Registry {
                 reason: format!("key or value over the registry bound ({KEY_BYTES_MAX} / {VALUE_BYTES_MAX} bytes)"),
             };
         }
-        // One lookup: the variable is replaced in place when it exists.
-        let revision = self.counter(REVISION) + 1;
+        // Past the bound only a variable that exists may be written (the
+        // lookup only then); below it one lookup replaces it in place.
+        if self.variables.len() >= VARIABLES_COUNT_MAX && !self.variables.contains_key(key) {
+            return Outcome::LimitExceeded { reason: format!("registry holds {VARIABLES_COUNT_MAX} variables") };
+        }
+        let revision = self.bump(REVISION);
         let (current, prev) = match self.variables.get_mut(key) {
             Some(slot) => {
                 let current = Variable {
@@ -328,18 +332,12 @@ impl Registry {
                 (current.clone(), Some(std::mem::replace(slot, current)))
             }
             None => {
-                if self.variables.len() >= VARIABLES_COUNT_MAX {
-                    return Outcome::LimitExceeded {
-                        reason: format!("registry holds {VARIABLES_COUNT_MAX} variables"),
-                    };
-                }
                 let current =
                     Variable { value: value.to_vec(), version: 1, create_revision: revision, mod_revision: revision };
                 self.variables.insert(key.to_owned(), current.clone());
                 (current, None)
             }
         };
-        self.bump(REVISION);
         self.record(EventBody::VariablePut { key: key.to_owned(), value: Digest::of(value), version: current.version });
         Outcome::Written { current, prev }
     }

@@ -93,7 +93,7 @@ pub struct Sessions {
 
 /// A copy of the cache, for snapshots (an O(1) copy; see [`Client`]).
 #[derive(Deserialize, Clone, Debug, PartialEq, Eq, Default)]
-#[serde(from = "WireSessions")]
+#[serde(try_from = "WireSessions")]
 pub struct SessionsState {
     clients: OrdMap<String, Client>,
 }
@@ -105,8 +105,13 @@ struct WireSessions {
     outcomes: OrdMap<String, Response>,
 }
 
-impl From<WireSessions> for SessionsState {
-    fn from(wire: WireSessions) -> Self {
+impl TryFrom<WireSessions> for SessionsState {
+    type Error = String;
+
+    /// Refuses a snapshot whose outcomes do not fit its clients (a key
+    /// without a serial, or of a client it does not hold): it was not
+    /// written by this cache.
+    fn try_from(wire: WireSessions) -> Result<Self, String> {
         let mut clients: OrdMap<String, Client> = wire
             .clients
             .into_iter()
@@ -118,12 +123,12 @@ impl From<WireSessions> for SessionsState {
         // Keys sort by client, then serial: each client's outcomes arrive
         // in serial order.
         for (key, response) in wire.outcomes {
-            let (name, serial) = split_outcome_key(&key);
-            if let Some(client) = clients.get_mut(name) {
-                Arc::make_mut(&mut client.outcomes).push((serial, response));
-            }
+            let refused = || format!("session outcome {key:?} matches no client of the snapshot");
+            let (name, serial) = split_outcome_key(&key).ok_or_else(refused)?;
+            let client = clients.get_mut(name).ok_or_else(refused)?;
+            Arc::make_mut(&mut client.outcomes).push((serial, response));
         }
-        Self { clients }
+        Ok(Self { clients })
     }
 }
 
@@ -175,9 +180,9 @@ fn outcome_key(client: &str, serial: u64) -> String {
     format!("{client}\0{serial:020}")
 }
 
-fn split_outcome_key(key: &str) -> (&str, u64) {
-    let (client, serial) = key.rsplit_once('\0').expect("outcome keys hold a separator");
-    (client, serial.parse().expect("outcome keys end in a serial"))
+fn split_outcome_key(key: &str) -> Option<(&str, u64)> {
+    let (client, serial) = key.rsplit_once('\0')?;
+    Some((client, serial.parse().ok()?))
 }
 
 /// Approximate memory an outcome holds: its values plus a fixed overhead.
@@ -387,6 +392,10 @@ mod tests {
         assert_eq!(rebuilt.deduplicate(&session("a", 1)), Some(Seen::Repeat(written(1))));
         assert_eq!(rebuilt.deduplicate(&session("ab", 4)), Some(Seen::Expired { oldest_retained_serial: 5 }));
         assert_eq!(rebuilt.bytes_total, sessions.bytes_total);
+        // An outcome of a client the snapshot does not hold is refused.
+        earlier.outcomes.insert(outcome_key("nobody", 1), written(1));
+        let orphan = bincode::serialize(&earlier).unwrap();
+        assert!(bincode::deserialize::<SessionsState>(&orphan).is_err());
     }
 
     /// Client ids that could break row keys are refused.
