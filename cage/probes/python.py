@@ -1,4 +1,4 @@
-# Observes: CPython's nondeterminism -- str hash seed (PYTHONHASHSEED from getrandom), set iteration order, time.time(), os.urandom, uuid4, id() (addresses), unseeded random; with "threads", four threads sharing a list under a lock and a queue (the order they run in, the times they see); with "processes", multiprocessing: three forked workers counting in shared memory under a process-shared lock (a POSIX semaphore in /dev/shm), reporting through a pipe and posting a semaphore the parent waits on while it has a second thread (a worker making threads would race the parent's forks for pid numbers, a known hole). Cage: handled -- getrandom/urandom seeded, logical clock, ASLR off, threads serialised, shared futexes waited on by trying.
+# Observes: CPython's nondeterminism -- str hash seed (PYTHONHASHSEED from getrandom), set iteration order, time.time(), os.urandom, uuid4, id() (addresses), unseeded random; with "threads", four threads sharing a list under a lock and a queue (the order they run in, the times they see); with "processes", multiprocessing: three forked workers counting in shared memory under a process-shared lock (a POSIX semaphore in /dev/shm), reporting through a pipe and posting a semaphore the parent waits on while it has a second thread (a worker making threads would race the parent's forks for pid numbers, a known hole); with "waits", a thread blocked reading a pipe from a worker process while another thread sleeps (how long the worker takes); with "pool", a multiprocessing.Pool (its parent's result reader must not starve its task sender). Cage: handled -- getrandom/urandom seeded, logical clock, ASLR off, threads serialised, shared futexes waited on by trying, blocking reads in threaded processes tried, the logical clock held while other processes run.
 import os, random, sys, time, uuid
 
 if sys.argv[1:] == ["processes"]:
@@ -36,6 +36,55 @@ if sys.argv[1:] == ["processes"]:
     print("workers", reports)
     print("exits", [worker.exitcode for worker in workers])
     print("timed wait", timed, repr(time.time()))
+    sys.exit(0)
+
+if sys.argv[1:] == ["waits"]:
+    import multiprocessing, threading
+
+    # The parent's first thread blocks reading a pipe that a worker
+    # process writes once it has computed for a while (tenths of a second
+    # natively); a second thread sleeps in a loop meanwhile. Natively the
+    # sleeper counts how long the worker took. In the cage the read is
+    # tried, and the logical clock does not move on the sleeper's deadline
+    # while another process of the run is running.
+    context = multiprocessing.get_context("fork")
+    reader, writer = os.pipe()
+
+    def compute():
+        total = 0
+        for i in range(2_000_000):
+            total += i
+        os.write(writer, str(total).encode())
+
+    ticks, stop = [], threading.Event()
+
+    def tick():
+        while not stop.is_set():
+            time.sleep(0.01)
+            ticks.append(1)
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    worker = context.Process(target=compute)
+    worker.start()
+    result = os.read(reader, 64)
+    stop.set()
+    ticker.join()
+    worker.join()
+    print("result", result.decode(), "ticks", len(ticks), repr(time.time()))
+    sys.exit(0)
+
+if sys.argv[1:] == ["pool"]:
+    import multiprocessing
+
+    def square(x):
+        return x * x
+
+    # The pool's parent reads results in one thread while another sends
+    # the tasks: a read that blocked holding the turn starved the sender.
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        print("map", pool.map(square, range(10)))
+        print("unordered", sorted(pool.imap_unordered(square, range(5))))
     sys.exit(0)
 
 if sys.argv[1:] == ["threads"]:

@@ -30,6 +30,9 @@ use crate::syscalls;
 
 /// `SECCOMP_RET_DATA` of a traced call.
 pub(crate) const DATA_TRACE: u32 = 1;
+/// `SECCOMP_RET_DATA` of a call that may block, from the filter a
+/// threaded process gets ([`Policy::blocking`]).
+pub(crate) const DATA_BLOCKING: u32 = 2;
 /// `SECCOMP_RET_DATA` of a denied call.
 pub(crate) const DATA_DENY: u32 = 0xfffe;
 /// `SECCOMP_RET_DATA` of a call from another architecture.
@@ -58,7 +61,18 @@ pub struct Policy {
     pub digest: [u8; 32],
     /// The BPF programs, installed in order (the allowlist last).
     pub programs: Vec<BpfProgram>,
+    /// The filter the supervisor stacks on a process when it makes its
+    /// first thread: the calls in [`BLOCKING_CALLS`] the policy allows go
+    /// to the supervisor, which lets them run only when they would not
+    /// block (a thread must not wait in the kernel while it holds its
+    /// process's turn). Only allowed calls: the filter must not turn a
+    /// denial into a trace.
+    pub blocking: BpfProgram,
 }
+
+/// Calls that wait for one descriptor to become readable, which the
+/// supervisor tries in threaded processes (`supervisor/threaded.rs`).
+pub(crate) const BLOCKING_CALLS: [&str; 6] = ["read", "readv", "recvfrom", "recvmsg", "accept", "accept4"];
 
 /// Why a policy does not compile.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +118,8 @@ impl Policy {
             }
         }
         let programs = filters(&allowed, &traced)?.into_iter().map(Filter::program).collect::<Result<_, _>>()?;
-        Ok(Self { allowed, traced, digest: Sha3_256::digest(source.as_bytes()).into(), programs })
+        let blocking = blocking_filter(&allowed).program()?;
+        Ok(Self { allowed, traced, digest: Sha3_256::digest(source.as_bytes()).into(), programs, blocking })
     }
 }
 
@@ -177,6 +192,19 @@ fn filters(allowed: &[String], traced: &[String]) -> Result<Vec<Filter>, PolicyE
     }
     filters.push(allow);
     Ok(filters)
+}
+
+/// The filter stacked on threaded processes: the allowed calls among
+/// [`BLOCKING_CALLS`] go to the supervisor, everything else is left to
+/// the policy's filters (a stack of filters takes the most restrictive
+/// action, so `Allow` here defers to them).
+fn blocking_filter(allowed: &[String]) -> Filter {
+    let rules = BLOCKING_CALLS
+        .iter()
+        .filter(|name| allowed.iter().any(|allowed| allowed == *name))
+        .map(|name| (syscalls::number(name).expect("known"), Vec::new()))
+        .collect();
+    Filter { rules, mismatch: SeccompAction::Allow, matched: SeccompAction::Trace(DATA_BLOCKING) }
 }
 
 /// One filter of the policy: what seccompiler compiles, call by call.
@@ -424,6 +452,31 @@ mod tests {
                 code => panic!("instruction {code:#x} at {} is not expected", pc - 1),
             }
         }
+    }
+
+    /// The filter a threaded process gets sends the blocking calls the
+    /// policy allows to the supervisor, marked as such, and defers every
+    /// other call to the policy; a blocking call the policy does not allow
+    /// is not in it, so its denial stands.
+    #[test]
+    fn the_blocking_filter_traces_only_allowed_blocking_calls() {
+        let x86_64 = 0xc000_003e_u32;
+        let decide = |program: &[sock_filter], name: &str| {
+            let mut data = [0u32; 16];
+            (data[0], data[1]) = (syscalls::number(name).unwrap() as u32, x86_64);
+            evaluate(program, &data)
+        };
+        let policy = Policy::compile(DEFAULT).unwrap();
+        for name in BLOCKING_CALLS {
+            assert_eq!(decide(&policy.blocking, name), libc::SECCOMP_RET_TRACE | DATA_BLOCKING, "{name}");
+        }
+        for name in ["write", "futex", "poll", "getrandom", "clone"] {
+            assert_eq!(decide(&policy.blocking, name), libc::SECCOMP_RET_ALLOW, "{name}");
+        }
+        let narrow = Policy::compile("allow readv # x\nallow exit # y").unwrap();
+        assert_eq!(decide(&narrow.blocking, "readv"), libc::SECCOMP_RET_TRACE | DATA_BLOCKING);
+        assert_eq!(decide(&narrow.blocking, "read"), libc::SECCOMP_RET_ALLOW);
+        assert_eq!(decide(&narrow.programs[narrow.programs.len() - 1], "read"), libc::SECCOMP_RET_TRACE | DATA_DENY);
     }
 
     /// The dispatch tree decides every call as seccompiler's own chain does:

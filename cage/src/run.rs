@@ -608,7 +608,10 @@ fn execute(
     let Caller { out_dir, cancel } = caller;
     let sandbox::Started { keeper, stdout, stderr, status, setup_error, keeper_fd, announce, collected } = started;
     let limits = &spec.limits;
-    let mut supervisor = Supervisor::new(&keeper_fd, &spec.cache, spec.seed, limits.memory_mib << 20, limits.events);
+    // The run's policy is the default one (`run`).
+    let blocking = &default_policy()?.blocking;
+    let mut supervisor =
+        Supervisor::new(&keeper_fd, &spec.cache, spec.seed, limits.memory_mib << 20, limits.events, blocking);
     let mut init = None;
     let output = std::thread::scope(|scope| {
         let output = scope.spawn(|| {

@@ -31,7 +31,7 @@ use sha3::{Digest as _, Sha3_256};
 use crate::cpuid::{self, ARCH_SET_CPUID};
 use crate::listing::{self, Listings};
 use crate::metadata::{self, Metadata};
-use crate::policy::{DATA_DENY, DATA_FOREIGN};
+use crate::policy::{DATA_BLOCKING, DATA_DENY, DATA_FOREIGN};
 use crate::syscalls;
 use crate::urandom::{self, Streams};
 use crate::witness::{self, Record};
@@ -211,6 +211,9 @@ struct Process {
     group: Option<libc::pid_t>,
     /// Ephemeral ports it has taken (`ports.rs`).
     ports_taken: u32,
+    /// It has the blocking-call filter (stacked at its process's first
+    /// thread, or inherited): its reads, receives and accepts stop here.
+    tries_blocking: bool,
 }
 
 impl Process {
@@ -232,6 +235,7 @@ impl Process {
             shown: metadata::Shown::default(),
             group: None,
             ports_taken: 0,
+            tries_blocking: false,
         }
     }
 
@@ -288,6 +292,12 @@ pub(crate) struct Supervisor<'a> {
     exiting: HashMap<libc::pid_t, (libc::pid_t, Option<u64>)>,
     /// Threads trying a wait for descriptors without waiting.
     tries: HashMap<libc::pid_t, threaded::Try>,
+    /// By group: the other tracees and their CPU times when the group's
+    /// tries were last all in vain (`threaded.rs`, `others_quiet`).
+    quiet_seen: HashMap<libc::pid_t, Vec<(libc::pid_t, u64)>>,
+    /// The filter stacked on a process at its first thread
+    /// ([`crate::policy::Policy::blocking`]).
+    blocking: &'a [seccompiler::sock_filter],
     /// Why the run was ended, if the supervisor ended it.
     pub(crate) ending: Option<Ending>,
 }
@@ -299,6 +309,7 @@ impl<'a> Supervisor<'a> {
         seed: [u8; 32],
         memory_bytes: u64,
         events_max: u64,
+        blocking: &'a [seccompiler::sock_filter],
     ) -> Self {
         Self {
             keeper,
@@ -322,6 +333,8 @@ impl<'a> Supervisor<'a> {
             thread_clones: HashMap::new(),
             exiting: HashMap::new(),
             tries: HashMap::new(),
+            quiet_seen: HashMap::new(),
+            blocking,
             ending: None,
         }
     }
@@ -412,8 +425,11 @@ impl<'a> Supervisor<'a> {
                         let path = [parent.path.as_slice(), &[parent.children]].concat();
                         // Its descriptors are copies of its parent's.
                         let (reads_random, shown) = (parent.reads_random, parent.shown.clone());
+                        // Filters are inherited, by threads and forks alike.
+                        let tries_blocking = parent.tries_blocking;
                         let mut process = Process::new(&self.seed, path, clock_ns);
                         process.reads_random = reads_random;
+                        process.tries_blocking = tries_blocking;
                         process.shown = shown;
                         if let Some(clear_tid) = thread {
                             process.group = self.thread_created(pid, child, clear_tid);
@@ -483,6 +499,9 @@ impl<'a> Supervisor<'a> {
         if data == DATA_DENY || data == DATA_FOREIGN {
             let name = call_name(number, data == DATA_FOREIGN);
             return self.end(Ending::Violation { number, name }, Some(pid));
+        }
+        if data == DATA_BLOCKING {
+            return self.blocking_call(pid, number, regs);
         }
         let name = syscalls::name(number).unwrap_or("unknown");
         // A threaded process's turns move at its traced calls; its waits,

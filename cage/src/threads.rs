@@ -26,7 +26,10 @@
 //! - sleeps and all these timeouts run on the process's logical clock,
 //!   which its threads share: when no thread can run (and the waits for
 //!   descriptors have each been tried once more in vain), the clock moves
-//!   to the earliest deadline and that waiter wakes. When no thread can
+//!   to the earliest deadline and that waiter wakes (past waits for
+//!   descriptors only once no other process of the run has run for a
+//!   whole round of tries: one of them may be what a try waits for, and
+//!   the clock must not move by how long it takes). When no thread can
 //!   run and none has a deadline: with only futex waits and sleeps, every
 //!   thread waits for another, a deadlock, and the run is refused
 //!   (deterministically: the same schedule deadlocks on every run); with
@@ -143,6 +146,12 @@ impl Group {
         self.running == Some(tid)
     }
 
+    /// Whether every thread waits (none can run without a wake, a
+    /// deadline or a successful try).
+    pub(crate) fn all_wait(&self) -> bool {
+        self.runnable(false).next().is_none()
+    }
+
     /// Threads still scheduled.
     pub(crate) fn len(&self) -> usize {
         self.threads.len()
@@ -250,16 +259,21 @@ impl Group {
     /// descriptors); a thread waiting for descriptors takes its turn to
     /// try again. If no thread can run, or only such tries are left and
     /// each has just been made in vain, the clock moves to the earliest
-    /// deadline. `None` is a deadlock.
-    pub(crate) fn schedule(&mut self, timed_out: i64) -> Option<Turn> {
+    /// deadline; past such tries only once `others_quiet` says no other
+    /// process has run since the last time it was asked (until then the
+    /// turn is *stalled*: another process may yet answer a try, and how
+    /// far the clock had moved meanwhile would depend on how fast it
+    /// was). `None` is a deadlock.
+    pub(crate) fn schedule(&mut self, timed_out: i64, others_quiet: impl FnOnce() -> bool) -> Option<Turn> {
         if self.running.is_some_and(|tid| self.scheduled(tid) && !self.is_waiting(tid)) {
             self.vain_tries = 0; // It yielded or used its slice: it ran.
         }
         let mut woken = self.time_out(timed_out);
         let trying = self.waiting.iter().filter(|waiter| waiter.wait == Wait::Io).count();
         let mut stalled = false;
-        if self.runnable(false).next().is_none() && (trying == 0 || self.vain_tries >= trying) {
+        if self.all_wait() && (trying == 0 || self.vain_tries >= trying) {
             match self.waiting.iter().filter_map(|waiter| waiter.deadline).min() {
+                Some(_) if trying > 0 && !others_quiet() => stalled = true,
                 Some(earliest) => {
                     self.clock_ns = self.clock_ns.max(earliest);
                     woken.extend(self.time_out(timed_out));
@@ -332,7 +346,7 @@ mod tests {
 
     /// The next turn without what each woken thread waited for.
     fn schedule(group: &mut Group) -> Seen {
-        let turn = group.schedule(TIMED_OUT)?;
+        let turn = group.schedule(TIMED_OUT, || true)?;
         Some((turn.next, turn.woken.iter().map(|&(tid, result, _)| (tid, result)).collect(), turn.stalled))
     }
 
@@ -401,7 +415,7 @@ mod tests {
         group.add(2, None);
         group.wait(1, futex(0x10), None);
         group.wait(2, futex(0x20), None);
-        assert_eq!(group.schedule(TIMED_OUT), None);
+        assert_eq!(group.schedule(TIMED_OUT, || true), None);
     }
 
     #[test]
@@ -429,6 +443,29 @@ mod tests {
         group.wait(1, Wait::Io, Some(7_000));
         assert_eq!(schedule(&mut group), turn(1, &[(1, 0)]), "its timeout: 0 descriptors ready");
         assert_eq!(group.clock_ns, 7_000);
+    }
+
+    #[test]
+    fn vain_tries_wait_for_other_processes_before_the_clock_moves() {
+        let mut group = Group::new(1, 1, 0);
+        group.add(2, None);
+        group.wait(2, Wait::Sleep, Some(9_000));
+        group.wait(1, Wait::Io, None);
+        let busy = group.schedule(TIMED_OUT, || false).unwrap();
+        assert_eq!((busy.next, busy.woken.len(), busy.stalled), (1, 0, true), "another process runs: 1 tries again");
+        assert_eq!(group.clock_ns, 0, "the sleep has not ended");
+        group.wait(1, Wait::Io, None);
+        let quiet = group.schedule(TIMED_OUT, || true).unwrap();
+        assert_eq!((quiet.next, quiet.stalled), (2, false), "all quiet: the sleep ends");
+        assert_eq!(group.clock_ns, 9_000);
+        // Without a wait for descriptors nobody else is asked.
+        let mut group = Group::new(1, 1, 0);
+        group.add(2, None);
+        group.wait(2, Wait::Sleep, Some(10_000));
+        group.wait(1, Wait::Sleep, Some(11_000));
+        let asked = std::cell::Cell::new(false);
+        assert_eq!(group.schedule(TIMED_OUT, || asked.replace(true)).map(|turn| turn.next), Some(2));
+        assert!(!asked.get());
     }
 
     #[test]

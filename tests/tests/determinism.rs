@@ -547,5 +547,30 @@ probes! {
         shows: &["total 600", "timed wait False 946684800.051303"],
         ..case("python", &["processes"], Same, Varies)
     };
+    python_waits_for_another_process: Case {
+        // The worker's result, read by a blocked thread; the sleeper's
+        // clock did not run while the worker computed.
+        shows: &["result 1999999000000 ticks 1 946684800.010875"],
+        ..case("python", &["waits"], Same, Varies)
+    };
     node: case("node", &[], Same, Varies);
+}
+
+/// A `multiprocessing.Pool` runs to its end in the cage (it hung until
+/// the wall limit while a blocked read held its parent's turn). Its roots
+/// are not compared: which of the parent's threads sees a worker's result
+/// first is up to when the worker sends it, so under load the schedule
+/// (and with it the root) can differ, a known hole (docs/DETERMINISM.md).
+#[test]
+fn python_pool_runs_to_its_end() {
+    let case = case("python", &["pool"], Same, Deterministic);
+    let scratch = tempfile::tempdir().unwrap();
+    for _ in 0..3 {
+        let run = caged(&case, Condition::Plain, "control", scratch.path());
+        assert_eq!(run.verdict, "ok", "{run:?}");
+        assert!(
+            run.stdout.contains("map [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]\nunordered [0, 1, 4, 9, 16]\n"),
+            "{run:?}"
+        );
+    }
 }

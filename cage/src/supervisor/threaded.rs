@@ -11,6 +11,8 @@
 //! thread whose turn it is not stays stopped (`held`) until it is. When
 //! only one thread is left the process is an ordinary one again.
 
+use std::os::fd::AsRawFd;
+
 use super::{read_bytes, registers, set_registers, syscalls, write_memory, Ending, Pending, Supervisor};
 use crate::threads::{Group, Tid, Wait, Woken};
 use crate::witness::Record;
@@ -23,6 +25,8 @@ const SOURCE: &str = "threads";
 /// How long the supervisor waits between rounds of tries when every
 /// thread of a process waits and only another process can help.
 const STALLED_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+/// `seccomp`'s operation that installs a filter (`<linux/seccomp.h>`).
+const SECCOMP_SET_MODE_FILTER: u64 = 1;
 /// Bytes below the stack pointer left alone (the ABI's red zone, with
 /// room): a try's zero timeout is written below them.
 const BELOW_STACK: u64 = 256;
@@ -62,6 +66,9 @@ impl Supervisor<'_> {
     /// threads are serialised from here on; the new thread's word to clear
     /// at its end is noted for its clone event.
     pub(super) fn thread_clone(&mut self, pid: Tid, regs: &libc::user_regs_struct) {
+        if !self.process(pid).tries_blocking {
+            return self.stack_blocking_filter(pid, *regs);
+        }
         if self.threaded(pid).is_none() {
             let clock_ns = self.process(pid).clock_ns;
             let leader = thread_group_leader(pid).unwrap_or(pid);
@@ -71,6 +78,95 @@ impl Supervisor<'_> {
         let clear_tid = (regs.rdi & libc::CLONE_CHILD_CLEARTID as u64 != 0).then_some(regs.r10);
         self.thread_clones.insert(pid, clear_tid);
         self.proceed(pid, 0);
+    }
+
+    /// Before a process's first thread: the process (still one thread,
+    /// stopped at the seccomp stop of the `clone`) installs the
+    /// blocking-call filter, a call the supervisor makes it make in place
+    /// of the `clone`, which it then makes again (its seccomp stop comes
+    /// back here, the filter in place; the new thread inherits it). The
+    /// policy's allowlist denies `seccomp`, but a call a tracer puts in
+    /// place at a seccomp stop is checked only against denials in the
+    /// kernel (a trace there counts as handled), so the workload itself
+    /// still cannot stack a filter. If the install fails (the record says
+    /// so), blocking calls wait in the kernel, as they did before.
+    fn stack_blocking_filter(&mut self, pid: Tid, regs: libc::user_regs_struct) {
+        self.process(pid).tries_blocking = true;
+        let code: Vec<u8> = self
+            .blocking
+            .iter()
+            .flat_map(|insn| [&insn.code.to_ne_bytes()[..], &[insn.jt, insn.jf], &insn.k.to_ne_bytes()].concat())
+            .collect();
+        // Below the red zone: the program, and before it the `sock_fprog`
+        // (a length, padding, the program's address).
+        let code_at = (regs.rsp - BELOW_STACK - code.len() as u64) & !15;
+        let fprog_at = code_at - 16;
+        let length = u16::try_from(self.blocking.len()).expect("a filter holds at most 4096 instructions");
+        let fprog = [&length.to_ne_bytes()[..], &[0; 6], &code_at.to_ne_bytes()].concat();
+        let written = write_memory(pid, code_at, &code).and_then(|()| write_memory(pid, fprog_at, &fprog));
+        let result = match written {
+            Err(errno) => errno,
+            Ok(()) => {
+                let mut call = regs;
+                (call.orig_rax, call.rdi, call.rsi, call.rdx) =
+                    (libc::SYS_seccomp as u64, SECCOMP_SET_MODE_FILTER, 0, fprog_at);
+                if set_registers(pid, &call).is_err() || self.step_to_syscall_stop(pid).is_none() {
+                    return; // It died meanwhile.
+                }
+                let Ok(after) = registers(pid) else { return };
+                after.rax as i64
+            }
+        };
+        self.event(Record::Call { name: "blocking-call filter".into(), result, data: Vec::new() }, pid);
+        // Back to the `syscall` instruction with the clone's number.
+        let mut again = regs;
+        again.rip -= 2;
+        again.rax = regs.orig_rax;
+        if written.is_ok() {
+            // At the seccomp call's exit now: it returns to make the clone.
+            let _ = set_registers(pid, &again);
+        } else {
+            // Still at the clone's seccomp stop: skip it, to be made again.
+            again.orig_rax = u64::MAX;
+            let _ = set_registers(pid, &again);
+        }
+        self.proceed(pid, 0);
+    }
+
+    /// At the seccomp stop of a call the blocking-call filter sends here
+    /// (a read, a receive, an accept). In a threaded process, whose turn
+    /// it is, the call runs only if it would not block now. If it would,
+    /// the thread waits (`Wait::Io`) and makes the call again at its next
+    /// turn, so the other threads run meanwhile: one of them may be what
+    /// it waits for (`multiprocessing.Pool`'s parent reads results in one
+    /// thread while another sends the tasks, and the workers get no task
+    /// while the reader holds the turn). A call that runs counts against
+    /// the slice. In any other process the call runs as it is.
+    pub(super) fn blocking_call(&mut self, pid: Tid, number: i64, mut regs: libc::user_regs_struct) {
+        let Some(id) = self.threaded(pid) else { return self.proceed(pid, 0) };
+        let group = self.groups.get_mut(&id).expect("threaded");
+        if group.ending || !group.runs(pid) {
+            return self.proceed(pid, 0);
+        }
+        if !would_block(group.leader, number, &regs) {
+            if group.slice_over() {
+                self.next_turn(id);
+            }
+            return self.proceed(pid, 0);
+        }
+        // Skipped (number -1), and back at its `syscall` instruction with
+        // its number: when it runs again it makes the call again.
+        regs.orig_rax = u64::MAX;
+        regs.rax = number as u64;
+        regs.rip -= 2;
+        if set_registers(pid, &regs).is_err() {
+            return;
+        }
+        group.wait(pid, Wait::Io, None);
+        self.next_turn(id);
+        if self.ending.is_none() {
+            self.proceed(pid, 0);
+        }
     }
 
     /// At the clone event: `child` is a new thread of `parent`'s process;
@@ -144,15 +240,19 @@ impl Supervisor<'_> {
     /// left: the next one runs (waiters whose time came wake first). If
     /// every thread waits for another, the run is refused.
     fn next_turn(&mut self, id: Tid) {
-        let Some(group) = self.groups.get_mut(&id) else { return };
-        if group.ending {
+        // Out of the map while it decides, which may ask about the others.
+        let Some(mut group) = self.groups.remove(&id) else { return };
+        let ending = group.ending;
+        let turn = if ending { None } else { group.schedule(-i64::from(libc::ETIMEDOUT), || self.others_quiet(id)) };
+        self.groups.insert(id, group);
+        if ending {
             return;
         }
-        let Some(turn) = group.schedule(-i64::from(libc::ETIMEDOUT)) else {
+        let Some(turn) = turn else {
             let call = "every thread waits for another (a deadlock)".to_owned();
             return self.end(Ending::Refused { source: SOURCE, call }, None);
         };
-        let alone = group.len() == 1;
+        let alone = self.groups.get(&id).is_some_and(|group| group.len() == 1);
         let next = turn.next;
         self.answer_woken(turn.woken);
         if turn.stalled {
@@ -166,8 +266,44 @@ impl Supervisor<'_> {
         }
     }
 
+    /// Whether no tracee outside group `id` has run since the last time
+    /// this was asked for it (false the first time): each sleeps in the
+    /// kernel, has ended, or is held here (a thread waiting for its turn;
+    /// the threads of another process all of whose threads wait count as
+    /// held), with the same CPU time as then. A tracee stopped at a stop
+    /// not yet handled, or running, is busy. A vain try is then not one
+    /// another process was about to answer; one that sleeps in the kernel
+    /// with a real timeout is not seen coming.
+    fn others_quiet(&mut self, id: Tid) -> bool {
+        let mut seen = Vec::new();
+        for (&tid, process) in &self.processes {
+            let held_group = process.group.and_then(|other| self.groups.get(&other)).is_some_and(Group::all_wait);
+            if process.group == Some(id) || held_group {
+                continue;
+            }
+            let state = run_state(tid);
+            let quiet = match state {
+                None => true,
+                Some((state, _)) => matches!(state, 'S' | 'Z' | 'X') || state == 't' && self.held.contains_key(&tid),
+            };
+            if !quiet {
+                self.quiet_seen.remove(&id);
+                return false;
+            }
+            seen.push((tid, state.map_or(0, |(_, cpu_ns)| cpu_ns)));
+        }
+        seen.sort_unstable();
+        if self.quiet_seen.get(&id) == Some(&seen) {
+            self.quiet_seen.remove(&id);
+            return true;
+        }
+        self.quiet_seen.insert(id, seen);
+        false
+    }
+
     /// One thread is left: the process is an ordinary one again.
     fn dissolve(&mut self, id: Tid) {
+        self.quiet_seen.remove(&id);
         let Some(group) = self.groups.remove(&id) else { return };
         for (tid, process) in self.processes.iter_mut().filter(|(_, process)| process.group == Some(id)) {
             process.group = None;
@@ -254,17 +390,20 @@ impl Supervisor<'_> {
                 self.answer_wait(tid, regs, result);
                 continue;
             }
-            // Stopped at the exit of its last try, set to try again:
-            // instead the call returns (its timeout came, nothing ready:
+            // Stopped at the exit of its last try (or, a blocking call, at
+            // its seccomp stop, skipped), set to try again: instead the
+            // call returns (its timeout came, nothing ready:
             // what its try returns when nothing was, `-ETIMEDOUT` for a
             // futex; or it was interrupted).
             let result = match self.tries.remove(&tid) {
                 Some(attempt) if result == 0 => attempt.idle,
                 _ => result,
             };
+            // A blocking call that was skipped holds its number in rax.
+            let number = if regs.orig_rax == u64::MAX { regs.rax } else { regs.orig_rax };
             regs.rip += 2;
             regs.rax = result as u64;
-            let name = syscalls::name(regs.orig_rax as i64).unwrap_or("unknown").to_owned();
+            let name = syscalls::name(number as i64).unwrap_or("unknown").to_owned();
             if set_registers(tid, &regs).is_ok() {
                 self.event(Record::Call { name, result, data: Vec::new() }, tid);
             }
@@ -329,6 +468,18 @@ impl Supervisor<'_> {
         if !waits {
             self.tries.remove(&pid);
             let _ = set_registers(pid, &regs);
+            // A wait for descriptors that found some ready passes the turn
+            // on, as a yield does: another thread of the process may be
+            // the one to take what is ready (`multiprocessing.Pool`'s
+            // parent watches its results pipe in one thread and reads it in
+            // another; the watcher would otherwise find it ready again and
+            // again for a whole slice, and for as many slices as results
+            // came meanwhile).
+            if attempt.idle == 0 && regs.rax as i64 > 0 {
+                if let Some(id) = id {
+                    self.next_turn(id);
+                }
+            }
             return;
         }
         // Back to the `syscall` instruction (2 bytes), with the call's
@@ -578,6 +729,18 @@ impl Supervisor<'_> {
     }
 }
 
+/// Thread `tid`'s scheduler state (`R`, `S`, `t`, ... from
+/// `/proc/<tid>/stat`) and the CPU time it has had, in nanoseconds
+/// (`/proc/<tid>/schedstat`; 0 without it). `None` once it is gone.
+fn run_state(tid: Tid) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
+    // The state follows the command name's closing parenthesis.
+    let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+    let schedstat = std::fs::read_to_string(format!("/proc/{tid}/schedstat")).unwrap_or_default();
+    let cpu_ns = schedstat.split_whitespace().next().and_then(|ns| ns.parse().ok()).unwrap_or(0);
+    Some((state, cpu_ns))
+}
+
 /// Thread `tid`'s status (`/proc/<tid>/status`).
 fn status(tid: Tid) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{tid}/status")).ok()
@@ -613,6 +776,33 @@ fn waits_for_descriptors(number: i64) -> Option<Timeout> {
         libc::SYS_select => Timeout::Val(4),
         _ => return None,
     })
+}
+
+/// Whether the call (a read, a receive, an accept) would block now: its
+/// descriptor, looked at through a copy (`pidfd_getfd`, from the process
+/// `leader`), blocks and has nothing to read. A descriptor that cannot be
+/// copied is not waited for: the call runs and the kernel answers it.
+/// Something another process reads first may still make a call that
+/// found its descriptor ready block, holding the turn.
+fn would_block(leader: Tid, number: i64, regs: &libc::user_regs_struct) -> bool {
+    let flags = match number {
+        libc::SYS_recvfrom => regs.r10,
+        libc::SYS_recvmsg => regs.rdx,
+        _ => 0,
+    };
+    if flags & libc::MSG_DONTWAIT as u64 != 0 {
+        return false;
+    }
+    let Ok(fd) = i32::try_from(regs.rdi) else { return false };
+    let Ok(file) = super::tracee_descriptor(leader, fd) else { return false };
+    // SAFETY: fcntl on a descriptor this thread owns.
+    let status = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if status < 0 || status & libc::O_NONBLOCK != 0 {
+        return false;
+    }
+    let mut poll = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: poll of one descriptor this thread owns, without waiting.
+    unsafe { libc::poll(&mut poll, 1, 0) == 0 }
 }
 
 /// A zero `timespec` (or `timeval`) of the thread's own, written below its
