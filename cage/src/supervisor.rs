@@ -292,6 +292,8 @@ pub(crate) struct Supervisor<'a> {
     exiting: HashMap<libc::pid_t, (libc::pid_t, Option<u64>)>,
     /// Threads trying a wait for descriptors without waiting.
     tries: HashMap<libc::pid_t, threaded::Try>,
+    /// By group: a pidfd of its process, opened at its first blocking call.
+    pidfds: HashMap<libc::pid_t, OwnedFd>,
     /// By group: the other tracees and their CPU times when the group's
     /// tries were last all in vain (`threaded.rs`, `others_quiet`).
     quiet_seen: HashMap<libc::pid_t, Vec<(libc::pid_t, u64)>>,
@@ -334,6 +336,7 @@ impl<'a> Supervisor<'a> {
             exiting: HashMap::new(),
             tries: HashMap::new(),
             quiet_seen: HashMap::new(),
+            pidfds: HashMap::new(),
             blocking,
             ending: None,
         }
@@ -1514,23 +1517,36 @@ fn read_iovecs(pid: libc::pid_t, address: u64, count: u64) -> Result<Vec<(u64, u
 }
 
 fn tracee_descriptor(pid: libc::pid_t, fd: i32) -> Result<OwnedFd, i32> {
+    descriptor_of(&pidfd(pid)?, fd)
+}
+
+fn last_errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// A pidfd of process `pid` (its first thread's pid).
+fn pidfd(pid: libc::pid_t) -> Result<OwnedFd, i32> {
     use std::os::fd::FromRawFd;
-    let errno = || io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
     // SAFETY: pidfd_open takes a pid and flags and returns a new
     // descriptor or -1. The tracee cannot have been reaped meanwhile: it
     // is stopped, and only this thread waits for it.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if pidfd < 0 {
-        return Err(errno());
+        return Err(last_errno());
     }
     // SAFETY: a fresh descriptor, owned from here.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    Ok(unsafe { OwnedFd::from_raw_fd(pidfd as i32) })
+}
+
+/// A copy of descriptor `fd` of the process `pidfd` refers to.
+fn descriptor_of(pidfd: &OwnedFd, fd: i32) -> Result<OwnedFd, i32> {
+    use std::os::fd::FromRawFd;
     // SAFETY: pidfd_getfd takes a pidfd, a descriptor number and flags
     // (this thread is the tracer, so it may); it returns a new descriptor
     // (close-on-exec) or -1.
     let duplicate = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
     if duplicate < 0 {
-        return Err(errno());
+        return Err(last_errno());
     }
     // SAFETY: as above.
     Ok(unsafe { OwnedFd::from_raw_fd(duplicate as i32) })

@@ -11,7 +11,7 @@
 //! thread whose turn it is not stays stopped (`held`) until it is. When
 //! only one thread is left the process is an ordinary one again.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::{read_bytes, registers, set_registers, syscalls, write_memory, Ending, Pending, Supervisor};
 use crate::threads::{Group, Tid, Wait, Woken};
@@ -148,7 +148,14 @@ impl Supervisor<'_> {
         if group.ending || !group.runs(pid) {
             return self.proceed(pid, 0);
         }
-        if !would_block(group.leader, number, &regs) {
+        let leader = group.leader;
+        let pidfd = match self.pidfds.entry(id) {
+            std::collections::hash_map::Entry::Occupied(known) => Some(&*known.into_mut()),
+            std::collections::hash_map::Entry::Vacant(new) => super::pidfd(leader).ok().map(|fd| &*new.insert(fd)),
+        };
+        let blocks = pidfd.is_some_and(|pidfd| would_block(pidfd, number, &regs));
+        let group = self.groups.get_mut(&id).expect("threaded");
+        if !blocks {
             if group.slice_over() {
                 self.next_turn(id);
             }
@@ -301,10 +308,16 @@ impl Supervisor<'_> {
         false
     }
 
+    /// Group `id` is no more: what the supervisor kept for it goes too.
+    fn drop_group(&mut self, id: Tid) -> Option<Group> {
+        self.quiet_seen.remove(&id);
+        self.pidfds.remove(&id);
+        self.groups.remove(&id)
+    }
+
     /// One thread is left: the process is an ordinary one again.
     fn dissolve(&mut self, id: Tid) {
-        self.quiet_seen.remove(&id);
-        let Some(group) = self.groups.remove(&id) else { return };
+        let Some(group) = self.drop_group(id) else { return };
         for (tid, process) in self.processes.iter_mut().filter(|(_, process)| process.group == Some(id)) {
             process.group = None;
             process.clock_ns = group.clock_ns;
@@ -361,7 +374,7 @@ impl Supervisor<'_> {
             group.leave(pid);
         }
         if group.len() == 0 {
-            self.groups.remove(&id);
+            self.drop_group(id);
         }
     }
 
@@ -370,7 +383,7 @@ impl Supervisor<'_> {
     fn thread_gone(&mut self, id: Tid, clear_tid: Option<u64>) {
         let Some(group) = self.groups.get_mut(&id) else { return };
         if group.len() == 0 {
-            self.groups.remove(&id);
+            self.drop_group(id);
             return;
         }
         if let Some(address) = clear_tid {
@@ -780,11 +793,11 @@ fn waits_for_descriptors(number: i64) -> Option<Timeout> {
 
 /// Whether the call (a read, a receive, an accept) would block now: its
 /// descriptor, looked at through a copy (`pidfd_getfd`, from the process
-/// `leader`), blocks and has nothing to read. A descriptor that cannot be
-/// copied is not waited for: the call runs and the kernel answers it.
-/// Something another process reads first may still make a call that
-/// found its descriptor ready block, holding the turn.
-fn would_block(leader: Tid, number: i64, regs: &libc::user_regs_struct) -> bool {
+/// `pidfd` refers to), has nothing to read and blocks. A descriptor that
+/// cannot be copied is not waited for: the call runs and the kernel
+/// answers it. Something another process reads first may still make a
+/// call that found its descriptor ready block, holding the turn.
+fn would_block(pidfd: &OwnedFd, number: i64, regs: &libc::user_regs_struct) -> bool {
     let flags = match number {
         libc::SYS_recvfrom => regs.r10,
         libc::SYS_recvmsg => regs.rdx,
@@ -794,15 +807,15 @@ fn would_block(leader: Tid, number: i64, regs: &libc::user_regs_struct) -> bool 
         return false;
     }
     let Ok(fd) = i32::try_from(regs.rdi) else { return false };
-    let Ok(file) = super::tracee_descriptor(leader, fd) else { return false };
-    // SAFETY: fcntl on a descriptor this thread owns.
-    let status = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-    if status < 0 || status & libc::O_NONBLOCK != 0 {
-        return false;
-    }
+    let Ok(file) = super::descriptor_of(pidfd, fd) else { return false };
     let mut poll = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     // SAFETY: poll of one descriptor this thread owns, without waiting.
-    unsafe { libc::poll(&mut poll, 1, 0) == 0 }
+    if unsafe { libc::poll(&mut poll, 1, 0) } != 0 {
+        return false; // Ready (a regular file always is), or failed.
+    }
+    // SAFETY: fcntl on a descriptor this thread owns.
+    let status = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    status >= 0 && status & libc::O_NONBLOCK == 0
 }
 
 /// A zero `timespec` (or `timeval`) of the thread's own, written below its
