@@ -7,7 +7,10 @@
 #   6. 100,000 `getrandom` calls (each one trapped and answered);
 #   7. two threads passing a turn back and forth 20,000 times each through
 #      a mutex and a condition variable (threads are serialised in the
-#      cage: every handoff is a futex wait and wake the supervisor answers).
+#      cage: every handoff is a futex wait and wake the supervisor answers);
+#   8. 100,000 one-byte reads of a file by a process with a second thread
+#      (a threaded process's reads stop at the supervisor, which runs one
+#      only if it would not block).
 #
 #   scripts/bench-determinism.sh [RUNS]     (default 10)
 #
@@ -51,7 +54,25 @@ static void *player(void *arg) {
 }
 int main(void) { pthread_t a, b; pthread_create(&a, 0, player, (void *)0L); pthread_create(&b, 0, player, (void *)1L); pthread_join(a, 0); pthread_join(b, 0); printf("%d\n", turn); return 0; }
 C
-build_static true spin trap pingpong
+cat > "$work/reads.c" <<'C'
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+static pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t c = PTHREAD_COND_INITIALIZER;
+static int done;
+static void *idle(void *arg) { pthread_mutex_lock(&m); while (!done) pthread_cond_wait(&c, &m); pthread_mutex_unlock(&m); return arg; }
+int main(int argc, char **argv) {
+    pthread_t t; pthread_create(&t, 0, idle, 0);
+    int fd = open(argv[1], O_RDONLY); char b; long n = 0;
+    while (read(fd, &b, 1) == 1) n++;
+    pthread_mutex_lock(&m); done = 1; pthread_cond_signal(&c); pthread_mutex_unlock(&m); pthread_join(t, 0);
+    printf("%ld\n", n); return 0;
+}
+C
+build_static true spin trap pingpong reads
+head -c 100000 /dev/urandom > "$work/small"
 head -c 10000000 /dev/urandom > "$work/data"
 export DOCKLOCK_CACHE_DIR=$work/cache
 cage="$docklock cage run --no-cgroups --witness $work/w.log --limit events=300000 --limit wall-ms=600000"
@@ -64,6 +85,7 @@ add "bzip2 10 MB" "/usr/bin/bzip2 -c $work/data" "$cage --in data=$work/data -- 
 add "200 sh spawns" "/bin/sh -c 'for i in \$(seq 200); do /bin/sh -c :; done'" "$cage -- /bin/sh -c 'for i in \$(seq 200); do /bin/sh -c :; done'"
 add "compute loop" "$bin_dir/spin" "$cage -- $bin_dir/spin"
 add "thread ping-pong 40,000" "$bin_dir/pingpong" "$cage -- $bin_dir/pingpong"
+add "100,000 reads, threaded" "$bin_dir/reads $work/small" "$cage --in small=$work/small -- $bin_dir/reads /in/small"
 add "100,000 getrandom" "$bin_dir/trap" "$cage -- $bin_dir/trap"
 
 echo "| workload | native ms | caged ms | slowdown |"
