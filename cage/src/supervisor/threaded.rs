@@ -118,18 +118,16 @@ impl Supervisor<'_> {
             }
         };
         self.event(Record::Call { name: "blocking-call filter".into(), result, data: Vec::new() }, pid);
-        // Back to the `syscall` instruction with the clone's number.
+        // Back to the `syscall` instruction with the clone's number, from
+        // the seccomp call's exit; or, if nothing was injected, from the
+        // clone's seccomp stop, skipping it there.
         let mut again = regs;
         again.rip -= 2;
         again.rax = regs.orig_rax;
-        if written.is_ok() {
-            // At the seccomp call's exit now: it returns to make the clone.
-            let _ = set_registers(pid, &again);
-        } else {
-            // Still at the clone's seccomp stop: skip it, to be made again.
+        if written.is_err() {
             again.orig_rax = u64::MAX;
-            let _ = set_registers(pid, &again);
         }
+        let _ = set_registers(pid, &again);
         self.proceed(pid, 0);
     }
 
@@ -148,12 +146,13 @@ impl Supervisor<'_> {
         if group.ending || !group.runs(pid) {
             return self.proceed(pid, 0);
         }
-        let leader = group.leader;
-        let pidfd = match self.pidfds.entry(id) {
-            std::collections::hash_map::Entry::Occupied(known) => Some(&*known.into_mut()),
-            std::collections::hash_map::Entry::Vacant(new) => super::pidfd(leader).ok().map(|fd| &*new.insert(fd)),
-        };
-        let blocks = pidfd.is_some_and(|pidfd| would_block(pidfd, number, &regs));
+        // One pidfd per process, kept until its group ends.
+        if let std::collections::hash_map::Entry::Vacant(entry) = self.pidfds.entry(id) {
+            if let Ok(pidfd) = super::pidfd(group.leader) {
+                entry.insert(pidfd);
+            }
+        }
+        let blocks = self.pidfds.get(&id).is_some_and(|pidfd| would_block(pidfd, number, &regs));
         let group = self.groups.get_mut(&id).expect("threaded");
         if !blocks {
             if group.slice_over() {
@@ -746,12 +745,18 @@ impl Supervisor<'_> {
 /// `/proc/<tid>/stat`) and the CPU time it has had, in nanoseconds
 /// (`/proc/<tid>/schedstat`; 0 without it). `None` once it is gone.
 fn run_state(tid: Tid) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
-    // The state follows the command name's closing parenthesis.
-    let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+    let state = scheduler_state(tid)?;
     let schedstat = std::fs::read_to_string(format!("/proc/{tid}/schedstat")).unwrap_or_default();
     let cpu_ns = schedstat.split_whitespace().next().and_then(|ns| ns.parse().ok()).unwrap_or(0);
     Some((state, cpu_ns))
+}
+
+/// Thread `tid`'s scheduler state (`/proc/<tid>/stat`), `None` once it
+/// is gone.
+fn scheduler_state(tid: Tid) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
+    // The state follows the command name's closing parenthesis.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 /// Thread `tid`'s status (`/proc/<tid>/status`).
@@ -851,10 +856,7 @@ fn thread_group_leader(tid: Tid) -> Option<Tid> {
 /// exit reported.
 fn wait_until_zombie(tid: Tid) -> bool {
     for _ in 0..10_000 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{tid}/stat")) else { return true };
-        // The state follows the command name's closing parenthesis.
-        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
-        if matches!(state, Some('Z' | 'X') | None) {
+        if matches!(scheduler_state(tid), Some('Z' | 'X') | None) {
             return true;
         }
         std::thread::sleep(std::time::Duration::from_micros(100));
