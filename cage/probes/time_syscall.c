@@ -1,4 +1,4 @@
-/* Observes: wall/monotonic/CPU time through raw syscalls (clock_gettime for every clock id, clock_getres, gettimeofday, time). Cage: handled -- answered from the per-process logical clock (2000-01-01T00:00:00Z, +1 us per reading), resolution fixed at 1 ns. Variant "vsyscall" calls the legacy vsyscall page (gettimeofday at 0xffffffffff600000, time at 0xffffffffff600400), which the kernel emulates on the page fault rather than through a syscall instruction. Variant "times" sleeps 11 ms (so that native runs cannot share one 10 ms tick) and calls times(2) (CPU ticks and elapsed ticks since boot; answered in the cage from the logical clock), "rusage" getrusage (refused in the cage). */
+/* Observes: wall/monotonic/CPU time through raw syscalls (clock_gettime for every clock id, clock_getres, gettimeofday, time). Cage: handled -- answered from the per-process logical clock (2000-01-01T00:00:00Z, +1 us per reading), resolution fixed at 1 ns. Variant "vsyscall" calls the legacy vsyscall page (gettimeofday at 0xffffffffff600000, time at 0xffffffffff600400), which the kernel emulates on the page fault rather than through a syscall instruction. Variant "times" sleeps 11 ms (so that native runs cannot share one 10 ms tick) and calls times(2) (CPU ticks and elapsed ticks since boot; answered in the cage from the logical clock), "rusage" reaps a CPU-burning child with wait4 and its usage, then calls getrusage for itself and its children (answered in the cage: no usage, all zeros). */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <time.h>
@@ -44,11 +44,28 @@ int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "rusage")) {
         printf("variant rusage\n");
         fflush(stdout);
+        /* A child that burns CPU, so that its usage (through wait4 and
+           RUSAGE_CHILDREN) differs natively from run to run. */
+        pid_t child = fork();
+        if (child == 0) {
+            volatile unsigned long spin = 0;
+            for (unsigned long i = 0; i < 20000000; i++) spin += i;
+            _exit(0);
+        }
         struct rusage ru;
-        long r = syscall(SYS_getrusage, RUSAGE_SELF, &ru);
-        printf("getrusage ret %ld utime %ld.%06ld stime %ld.%06ld maxrss %ld minflt %ld nvcsw %ld nivcsw %ld\n", r,
-               (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec, (long)ru.ru_stime.tv_sec, (long)ru.ru_stime.tv_usec,
-               ru.ru_maxrss, ru.ru_minflt, ru.ru_nvcsw, ru.ru_nivcsw);
+        int status = 0;
+        long w = syscall(SYS_wait4, child, &status, 0, &ru);
+        printf("wait4 reaped %d status %d utime %ld.%06ld stime %ld.%06ld maxrss %ld minflt %ld nvcsw %ld nivcsw %ld\n",
+               w == child, status, (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec, (long)ru.ru_stime.tv_sec,
+               (long)ru.ru_stime.tv_usec, ru.ru_maxrss, ru.ru_minflt, ru.ru_nvcsw, ru.ru_nivcsw);
+        int who[] = {RUSAGE_SELF, RUSAGE_CHILDREN};
+        for (int i = 0; i < 2; i++) {
+            long r = syscall(SYS_getrusage, who[i], &ru);
+            printf("getrusage %s ret %ld utime %ld.%06ld stime %ld.%06ld maxrss %ld minflt %ld nvcsw %ld nivcsw %ld\n",
+                   i ? "children" : "self", r, (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec,
+                   (long)ru.ru_stime.tv_sec, (long)ru.ru_stime.tv_usec, ru.ru_maxrss, ru.ru_minflt, ru.ru_nvcsw,
+                   ru.ru_nivcsw);
+        }
         return 0;
     }
     for (unsigned i = 0; i < sizeof clocks / sizeof clocks[0]; i++) {

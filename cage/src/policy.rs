@@ -13,7 +13,8 @@
 //! stricter than the list: `clone` is allowed only without namespace flags
 //! (no nested user namespaces), `sendto` goes to the supervisor when it
 //! names an address (an unbound socket's port is the cage's to choose),
-//! and `clone` goes to the supervisor with
+//! `wait4` and `waitid` go to it when they ask for the child's resource
+//! usage (host timing, which it zeroes), and `clone` goes to the supervisor with
 //! `CLONE_THREAD` (which serialises the process's threads from then on:
 //! `threads.rs`), and `clone3`, whose flags sit in memory a filter
 //! cannot read, fails with `ENOSYS` so libc falls back to `clone`.
@@ -180,6 +181,19 @@ fn filters(allowed: &[String], traced: &[String]) -> Result<Vec<Filter>, PolicyE
         let addressed = SeccompCondition::new(4, SeccompArgLen::Qword, SeccompCmpOp::Ne, 0).map_err(compile)?;
         let sendto = syscalls::number("sendto").expect("known");
         traced_rules.insert(sendto, vec![SeccompRule::new(vec![addressed]).map_err(compile)?]);
+    }
+    for (name, usage) in [("wait4", 3), ("waitid", 4)] {
+        if allowed.iter().any(|allowed| allowed == name) {
+            // A reaped child's resource usage is its CPU time, faults and
+            // context switches: host timing, which the supervisor zeroes.
+            // A wait without a usage buffer is not stopped.
+            let with_usage =
+                SeccompCondition::new(usage, SeccompArgLen::Qword, SeccompCmpOp::Ne, 0).map_err(compile)?;
+            traced_rules.insert(
+                syscalls::number(name).expect("known"),
+                vec![SeccompRule::new(vec![with_usage]).map_err(compile)?],
+            );
+        }
     }
     if !traced_rules.is_empty() {
         let trace = SeccompAction::Trace(DATA_TRACE);
@@ -477,6 +491,24 @@ mod tests {
         assert_eq!(decide(&narrow.blocking, "readv"), libc::SECCOMP_RET_TRACE | DATA_BLOCKING);
         assert_eq!(decide(&narrow.blocking, "read"), libc::SECCOMP_RET_ALLOW);
         assert_eq!(decide(&narrow.programs[narrow.programs.len() - 1], "read"), libc::SECCOMP_RET_TRACE | DATA_DENY);
+    }
+
+    /// A wait stops at the supervisor only when it asks for the child's
+    /// resource usage (which the supervisor zeroes).
+    #[test]
+    fn waits_are_traced_only_with_a_usage_buffer() {
+        let policy = Policy::compile(DEFAULT).unwrap();
+        let decide = |name: &str, argument: usize, value: u32| {
+            let mut data = [0u32; 16];
+            (data[0], data[1]) = (syscalls::number(name).unwrap() as u32, 0xc000_003e);
+            data[4 + 2 * argument] = value;
+            // The most restrictive action of the stack (the lowest value).
+            policy.programs.iter().map(|program| evaluate(program, &data)).min().unwrap()
+        };
+        for (name, usage) in [("wait4", 3), ("waitid", 4)] {
+            assert_eq!(decide(name, usage, 0), libc::SECCOMP_RET_ALLOW, "{name} without usage");
+            assert_eq!(decide(name, usage, 0x7ff0_1000), libc::SECCOMP_RET_TRACE | DATA_TRACE, "{name} with usage");
+        }
     }
 
     /// The dispatch tree decides every call as seccompiler's own chain does:

@@ -51,6 +51,8 @@ const RANDOM_BYTES_MAX: usize = 4096;
 const TSC_PER_NS: u64 = 3;
 /// Clock ticks per second of `times` (`sysconf(_SC_CLK_TCK)` on Linux).
 const CLOCK_TICKS_PER_SEC: u64 = 100;
+/// `struct rusage`: two `timeval`s and fourteen longs.
+const RUSAGE_SIZE: usize = std::mem::size_of::<libc::rusage>();
 /// A kernel-raised signal (`si_code`), as the #GP of a disabled RDTSC is.
 const SI_KERNEL: i32 = 0x80;
 /// Bound on the words walked to find and rewrite the auxiliary vector.
@@ -137,7 +139,10 @@ fn handling<'a>(name: &str) -> Handling<'a> {
         "arch_prctl" => Handling::Check(arch_prctl_allowed),
         "setsockopt" => Handling::Check(setsockopt_allowed),
         "getsockopt" => Handling::Check(getsockopt_allowed),
-        "getrusage" => Handling::Refuse("resource usage"),
+        "getrusage" => Handling::Emulate(Supervisor::getrusage),
+        // Only with a usage buffer (an argument rule in the policy).
+        "wait4" => Handling::AtExit(|regs| Pending::Usage { buffer: regs.r10, info: 0 }),
+        "waitid" => Handling::AtExit(|regs| Pending::Usage { buffer: regs.r8, info: regs.rdx }),
         // Only thread creation reaches here (the filter passes other clones).
         "clone" => Handling::Thread,
         // `sendto` only with an address (an argument rule in the policy);
@@ -184,6 +189,12 @@ enum Pending {
     /// A thread's wait for descriptors, tried without waiting
     /// (`threaded.rs`).
     Try,
+    /// A wait that reaps a child and reports its resource usage in this
+    /// buffer; `info` is `waitid`'s `siginfo_t` (0 for `wait4`, or if none).
+    Usage {
+        buffer: u64,
+        info: u64,
+    },
 }
 
 /// One traced process (or thread): where it sits in the run's process
@@ -958,6 +969,7 @@ impl<'a> Supervisor<'a> {
             Pending::Link { buffer, size } => {
                 self.rewrite_link(pid, name, regs, buffer, result as usize, size as usize);
             }
+            Pending::Usage { buffer, info } => self.zero_usage(pid, name, result, buffer, info),
             // Given their results before the call's own was looked at.
             Pending::Answered { .. } | Pending::Try => {}
         }
@@ -1183,6 +1195,32 @@ impl<'a> Supervisor<'a> {
             }
         }
         ticks
+    }
+
+    /// No usage at all: the logical clock counts no CPU time (as `times`
+    /// shows none), and faults, context switches and peak memory are the
+    /// host's doing.
+    fn getrusage(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
+        if ![libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN, libc::RUSAGE_THREAD].contains(&(regs.rdi as i32)) {
+            return -i64::from(libc::EINVAL);
+        }
+        self.write(pid, regs.rsi, &[0u8; RUSAGE_SIZE]).map_or_else(|e| e, |()| 0)
+    }
+
+    /// At the exit of a wait with a usage buffer: if it reaped a child
+    /// (`wait4` returns its pid; `waitid` returns 0 either way, its
+    /// `siginfo_t` says `SIGCHLD` if it found one), the child's usage is
+    /// zeroed, as `getrusage` answers, and recorded.
+    fn zero_usage(&mut self, pid: libc::pid_t, name: &str, result: i64, buffer: u64, info: u64) {
+        let reaped = match name {
+            "wait4" => result > 0,
+            _ if info == 0 => true,
+            _ => read_bytes(pid, info, 4)
+                .is_some_and(|signo| i32::from_ne_bytes(signo.try_into().expect("4 bytes")) == libc::SIGCHLD),
+        };
+        if reaped && write_memory(pid, buffer, &[0u8; RUSAGE_SIZE]).is_ok() {
+            self.event(Record::Call { name: format!("{name} usage"), result, data: Vec::new() }, pid);
+        }
     }
 
     fn clock_getres(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
