@@ -1,4 +1,4 @@
-# Observes: CPython's nondeterminism -- str hash seed (PYTHONHASHSEED from getrandom), set iteration order, time.time(), os.urandom, uuid4, id() (addresses), unseeded random; with "threads", four threads sharing a list under a lock and a queue (the order they run in, the times they see); with "processes", multiprocessing: three forked workers counting in shared memory under a process-shared lock (a POSIX semaphore in /dev/shm), reporting through a pipe and posting a semaphore the parent waits on while it has a second thread (a worker making threads would race the parent's forks for pid numbers, a known hole); with "waits", a thread blocked reading a pipe from a worker process while another thread sleeps (how long the worker takes); with "pool", a multiprocessing.Pool (its parent's result reader must not starve its task sender). Cage: handled -- getrandom/urandom seeded, logical clock, ASLR off, threads serialised, shared futexes waited on by trying, blocking reads in threaded processes tried, the logical clock held while other processes run.
+# Observes: CPython's nondeterminism -- str hash seed (PYTHONHASHSEED from getrandom), set iteration order, time.time(), os.urandom, uuid4, id() (addresses), unseeded random; with "threads", four threads sharing a list under a lock and a queue (the order they run in, the times they see); with "processes", multiprocessing: three forked workers counting in shared memory under a process-shared lock (a POSIX semaphore in /dev/shm), reporting through a pipe and posting a semaphore the parent waits on while it has a second thread (a worker making threads would race the parent's forks for pid numbers, a known hole); with "waits", a thread blocked reading a pipe from a worker process while another thread sleeps (how long the worker takes); with "pool", a multiprocessing.Pool (its parent's result reader must not starve its task sender); with "feed", a thread feeding a subprocess's stdin while the main thread waits for it to end. Cage: handled -- getrandom/urandom seeded, logical clock, ASLR off, threads serialised, shared futexes waited on by trying, blocking reads and waits for children in threaded processes tried, the logical clock held while other processes run.
 import os, random, sys, time, uuid
 
 if sys.argv[1:] == ["processes"]:
@@ -85,6 +85,28 @@ if sys.argv[1:] == ["pool"]:
     with multiprocessing.get_context("fork").Pool(2) as pool:
         print("map", pool.map(square, range(10)))
         print("unordered", sorted(pool.imap_unordered(square, range(5))))
+    sys.exit(0)
+
+if sys.argv[1:] == ["feed"]:
+    import subprocess, threading
+
+    # A thread feeds a child's input while the main thread waits for the
+    # child to end: a wait that blocked holding the turn starved the feeder.
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; print('child read', len(sys.stdin.buffer.read()), flush=True)"],
+        stdin=subprocess.PIPE,
+    )
+
+    def feed():
+        for _ in range(4):
+            time.sleep(0.001)
+            child.stdin.write(b"x" * 50_000)
+        child.stdin.close()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    print("child exit", child.wait(), "at", time.monotonic() > 0, flush=True)
+    feeder.join()
     sys.exit(0)
 
 if sys.argv[1:] == ["threads"]:

@@ -1,9 +1,10 @@
-/* Observes: thread scheduling -- threads racing on an unlocked counter (lost updates, interleaving), and with "sync" eight threads taking turns through a mutex, condition variables, a barrier, sleeps, timed waits, yields and stdio (the order they get the lock, what time each sees), "exit" the main thread leaving first, "deadlock" two threads waiting for each other, "io" an event loop thread waiting in epoll_wait and poll for what another thread writes to an eventfd and a pipe (and a poll timing out). Cage: handled (threads serialised at system call entries, futexes and sleeps answered by the supervisor on the process's logical clock); "deadlock" is refused "threads". */
+/* Observes: thread scheduling -- threads racing on an unlocked counter (lost updates, interleaving), and with "sync" eight threads taking turns through a mutex, condition variables, a barrier, sleeps, timed waits, yields and stdio (the order they get the lock, what time each sees), "exit" the main thread leaving first, "deadlock" two threads waiting for each other, "io" an event loop thread waiting in epoll_wait and poll for what another thread writes to an eventfd and a pipe (and a poll timing out), "wait" the main thread waiting (waitpid, waitid) for two children that end only once another thread has fed their pipes. Cage: handled (threads serialised at system call entries, futexes and sleeps answered by the supervisor on the process's logical clock); "deadlock" is refused "threads". */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/wait.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
@@ -189,6 +190,55 @@ static int io(void) {
     return 0;
 }
 
+/* Each child counts what it reads from its pipe until the end, and ends
+   with that count; a thread of the parent feeds both pipes while the
+   main thread waits for the children, so the waits can end only if the
+   feeder runs meanwhile. */
+static int feeds[2][2];
+
+static void *feeder(void *arg) {
+    (void)arg;
+    for (int round = 0; round < 3; round++) {
+        usleep(500);
+        for (int child = 0; child < 2; child++)
+            if (write(feeds[child][1], "abcd", (size_t)(child + 2)) < 0) return NULL;
+    }
+    printf("fed at %.6f\n", now());
+    fflush(stdout);
+    close(feeds[0][1]);
+    close(feeds[1][1]);
+    return NULL;
+}
+
+static int wait_for_children(void) {
+    pid_t children[2];
+    for (int child = 0; child < 2; child++) {
+        if (pipe(feeds[child])) return 1;
+        children[child] = fork();
+        if (children[child] == 0) {
+            close(feeds[child][1]);
+            if (child == 1) close(feeds[0][1]);
+            char buffer[64];
+            int count = 0;
+            ssize_t n;
+            while ((n = read(feeds[child][0], buffer, sizeof buffer)) > 0) count += (int)n;
+            _exit(count);
+        }
+        close(feeds[child][0]);
+    }
+    pthread_t thread;
+    pthread_create(&thread, NULL, feeder, NULL);
+    int status = 0;
+    pid_t reaped = waitpid(children[0], &status, 0);
+    printf("waitpid reaped %d exit %d at %.6f\n", reaped == children[0], WEXITSTATUS(status), now());
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    int r = waitid(P_PID, (id_t)children[1], &info, WEXITED);
+    printf("waitid ret %d reaped %d exit %d at %.6f\n", r, info.si_pid == children[1], info.si_status, now());
+    pthread_join(thread, NULL);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *variant = argc > 1 ? argv[1] : "race";
     printf("start %s\n", variant);
@@ -197,5 +247,6 @@ int main(int argc, char **argv) {
     if (!strcmp(variant, "exit")) return main_exits_first();
     if (!strcmp(variant, "deadlock")) return deadlock();
     if (!strcmp(variant, "io")) return io();
+    if (!strcmp(variant, "wait")) return wait_for_children();
     return race();
 }

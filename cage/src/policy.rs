@@ -71,9 +71,11 @@ pub struct Policy {
     pub blocking: BpfProgram,
 }
 
-/// Calls that wait for one descriptor to become readable, which the
-/// supervisor tries in threaded processes (`supervisor/threaded.rs`).
-pub(crate) const BLOCKING_CALLS: [&str; 6] = ["read", "readv", "recvfrom", "recvmsg", "accept", "accept4"];
+/// Calls that wait for one descriptor to become readable, or for a child
+/// to end, which the supervisor tries in threaded processes
+/// (`supervisor/threaded.rs`).
+pub(crate) const BLOCKING_CALLS: [&str; 8] =
+    ["read", "readv", "recvfrom", "recvmsg", "accept", "accept4", "wait4", "waitid"];
 
 /// Why a policy does not compile.
 #[derive(Debug, thiserror::Error)]

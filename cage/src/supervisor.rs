@@ -141,8 +141,7 @@ fn handling<'a>(name: &str) -> Handling<'a> {
         "getsockopt" => Handling::Check(getsockopt_allowed),
         "getrusage" => Handling::Emulate(Supervisor::getrusage),
         // Only with a usage buffer (an argument rule in the policy).
-        "wait4" => Handling::AtExit(|regs| Pending::Usage { buffer: regs.r10, info: 0 }),
-        "waitid" => Handling::AtExit(|regs| Pending::Usage { buffer: regs.r8, info: regs.rdx }),
+        "wait4" | "waitid" => Handling::AtExit(|regs| usage_of_wait(regs.orig_rax as i64, regs).expect("a wait")),
         // Only thread creation reaches here (the filter passes other clones).
         "clone" => Handling::Thread,
         // `sendto` only with an address (an argument rule in the policy);
@@ -155,6 +154,18 @@ fn handling<'a>(name: &str) -> Handling<'a> {
         "ioctl" => Handling::Refuse("time"),
         _ => Handling::Refuse("an unhandled traced call"),
     }
+}
+
+/// What a wait (`wait4`, `waitid`) that asks for the reaped child's
+/// resource usage leaves for its exit; `None` for any other call, or a
+/// wait without a usage buffer.
+fn usage_of_wait(number: i64, regs: &libc::user_regs_struct) -> Option<Pending> {
+    let (buffer, info) = match number {
+        libc::SYS_wait4 => (regs.r10, 0),
+        libc::SYS_waitid => (regs.r8, regs.rdx),
+        _ => return None,
+    };
+    (buffer != 0).then_some(Pending::Usage { buffer, info })
 }
 
 /// A call let through whose result the supervisor looks at.

@@ -489,6 +489,10 @@ probes! {
         shows: &["poll 5 ms ready 0 at 0.005902", "poll ready 1 read x at 0.020901"],
         ..case("threads", &["io"], Same, Varies)
     };
+    threads_wait_for_children_another_thread_feeds: Case {
+        shows: &["waitpid reaped 1 exit 6 at 0.001502", "waitid ret 0 reaped 1 exit 9 at 0.001503"],
+        ..case("threads", &["wait"], Same, Varies)
+    };
     spin_loop_ends_at_the_wall_limit: Case { limits: &["wall-ms=500"], ..case("spin", &[], Limit("wall-ms"), RunsForever) };
     spin_loop_ends_at_the_cpu_limit: Case { limits: &["cpu-secs=1"], ..case("spin", &[], Limit("cpu-secs"), RunsForever) };
     signals_are_delivered_in_order: case("signals", &[], Same, Deterministic);
@@ -552,6 +556,10 @@ probes! {
         // semaphore nobody posts ends at its logical deadline, timed out.
         shows: &["total 600", "timed wait False 946684800.051303"],
         ..case("python", &["processes"], Same, Varies)
+    };
+    python_feeds_a_subprocess_while_waiting_for_it: Case {
+        shows: &["child read 200000", "child exit 0 at True"],
+        ..case("python", &["feed"], Same, Deterministic)
     };
     python_waits_for_another_process: Case {
         // The worker's result, read by a blocked thread; the sleeper's

@@ -42,17 +42,39 @@ enum Timeout {
     Val(usize),
 }
 
-/// A thread's wait for descriptors being tried without waiting: the
-/// argument changed, its value as the program passed it, and when the
-/// wait ends (kept across tries).
+/// A thread's wait being tried without waiting: the argument changed,
+/// its value as the program passed it, and when the wait ends (kept
+/// across tries).
 #[derive(Clone, Copy)]
 pub(super) struct Try {
     argument: usize,
     passed: u64,
     deadline: Option<u64>,
-    /// What the try returns when nothing was ready: 0 for a wait for
-    /// descriptors, `-ETIMEDOUT` for a futex wait.
-    idle: i64,
+    tried: Tried,
+}
+
+/// What a try waits for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tried {
+    /// Descriptors (`poll` and kin): a zero timeout.
+    Descriptors,
+    /// A futex shared with other processes: a zero timeout.
+    Futex,
+    /// A child (`wait4`, `waitid`): `WNOHANG`. `info` is `waitid`'s
+    /// `siginfo_t` (0 for `wait4`), `usage` the buffer for the child's
+    /// resource usage (0 for none), which is zeroed.
+    Child { info: u64, usage: u64 },
+}
+
+impl Tried {
+    /// What the try returns when nothing was ready (`waitid` returns 0
+    /// either way; its `siginfo_t` tells).
+    fn idle(self) -> i64 {
+        match self {
+            Tried::Futex => -i64::from(libc::ETIMEDOUT),
+            Tried::Descriptors | Tried::Child { .. } => 0,
+        }
+    }
 }
 
 impl Supervisor<'_> {
@@ -141,10 +163,18 @@ impl Supervisor<'_> {
     /// while the reader holds the turn). A call that runs counts against
     /// the slice. In any other process the call runs as it is.
     pub(super) fn blocking_call(&mut self, pid: Tid, number: i64, mut regs: libc::user_regs_struct) {
+        // A wait that asks for the child's usage has it zeroed at its exit,
+        // wherever it runs (this filter's trace stands in for the policy's).
+        if let Some(usage) = super::usage_of_wait(number, &regs) {
+            self.pending.insert(pid, usage);
+        }
         let Some(id) = self.threaded(pid) else { return self.proceed(pid, 0) };
         let group = self.groups.get_mut(&id).expect("threaded");
         if group.ending || !group.runs(pid) {
             return self.proceed(pid, 0);
+        }
+        if matches!(number, libc::SYS_wait4 | libc::SYS_waitid) {
+            return self.try_wait_for_child(pid, id, number, regs);
         }
         // One pidfd per process, kept until its group ends.
         if let std::collections::hash_map::Entry::Vacant(entry) = self.pidfds.entry(id) {
@@ -173,6 +203,33 @@ impl Supervisor<'_> {
         if self.ending.is_none() {
             self.proceed(pid, 0);
         }
+    }
+
+    /// A thread's wait for a child (`wait4`, `waitid`) would block in the
+    /// kernel with its process's turn held, and the child may be waiting
+    /// for another thread of it (one that feeds its input, say, while this
+    /// one waits for it to end): it runs with `WNOHANG`, and `after_try`
+    /// looks at what it found, as for a wait for descriptors. One that
+    /// does not wait (`WNOHANG` already), or a `waitid` without a
+    /// `siginfo_t` (a wait that found nothing cannot be told from one that
+    /// did), runs as it is and counts against the slice.
+    fn try_wait_for_child(&mut self, pid: Tid, id: Tid, number: i64, mut regs: libc::user_regs_struct) {
+        let (argument, info, usage) = if number == libc::SYS_wait4 { (2, 0, regs.r10) } else { (3, regs.rdx, regs.r8) };
+        let passed = argument_value(&regs, argument);
+        let no_hang = libc::WNOHANG as u64;
+        if passed & no_hang != 0 || (number == libc::SYS_waitid && info == 0) {
+            if self.groups.get_mut(&id).expect("threaded").slice_over() {
+                self.next_turn(id);
+            }
+            return self.proceed(pid, 0);
+        }
+        set_argument(&mut regs, argument, passed | no_hang);
+        if set_registers(pid, &regs).is_ok() {
+            let tried = Tried::Child { info, usage };
+            self.tries.insert(pid, Try { argument, passed, deadline: None, tried });
+            self.pending.insert(pid, Pending::Try);
+        }
+        self.proceed(pid, 0);
     }
 
     /// At the clone event: `child` is a new thread of `parent`'s process;
@@ -408,7 +465,7 @@ impl Supervisor<'_> {
             // what its try returns when nothing was, `-ETIMEDOUT` for a
             // futex; or it was interrupted).
             let result = match self.tries.remove(&tid) {
-                Some(attempt) if result == 0 => attempt.idle,
+                Some(attempt) if result == 0 => attempt.tried.idle(),
                 _ => result,
             };
             // A blocking call that was skipped holds its number in rax.
@@ -457,7 +514,7 @@ impl Supervisor<'_> {
         };
         set_argument(&mut regs, argument, zero);
         if set_registers(pid, &regs).is_ok() {
-            self.tries.insert(pid, Try { argument, passed, deadline, idle: 0 });
+            self.tries.insert(pid, Try { argument, passed, deadline, tried: Tried::Descriptors });
             self.pending.insert(pid, Pending::Try);
         }
     }
@@ -471,15 +528,26 @@ impl Supervisor<'_> {
         set_argument(&mut regs, attempt.argument, attempt.passed);
         let id = self.threaded(pid);
         let now = id.and_then(|id| self.groups.get(&id)).map(|group| (group.clock_ns, group.ending));
+        let found_nothing = regs.rax as i64 == attempt.tried.idle()
+            && match attempt.tried {
+                // `waitid` found a child if its `siginfo_t` says `SIGCHLD`.
+                Tried::Child { info, .. } if info != 0 => read_bytes(pid, info, 4).is_some_and(|signo| signo == [0; 4]),
+                _ => true,
+            };
         let waits = match now {
-            Some((clock_ns, false)) => {
-                regs.rax as i64 == attempt.idle && attempt.deadline.is_none_or(|deadline| deadline > clock_ns)
-            }
+            Some((clock_ns, false)) => found_nothing && attempt.deadline.is_none_or(|deadline| deadline > clock_ns),
             _ => false,
         };
         if !waits {
             self.tries.remove(&pid);
             let _ = set_registers(pid, &regs);
+            if let Tried::Child { info, usage } = attempt.tried {
+                if usage != 0 && !found_nothing && regs.rax as i64 >= 0 {
+                    let name = syscalls::name(regs.orig_rax as i64).unwrap_or("unknown");
+                    self.zero_usage(pid, name, regs.rax as i64, usage, info);
+                }
+                return;
+            }
             // A wait for descriptors that found some ready passes the turn
             // on, as a yield does: another thread of the process may be
             // the one to take what is ready (`multiprocessing.Pool`'s
@@ -487,7 +555,7 @@ impl Supervisor<'_> {
             // another; the watcher would otherwise find it ready again and
             // again for a whole slice, and for as many slices as results
             // came meanwhile).
-            if attempt.idle == 0 && regs.rax as i64 > 0 {
+            if attempt.tried == Tried::Descriptors && regs.rax as i64 > 0 {
                 if let Some(id) = id {
                     self.next_turn(id);
                 }
@@ -651,8 +719,7 @@ impl Supervisor<'_> {
         let passed = argument_value(&regs, TIMEOUT);
         set_argument(&mut regs, TIMEOUT, zero);
         if set_registers(pid, &regs).is_ok() {
-            let idle = -i64::from(libc::ETIMEDOUT);
-            self.tries.insert(pid, Try { argument: TIMEOUT, passed, deadline, idle });
+            self.tries.insert(pid, Try { argument: TIMEOUT, passed, deadline, tried: Tried::Futex });
             self.pending.insert(pid, Pending::Try);
         }
     }
