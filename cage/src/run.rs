@@ -47,9 +47,10 @@ const DEVICES: [&str; 2] = ["null", "zero"];
 const DEV_RANDOM_BYTES: usize = 4096;
 /// The ChaCha20 stream of the seed they come from (`getrandom` uses 0).
 const DEV_RANDOM_STREAM: u64 = 1;
-/// The contents of the `/proc` files the cage replaces, by name: the
-/// virtual CPU, memory as the memory limit with nothing used, no load,
-/// booted at the logical clock's zero. Fixed: they do not follow the
+/// The contents of the `/proc` files the cage replaces, by path under
+/// `/proc`: the virtual CPU, memory as the memory limit with nothing used,
+/// no load, booted at the logical clock's zero, the default overcommit
+/// policy. Fixed: they do not follow the
 /// workload's use (a hole only in what they tell, never in what differs
 /// between runs).
 fn synthetic_proc(memory_mib: u64) -> Vec<(&'static str, String)> {
@@ -75,6 +76,9 @@ fn synthetic_proc(memory_mib: u64) -> Vec<(&'static str, String)> {
         ("stat", stat),
         ("uptime", "0.00 0.00\n".to_owned()),
         ("loadavg", "0.00 0.00 0.00 1/1 1\n".to_owned()),
+        // The kernel's default (heuristic overcommit): glibc's malloc reads
+        // it when it gives back memory of a thread's arena.
+        ("sys/vm/overcommit_memory", "0\n".to_owned()),
     ]
 }
 
@@ -509,7 +513,8 @@ fn plan(
     skeleton.push(Node::Dir(c(&proc_source)?));
     let mut proc_files = Vec::new();
     for (name, contents) in synthetic_proc(spec.limits.memory_mib) {
-        proc_files.push((c(&proc_source.join(name))?, contents.into_bytes(), c(&root.join("proc").join(name))?));
+        let source = proc_source.join(name.replace('/', "_"));
+        proc_files.push((c(&source)?, contents.into_bytes(), c(&root.join("proc").join(name))?));
     }
     let program = sandbox::cstring(spec.program.as_bytes()).map_err(io("the program"))?;
     if !spec.program.starts_with('/') {

@@ -1363,7 +1363,7 @@ fn proc_file_absent(path: &str) -> bool {
 }
 
 fn proc_path_allowed(path: &str) -> bool {
-    const FIXED: [&str; 10] = [
+    const FIXED: [&str; 11] = [
         "/proc",
         "/proc/filesystems",
         "/proc/sys/kernel/hostname",
@@ -1375,6 +1375,7 @@ fn proc_path_allowed(path: &str) -> bool {
         "/proc/stat",
         "/proc/uptime",
         "/proc/loadavg",
+        "/proc/sys/vm/overcommit_memory",
     ];
     // `coredump_filter`: the process's own setting (the JVM writes it).
     // Not `mounts` (nor `mountinfo`): the options of the device nodes
@@ -1828,7 +1829,14 @@ mod tests {
             assert!(proc_path_allowed(allowed), "{allowed}");
         }
         // The cage's own, bound over the host's.
-        for own in ["/proc/uptime", "/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/loadavg"] {
+        for own in [
+            "/proc/uptime",
+            "/proc/cpuinfo",
+            "/proc/meminfo",
+            "/proc/stat",
+            "/proc/loadavg",
+            "/proc/sys/vm/overcommit_memory",
+        ] {
             assert!(proc_path_allowed(own), "{own}");
         }
         for refused in ["/proc/2/stat", "/proc/2/status", "/proc/vmstat", "/proc/diskstats"] {
