@@ -1,4 +1,4 @@
-# Observes: CPython's nondeterminism -- str hash seed (PYTHONHASHSEED from getrandom), set iteration order, time.time(), os.urandom, uuid4, id() (addresses), unseeded random; with "threads", four threads sharing a list under a lock and a queue (the order they run in, the times they see); with "processes", multiprocessing: three forked workers counting in shared memory under a process-shared lock (a POSIX semaphore in /dev/shm), reporting through a pipe and posting a semaphore the parent waits on while it has a second thread (a worker making threads would race the parent's forks for pid numbers, a known hole); with "waits", a thread blocked reading a pipe from a worker process while another thread sleeps (how long the worker takes); with "pool", a multiprocessing.Pool (its parent's result reader must not starve its task sender); with "feed", a thread feeding a subprocess's stdin while the main thread waits for it to end. Cage: handled -- getrandom/urandom seeded, logical clock, ASLR off, threads serialised, shared futexes waited on by trying, blocking reads and waits for children in threaded processes tried, the logical clock held while other processes run.
+# Observes: CPython's nondeterminism -- str hash seed (PYTHONHASHSEED from getrandom), set iteration order, time.time(), os.urandom, uuid4, id() (addresses), unseeded random; with "threads", four threads sharing a list under a lock and a queue (the order they run in, the times they see); with "processes", multiprocessing: three forked workers counting in shared memory under a process-shared lock (a POSIX semaphore in /dev/shm), reporting through a pipe and posting a semaphore the parent waits on while it has a second thread (a worker making threads would race the parent's forks for pid numbers, a known hole); with "waits", a thread blocked reading a pipe from a worker process while another thread sleeps (how long the worker takes); with "pool", a multiprocessing.Pool (its parent's result reader must not starve its task sender, nor a task sender blocked on a full pipe its result reader); with "feed", a thread feeding a subprocess's stdin while the main thread waits for it to end. Cage: handled -- getrandom/urandom seeded, logical clock, ASLR off, threads serialised, shared futexes waited on by trying, blocking reads, writes and waits for children in threaded processes tried, the logical clock held while other processes run.
 import os, random, sys, time, uuid
 
 if sys.argv[1:] == ["processes"]:
@@ -82,9 +82,16 @@ if sys.argv[1:] == ["pool"]:
 
     # The pool's parent reads results in one thread while another sends
     # the tasks: a read that blocked holding the turn starved the sender.
+    def padded(text):
+        return "y" * 2000 + text
+
     with multiprocessing.get_context("fork").Pool(2) as pool:
         print("map", pool.map(square, range(10)))
         print("unordered", sorted(pool.imap_unordered(square, range(5))))
+        # Tasks and results of 2 kB each, one at a time: the pipes fill,
+        # and a write that blocked holding the turn starved the reader.
+        results = pool.map(padded, ["x" * 2000] * 400, chunksize=1)
+        print("padded", len(results), sum(map(len, results)))
     sys.exit(0)
 
 if sys.argv[1:] == ["feed"]:

@@ -1,4 +1,4 @@
-/* Observes: thread scheduling -- threads racing on an unlocked counter (lost updates, interleaving), and with "sync" eight threads taking turns through a mutex, condition variables, a barrier, sleeps, timed waits, yields and stdio (the order they get the lock, what time each sees), "exit" the main thread leaving first, "deadlock" two threads waiting for each other, "io" an event loop thread waiting in epoll_wait and poll for what another thread writes to an eventfd and a pipe (and a poll timing out), "wait" the main thread waiting (waitpid, waitid) for two children that end only once another thread has fed their pipes. Cage: handled (threads serialised at system call entries, futexes and sleeps answered by the supervisor on the process's logical clock); "deadlock" is refused "threads". */
+/* Observes: thread scheduling -- threads racing on an unlocked counter (lost updates, interleaving), and with "sync" eight threads taking turns through a mutex, condition variables, a barrier, sleeps, timed waits, yields and stdio (the order they get the lock, what time each sees), "exit" the main thread leaving first, "deadlock" two threads waiting for each other, "io" an event loop thread waiting in epoll_wait and poll for what another thread writes to an eventfd and a pipe (and a poll timing out), "wait" the main thread waiting (waitpid, waitid) for two children that end only once another thread has fed their pipes, "pipe" one write of 300,000 bytes to a pipe another thread of the process reads. Cage: handled (threads serialised at system call entries, futexes and sleeps answered by the supervisor on the process's logical clock); "deadlock" is refused "threads". */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
@@ -239,6 +239,39 @@ static int wait_for_children(void) {
     return 0;
 }
 
+/* One thread writes 300,000 bytes to a pipe in one call while another
+   thread of the process reads them: the write can end only if the reader
+   runs meanwhile. */
+#define PIPED 300000
+static int piped[2];
+static char piped_out[PIPED];
+
+static void *drain(void *arg) {
+    (void)arg;
+    char buffer[1000];
+    long total = 0, sum = 0;
+    ssize_t n;
+    while ((n = read(piped[0], buffer, sizeof buffer)) > 0) {
+        for (ssize_t i = 0; i < n; i++) sum += (unsigned char)buffer[i];
+        total += n;
+    }
+    printf("read %ld sum %ld at %.6f\n", total, sum, now());
+    return NULL;
+}
+
+static int write_through_a_pipe(void) {
+    if (pipe(piped)) return 1;
+    for (int i = 0; i < PIPED; i++) piped_out[i] = (char)(i * 7);
+    pthread_t reader;
+    pthread_create(&reader, NULL, drain, NULL);
+    ssize_t n = write(piped[1], piped_out, PIPED);
+    printf("wrote %zd at %.6f\n", n, now());
+    fflush(stdout);
+    close(piped[1]);
+    pthread_join(reader, NULL);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *variant = argc > 1 ? argv[1] : "race";
     printf("start %s\n", variant);
@@ -248,5 +281,6 @@ int main(int argc, char **argv) {
     if (!strcmp(variant, "deadlock")) return deadlock();
     if (!strcmp(variant, "io")) return io();
     if (!strcmp(variant, "wait")) return wait_for_children();
+    if (!strcmp(variant, "pipe")) return write_through_a_pipe();
     return race();
 }

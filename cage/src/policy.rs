@@ -71,11 +71,11 @@ pub struct Policy {
     pub blocking: BpfProgram,
 }
 
-/// Calls that wait for one descriptor to become readable, or for a child
-/// to end, which the supervisor tries in threaded processes
+/// Calls that wait for one descriptor to become readable or writable, or
+/// for a child to end, which the supervisor tries in threaded processes
 /// (`supervisor/threaded.rs`).
-pub(crate) const BLOCKING_CALLS: [&str; 8] =
-    ["read", "readv", "recvfrom", "recvmsg", "accept", "accept4", "wait4", "waitid"];
+pub(crate) const BLOCKING_CALLS: [&str; 9] =
+    ["read", "readv", "recvfrom", "recvmsg", "accept", "accept4", "write", "wait4", "waitid"];
 
 /// Why a policy does not compile.
 #[derive(Debug, thiserror::Error)]
@@ -486,7 +486,7 @@ mod tests {
         for name in BLOCKING_CALLS {
             assert_eq!(decide(&policy.blocking, name), libc::SECCOMP_RET_TRACE | DATA_BLOCKING, "{name}");
         }
-        for name in ["write", "futex", "poll", "getrandom", "clone"] {
+        for name in ["writev", "futex", "poll", "getrandom", "clone"] {
             assert_eq!(decide(&policy.blocking, name), libc::SECCOMP_RET_ALLOW, "{name}");
         }
         let narrow = Policy::compile("allow readv # x\nallow exit # y").unwrap();

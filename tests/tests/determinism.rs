@@ -493,6 +493,10 @@ probes! {
         shows: &["waitpid reaped 1 exit 6 at 0.001502", "waitid ret 0 reaped 1 exit 9 at 0.001503"],
         ..case("threads", &["wait"], Same, Varies)
     };
+    threads_write_through_a_pipe_another_thread_reads: Case {
+        shows: &["wrote 300000 at 0.000001", "read 300000 sum 38249584 at 0.000002"],
+        ..case("threads", &["pipe"], Same, Varies)
+    };
     spin_loop_ends_at_the_wall_limit: Case { limits: &["wall-ms=500"], ..case("spin", &[], Limit("wall-ms"), RunsForever) };
     spin_loop_ends_at_the_cpu_limit: Case { limits: &["cpu-secs=1"], ..case("spin", &[], Limit("cpu-secs"), RunsForever) };
     signals_are_delivered_in_order: case("signals", &[], Same, Deterministic);
@@ -583,7 +587,8 @@ fn python_pool_runs_to_its_end() {
         let run = caged(&case, Condition::Plain, "control", scratch.path());
         assert_eq!(run.verdict, "ok", "{run:?}");
         assert!(
-            run.stdout.contains("map [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]\nunordered [0, 1, 4, 9, 16]\n"),
+            run.stdout
+                .contains("map [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]\nunordered [0, 1, 4, 9, 16]\npadded 400 1600000\n"),
             "{run:?}"
         );
     }

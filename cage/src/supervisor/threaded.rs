@@ -54,7 +54,7 @@ pub(super) struct Try {
 }
 
 /// What a try waits for.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Tried {
     /// Descriptors (`poll` and kin): a zero timeout.
     Descriptors,
@@ -64,6 +64,46 @@ enum Tried {
     /// `siginfo_t` (0 for `wait4`), `usage` the buffer for the child's
     /// resource usage (0 for none), which is zeroed.
     Child { info: u64, usage: u64 },
+    /// Room in a pipe or socket for a `write`: what is left of it is
+    /// written without waiting (`pwritev2` with `RWF_NOWAIT`). `original`
+    /// is the call as the program made it, `done` how much of it has been
+    /// written at earlier turns; `as_is` once the descriptor refused to
+    /// be written without waiting (the call then runs as it is).
+    Write { original: WriteCall, done: u64, as_is: bool },
+}
+
+/// A `write` as the program made it: its arguments, the registers the
+/// try changes, and where it was made.
+#[derive(Clone, Copy)]
+pub(super) struct WriteCall {
+    fd: u64,
+    buffer: u64,
+    count: u64,
+    /// `r10`, `r8`, `r9`: `pwritev2`'s position and flags.
+    unused: [u64; 3],
+    rip: u64,
+}
+
+impl WriteCall {
+    fn of(regs: &libc::user_regs_struct) -> Self {
+        Self { fd: regs.rdi, buffer: regs.rsi, count: regs.rdx, unused: [regs.r10, regs.r8, regs.r9], rip: regs.rip }
+    }
+
+    /// Whether the thread stopped at `regs` makes this call again.
+    fn is(&self, regs: &libc::user_regs_struct) -> bool {
+        regs.orig_rax == libc::SYS_write as u64 && Self::of(regs).same_as(self)
+    }
+
+    fn same_as(&self, other: &Self) -> bool {
+        (self.fd, self.buffer, self.count, self.rip) == (other.fd, other.buffer, other.count, other.rip)
+    }
+
+    /// `regs` with this call's arguments back.
+    fn restore(&self, mut regs: libc::user_regs_struct) -> libc::user_regs_struct {
+        (regs.orig_rax, regs.rdi, regs.rsi, regs.rdx) = (libc::SYS_write as u64, self.fd, self.buffer, self.count);
+        [regs.r10, regs.r8, regs.r9] = self.unused;
+        regs
+    }
 }
 
 impl Tried {
@@ -72,7 +112,7 @@ impl Tried {
     fn idle(self) -> i64 {
         match self {
             Tried::Futex => -i64::from(libc::ETIMEDOUT),
-            Tried::Descriptors | Tried::Child { .. } => 0,
+            Tried::Descriptors | Tried::Child { .. } | Tried::Write { .. } => 0,
         }
     }
 }
@@ -154,7 +194,8 @@ impl Supervisor<'_> {
     }
 
     /// At the seccomp stop of a call the blocking-call filter sends here
-    /// (a read, a receive, an accept). In a threaded process, whose turn
+    /// (a read, a receive, an accept, a write, a wait for a child; the last
+    /// two have their own tries below). In a threaded process, whose turn
     /// it is, the call runs only if it would not block now. If it would,
     /// the thread waits (`Wait::Io`) and makes the call again at its next
     /// turn, so the other threads run meanwhile: one of them may be what
@@ -162,7 +203,7 @@ impl Supervisor<'_> {
     /// thread while another sends the tasks, and the workers get no task
     /// while the reader holds the turn). A call that runs counts against
     /// the slice. In any other process the call runs as it is.
-    pub(super) fn blocking_call(&mut self, pid: Tid, number: i64, mut regs: libc::user_regs_struct) {
+    pub(super) fn blocking_call(&mut self, pid: Tid, number: i64, regs: libc::user_regs_struct) {
         // A wait that asks for the child's usage has it zeroed at its exit,
         // wherever it runs (this filter's trace stands in for the policy's).
         if let Some(usage) = super::usage_of_wait(number, &regs) {
@@ -173,35 +214,149 @@ impl Supervisor<'_> {
         if group.ending || !group.runs(pid) {
             return self.proceed(pid, 0);
         }
-        if matches!(number, libc::SYS_wait4 | libc::SYS_waitid) {
-            return self.try_wait_for_child(pid, id, number, regs);
+        match number {
+            libc::SYS_wait4 | libc::SYS_waitid => self.try_wait_for_child(pid, id, number, regs),
+            libc::SYS_write => self.try_write(pid, id, regs),
+            _ => {
+                let blocks = self.group_pidfd(id).is_some_and(|pidfd| would_block(pidfd, number, &regs));
+                if blocks {
+                    self.call_again_later(pid, id, number, regs);
+                } else {
+                    self.run_in_turn(pid, id);
+                }
+            }
         }
-        // One pidfd per process, kept until its group ends.
+    }
+
+    /// The pidfd of group `id`'s process: one per process, opened at its
+    /// first blocking call and kept until its group ends.
+    fn group_pidfd(&mut self, id: Tid) -> Option<&OwnedFd> {
+        let leader = self.groups.get(&id)?.leader;
         if let std::collections::hash_map::Entry::Vacant(entry) = self.pidfds.entry(id) {
-            if let Ok(pidfd) = super::pidfd(group.leader) {
+            if let Ok(pidfd) = super::pidfd(leader) {
                 entry.insert(pidfd);
             }
         }
-        let blocks = self.pidfds.get(&id).is_some_and(|pidfd| would_block(pidfd, number, &regs));
-        let group = self.groups.get_mut(&id).expect("threaded");
-        if !blocks {
-            if group.slice_over() {
-                self.next_turn(id);
-            }
-            return self.proceed(pid, 0);
+        self.pidfds.get(&id)
+    }
+
+    /// The call `pid` is at the seccomp stop of runs now, in its turn,
+    /// and counts against the slice.
+    fn run_in_turn(&mut self, pid: Tid, id: Tid) {
+        if self.groups.get_mut(&id).is_some_and(Group::slice_over) {
+            self.next_turn(id);
         }
-        // Skipped (number -1), and back at its `syscall` instruction with
-        // its number: when it runs again it makes the call again.
+        self.proceed(pid, 0);
+    }
+
+    /// The call `pid` is at the seccomp stop of would block: skipped
+    /// (number -1), and back at its `syscall` instruction with its number,
+    /// so that it makes the call again at its next turn; the others run
+    /// meanwhile.
+    fn call_again_later(&mut self, pid: Tid, id: Tid, number: i64, mut regs: libc::user_regs_struct) {
         regs.orig_rax = u64::MAX;
         regs.rax = number as u64;
         regs.rip -= 2;
         if set_registers(pid, &regs).is_err() {
             return;
         }
-        group.wait(pid, Wait::Io, None);
+        self.groups.get_mut(&id).expect("threaded").wait(pid, Wait::Io, None);
         self.next_turn(id);
         if self.ending.is_none() {
             self.proceed(pid, 0);
+        }
+    }
+
+    /// A thread's `write` to a pipe or a socket that has no room for all
+    /// of it would block in the kernel with its process's turn held, and
+    /// what drains it may be another thread of the process
+    /// (`multiprocessing.Pool`'s parent sends tasks from one thread while
+    /// another reads the results; with both pipes full, the workers wait
+    /// for the reader, the sender for the workers). With no room at all
+    /// the call is made again at the thread's next turn; with some, what
+    /// fits is written without waiting (the call becomes `pwritev2` with
+    /// `RWF_NOWAIT`, an injected call the kernel checks only against
+    /// denials) and the rest at its next turns, until the call returns all
+    /// of it, as a blocking write does. A write that cannot block (a
+    /// regular file, a non-blocking descriptor, at most `PIPE_BUF` bytes
+    /// to a pipe with room) runs as it is.
+    fn try_write(&mut self, pid: Tid, id: Tid, mut regs: libc::user_regs_struct) {
+        let (original, done) = match self.tries.get(&pid).map(|attempt| attempt.tried) {
+            Some(Tried::Write { original, done, as_is }) if original.is(&regs) => {
+                if as_is {
+                    self.tries.remove(&pid);
+                    return self.run_in_turn(pid, id);
+                }
+                (original, done)
+            }
+            // Another write, from a signal handler run between the turns
+            // of a write not yet done: it runs as it is.
+            Some(_) => return self.run_in_turn(pid, id),
+            None => (WriteCall::of(&regs), 0),
+        };
+        let left = original.count.saturating_sub(done);
+        let room = match (i32::try_from(original.fd), self.group_pidfd(id)) {
+            (Ok(fd), Some(pidfd)) => room_to_write(pidfd, fd, left),
+            _ => Room::Enough,
+        };
+        match room {
+            Room::Enough if done == 0 => self.run_in_turn(pid, id),
+            Room::None => self.call_again_later(pid, id, libc::SYS_write, regs),
+            Room::Enough | Room::Some => {
+                let iovec = [original.buffer + done, left].map(u64::to_ne_bytes).concat();
+                let at = (regs.rsp - BELOW_STACK - 16) & !15;
+                if write_memory(pid, at, &iovec).is_err() {
+                    return self.run_in_turn(pid, id);
+                }
+                (regs.orig_rax, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9) =
+                    (libc::SYS_pwritev2 as u64, at, 1, u64::MAX, 0, libc::RWF_NOWAIT as u64);
+                if set_registers(pid, &regs).is_ok() {
+                    let tried = Tried::Write { original, done, as_is: false };
+                    self.tries.insert(pid, Try { argument: 0, passed: 0, deadline: None, tried });
+                    self.pending.insert(pid, Pending::Try);
+                }
+                self.proceed(pid, 0);
+            }
+        }
+    }
+
+    /// At the exit of a write without waiting (`try_write`): done when all
+    /// of the program's `write` is written, or it failed (a failure after
+    /// some was written returns what was); otherwise the thread makes the
+    /// call again at its next turn, for what is left. Its registers go
+    /// back to the call's as the program made it.
+    fn after_write(&mut self, pid: Tid, regs: libc::user_regs_struct, original: WriteCall, done: u64) {
+        let result = regs.rax as i64;
+        let written = done + u64::try_from(result).unwrap_or(0);
+        let again = result == -i64::from(libc::EAGAIN) || (result > 0 && written < original.count);
+        let refused = result == -i64::from(libc::EOPNOTSUPP) && done == 0;
+        let id = self.threaded(pid).filter(|id| self.groups.get(id).is_some_and(|group| !group.ending));
+        let mut back = original.restore(regs);
+        match id {
+            Some(id) if again || refused => {
+                let tried = Tried::Write { original, done: written, as_is: refused };
+                self.tries.insert(pid, Try { argument: 0, passed: 0, deadline: None, tried });
+                back.rip -= 2;
+                back.rax = libc::SYS_write as u64;
+                if set_registers(pid, &back).is_err() {
+                    return;
+                }
+                if refused {
+                    return; // It makes the call again at once, as it is.
+                }
+                self.groups.get_mut(&id).expect("threaded").wait(pid, Wait::Io, None);
+                self.next_turn(id);
+            }
+            _ => {
+                self.tries.remove(&pid);
+                back.rax = if written > 0 { written } else { result as u64 };
+                let _ = set_registers(pid, &back);
+                if let Some(id) = id {
+                    if self.groups.get_mut(&id).is_some_and(Group::slice_over) {
+                        self.next_turn(id);
+                    }
+                }
+            }
         }
     }
 
@@ -218,10 +373,7 @@ impl Supervisor<'_> {
         let passed = argument_value(&regs, argument);
         let no_hang = libc::WNOHANG as u64;
         if passed & no_hang != 0 || (number == libc::SYS_waitid && info == 0) {
-            if self.groups.get_mut(&id).expect("threaded").slice_over() {
-                self.next_turn(id);
-            }
-            return self.proceed(pid, 0);
+            return self.run_in_turn(pid, id);
         }
         set_argument(&mut regs, argument, passed | no_hang);
         if set_registers(pid, &regs).is_ok() {
@@ -465,6 +617,8 @@ impl Supervisor<'_> {
             // what its try returns when nothing was, `-ETIMEDOUT` for a
             // futex; or it was interrupted).
             let result = match self.tries.remove(&tid) {
+                // An interrupted write returns what it wrote, if anything.
+                Some(Try { tried: Tried::Write { done, .. }, .. }) if done > 0 => done as i64,
                 Some(attempt) if result == 0 => attempt.tried.idle(),
                 _ => result,
             };
@@ -525,6 +679,9 @@ impl Supervisor<'_> {
     /// again at its next turn, unless its time is up.
     pub(super) fn after_try(&mut self, pid: Tid, mut regs: libc::user_regs_struct) {
         let Some(attempt) = self.tries.get(&pid).copied() else { return };
+        if let Tried::Write { original, done, .. } = attempt.tried {
+            return self.after_write(pid, regs, original, done);
+        }
         set_argument(&mut regs, attempt.argument, attempt.passed);
         let id = self.threaded(pid);
         let now = id.and_then(|id| self.groups.get(&id)).map(|group| (group.clock_ns, group.ending));
@@ -555,7 +712,7 @@ impl Supervisor<'_> {
             // another; the watcher would otherwise find it ready again and
             // again for a whole slice, and for as many slices as results
             // came meanwhile).
-            if attempt.tried == Tried::Descriptors && regs.rax as i64 > 0 {
+            if matches!(attempt.tried, Tried::Descriptors) && regs.rax as i64 > 0 {
                 if let Some(id) = id {
                     self.next_turn(id);
                 }
@@ -888,6 +1045,48 @@ fn would_block(pidfd: &OwnedFd, number: i64, regs: &libc::user_regs_struct) -> b
     // SAFETY: fcntl on a descriptor this thread owns.
     let status = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
     status >= 0 && status & libc::O_NONBLOCK == 0
+}
+
+/// How much room a descriptor has for a write of `count` bytes.
+enum Room {
+    /// Enough: the write cannot block (or is not a pipe's or socket's, or
+    /// the descriptor cannot be looked at: the kernel answers it).
+    Enough,
+    /// Some, perhaps not all.
+    Some,
+    /// None: the write would block at once.
+    None,
+}
+
+/// Look at descriptor `fd` of the process `pidfd` refers to, through a
+/// copy, for a write of `count` bytes. A write of at most `PIPE_BUF`
+/// bytes to a pipe that has room cannot block: the kernel has a free
+/// page for it.
+fn room_to_write(pidfd: &OwnedFd, fd: i32, count: u64) -> Room {
+    let Ok(file) = super::descriptor_of(pidfd, fd) else { return Room::Enough };
+    // SAFETY: fstat of a descriptor this thread owns into a zeroed struct.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(file.as_raw_fd(), &mut stat) } != 0 {
+        return Room::Enough;
+    }
+    let kind = stat.st_mode & libc::S_IFMT;
+    if kind != libc::S_IFIFO && kind != libc::S_IFSOCK {
+        return Room::Enough;
+    }
+    // SAFETY: fcntl on a descriptor this thread owns.
+    let status = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if status < 0 || status & libc::O_NONBLOCK != 0 {
+        return Room::Enough;
+    }
+    let mut poll = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+    // SAFETY: poll of one descriptor this thread owns, without waiting.
+    match unsafe { libc::poll(&mut poll, 1, 0) } {
+        0 => Room::None,
+        // No reader (the write fails with EPIPE), or failed.
+        _ if poll.revents & libc::POLLOUT == 0 => Room::Enough,
+        _ if kind == libc::S_IFIFO && count <= libc::PIPE_BUF as u64 => Room::Enough,
+        _ => Room::Some,
+    }
 }
 
 /// A zero `timespec` (or `timeval`) of the thread's own, written below its
