@@ -10,7 +10,9 @@
 #      cage: every handoff is a futex wait and wake the supervisor answers);
 #   8. 100,000 one-byte reads of a file by a process with a second thread
 #      (a threaded process's reads stop at the supervisor, which runs one
-#      only if it would not block).
+#      only if it would not block);
+#   9. 100,000 one-byte writes to stdout by such a process (each stops the
+#      same way: the supervisor looks at the descriptor's room first).
 #
 #   scripts/bench-determinism.sh [RUNS]     (default 10)
 #
@@ -65,8 +67,13 @@ static int done;
 static void *idle(void *arg) { pthread_mutex_lock(&m); while (!done) pthread_cond_wait(&c, &m); pthread_mutex_unlock(&m); return arg; }
 int main(int argc, char **argv) {
     pthread_t t; pthread_create(&t, 0, idle, 0);
-    int fd = open(argv[1], O_RDONLY); char b; long n = 0;
-    while (read(fd, &b, 1) == 1) n++;
+    char b = 'x'; long n = 0;
+    if (argc > 2) { /* reads FILE -w: write it one byte at a time to stdout instead */
+        while (n < 100000 && write(1, &b, 1) == 1) n++;
+    } else {
+        int fd = open(argv[1], O_RDONLY);
+        while (read(fd, &b, 1) == 1) n++;
+    }
     pthread_mutex_lock(&m); done = 1; pthread_cond_signal(&c); pthread_mutex_unlock(&m); pthread_join(t, 0);
     printf("%ld\n", n); return 0;
 }
@@ -86,6 +93,7 @@ add "200 sh spawns" "/bin/sh -c 'for i in \$(seq 200); do /bin/sh -c :; done'" "
 add "compute loop" "$bin_dir/spin" "$cage -- $bin_dir/spin"
 add "thread ping-pong 40,000" "$bin_dir/pingpong" "$cage -- $bin_dir/pingpong"
 add "100,000 reads, threaded" "$bin_dir/reads $work/small" "$cage --in small=$work/small -- $bin_dir/reads /in/small"
+add "100,000 writes, threaded" "$bin_dir/reads $work/small -w" "$cage --in small=$work/small -- $bin_dir/reads /in/small -w"
 add "100,000 getrandom" "$bin_dir/trap" "$cage -- $bin_dir/trap"
 
 echo "| workload | native ms | caged ms | slowdown |"
