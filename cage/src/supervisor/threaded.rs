@@ -91,11 +91,8 @@ impl WriteCall {
 
     /// Whether the thread stopped at `regs` makes this call again.
     fn is(&self, regs: &libc::user_regs_struct) -> bool {
-        regs.orig_rax == libc::SYS_write as u64 && Self::of(regs).same_as(self)
-    }
-
-    fn same_as(&self, other: &Self) -> bool {
-        (self.fd, self.buffer, self.count, self.rip) == (other.fd, other.buffer, other.count, other.rip)
+        (regs.orig_rax, regs.rdi, regs.rsi, regs.rdx, regs.rip)
+            == (libc::SYS_write as u64, self.fd, self.buffer, self.count, self.rip)
     }
 
     /// `regs` with this call's arguments back.
@@ -161,7 +158,7 @@ impl Supervisor<'_> {
             .collect();
         // Below the red zone: the program, and before it the `sock_fprog`
         // (a length, padding, the program's address).
-        let code_at = (regs.rsp - BELOW_STACK - code.len() as u64) & !15;
+        let code_at = below_stack(&regs, code.len() as u64);
         let fprog_at = code_at - 16;
         let length = u16::try_from(self.blocking.len()).expect("a filter holds at most 4096 instructions");
         let fprog = [&length.to_ne_bytes()[..], &[0; 6], &code_at.to_ne_bytes()].concat();
@@ -243,10 +240,16 @@ impl Supervisor<'_> {
     /// The call `pid` is at the seccomp stop of runs now, in its turn,
     /// and counts against the slice.
     fn run_in_turn(&mut self, pid: Tid, id: Tid) {
+        self.count_call(id);
+        self.proceed(pid, 0);
+    }
+
+    /// A call made in group `id`'s turn counts against its slice; the
+    /// next thread's turn comes when the slice is over.
+    fn count_call(&mut self, id: Tid) {
         if self.groups.get_mut(&id).is_some_and(Group::slice_over) {
             self.next_turn(id);
         }
-        self.proceed(pid, 0);
     }
 
     /// The call `pid` is at the seccomp stop of would block: skipped
@@ -304,7 +307,7 @@ impl Supervisor<'_> {
             Room::None => self.call_again_later(pid, id, libc::SYS_write, regs),
             Room::Enough | Room::Some => {
                 let iovec = [original.buffer + done, left].map(u64::to_ne_bytes).concat();
-                let at = (regs.rsp - BELOW_STACK - 16) & !15;
+                let at = below_stack(&regs, 16);
                 if write_memory(pid, at, &iovec).is_err() {
                     return self.run_in_turn(pid, id);
                 }
@@ -352,9 +355,7 @@ impl Supervisor<'_> {
                 back.rax = if written > 0 { written } else { result as u64 };
                 let _ = set_registers(pid, &back);
                 if let Some(id) = id {
-                    if self.groups.get_mut(&id).is_some_and(Group::slice_over) {
-                        self.next_turn(id);
-                    }
+                    self.count_call(id);
                 }
             }
         }
@@ -441,9 +442,7 @@ impl Supervisor<'_> {
             number => match waits_for_descriptors(number) {
                 Some(timeout) => self.try_without_waiting(pid, id, regs, timeout),
                 None => {
-                    if group.slice_over() {
-                        self.next_turn(id);
-                    }
+                    self.count_call(id);
                     return false;
                 }
             },
@@ -1089,10 +1088,17 @@ fn room_to_write(pidfd: &OwnedFd, fd: i32, count: u64) -> Room {
     }
 }
 
+/// Where `length` bytes go below the thread's stack, past its red zone,
+/// 16-byte aligned: the place for what the supervisor has it read (a
+/// filter, a try's zero timeout or `iovec`).
+fn below_stack(regs: &libc::user_regs_struct, length: u64) -> u64 {
+    (regs.rsp - BELOW_STACK - length) & !15
+}
+
 /// A zero `timespec` (or `timeval`) of the thread's own, written below its
 /// stack, for a try: its address, or `None` if it could not be written.
 fn zero_time(pid: Tid, regs: &libc::user_regs_struct) -> Option<u64> {
-    let at = (regs.rsp - BELOW_STACK - 16) & !15;
+    let at = below_stack(regs, 16);
     write_memory(pid, at, &[0u8; 16]).ok().map(|()| at)
 }
 
