@@ -1036,9 +1036,7 @@ fn would_block(pidfd: &OwnedFd, number: i64, regs: &libc::user_regs_struct) -> b
     }
     let Ok(fd) = i32::try_from(regs.rdi) else { return false };
     let Ok(file) = super::descriptor_of(pidfd, fd) else { return false };
-    let mut poll = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: poll of one descriptor this thread owns, without waiting.
-    if unsafe { libc::poll(&mut poll, 1, 0) } != 0 {
+    if poll_now(&file, libc::POLLIN).is_none_or(|revents| revents != 0) {
         return false; // Ready (a regular file always is), or failed.
     }
     // SAFETY: fcntl on a descriptor this thread owns.
@@ -1063,9 +1061,10 @@ enum Room {
 /// page for it.
 fn room_to_write(pidfd: &OwnedFd, fd: i32, count: u64) -> Room {
     let Ok(file) = super::descriptor_of(pidfd, fd) else { return Room::Enough };
-    // SAFETY: fstat of a descriptor this thread owns into a zeroed struct.
+    // SAFETY: fstat of a descriptor this thread owns into a zeroed struct,
+    // made directly: see `poll_now`.
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(file.as_raw_fd(), &mut stat) } != 0 {
+    if unsafe { libc::syscall(libc::SYS_fstat, file.as_raw_fd(), &mut stat) } != 0 {
         return Room::Enough;
     }
     let kind = stat.st_mode & libc::S_IFMT;
@@ -1077,15 +1076,32 @@ fn room_to_write(pidfd: &OwnedFd, fd: i32, count: u64) -> Room {
     if status < 0 || status & libc::O_NONBLOCK != 0 {
         return Room::Enough;
     }
-    let mut poll = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
-    // SAFETY: poll of one descriptor this thread owns, without waiting.
-    match unsafe { libc::poll(&mut poll, 1, 0) } {
-        0 => Room::None,
+    match poll_now(&file, libc::POLLOUT) {
+        Some(0) => Room::None,
         // No reader (the write fails with EPIPE), or failed.
-        _ if poll.revents & libc::POLLOUT == 0 => Room::Enough,
-        _ if kind == libc::S_IFIFO && count <= libc::PIPE_BUF as u64 => Room::Enough,
-        _ => Room::Some,
+        None => Room::Enough,
+        Some(revents) if revents & libc::POLLOUT == 0 => Room::Enough,
+        Some(_) if kind == libc::S_IFIFO && count <= libc::PIPE_BUF as u64 => Room::Enough,
+        Some(_) => Room::Some,
     }
+}
+
+/// The events of `events` that `file` has now (0: none yet), or `None`
+/// if the poll failed.
+///
+/// Made as a system call, not through libc's `poll`, like the `fstat`
+/// above: the supervising thread runs with RDTSC faulting on (see
+/// `TraceeSettings`), and a library preloaded into the cage's own process
+/// may interpose libc's functions and read the clock inside them.
+/// libfaketime, which the determinism tests preload to give the host
+/// another time, reads it in its `fstat`, and the supervisor died of
+/// SIGSEGV at the first write it looked at.
+fn poll_now(file: &OwnedFd, events: libc::c_short) -> Option<libc::c_short> {
+    let mut poll = libc::pollfd { fd: file.as_raw_fd(), events, revents: 0 };
+    // SAFETY: poll of one descriptor this thread owns, without waiting,
+    // into a pollfd on this stack.
+    let ready = unsafe { libc::syscall(libc::SYS_poll, &mut poll, 1, 0) };
+    (ready >= 0).then_some(if ready == 0 { 0 } else { poll.revents })
 }
 
 /// Where `length` bytes go below the thread's stack, past its red zone,
