@@ -1,9 +1,12 @@
-/* Observes: thread scheduling -- threads racing on an unlocked counter (lost updates, interleaving), and with "sync" eight threads taking turns through a mutex, condition variables, a barrier, sleeps, timed waits, yields and stdio (the order they get the lock, what time each sees), "exit" the main thread leaving first, "deadlock" two threads waiting for each other, "io" an event loop thread waiting in epoll_wait and poll for what another thread writes to an eventfd and a pipe (and a poll timing out), "wait" the main thread waiting (waitpid, waitid) for two children that end only once another thread has fed their pipes, "pipe" one write of 300,000 bytes to a pipe another thread of the process reads. Cage: handled (threads serialised at system call entries, futexes and sleeps answered by the supervisor on the process's logical clock); "deadlock" is refused "threads". */
+/* Observes: thread scheduling -- threads racing on an unlocked counter (lost updates, interleaving), and with "sync" eight threads taking turns through a mutex, condition variables, a barrier, sleeps, timed waits, yields and stdio (the order they get the lock, what time each sees), "exit" the main thread leaving first, "deadlock" two threads waiting for each other, "io" an event loop thread waiting in epoll_wait and poll for what another thread writes to an eventfd and a pipe (and a poll timing out), "wait" the main thread waiting (waitpid, waitid) for two children that end only once another thread has fed their pipes, "pipe" one write of 300,000 bytes to a pipe another thread of the process reads, "socket" the same through one send on a stream socket pair, "vector" through one writev of three pieces to a pipe, "low-stack" a write of 10,000 bytes and a ppoll made with the stack pointer at 64 (the supervisor cannot put a try's arguments below it, and the calls run as they are). Cage: handled (threads serialised at system call entries, futexes and sleeps answered by the supervisor on the process's logical clock); "deadlock" is refused "threads". */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <pthread.h>
 #include <sched.h>
@@ -239,9 +242,10 @@ static int wait_for_children(void) {
     return 0;
 }
 
-/* One thread writes 300,000 bytes to a pipe in one call while another
-   thread of the process reads them: the write can end only if the reader
-   runs meanwhile. */
+/* One thread writes 300,000 bytes to a pipe (or sends them on a stream
+   socket, or writes them to a pipe in three pieces) in one call while
+   another thread of the process reads them: the write can end only if the
+   reader runs meanwhile. */
 #define PIPED 300000
 static int piped[2];
 static char piped_out[PIPED];
@@ -259,16 +263,70 @@ static void *drain(void *arg) {
     return NULL;
 }
 
-static int write_through_a_pipe(void) {
-    if (pipe(piped)) return 1;
+enum through { PIPE, SOCKET, VECTOR };
+
+static int write_through(enum through how) {
+    if (how == SOCKET ? socketpair(AF_UNIX, SOCK_STREAM, 0, piped) : pipe(piped)) return 1;
     for (int i = 0; i < PIPED; i++) piped_out[i] = (char)(i * 7);
     pthread_t reader;
     pthread_create(&reader, NULL, drain, NULL);
-    ssize_t n = write(piped[1], piped_out, PIPED);
-    printf("wrote %zd at %.6f\n", n, now());
+    struct iovec pieces[3] = {
+        {piped_out, 1000}, {piped_out + 1000, PIPED / 2 - 1000}, {piped_out + PIPED / 2, PIPED / 2}};
+    ssize_t n = how == SOCKET   ? send(piped[1], piped_out, PIPED, 0)
+                : how == VECTOR ? writev(piped[1], pieces, 3)
+                                : write(piped[1], piped_out, PIPED);
+    printf("%s %zd at %.6f\n", how == SOCKET ? "sent" : how == VECTOR ? "wrote pieces" : "wrote", n, now());
     fflush(stdout);
     close(piped[1]);
     pthread_join(reader, NULL);
+    return 0;
+}
+
+/* A thread waits on a gate while the main thread writes 10,000 bytes into
+   an empty pipe with its stack pointer at 64, then waits for the pipe
+   with ppoll the same way: more than PIPE_BUF bytes into a pipe with room
+   is a write the supervisor would make without waiting, and a ppoll with
+   a timeout one it would try with a zero timeout, each with arguments it
+   puts below the stack; a program may make a call with any stack
+   pointer. */
+static int gate[2];
+
+static void *wait_at_gate(void *arg) {
+    (void)arg;
+    char byte;
+    return read(gate[0], &byte, 1) == 1 ? NULL : (void *)1;
+}
+
+/* System call `number` with five arguments, made with the stack pointer
+   at 64 (put back after it). */
+static long call_from_a_low_stack(long number, long a, long b, long c, long d, long e) {
+    long result;
+    register long r10 __asm__("r10") = d;
+    register long r8 __asm__("r8") = e;
+    __asm__ volatile("mov %%rsp, %%r12\n\t"
+                     "mov $64, %%rsp\n\t"
+                     "syscall\n\t"
+                     "mov %%r12, %%rsp"
+                     : "=a"(result)
+                     : "a"(number), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8)
+                     : "rcx", "r11", "r12", "memory");
+    return result;
+}
+
+static int low_stack(void) {
+    if (pipe(gate) || pipe(piped)) return 1;
+    pthread_t waiter;
+    pthread_create(&waiter, NULL, wait_at_gate, NULL);
+    memset(piped_out, 'x', 10000);
+    long n = call_from_a_low_stack(SYS_write, piped[1], (long)piped_out, 10000, 0, 0);
+    struct pollfd readable = {piped[0], POLLIN, 0};
+    struct timespec second = {1, 0};
+    long ready = call_from_a_low_stack(SYS_ppoll, (long)&readable, 1, (long)&second, 0, 8);
+    char back[10000];
+    ssize_t got = read(piped[0], back, sizeof back);
+    printf("wrote %ld from a low stack, ppoll %ld, read back %zd\n", n, ready, got);
+    if (write(gate[1], "x", 1) != 1) return 1;
+    pthread_join(waiter, NULL);
     return 0;
 }
 
@@ -281,6 +339,9 @@ int main(int argc, char **argv) {
     if (!strcmp(variant, "deadlock")) return deadlock();
     if (!strcmp(variant, "io")) return io();
     if (!strcmp(variant, "wait")) return wait_for_children();
-    if (!strcmp(variant, "pipe")) return write_through_a_pipe();
+    if (!strcmp(variant, "pipe")) return write_through(PIPE);
+    if (!strcmp(variant, "socket")) return write_through(SOCKET);
+    if (!strcmp(variant, "vector")) return write_through(VECTOR);
+    if (!strcmp(variant, "low-stack")) return low_stack();
     return race();
 }

@@ -73,9 +73,11 @@ pub struct Policy {
 
 /// Calls that wait for one descriptor to become readable or writable, or
 /// for a child to end, which the supervisor tries in threaded processes
-/// (`supervisor/threaded.rs`).
-pub(crate) const BLOCKING_CALLS: [&str; 9] =
-    ["read", "readv", "recvfrom", "recvmsg", "accept", "accept4", "write", "wait4", "waitid"];
+/// (`supervisor/threaded.rs`). `sendto` only without an address (what
+/// `send` makes): one with an address goes to the supervisor anyway, for
+/// its port, through the policy's own filter.
+pub(crate) const BLOCKING_CALLS: [&str; 11] =
+    ["read", "readv", "recvfrom", "recvmsg", "accept", "accept4", "write", "writev", "sendto", "wait4", "waitid"];
 
 /// Why a policy does not compile.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +123,7 @@ impl Policy {
             }
         }
         let programs = filters(&allowed, &traced)?.into_iter().map(Filter::program).collect::<Result<_, _>>()?;
-        let blocking = blocking_filter(&allowed).program()?;
+        let blocking = blocking_filter(&allowed)?.program()?;
         Ok(Self { allowed, traced, digest: Sha3_256::digest(source.as_bytes()).into(), programs, blocking })
     }
 }
@@ -213,14 +215,22 @@ fn filters(allowed: &[String], traced: &[String]) -> Result<Vec<Filter>, PolicyE
 /// The filter stacked on threaded processes: the allowed calls among
 /// [`BLOCKING_CALLS`] go to the supervisor, everything else is left to
 /// the policy's filters (a stack of filters takes the most restrictive
-/// action, so `Allow` here defers to them).
-fn blocking_filter(allowed: &[String]) -> Filter {
-    let rules = BLOCKING_CALLS
-        .iter()
-        .filter(|name| allowed.iter().any(|allowed| allowed == *name))
-        .map(|name| (syscalls::number(name).expect("known"), Vec::new()))
-        .collect();
-    Filter { rules, mismatch: SeccompAction::Allow, matched: SeccompAction::Trace(DATA_BLOCKING) }
+/// action, so `Allow` here defers to them). Of two traces in a stack the
+/// filter installed last decides the data, so a `sendto` with an address
+/// is left to the policy's trace (`supervisor/ports.rs` binds its port).
+fn blocking_filter(allowed: &[String]) -> Result<Filter, PolicyError> {
+    let compile = |error: seccompiler::BackendError| PolicyError::Compile(error.to_string());
+    let mut rules = BTreeMap::new();
+    for name in BLOCKING_CALLS.iter().filter(|name| allowed.iter().any(|allowed| allowed == *name)) {
+        let conditions = if *name == "sendto" {
+            let unaddressed = SeccompCondition::new(4, SeccompArgLen::Qword, SeccompCmpOp::Eq, 0).map_err(compile)?;
+            vec![SeccompRule::new(vec![unaddressed]).map_err(compile)?]
+        } else {
+            Vec::new()
+        };
+        rules.insert(syscalls::number(name).expect("known"), conditions);
+    }
+    Ok(Filter { rules, mismatch: SeccompAction::Allow, matched: SeccompAction::Trace(DATA_BLOCKING) })
 }
 
 /// One filter of the policy: what seccompiler compiles, call by call.
@@ -486,9 +496,17 @@ mod tests {
         for name in BLOCKING_CALLS {
             assert_eq!(decide(&policy.blocking, name), libc::SECCOMP_RET_TRACE | DATA_BLOCKING, "{name}");
         }
-        for name in ["writev", "futex", "poll", "getrandom", "clone"] {
+        for name in ["pwrite64", "futex", "poll", "getrandom", "clone"] {
             assert_eq!(decide(&policy.blocking, name), libc::SECCOMP_RET_ALLOW, "{name}");
         }
+        // A `sendto` with an address is the policy's to trace (for its
+        // port), not this filter's, whose trace would win.
+        let mut addressed = [0u32; 16];
+        (addressed[0], addressed[1], addressed[4 + 2 * 4]) = (syscalls::number("sendto").unwrap() as u32, x86_64, 1);
+        assert_eq!(evaluate(&policy.blocking, &addressed), libc::SECCOMP_RET_ALLOW);
+        addressed[4 + 2 * 4 + 1] = 1; // The high half alone names one too.
+        addressed[4 + 2 * 4] = 0;
+        assert_eq!(evaluate(&policy.blocking, &addressed), libc::SECCOMP_RET_ALLOW);
         let narrow = Policy::compile("allow readv # x\nallow exit # y").unwrap();
         assert_eq!(decide(&narrow.blocking, "readv"), libc::SECCOMP_RET_TRACE | DATA_BLOCKING);
         assert_eq!(decide(&narrow.blocking, "read"), libc::SECCOMP_RET_ALLOW);

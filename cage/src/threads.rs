@@ -44,10 +44,10 @@
 //! A thread that spins on memory without system calls while another holds
 //! what it waits for never lets the other run: such a run ends at its wall
 //! or CPU limit (a failure, the same on every host), as a spinning single
-//! process does. Blocking reads, receives, accepts, writes and waits for
-//! a child are tried like waits for descriptors (the supervisor stacks a
-//! filter that sends them to it: `supervisor/threaded.rs`). Any other
-//! blocking call (`writev` or `send` to a full socket, say) blocks with
+//! process does. Blocking reads, receives, accepts, writes, sends and
+//! waits for a child are tried like waits for descriptors (the supervisor
+//! stacks a filter that sends them to it: `supervisor/threaded.rs`). Any
+//! other blocking call (`sendmsg` to a full socket, `connect`) blocks with
 //! the turn held: fine when another process will answer it,
 //! a deadlock (ended by the wall limit) when only a thread of its own
 //! process could. What another process writes, and when, is outside the

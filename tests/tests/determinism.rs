@@ -497,6 +497,18 @@ probes! {
         shows: &["wrote 300000 at 0.000001", "read 300000 sum 38249584 at 0.000002"],
         ..case("threads", &["pipe"], Same, Varies)
     };
+    threads_send_through_a_socket_another_thread_reads: Case {
+        shows: &["sent 300000 at 0.000001", "read 300000 sum 38249584 at 0.000002"],
+        ..case("threads", &["socket"], Same, Varies)
+    };
+    threads_write_pieces_through_a_pipe_another_thread_reads: Case {
+        shows: &["wrote pieces 300000 at 0.000001", "read 300000 sum 38249584 at 0.000002"],
+        ..case("threads", &["vector"], Same, Varies)
+    };
+    calls_made_with_a_stack_pointer_at_64_run_as_they_are: Case {
+        shows: &["wrote 10000 from a low stack, ppoll 1, read back 10000"],
+        ..case("threads", &["low-stack"], Same, Deterministic)
+    };
     spin_loop_ends_at_the_wall_limit: Case { limits: &["wall-ms=500"], ..case("spin", &[], Limit("wall-ms"), RunsForever) };
     spin_loop_ends_at_the_cpu_limit: Case { limits: &["cpu-secs=1"], ..case("spin", &[], Limit("cpu-secs"), RunsForever) };
     signals_are_delivered_in_order: case("signals", &[], Same, Deterministic);

@@ -64,43 +64,126 @@ enum Tried {
     /// `siginfo_t` (0 for `wait4`), `usage` the buffer for the child's
     /// resource usage (0 for none), which is zeroed.
     Child { info: u64, usage: u64 },
-    /// Room in a pipe or socket for a `write`: what is left of it is
-    /// written without waiting (`pwritev2` with `RWF_NOWAIT`). `original`
+    /// Room in a pipe or socket for a `write`, a `writev` or a `sendto`
+    /// without an address: what is left of it is written without waiting
+    /// (`WriteCall::without_waiting`). `original`
     /// is the call as the program made it, `done` how much of it has been
     /// written at earlier turns; `as_is` once the descriptor refused to
     /// be written without waiting (the call then runs as it is).
     Write { original: WriteCall, done: u64, as_is: bool },
 }
 
-/// A `write` as the program made it: its arguments, the registers the
-/// try changes, and where it was made.
+/// Most `iovec`s of a `writev` that is tried: one with more runs as it
+/// is (and may block with the turn held). The supervisor writes what is
+/// left of them below the thread's stack, 16 bytes each.
+const WRITEV_TRIED_MAX: u64 = 64;
+
+/// A `write`, `writev` or `sendto` as the program made it: its number and
+/// arguments, how many bytes it writes, and where it was made.
 #[derive(Clone, Copy)]
 pub(super) struct WriteCall {
+    number: u64,
     fd: u64,
+    /// The bytes (`write`, `sendto`) or the `iovec`s (`writev`).
     buffer: u64,
+    /// Bytes, or `iovec`s.
     count: u64,
-    /// `r10`, `r8`, `r9`: `pwritev2`'s position and flags.
-    unused: [u64; 3],
+    /// Bytes in all.
+    total: u64,
+    /// `r10`, `r8`, `r9`: unused by `write` (`pwritev2`'s position and
+    /// flags in a try); `sendto`'s flags, address and its length.
+    rest: [u64; 3],
     rip: u64,
 }
 
 impl WriteCall {
-    fn of(regs: &libc::user_regs_struct) -> Self {
-        Self { fd: regs.rdi, buffer: regs.rsi, count: regs.rdx, unused: [regs.r10, regs.r8, regs.r9], rip: regs.rip }
+    /// The call `pid` is stopped at, or `None` for a `writev` not tried
+    /// (too many `iovec`s, unreadable ones, or more bytes than a call
+    /// may write: the kernel answers it).
+    fn of(pid: Tid, regs: &libc::user_regs_struct) -> Option<Self> {
+        let mut call = Self {
+            number: regs.orig_rax,
+            fd: regs.rdi,
+            buffer: regs.rsi,
+            count: regs.rdx,
+            total: regs.rdx,
+            rest: [regs.r10, regs.r8, regs.r9],
+            rip: regs.rip,
+        };
+        if call.number == libc::SYS_writev as u64 {
+            let mut lengths = call.pieces(pid)?.into_iter().map(|(_, length)| length);
+            call.total = lengths.try_fold(0u64, u64::checked_add).filter(|&total| total <= isize::MAX as u64)?;
+        }
+        Some(call)
+    }
+
+    /// What the call writes, as `(address, length)` pieces: read from the
+    /// program's memory for a `writev`.
+    fn pieces(&self, pid: Tid) -> Option<Vec<(u64, u64)>> {
+        if self.number != libc::SYS_writev as u64 {
+            return Some(vec![(self.buffer, self.count)]);
+        }
+        if self.count > WRITEV_TRIED_MAX {
+            return None;
+        }
+        let bytes = read_bytes(pid, self.buffer, self.count as usize * 16)?;
+        let word = |at: &[u8]| u64::from_ne_bytes(at.try_into().expect("8 bytes"));
+        Some(bytes.chunks_exact(16).map(|iovec| (word(&iovec[..8]), word(&iovec[8..]))).collect())
     }
 
     /// Whether the thread stopped at `regs` makes this call again.
     fn is(&self, regs: &libc::user_regs_struct) -> bool {
-        (regs.orig_rax, regs.rdi, regs.rsi, regs.rdx, regs.rip)
-            == (libc::SYS_write as u64, self.fd, self.buffer, self.count, self.rip)
+        (regs.orig_rax, regs.rdi, regs.rsi, regs.rdx, [regs.r10, regs.r8, regs.r9], regs.rip)
+            == (self.number, self.fd, self.buffer, self.count, self.rest, self.rip)
     }
 
-    /// `regs` with this call's arguments back.
+    /// `regs` with this call's number and arguments back.
     fn restore(&self, mut regs: libc::user_regs_struct) -> libc::user_regs_struct {
-        (regs.orig_rax, regs.rdi, regs.rsi, regs.rdx) = (libc::SYS_write as u64, self.fd, self.buffer, self.count);
-        [regs.r10, regs.r8, regs.r9] = self.unused;
+        (regs.orig_rax, regs.rdi, regs.rsi, regs.rdx) = (self.number, self.fd, self.buffer, self.count);
+        [regs.r10, regs.r8, regs.r9] = self.rest;
         regs
     }
+
+    /// `regs` made into the call that writes what is left after `done`
+    /// bytes without waiting, or `None` if that cannot be set up. A
+    /// `write` or `writev` becomes `pwritev2` of the `iovec`s left (put
+    /// below the stack) at the descriptor's position (-1) with
+    /// `RWF_NOWAIT`; a `sendto` stays one, with `MSG_DONTWAIT` added to
+    /// its flags.
+    fn without_waiting(&self, pid: Tid, mut regs: libc::user_regs_struct, done: u64) -> Option<libc::user_regs_struct> {
+        if self.number == libc::SYS_sendto as u64 {
+            (regs.rsi, regs.rdx, regs.r10) = (
+                self.buffer.wrapping_add(done),
+                self.count.saturating_sub(done),
+                self.rest[0] | libc::MSG_DONTWAIT as u64,
+            );
+            return Some(regs);
+        }
+        let left = after(&self.pieces(pid)?, done);
+        let at = below_stack(&regs, 16 * left.len() as u64)?;
+        let iovecs: Vec<u8> =
+            left.iter().flat_map(|&(address, length)| [address, length]).flat_map(u64::to_ne_bytes).collect();
+        write_memory(pid, at, &iovecs).ok()?;
+        (regs.orig_rax, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9) =
+            (libc::SYS_pwritev2 as u64, at, left.len() as u64, u64::MAX, 0, libc::RWF_NOWAIT as u64);
+        Some(regs)
+    }
+}
+
+/// The pieces of `pieces` left once `done` bytes of them are written
+/// (empty ones dropped).
+fn after(pieces: &[(u64, u64)], mut done: u64) -> Vec<(u64, u64)> {
+    let mut left = Vec::with_capacity(pieces.len());
+    for &(address, length) in pieces {
+        let skipped = done.min(length);
+        done -= skipped;
+        if length > skipped {
+            // The program's numbers: any may be hostile (the kernel then
+            // fails the call), none may overflow here.
+            left.push((address.wrapping_add(skipped), length - skipped));
+        }
+    }
+    left
 }
 
 impl Tried {
@@ -158,14 +241,18 @@ impl Supervisor<'_> {
             .collect();
         // Below the red zone: the program, and before it the `sock_fprog`
         // (a length, padding, the program's address).
-        let code_at = below_stack(&regs, code.len() as u64);
-        let fprog_at = code_at - 16;
         let length = u16::try_from(self.blocking.len()).expect("a filter holds at most 4096 instructions");
-        let fprog = [&length.to_ne_bytes()[..], &[0; 6], &code_at.to_ne_bytes()].concat();
-        let written = write_memory(pid, code_at, &code).and_then(|()| write_memory(pid, fprog_at, &fprog));
+        let written = match below_stack(&regs, 16 + code.len() as u64) {
+            None => Err(-i64::from(libc::EFAULT)),
+            Some(fprog_at) => {
+                let code_at = fprog_at + 16;
+                let fprog = [&length.to_ne_bytes()[..], &[0; 6], &code_at.to_ne_bytes()].concat();
+                write_memory(pid, code_at, &code).and_then(|()| write_memory(pid, fprog_at, &fprog)).map(|()| fprog_at)
+            }
+        };
         let result = match written {
             Err(errno) => errno,
-            Ok(()) => {
+            Ok(fprog_at) => {
                 let mut call = regs;
                 (call.orig_rax, call.rdi, call.rsi, call.rdx) =
                     (libc::SYS_seccomp as u64, SECCOMP_SET_MODE_FILTER, 0, fprog_at);
@@ -213,7 +300,7 @@ impl Supervisor<'_> {
         }
         match number {
             libc::SYS_wait4 | libc::SYS_waitid => self.try_wait_for_child(pid, id, number, regs),
-            libc::SYS_write => self.try_write(pid, id, regs),
+            libc::SYS_write | libc::SYS_writev | libc::SYS_sendto => self.try_write(pid, id, regs),
             _ => {
                 let blocks = self.group_pidfd(id).is_some_and(|pidfd| would_block(pidfd, number, &regs));
                 if blocks {
@@ -271,19 +358,20 @@ impl Supervisor<'_> {
     }
 
     /// A thread's `write` to a pipe or a socket that has no room for all
-    /// of it would block in the kernel with its process's turn held, and
+    /// of it (or `sendto` without an address, what `send` makes) would
+    /// block in the kernel with its process's turn held, and
     /// what drains it may be another thread of the process
     /// (`multiprocessing.Pool`'s parent sends tasks from one thread while
     /// another reads the results; with both pipes full, the workers wait
     /// for the reader, the sender for the workers). With no room at all
     /// the call is made again at the thread's next turn; with some, what
-    /// fits is written without waiting (the call becomes `pwritev2` with
-    /// `RWF_NOWAIT`, an injected call the kernel checks only against
-    /// denials) and the rest at its next turns, until the call returns all
-    /// of it, as a blocking write does. A write that cannot block (a
-    /// regular file, a non-blocking descriptor, at most `PIPE_BUF` bytes
-    /// to a pipe with room) runs as it is.
-    fn try_write(&mut self, pid: Tid, id: Tid, mut regs: libc::user_regs_struct) {
+    /// fits is written without waiting (`WriteCall::without_waiting`; a
+    /// call the supervisor puts in place is checked only against denials)
+    /// and the rest at its next turns, until the call returns all of it,
+    /// as a blocking write does. A write that cannot block (a regular
+    /// file, a non-blocking descriptor, at most `PIPE_BUF` bytes to a pipe
+    /// with room) runs as it is; so does a `sendto` with `MSG_DONTWAIT`.
+    fn try_write(&mut self, pid: Tid, id: Tid, regs: libc::user_regs_struct) {
         let (original, done) = match self.tries.get(&pid).map(|attempt| attempt.tried) {
             Some(Tried::Write { original, done, as_is }) if original.is(&regs) => {
                 if as_is {
@@ -295,25 +383,29 @@ impl Supervisor<'_> {
             // Another write, from a signal handler run between the turns
             // of a write not yet done: it runs as it is.
             Some(_) => return self.run_in_turn(pid, id),
-            None => (WriteCall::of(&regs), 0),
+            None => match WriteCall::of(pid, &regs) {
+                Some(call) => (call, 0),
+                None => return self.run_in_turn(pid, id),
+            },
         };
-        let left = original.count.saturating_sub(done);
+        let does_not_wait = original.total == 0
+            || (original.number == libc::SYS_sendto as u64 && original.rest[0] & libc::MSG_DONTWAIT as u64 != 0);
+        if does_not_wait {
+            return self.run_in_turn(pid, id);
+        }
+        let left = original.total.saturating_sub(done);
         let room = match (i32::try_from(original.fd), self.group_pidfd(id)) {
             (Ok(fd), Some(pidfd)) => room_to_write(pidfd, fd, left),
             _ => Room::Enough,
         };
         match room {
             Room::Enough if done == 0 => self.run_in_turn(pid, id),
-            Room::None => self.call_again_later(pid, id, libc::SYS_write, regs),
+            Room::None => self.call_again_later(pid, id, original.number as i64, regs),
             Room::Enough | Room::Some => {
-                let iovec = [original.buffer + done, left].map(u64::to_ne_bytes).concat();
-                let at = below_stack(&regs, 16);
-                if write_memory(pid, at, &iovec).is_err() {
+                let Some(call) = original.without_waiting(pid, regs, done) else {
                     return self.run_in_turn(pid, id);
-                }
-                (regs.orig_rax, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9) =
-                    (libc::SYS_pwritev2 as u64, at, 1, u64::MAX, 0, libc::RWF_NOWAIT as u64);
-                if set_registers(pid, &regs).is_ok() {
+                };
+                if set_registers(pid, &call).is_ok() {
                     let tried = Tried::Write { original, done, as_is: false };
                     self.tries.insert(pid, Try { argument: 0, passed: 0, deadline: None, tried });
                     self.pending.insert(pid, Pending::Try);
@@ -331,7 +423,7 @@ impl Supervisor<'_> {
     fn after_write(&mut self, pid: Tid, regs: libc::user_regs_struct, original: WriteCall, done: u64) {
         let result = regs.rax as i64;
         let written = done + u64::try_from(result).unwrap_or(0);
-        let again = result == -i64::from(libc::EAGAIN) || (result > 0 && written < original.count);
+        let again = result == -i64::from(libc::EAGAIN) || (result > 0 && written < original.total);
         let refused = result == -i64::from(libc::EOPNOTSUPP) && done == 0;
         let id = self.threaded(pid).filter(|id| self.groups.get(id).is_some_and(|group| !group.ending));
         let mut back = original.restore(regs);
@@ -340,7 +432,7 @@ impl Supervisor<'_> {
                 let tried = Tried::Write { original, done: written, as_is: refused };
                 self.tries.insert(pid, Try { argument: 0, passed: 0, deadline: None, tried });
                 back.rip -= 2;
-                back.rax = libc::SYS_write as u64;
+                back.rax = original.number;
                 if set_registers(pid, &back).is_err() {
                     return;
                 }
@@ -1106,15 +1198,16 @@ fn poll_now(file: &OwnedFd, events: libc::c_short) -> Option<libc::c_short> {
 
 /// Where `length` bytes go below the thread's stack, past its red zone,
 /// 16-byte aligned: the place for what the supervisor has it read (a
-/// filter, a try's zero timeout or `iovec`).
-fn below_stack(regs: &libc::user_regs_struct, length: u64) -> u64 {
-    (regs.rsp - BELOW_STACK - length) & !15
+/// filter, a try's zero timeout or `iovec`s). `None` if the stack pointer
+/// is too low for them: a program may make a call with any value in it.
+fn below_stack(regs: &libc::user_regs_struct, length: u64) -> Option<u64> {
+    regs.rsp.checked_sub(BELOW_STACK + length).map(|at| at & !15)
 }
 
 /// A zero `timespec` (or `timeval`) of the thread's own, written below its
 /// stack, for a try: its address, or `None` if it could not be written.
 fn zero_time(pid: Tid, regs: &libc::user_regs_struct) -> Option<u64> {
-    let at = below_stack(regs, 16);
+    let at = below_stack(regs, 16)?;
     write_memory(pid, at, &[0u8; 16]).ok().map(|()| at)
 }
 
@@ -1154,4 +1247,23 @@ fn wait_until_zombie(tid: Tid) -> bool {
 
 fn read_u32(pid: Tid, address: u64) -> Option<u32> {
     read_bytes(pid, address, 4).map(|bytes| u32::from_ne_bytes(bytes.try_into().expect("4 bytes")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::after;
+
+    /// What is left of a `writev` once some of it is written: whole pieces
+    /// go, the one written in part starts where the writing stopped, and
+    /// empty pieces are dropped (`pwritev2` would skip them anyway).
+    #[test]
+    fn what_is_left_of_pieces_once_some_bytes_are_written() {
+        let pieces = [(0x1000, 10), (0x2000, 0), (0x3000, 5)];
+        assert_eq!(after(&pieces, 0), vec![(0x1000, 10), (0x3000, 5)]);
+        assert_eq!(after(&pieces, 4), vec![(0x1004, 6), (0x3000, 5)]);
+        assert_eq!(after(&pieces, 10), vec![(0x3000, 5)]);
+        assert_eq!(after(&pieces, 12), vec![(0x3002, 3)]);
+        assert_eq!(after(&pieces, 15), Vec::new());
+        assert_eq!(after(&pieces, 99), Vec::new());
+    }
 }
