@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing DockLock needs on a fresh Debian machine
 # that has Rust (rustup, stable): a C toolchain (some dependencies build C;
-# the cage's tests build static C programs), python3 and nodejs (cage tests
-# run them),
+# the cage's tests build static C programs), python3, nodejs and golang-go
+# (cage tests run them),
 # and iproute2 and iptables (the chaos tests' namespaces and faults).
 # Idempotent; later capabilities add their packages here.
 set -euo pipefail
@@ -14,6 +14,9 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
 # ... and Debian's Node.js (V8 and libuv: a JIT, a thread pool, timers).
 [ -x /usr/bin/node ] || need_apt+=(nodejs)
+# ... and Debian's Go, to build a probe of the Go runtime (goroutines on
+# threads, its own preemption signals, map order from AT_RANDOM).
+command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
 # The chaos tests put nodes in network namespaces (ip, from iproute2) and
 # cut and delay packets with iptables (NFQUEUE); the Docker backend imports
 # an image with tar.

@@ -208,6 +208,19 @@ fn built() -> &'static Built {
                 Some("py" | "js") => {
                     std::fs::copy(&path, dir.join(&stem)).unwrap();
                 }
+                Some("go") => {
+                    // Static (no cgo), with a build cache of its own.
+                    let status = Command::new("go")
+                        .args(["build", "-trimpath", "-o"])
+                        .arg(dir.join(&stem))
+                        .arg(&path)
+                        .env("CGO_ENABLED", "0")
+                        .env("GOCACHE", dir.join("go-cache"))
+                        .env("GOPATH", dir.join("go-path"))
+                        .status()
+                        .expect("go is needed (golang-go; scripts/setup.sh installs it)");
+                    assert!(status.success(), "{} does not build", path.display());
+                }
                 _ => {}
             }
         }
@@ -584,6 +597,10 @@ probes! {
         ..case("python", &["waits"], Same, Varies)
     };
     node: case("node", &[], Same, Varies);
+    go_runtime: Case {
+        shows: &["cpus 1 now 946684800000010000", "sizes [4 4 5 5 5 5 5 6 7 7] host docklock pid 2"],
+        ..case("goroutines", &[], Same, Varies)
+    };
 }
 
 /// A `multiprocessing.Pool` runs to its end in the cage (it hung until
