@@ -1,4 +1,4 @@
-/* Observes: the network -- a loopback TCP server and client in one process (ephemeral ports chosen by the kernel), a connect to 1.1.1.1:53 with 1 s timeout, the interface list (getifaddrs). Cage: handled -- network namespace with only loopback (external connect fails at once with ENETUNREACH); ephemeral ports (bind to port 0, connect unbound) are the process's own sequence, bound by the supervisor. Variant "udp": a datagram from an unbound UDP socket (sendto names the receiver), and the sender's port as the receiver sees it; "udp_sendmsg" the same with sendmsg naming the receiver. Variant "pass_fd": a pipe's write end passed over a Unix socket pair with sendmsg (SCM_RIGHTS, no address) and written through by the receiver (cage: every sendmsg stops at the supervisor; one without an address runs as it is). Variant "fixed" binds server and client to fixed ports 40000/40001 and prints only the loopback part. Variant "timestamp": a loopback UDP datagram received with SO_TIMESTAMPNS (kernel receive time in a control message), ioctl SIOCGSTAMP, and getsockopt TCP_INFO on a loopback TCP connection (RTT and timing fields); the cage refuses SO_TIMESTAMP* and TCP_INFO ("time"). Variant "stamp": a loopback datagram received plainly, then ioctl SIOCGSTAMPNS; the cage refuses the ioctl ("time"); "stamp_high" passes the request with junk in its upper 32 bits, which the kernel ignores, and is refused the same. */
+/* Observes: the network -- a loopback TCP server and client in one process (ephemeral ports chosen by the kernel), a connect to 1.1.1.1:53 with 1 s timeout, the interface list (getifaddrs). Cage: handled -- network namespace with only loopback (external connect fails at once with ENETUNREACH); ephemeral ports (bind to port 0, connect unbound) are the process's own sequence, bound by the supervisor. Variant "udp": a datagram from an unbound UDP socket (sendto names the receiver), and the sender's port as the receiver sees it; "udp_sendmsg" the same with sendmsg naming the receiver. Variant "unix": Unix stream and datagram sockets bound to paths longer than an IPv6 address, connecting, accepting, sending (handled: nothing of the host in them; the supervisor panicked on their long local addresses before). Variant "pass_fd": a pipe's write end passed over a Unix socket pair with sendmsg (SCM_RIGHTS, no address) and written through by the receiver (cage: every sendmsg stops at the supervisor; one without an address runs as it is). Variant "fixed" binds server and client to fixed ports 40000/40001 and prints only the loopback part. Variant "timestamp": a loopback UDP datagram received with SO_TIMESTAMPNS (kernel receive time in a control message), ioctl SIOCGSTAMP, and getsockopt TCP_INFO on a loopback TCP connection (RTT and timing fields); the cage refuses SO_TIMESTAMP* and TCP_INFO ("time"). Variant "stamp": a loopback datagram received plainly, then ioctl SIOCGSTAMPNS; the cage refuses the ioctl ("time"); "stamp_high" passes the request with junk in its upper 32 bits, which the kernel ignores, and is refused the same. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <string.h>
@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <linux/sockios.h>
@@ -161,8 +162,49 @@ static int pass_descriptor(void) {
     return 0;
 }
 
+/* A Unix stream server bound to a path longer than an IPv6 address (the
+   supervisor looks at the local address of every socket that listens or
+   connects, to tell Internet sockets from others), a client connecting to
+   it from a socket bound to a long path too, and a datagram socket pair
+   on long paths. */
+static int unix_sockets(void) {
+    const char *server_path = "/tmp/a-unix-socket-with-a-long-name.server";
+    const char *client_path = "/tmp/a-unix-socket-with-a-long-name.client";
+    struct sockaddr_un server = {.sun_family = AF_UNIX}, client = {.sun_family = AF_UNIX};
+    strcpy(server.sun_path, server_path);
+    strcpy(client.sun_path, client_path);
+    int listening = socket(AF_UNIX, SOCK_STREAM, 0);
+    int bound = bind(listening, (struct sockaddr *)&server, sizeof server);
+    int listened = listen(listening, 4);
+    int connecting = socket(AF_UNIX, SOCK_STREAM, 0);
+    int client_bound = bind(connecting, (struct sockaddr *)&client, sizeof client);
+    int connected = connect(connecting, (struct sockaddr *)&server, sizeof server);
+    int accepted = accept(listening, NULL, NULL);
+    long sent = send(connecting, "over unix", 9, 0);
+    char got[16] = {0};
+    long received = recv(accepted, got, sizeof got - 1, 0);
+    printf("unix stream bind %d listen %d client bind %d connect %d accept %s sent %ld received %ld %s\n", bound,
+           listened, client_bound, connected, accepted >= 0 ? "yes" : "no", sent, received, got);
+    unlink(client_path);
+    unlink(server_path);
+    int to = socket(AF_UNIX, SOCK_DGRAM, 0), from = socket(AF_UNIX, SOCK_DGRAM, 0);
+    int to_bound = bind(to, (struct sockaddr *)&client, sizeof client);
+    int from_bound = bind(from, (struct sockaddr *)&server, sizeof server);
+    long dgram = sendto(from, "datagram", 8, 0, (struct sockaddr *)&client, sizeof client);
+    struct sockaddr_un sender = {0};
+    socklen_t sender_length = sizeof sender;
+    memset(got, 0, sizeof got);
+    long came = recvfrom(to, got, sizeof got - 1, 0, (struct sockaddr *)&sender, &sender_length);
+    printf("unix datagram bind %d %d sendto %ld recvfrom %ld %s from %s\n", to_bound, from_bound, dgram, came, got,
+           sender.sun_path);
+    unlink(server_path);
+    unlink(client_path);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "pass_fd") == 0) return pass_descriptor();
+    if (argc > 1 && strcmp(argv[1], "unix") == 0) return unix_sockets();
     if (argc > 1 && strcmp(argv[1], "udp") == 0) return udp(0);
     if (argc > 1 && strcmp(argv[1], "udp_sendmsg") == 0) return udp(1);
     if (argc > 1 && strcmp(argv[1], "timestamp") == 0) return timestamps();

@@ -1,4 +1,4 @@
-/* Observes: wall/monotonic/CPU time through raw syscalls (clock_gettime for every clock id, clock_getres, gettimeofday, time). Cage: handled -- answered from the per-process logical clock (2000-01-01T00:00:00Z, +1 us per reading), resolution fixed at 1 ns. Variant "vsyscall" calls the legacy vsyscall page (gettimeofday at 0xffffffffff600000, time at 0xffffffffff600400), which the kernel emulates on the page fault rather than through a syscall instruction. Variant "times" sleeps 11 ms (so that native runs cannot share one 10 ms tick) and calls times(2) (CPU ticks and elapsed ticks since boot; answered in the cage from the logical clock), "rusage" reaps a CPU-burning child with wait4 and its usage, then calls getrusage for itself and its children (answered in the cage: no usage, all zeros). */
+/* Observes: wall/monotonic/CPU time through raw syscalls (clock_gettime for every clock id, clock_getres, gettimeofday, time). Cage: handled -- answered from the per-process logical clock (2000-01-01T00:00:00Z, +1 us per reading), resolution fixed at 1 ns. Variant "vsyscall" calls the legacy vsyscall page (gettimeofday at 0xffffffffff600000, time at 0xffffffffff600400), which the kernel emulates on the page fault rather than through a syscall instruction. Variant "times" sleeps 11 ms (so that native runs cannot share one 10 ms tick) and calls times(2) (CPU ticks and elapsed ticks since boot; answered in the cage from the logical clock), "rusage" reaps a CPU-burning child with wait4 and its usage, then calls getrusage for itself and its children (answered in the cage: no usage, all zeros), "end" sleeps for the longest time nanosleep takes and then reads the clocks (natively it never wakes; in the cage the logical clock goes to its end, where it stops, and the supervisor panicked on an overflow before). */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <time.h>
@@ -39,6 +39,21 @@ int main(int argc, char **argv) {
         long r = syscall(SYS_times, &t);
         printf("times ret %ld utime %ld stime %ld cutime %ld cstime %ld\n", r, (long)t.tms_utime, (long)t.tms_stime,
                (long)t.tms_cutime, (long)t.tms_cstime);
+        return 0;
+    }
+    if (argc > 1 && !strcmp(argv[1], "end")) {
+        printf("variant end\n");
+        fflush(stdout);
+        struct timespec longest = {0x7fffffffffffffffL, 999999999}, wall, monotonic;
+        long slept = syscall(SYS_nanosleep, &longest, NULL);
+        long r = syscall(SYS_clock_gettime, CLOCK_REALTIME, &wall);
+        long m = syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &monotonic);
+        struct timeval tv;
+        long g = syscall(SYS_gettimeofday, &tv, NULL);
+        long t = syscall(SYS_time, NULL);
+        printf("slept %ld realtime %ld %lld.%09ld monotonic %ld %lld.%09ld gettimeofday %ld %lld.%06ld time %ld\n", slept,
+               r, (long long)wall.tv_sec, wall.tv_nsec, m, (long long)monotonic.tv_sec, monotonic.tv_nsec, g,
+               (long long)tv.tv_sec, (long)tv.tv_usec, t);
         return 0;
     }
     if (argc > 1 && !strcmp(argv[1], "rusage")) {

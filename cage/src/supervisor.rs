@@ -141,7 +141,11 @@ fn handling<'a>(name: &str) -> Handling<'a> {
         "getsockopt" => Handling::Check(getsockopt_allowed),
         "getrusage" => Handling::Emulate(Supervisor::getrusage),
         // Only with a usage buffer (an argument rule in the policy).
-        "wait4" | "waitid" => Handling::AtExit(|regs| usage_of_wait(regs.orig_rax as i64, regs).expect("a wait")),
+        // Under a policy that traces every wait (`trace wait4`), one
+        // without a buffer has nothing to zero.
+        "wait4" | "waitid" => Handling::AtExit(|regs| {
+            usage_of_wait(regs.orig_rax as i64, regs).unwrap_or(Pending::Usage { buffer: 0, info: 0 })
+        }),
         // Only thread creation reaches here (the filter passes other clones).
         "clone" => Handling::Thread,
         // `sendto` only with an address (an argument rule in the policy);
@@ -1119,11 +1123,13 @@ impl<'a> Supervisor<'a> {
         &mut self.process(pid).clock_ns
     }
 
-    /// Read the process's logical clock and move it on.
+    /// Read the process's logical clock and move it on. What it reads
+    /// stops at `CLOCK_END_NS`: a sleep of `i64::MAX` seconds takes it
+    /// there, and from there on every clock reads the same.
     fn now(&mut self, pid: libc::pid_t) -> u64 {
         let clock = self.clock(pid);
-        *clock += TICK_NS;
-        *clock
+        *clock = clock.saturating_add(TICK_NS);
+        (*clock).min(CLOCK_END_NS)
     }
 
     /// Every process's events, in process-tree order, each process's
@@ -1159,7 +1165,7 @@ impl<'a> Supervisor<'a> {
             return None;
         }
         let now = self.now(pid);
-        Some(if wall_clock(clock) { EPOCH_SECS * 1_000_000_000 + now } else { now })
+        Some(if wall_clock(clock) { wall_ns(now) } else { now })
     }
 
     fn clock_gettime(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
@@ -1168,7 +1174,7 @@ impl<'a> Supervisor<'a> {
     }
 
     fn gettimeofday(&mut self, pid: libc::pid_t, regs: &libc::user_regs_struct) -> i64 {
-        let ns = EPOCH_SECS * 1_000_000_000 + self.now(pid);
+        let ns = wall_ns(self.now(pid));
         if regs.rdi != 0 {
             let mut timeval = (ns / 1_000_000_000).to_ne_bytes().to_vec();
             timeval.extend_from_slice(&(ns % 1_000_000_000 / 1_000).to_ne_bytes());
@@ -1223,6 +1229,9 @@ impl<'a> Supervisor<'a> {
     /// `siginfo_t` says `SIGCHLD` if it found one), the child's usage is
     /// zeroed, as `getrusage` answers, and recorded.
     fn zero_usage(&mut self, pid: libc::pid_t, name: &str, result: i64, buffer: u64, info: u64) {
+        if buffer == 0 {
+            return; // A wait without a usage buffer.
+        }
         let reaped = match name {
             "wait4" => result > 0,
             _ if info == 0 => true,
@@ -1646,6 +1655,16 @@ fn read_time(pid: libc::pid_t, address: u64, unit_ns: i64) -> Result<u64, i64> {
         return Err(-i64::from(libc::EINVAL));
     }
     Ok((secs as u64).saturating_mul(1_000_000_000).saturating_add((fraction * unit_ns) as u64))
+}
+
+/// The last logical time the clocks read: the wall clocks, which count
+/// from `EPOCH_SECS`, then read the last nanosecond a `u64` holds (the
+/// year 2554).
+const CLOCK_END_NS: u64 = u64::MAX - EPOCH_SECS * 1_000_000_000;
+
+/// The wall clocks' reading at logical time `ns`: from the fixed epoch.
+fn wall_ns(ns: u64) -> u64 {
+    (EPOCH_SECS * 1_000_000_000).saturating_add(ns)
 }
 
 /// An absolute time `ns` on `clock` as logical nanoseconds: the wall

@@ -462,6 +462,10 @@ probes! {
     time_through_syscalls: case("time_syscall", &[], Same, Varies);
     time_through_the_vsyscall_page: case("time_syscall", &["vsyscall"], Same, Varies);
     times_is_logical: case("time_syscall", &["times"], Same, Varies);
+    the_clocks_stop_at_their_end: Case {
+        shows: &["slept 0 realtime 0 18446744073.709551615 monotonic 0 17500059273.709551615 gettimeofday 0 18446744073.709551 time 18446744073"],
+        ..case("time_syscall", &["end"], Same, RunsForever)
+    };
     resource_usage_is_zero: Case {
         shows: &[
             "wait4 reaped 1 status 0 utime 0.000000 stime 0.000000 maxrss 0 minflt 0 nvcsw 0 nivcsw 0",
@@ -564,6 +568,13 @@ probes! {
     unbound_datagram_ports_through_sendmsg: Case {
         shows: &["udp sent 8 got 8 datagram"],
         ..case("network", &["udp_sendmsg"], Same, Varies)
+    };
+    unix_sockets_on_long_paths: Case {
+        shows: &[
+            "unix stream bind 0 listen 0 client bind 0 connect 0 accept yes sent 9 received 9 over unix",
+            "unix datagram bind 0 0 sendto 8 recvfrom 8 datagram from /tmp/a-unix-socket-with-a-long-name.server",
+        ],
+        ..case("network", &["unix"], Same, Deterministic)
     };
     socket_timestamps_are_refused: case("network", &["timestamp"], Refused("time"), GetsFurther);
     receive_time_ioctl_is_refused: case("network", &["stamp"], Refused("time"), GetsFurther);

@@ -77,7 +77,7 @@ impl Supervisor<'_> {
         for _ in 0..TRIES_MAX {
             let process = self.process(pid);
             let port = nth_port(&process.path, process.ports_taken);
-            process.ports_taken += 1;
+            process.ports_taken = process.ports_taken.wrapping_add(1);
             address.set_port(port);
             // SAFETY: bind on a descriptor this thread owns, with an
             // address of the length given.
@@ -141,7 +141,10 @@ fn local_address(socket: &OwnedFd) -> Option<(u16, u16)> {
     if unsafe { libc::getsockname(socket.as_raw_fd(), storage.as_mut_ptr().cast(), &mut length) } != 0 {
         return None;
     }
-    let address = Address::parse(&storage[..length as usize])?;
+    // The kernel says how long the whole address is, which for a Unix
+    // socket bound to a long path is more than `storage` holds (and then
+    // not an address this parses).
+    let address = Address::parse(storage.get(..length as usize)?)?;
     Some((address.family, address.port()))
 }
 
