@@ -75,6 +75,16 @@ pub enum CheckpointError {
 }
 
 impl LedgerState {
+    /// Why this state, read from a snapshot a peer sent or from disk, cannot
+    /// be used: every other method takes its shape as given.
+    pub fn check(&self) -> Result<(), String> {
+        Frontier::from_parts(self.size, self.frontier.clone()).map_err(|e| format!("ledger state: {e}"))?;
+        if self.recent.keys().next_back().is_some_and(|&size| size > self.size) {
+            return Err(format!("ledger state of {} events remembers a later size", self.size));
+        }
+        Ok(())
+    }
+
     fn frontier(&self) -> Frontier {
         Frontier::from_parts(self.size, self.frontier.clone()).expect("stored frontier matches its size")
     }
@@ -151,6 +161,25 @@ mod tests {
 
     fn put(key: &str) -> EventBody {
         EventBody::VariableDeleted { key: key.into() }
+    }
+
+    /// A state whose frontier does not fit its size (a hostile or corrupt
+    /// snapshot) is refused, not left to panic at the next append.
+    #[test]
+    fn a_frontier_that_does_not_fit_its_size_is_refused() {
+        let mut ledger = LedgerState::default();
+        let mut writes = LedgerWrites::default();
+        for key in ["a", "b", "c"] {
+            ledger.append(1, put(key), &mut writes);
+            ledger.seal();
+        }
+        assert_eq!(ledger.check(), Ok(()));
+        let mut bad = ledger.clone();
+        bad.size = 4;
+        assert!(bad.check().unwrap_err().contains("frontier of size 4 needs 1 hashes, got 2"));
+        let mut ahead = ledger.clone();
+        ahead.recent.insert(9, (merkle::empty_root(), CHAIN_START));
+        assert!(ahead.check().is_err(), "a remembered size past the ledger");
     }
 
     /// The frontier-based root equals a tree built from the written events,

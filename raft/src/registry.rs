@@ -104,6 +104,19 @@ pub struct Registry {
     pub(crate) raft_index: u64,
 }
 
+impl RegistryState {
+    /// Why this state, read from a snapshot, cannot be used. `apply` keeps
+    /// these shapes; a state that breaks one is corrupt or hostile and would
+    /// make the registry panic later.
+    pub fn check(&self) -> Result<(), String> {
+        self.ledger.check()?;
+        if self.vnodes_per_core > crate::nodes::VNODES_PER_CORE_MAX {
+            return Err(format!("{} virtual nodes per core", self.vnodes_per_core));
+        }
+        Ok(())
+    }
+}
+
 impl Registry {
     /// Build from a snapshot's state.
     pub fn from_state(state: RegistryState) -> Self {

@@ -15,7 +15,7 @@
 //! outcomes keyed `client \0 serial`), so a data dir written by an earlier
 //! version still loads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use imbl::OrdMap;
@@ -128,8 +128,35 @@ impl TryFrom<WireSessions> for SessionsState {
             let client = clients.get_mut(name).ok_or_else(refused)?;
             Arc::make_mut(&mut client.outcomes).push((serial, response));
         }
+        check_shape(&clients)?;
         Ok(Self { clients })
     }
+}
+
+/// What [`Sessions::remember`] keeps true and later relies on (its
+/// subtractions and asserts): a snapshot breaking it was not written by this
+/// cache, and using it would panic under the state lock.
+fn check_shape(clients: &OrdMap<String, Client>) -> Result<(), String> {
+    if clients.len() > CLIENTS_MAX {
+        return Err(format!("{} session clients, more than {CLIENTS_MAX}", clients.len()));
+    }
+    let mut sequences = BTreeSet::new();
+    let mut total = 0u64;
+    for (name, client) in clients {
+        let serials_ascend = client.outcomes.windows(2).all(|pair| pair[0].0 < pair[1].0);
+        let bytes = client.outcomes.iter().map(|(_, response)| outcome_bytes(response)).sum::<u64>();
+        if !serials_ascend || client.outcomes.len() > SERIALS_RETAINED as usize || bytes != client.bytes {
+            return Err(format!("session client {name:?} does not hold the outcomes it records"));
+        }
+        if !sequences.insert(client.last_sequence) {
+            return Err(format!("two session clients last wrote at sequence {}", client.last_sequence));
+        }
+        total = total.saturating_add(bytes);
+    }
+    if total > OUTCOME_BYTES_MAX {
+        return Err(format!("session outcomes of {total} bytes, more than {OUTCOME_BYTES_MAX}"));
+    }
+    Ok(())
 }
 
 impl Serialize for SessionsState {
@@ -207,7 +234,9 @@ impl Sessions {
     /// Rebuild from a snapshot copy, recomputing the derived indexes.
     pub fn from_state(state: SessionsState) -> Self {
         let by_sequence = state.clients.iter().map(|(name, client)| (client.last_sequence, name.clone())).collect();
-        let bytes_total = state.clients.values().map(|client| client.bytes).sum();
+        // Saturating: a snapshot's sizes are a peer's word, and an overflow here would
+        // panic under the state lock.
+        let bytes_total = state.clients.values().fold(0u64, |total, client| total.saturating_add(client.bytes));
         Self { clients: state.clients, by_sequence, bytes_total }
     }
 
@@ -396,6 +425,26 @@ mod tests {
         earlier.outcomes.insert(outcome_key("nobody", 1), written(1));
         let orphan = bincode::serialize(&earlier).unwrap();
         assert!(bincode::deserialize::<SessionsState>(&orphan).is_err());
+        earlier.outcomes.remove(&outcome_key("nobody", 1));
+        assert!(bincode::deserialize::<SessionsState>(&bincode::serialize(&earlier).unwrap()).is_ok());
+
+        // What `remember` subtracts and asserts must hold in a loaded copy,
+        // or a hostile snapshot panics it later.
+        let refused = |change: &dyn Fn(&mut Earlier)| {
+            let mut copy = Earlier { clients: earlier.clients.clone(), outcomes: earlier.outcomes.clone() };
+            change(&mut copy);
+            bincode::deserialize::<SessionsState>(&bincode::serialize(&copy).unwrap()).unwrap_err().to_string()
+        };
+        let wrong_bytes = refused(&|copy| copy.clients.get_mut("a").unwrap().bytes -= 1);
+        assert!(wrong_bytes.contains("\"a\" does not hold the outcomes it records"), "{wrong_bytes}");
+        let of_b = earlier.clients["b"].last_sequence;
+        let same_sequence = refused(&|copy| copy.clients.get_mut("a").unwrap().last_sequence = of_b);
+        assert!(same_sequence.contains("two session clients last wrote"), "{same_sequence}");
+        let unpadded = refused(&|copy| {
+            let moved = copy.outcomes.remove(&outcome_key("ab", 20)).unwrap();
+            copy.outcomes.insert("ab\u{0}3".to_owned(), moved);
+        });
+        assert!(unpadded.contains("does not hold"), "{unpadded}");
     }
 
     /// Client ids that could break row keys are refused.

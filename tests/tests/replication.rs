@@ -111,6 +111,58 @@ async fn bad_input_gets_precise_statuses() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A peer that knows the cluster id (it is public) can speak the Raft
+/// service. A snapshot stream it sends with a chunk at offset 2^45 made the
+/// receiving node reserve 32 TiB and abort; one whose bytes are not a
+/// snapshot would have stopped its Raft at install. Both are refused to the
+/// sender now, and the node keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_snapshot_stream_is_refused_and_the_node_keeps_serving() -> anyhow::Result<()> {
+    use docklock_proto::v1::raft_client::RaftClient;
+    use docklock_raft::types::{SnapshotMeta, TypeConfig};
+    use openraft::raft::InstallSnapshotRequest;
+    use openraft::{CommittedLeaderId, LogId, StoredMembership, Vote};
+
+    let (_dir, cluster) = started_cluster(3, &[]).await?;
+    let client = cluster.client()?;
+    client.put("kept", b"safe".to_vec()).await?;
+    let status = client.status().await?;
+    let target = cluster.nodes.keys().copied().find(|id| Some(*id) != status.leader_id).expect("a follower");
+    let mut raft = RaftClient::connect(format!("http://{}", cluster.addr(target))).await?;
+    let term = status.term + 100;
+    let chunk = |offset: u64, data: Vec<u8>, done: bool| {
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(term, 1), 1_000_000)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "hostile".into(),
+        };
+        let rpc = InstallSnapshotRequest::<TypeConfig> { vote: Vote::new_committed(term, 1), meta, offset, data, done };
+        v1::RaftMessage { cluster_id: status.cluster_id.clone(), from: 1, payload: bincode::serialize(&rpc).unwrap() }
+    };
+    let refused = |reply: Result<tonic::Response<v1::RaftMessage>, tonic::Status>| -> anyhow::Result<String> {
+        let payload = reply?.into_inner().payload;
+        type Reply = Result<
+            openraft::raft::InstallSnapshotResponse<u64>,
+            openraft::error::RaftError<u64, openraft::error::InstallSnapshotError>,
+        >;
+        let reply: Reply = bincode::deserialize(&payload)?;
+        Ok(reply.expect_err("the chunk must be refused").to_string())
+    };
+    raft.install_snapshot(chunk(0, vec![1; 16], false)).await?;
+    let gap = refused(raft.install_snapshot(chunk(1 << 45, vec![1; 16], false)).await)?;
+    assert!(gap.contains("leaves a gap after the 16 bytes"), "{gap}");
+    let garbage = refused(raft.install_snapshot(chunk(16, vec![2; 16], true)).await)?;
+    assert!(garbage.contains("snapshot refused"), "{garbage}");
+
+    // The node is up, still a follower of the same leader, and replicates.
+    client.put("after", b"x".to_vec()).await?;
+    let after = cluster.client_of(target)?;
+    assert_eq!(after.get("after", false).await?.value, b"x");
+    assert_eq!(after.get("kept", false).await?.value, b"safe");
+    assert_eq!(after.status().await?.leader_id, status.leader_id);
+    Ok(())
+}
+
 /// The CLI's kv and cluster commands work, print JSON on request, and use
 /// the documented exit codes.
 #[tokio::test(flavor = "multi_thread")]

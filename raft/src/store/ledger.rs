@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use docklock_proto::ledger::{chain_next, Checkpoint, CHAIN_START};
 use docklock_proto::merkle::{self, Frontier, Hash, NodeSource};
 
-use crate::ledger::LedgerWrites;
+use crate::ledger::{LedgerState, LedgerWrites};
 
 /// Bytes before an event's canonical bytes in `events.log`.
 const ROW_HEADER: u64 = 36;
@@ -323,6 +323,36 @@ fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, LedgerReadError> {
 pub(super) struct LedgerExport {
     pub(super) events: Vec<Vec<u8>>,
     pub(super) checkpoints: Vec<Vec<u8>>,
+}
+
+impl LedgerExport {
+    /// Why these rows are not the ones `state` (already checked) names: a
+    /// peer sent them, and [`LedgerStore::import`] replaces this node's rows
+    /// with them.
+    pub(super) fn check(&self, state: &LedgerState) -> Result<(), String> {
+        if self.events.len() as u64 != state.size() {
+            return Err(format!("{} ledger events for a state of {}", self.events.len(), state.size()));
+        }
+        let mut frontier = Frontier::default();
+        let mut head = CHAIN_START;
+        for (index, bytes) in self.events.iter().enumerate() {
+            if bytes.len() > docklock_proto::canonical::FIELD_BYTES_MAX {
+                return Err(format!("ledger event {index} of {} bytes", bytes.len()));
+            }
+            frontier.append(merkle::leaf_hash(bytes));
+            head = chain_next(&head, index as u64, bytes);
+        }
+        if frontier.root() != state.root() || head != state.head() {
+            return Err("the ledger events do not have the state's root and chain head".to_owned());
+        }
+        for bytes in &self.checkpoints {
+            let checkpoint = decode_checkpoint(bytes).map_err(|e| e.to_string())?;
+            if checkpoint.tree_size > state.size() {
+                return Err(format!("a checkpoint of {} events, past the ledger", checkpoint.tree_size));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl NodeSource for LedgerStore {

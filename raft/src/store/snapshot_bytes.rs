@@ -5,6 +5,14 @@
 //! snapshot carries the whole audit ledger, so building it eagerly made
 //! every start O(ledger) in time and memory. [`SnapshotBytes`] defers the
 //! build to the first read, seek or write.
+//!
+//! A snapshot being received is written by whatever a peer sends: writes
+//! that leave a gap or pass [`RECEIVED_BYTES_MAX`] are refused (a chunk at
+//! offset 2^45 would otherwise make the vector reserve that much and abort
+//! the process), and the finished bytes are checked at shutdown, which
+//! openraft calls before it hands the snapshot to the state machine: an
+//! error there goes back to the sender, while one from the state machine's
+//! install stops this node's Raft.
 
 use std::fmt;
 use std::io::{self, Cursor, SeekFrom};
@@ -15,6 +23,14 @@ use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
 type Build = Box<dyn FnOnce() -> io::Result<Vec<u8>> + Send>;
 
+/// What a received snapshot must pass before it is installed.
+pub type Check = fn(&[u8]) -> io::Result<()>;
+
+/// Largest snapshot this node accepts from a peer. Snapshots are held in
+/// memory whole; this is far above any registry this design serves and
+/// below what a node of this class could allocate.
+pub const RECEIVED_BYTES_MAX: u64 = 8 << 30;
+
 enum Inner {
     Ready(Cursor<Vec<u8>>),
     Pending(Option<Build>),
@@ -23,6 +39,8 @@ enum Inner {
 /// A snapshot's bytes, in memory once built.
 pub struct SnapshotBytes {
     inner: Inner,
+    /// Set for bytes being received.
+    check: Option<Check>,
 }
 
 impl fmt::Debug for SnapshotBytes {
@@ -43,12 +61,17 @@ impl Default for SnapshotBytes {
 impl SnapshotBytes {
     /// Bytes already in memory (a snapshot being received).
     pub fn ready(bytes: Vec<u8>) -> Self {
-        Self { inner: Inner::Ready(Cursor::new(bytes)) }
+        Self { inner: Inner::Ready(Cursor::new(bytes)), check: None }
+    }
+
+    /// Empty bytes a peer's chunks fill, which must pass `check` when done.
+    pub fn receiving(check: Check) -> Self {
+        Self { inner: Inner::Ready(Cursor::new(Vec::new())), check: Some(check) }
     }
 
     /// Bytes `build` makes when first needed.
     pub fn lazy(build: impl FnOnce() -> io::Result<Vec<u8>> + Send + 'static) -> Self {
-        Self { inner: Inner::Pending(Some(Box::new(build))) }
+        Self { inner: Inner::Pending(Some(Box::new(build))), check: None }
     }
 
     fn cursor(&mut self) -> io::Result<&mut Cursor<Vec<u8>>> {
@@ -83,10 +106,24 @@ impl AsyncRead for SnapshotBytes {
 
 impl AsyncWrite for SnapshotBytes {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut().cursor() {
-            Ok(cursor) => Pin::new(cursor).poll_write(cx, buf),
-            Err(error) => Poll::Ready(Err(error)),
+        let cursor = match self.get_mut().cursor() {
+            Ok(cursor) => cursor,
+            Err(error) => return Poll::Ready(Err(error)),
+        };
+        let (position, len) = (cursor.position(), cursor.get_ref().len() as u64);
+        if position > len {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("snapshot chunk at offset {position} leaves a gap after the {len} bytes received"),
+            )));
         }
+        if position.saturating_add(buf.len() as u64) > RECEIVED_BYTES_MAX {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("snapshot larger than {RECEIVED_BYTES_MAX} bytes"),
+            )));
+        }
+        Pin::new(cursor).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -94,7 +131,9 @@ impl AsyncWrite for SnapshotBytes {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+        let this = self.get_mut();
+        let Some(check) = this.check else { return Poll::Ready(Ok(())) };
+        Poll::Ready(this.cursor().and_then(|cursor| check(cursor.get_ref())))
     }
 }
 
@@ -116,7 +155,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
     use super::*;
 
@@ -135,5 +174,25 @@ mod tests {
         assert_eq!(read, "ello");
         assert!(built.load(Ordering::SeqCst));
         assert_eq!(bytes.into_bytes().unwrap(), b"hello");
+    }
+
+    #[tokio::test]
+    async fn received_bytes_refuse_gaps_and_fail_their_check() {
+        let mut bytes = SnapshotBytes::receiving(|data| match data {
+            b"good" => Ok(()),
+            _ => Err(io::Error::new(io::ErrorKind::InvalidData, "not good")),
+        });
+        bytes.write_all(b"go").await.unwrap();
+        bytes.seek(SeekFrom::Start(1 << 45)).await.unwrap();
+        let gap = bytes.write_all(b"x").await.unwrap_err();
+        assert!(gap.to_string().contains("leaves a gap after the 2 bytes"), "{gap}");
+        // A resent chunk overwrites; the next continues.
+        bytes.seek(SeekFrom::Start(0)).await.unwrap();
+        bytes.write_all(b"ba").await.unwrap();
+        assert!(bytes.shutdown().await.is_err(), "\"ba\" fails the check");
+        bytes.seek(SeekFrom::Start(0)).await.unwrap();
+        bytes.write_all(b"good").await.unwrap();
+        bytes.shutdown().await.unwrap();
+        assert_eq!(bytes.into_bytes().unwrap(), b"good");
     }
 }

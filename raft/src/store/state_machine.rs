@@ -113,6 +113,35 @@ fn read_error(error: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::read_state_machine(AnyError::new(&error)).into()
 }
 
+fn refused(reason: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("snapshot refused: {reason}"))
+}
+
+/// A snapshot's state, decoded and checked: bytes from disk or from a peer
+/// are never taken as they are.
+fn decode_state(data: &[u8]) -> std::io::Result<SnapshotData> {
+    let decoded: SnapshotData = bincode::deserialize(data).map_err(|e| refused(e.to_string()))?;
+    decoded.state.check().map_err(refused)?;
+    Ok(decoded)
+}
+
+/// A snapshot received from a peer, decoded and checked: its state, and its
+/// ledger rows against that state.
+fn decode_transfer(bytes: &[u8]) -> std::io::Result<(TransferSnapshot, SnapshotData)> {
+    let transfer: TransferSnapshot = bincode::deserialize(bytes).map_err(|e| refused(e.to_string()))?;
+    let decoded = decode_state(&transfer.data)?;
+    transfer.ledger.check(&decoded.state.ledger).map_err(refused)?;
+    Ok((transfer, decoded))
+}
+
+/// The data is the state the meta names.
+fn check_meta(meta: &SnapshotMeta, decoded: &SnapshotData) -> Result<(), StorageError> {
+    if decoded.last_applied != meta.last_log_id || decoded.membership != meta.last_membership {
+        return Err(snapshot_write_error(meta, refused("its data is not the state its meta names".to_owned())));
+    }
+    Ok(())
+}
+
 fn snapshot_write_error(meta: &SnapshotMeta, error: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&error)).into()
 }
@@ -134,7 +163,9 @@ impl StateMachine {
         let ledger_size = stored.as_ref().map_or(0, |stored| stored.ledger_size);
         machine.shared.ledger.keep(ledger_size).map_err(read_error)?;
         if let Some(stored) = stored {
-            machine.restore(&stored.meta, &stored.data)?;
+            let decoded = decode_state(&stored.data).map_err(|e| snapshot_write_error(&stored.meta, e))?;
+            check_meta(&stored.meta, &decoded)?;
+            machine.restore(decoded)?;
         }
         Ok(machine)
     }
@@ -151,11 +182,8 @@ impl StateMachine {
         bincode::deserialize(&bytes).map(Some).map_err(read_error)
     }
 
-    /// Replace the in-memory state with a snapshot's.
-    fn restore(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let decoded: SnapshotData = bincode::deserialize(data).map_err(|e| snapshot_write_error(meta, e))?;
-        // Check after read: the data is the state the meta names.
-        assert_eq!(decoded.last_applied, meta.last_log_id, "snapshot data and meta disagree");
+    /// Replace the in-memory state with a snapshot's (checked).
+    fn restore(&self, decoded: SnapshotData) -> Result<(), StorageError> {
         let mut applied = self.shared.applied.write().expect("state lock poisoned");
         *applied = Applied {
             registry: Registry::from_state(decoded.state),
@@ -268,7 +296,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotBytes>, StorageError> {
-        Ok(Box::default())
+        // Checked when the last chunk is in, before openraft installs it: a
+        // refusal there answers the sender, one from `install_snapshot`
+        // stops this node's Raft. (So a good snapshot is decoded twice.)
+        Ok(Box::new(SnapshotBytes::receiving(|bytes| decode_transfer(bytes).map(drop))))
     }
 
     async fn install_snapshot(
@@ -277,15 +308,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<SnapshotBytes>,
     ) -> Result<(), StorageError> {
         let bytes = snapshot.into_bytes().map_err(|e| snapshot_write_error(meta, e))?;
-        let transfer: TransferSnapshot = bincode::deserialize(&bytes).map_err(|e| snapshot_write_error(meta, e))?;
-        let decoded: SnapshotData = bincode::deserialize(&transfer.data).map_err(|e| snapshot_write_error(meta, e))?;
+        let (transfer, decoded) = decode_transfer(&bytes).map_err(|e| snapshot_write_error(meta, e))?;
+        check_meta(meta, &decoded)?;
         let ledger_size = decoded.state.ledger.size();
         let checkpoints_up_to = decoded.state.ledger.latest_checkpoint().map_or(0, |c| c.tree_size);
         // Rows first (synced), then the stored snapshot, then the memory: if the node dies between steps it
         // restarts from a stored snapshot whose rows are on disk.
         self.shared.ledger.import(&transfer.ledger).map_err(|e| snapshot_write_error(meta, e))?;
         self.store_snapshot(meta, &transfer.data, ledger_size, checkpoints_up_to).await?;
-        self.restore(meta, &transfer.data)
+        self.restore(decoded)
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
@@ -300,5 +331,79 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             bincode::serialize(&TransferSnapshot { data, ledger: export }).map_err(std::io::Error::other)
         });
         Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(bytes) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::log_id;
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::store::{Store, StoreConfig};
+    use crate::types::{Command, Proposal, Request};
+
+    fn puts(range: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        let put = |i: u64| Request { session: None, command: Command::Put { key: format!("k{i}"), value: vec![1] } };
+        range
+            .map(|i| Entry {
+                log_id: log_id(1, 1, i),
+                payload: EntryPayload::Normal(Proposal { requests: vec![put(i)] }),
+            })
+            .collect()
+    }
+
+    /// A snapshot a peer sends whose parts do not fit together (ledger rows
+    /// that are not the state's, data that is not the state its meta names)
+    /// is refused when its last chunk is in and again at install, and the
+    /// receiver keeps its state and its ledger rows.
+    #[tokio::test]
+    async fn a_snapshot_whose_parts_do_not_fit_is_refused_and_changes_nothing() {
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut sender = Store::open(dir_a.path(), &StoreConfig::default()).unwrap().state_machine;
+        sender.apply(puts(1..=20)).await.unwrap();
+        sender.build_snapshot().await.unwrap();
+        let snapshot = sender.get_current_snapshot().await.unwrap().unwrap();
+        let good = snapshot.snapshot.into_bytes().unwrap();
+        let mut receiver = Store::open(dir_b.path(), &StoreConfig::default()).unwrap().state_machine;
+        receiver.apply(puts(1..=3)).await.unwrap();
+        let before = receiver.view().read().registry.to_state();
+        let head_before = receiver.view().ledger().chain_head(3).unwrap();
+
+        let (transfer, _) = decode_transfer(&good).unwrap();
+        let tampered = |change: &dyn Fn(&mut TransferSnapshot)| {
+            let mut copy = TransferSnapshot { data: transfer.data.clone(), ledger: LedgerExport::default() };
+            copy.ledger.events = transfer.ledger.events.clone();
+            copy.ledger.checkpoints = transfer.ledger.checkpoints.clone();
+            change(&mut copy);
+            bincode::serialize(&copy).unwrap()
+        };
+        let cases = [
+            ("an event dropped", tampered(&|t| drop(t.ledger.events.pop()))),
+            ("an event changed", tampered(&|t| t.ledger.events[7][0] ^= 1)),
+            ("undecodable data", tampered(&|t| t.data.truncate(10))),
+        ];
+        for (case, bytes) in &cases {
+            let mut received = receiver.begin_receiving_snapshot().await.unwrap();
+            received.write_all(bytes).await.unwrap();
+            let refusal = received.shutdown().await.unwrap_err();
+            assert!(refusal.to_string().contains("snapshot refused"), "{case}: {refusal}");
+            let installed =
+                receiver.install_snapshot(&snapshot.meta, Box::new(SnapshotBytes::ready(bytes.clone()))).await;
+            assert!(installed.is_err(), "{case}: installed");
+        }
+        let mut other_meta = snapshot.meta.clone();
+        other_meta.last_log_id = Some(log_id(1, 1, 19));
+        let installed = receiver.install_snapshot(&other_meta, Box::new(SnapshotBytes::ready(good.clone()))).await;
+        assert!(installed.unwrap_err().to_string().contains("not the state its meta names"));
+
+        assert_eq!(receiver.view().read().registry.to_state(), before, "state unchanged");
+        assert_eq!(receiver.view().ledger().chain_head(3).unwrap(), head_before, "rows unchanged");
+        // The good one still installs.
+        let mut received = receiver.begin_receiving_snapshot().await.unwrap();
+        received.write_all(&good).await.unwrap();
+        received.shutdown().await.unwrap();
+        receiver.install_snapshot(&snapshot.meta, received).await.unwrap();
+        assert_eq!(receiver.view().read().registry.ledger().size(), 20);
     }
 }
