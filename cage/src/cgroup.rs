@@ -55,7 +55,7 @@ impl Cgroup {
     pub(crate) fn create(limits: &Limits) -> Option<Self> {
         static RUNS: AtomicU64 = AtomicU64::new(0);
         let name = format!("docklock-cage-{}-{}", std::process::id(), RUNS.fetch_add(1, Ordering::Relaxed));
-        let memory_bytes = (limits.memory_mib << 20).to_string();
+        let memory_bytes = limits.memory_bytes().to_string();
         // The cage's keeper and init count too: the workload has two fewer,
         // so the kernel reports the bound here before RLIMIT_NPROC hits.
         let pids = limits.processes.to_string();

@@ -122,12 +122,19 @@ pub fn serve() -> io::Result<()> {
                 // One thread per run: the cage supervises from the thread
                 // that started it.
                 std::thread::spawn(move || {
-                    let result = std::fs::File::create(&stdout)
-                        .map_err(|source| CageError::Io { what: format!("create {}", stdout.display()), source })
-                        // Stderr is kept in the witness log (`docklock agreement logs` reads it there).
-                        .and_then(|sink| {
-                            run_cancellable(&spec, &witness, out_dir.as_deref(), (sink, std::io::sink()), &cancel)
-                        });
+                    let run = || {
+                        std::fs::File::create(&stdout)
+                            .map_err(|source| CageError::Io { what: format!("create {}", stdout.display()), source })
+                            // Stderr is kept in the witness log (`docklock agreement logs` reads it there).
+                            .and_then(|sink| {
+                                run_cancellable(&spec, &witness, out_dir.as_deref(), (sink, std::io::sink()), &cancel)
+                            })
+                    };
+                    // A panic is a cage bug; it must still answer, or the
+                    // agent waits for this run for ever.
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|_| {
+                        Err(CageError::Io { what: "run the cage".to_owned(), source: io::Error::other("it panicked") })
+                    });
                     cancels.lock().expect("cancel flags").remove(&id);
                     let response = Response { id, result: result.map_err(WireError::from) };
                     // The agent gone, nobody is waiting for the answer.

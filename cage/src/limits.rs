@@ -6,6 +6,11 @@ use std::fmt;
 
 use serde::Serialize;
 
+/// Largest value of any limit. Far above what a machine has (a memory limit
+/// of 2^40 MiB), and low enough that no unit conversion of a limit
+/// overflows: a limit is also read from a witness log, which anyone can write.
+pub const LIMIT_MAX: u64 = 1 << 40;
+
 /// Every limit of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Limits {
@@ -147,11 +152,20 @@ impl Limits {
             format!("unknown limit {name:?} (limits: {})", names.join(", "))
         })?;
         let value: u64 = value.parse().map_err(|_| format!("limit {name} needs a positive integer, got {value:?}"))?;
-        if value == 0 {
-            return Err(format!("limit {name} must be positive"));
-        }
+        check_value(limit, value)?;
         *self.slot(limit) = value;
         Ok(())
+    }
+
+    /// Why these limits (from a spec, a witness log) cannot be used.
+    pub fn check(&self) -> Result<(), String> {
+        let mut copy = self.clone();
+        Limit::ALL.into_iter().try_for_each(|limit| check_value(limit, *copy.slot(limit)))
+    }
+
+    /// The memory limit in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mib.saturating_mul(1 << 20)
     }
 
     /// The limits as header text, in a fixed order.
@@ -163,6 +177,13 @@ impl Limits {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+fn check_value(limit: Limit, value: u64) -> Result<(), String> {
+    if !(1..=LIMIT_MAX).contains(&value) {
+        return Err(format!("limit {limit} must be between 1 and {LIMIT_MAX}, got {value}"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -178,5 +199,9 @@ mod tests {
         assert!(limits.set("speed=3").is_err());
         assert!(limits.set("cpu-secs").is_err());
         assert!(limits.describe().contains("limit.wall-ms=250"));
+        assert!(limits.set(&format!("memory-mib={}", LIMIT_MAX + 1)).is_err());
+        assert_eq!(limits.check(), Ok(()));
+        limits.memory_mib = u64::MAX;
+        assert!(limits.check().unwrap_err().contains("limit memory-mib must be between 1 and"));
     }
 }

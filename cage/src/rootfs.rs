@@ -407,13 +407,17 @@ fn layer_reader(path: &Path) -> Result<Box<dyn Read>, RootfsError> {
 fn unpack_image(image_tar: &Path, root: &Path) -> Result<(), RootfsError> {
     let scratch = tempfile::tempdir().map_err(io("create a scratch directory"))?;
     let file = File::open(image_tar).map_err(io(format!("open {}", image_tar.display())))?;
-    unpack(BufReader::new(file), scratch.path())?;
+    let mut budget = Budget::default();
+    unpack_entries(BufReader::new(file), scratch.path(), false, &mut budget)?;
     for layer in image_layers(scratch.path())? {
         // Whiteouts delete from the layers below, so apply them before
         // this layer's own entries land.
         let mut archive = tar::Archive::new(layer_reader(&layer)?);
+        // Its own count: the unpack below counts these entries again.
+        let mut whiteouts = Budget::default();
         for entry in archive.entries().map_err(io("read a layer"))? {
             let entry = entry.map_err(io("read a layer"))?;
+            whiteouts.entry()?;
             let relative = safe_relative(&entry.path().map_err(io("read an entry path"))?)?;
             let Some(name) = relative.file_name().and_then(|n| n.to_str()) else { continue };
             let Some(hidden) = name.strip_prefix(WHITEOUT) else { continue };
@@ -429,7 +433,7 @@ fn unpack_image(image_tar: &Path, root: &Path) -> Result<(), RootfsError> {
                 remove_any(&parent.join(hidden))?;
             }
         }
-        unpack_layer(layer_reader(&layer)?, root)?;
+        unpack_entries(layer_reader(&layer)?, root, true, &mut budget)?;
     }
     Ok(())
 }
@@ -442,25 +446,56 @@ fn remove_any(path: &Path) -> Result<(), RootfsError> {
     }
 }
 
-/// Unpack a tar stream into `root` with the rules in the module docs.
-pub fn unpack(reader: impl Read, root: &Path) -> Result<(), RootfsError> {
-    unpack_entries(reader, root, false)
+/// What one rootfs may unpack to, across an image's tar and all its layers
+/// (a budget per layer would let an image of many layers multiply it).
+struct Budget {
+    entries: u64,
+    bytes: u64,
+    bytes_max: u64,
 }
 
-fn unpack_layer(reader: impl Read, root: &Path) -> Result<(), RootfsError> {
-    unpack_entries(reader, root, true)
+impl Default for Budget {
+    fn default() -> Self {
+        Self { entries: 0, bytes: 0, bytes_max: UNPACKED_BYTES_MAX }
+    }
 }
 
-fn unpack_entries(reader: impl Read, root: &Path, skip_whiteouts: bool) -> Result<(), RootfsError> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut archive = tar::Archive::new(reader);
-    let (mut count, mut bytes) = (0u64, 0u64);
-    for entry in archive.entries().map_err(io("read the rootfs archive"))? {
-        let mut entry = entry.map_err(io("read the rootfs archive"))?;
-        count += 1;
-        if count > ENTRIES_MAX {
+impl Budget {
+    fn entry(&mut self) -> Result<(), RootfsError> {
+        self.entries += 1;
+        if self.entries > ENTRIES_MAX {
             return Err(RootfsError::Refused(format!("more than {ENTRIES_MAX} entries")));
         }
+        Ok(())
+    }
+
+    /// `size` is the archive's word, so the sum saturates rather than
+    /// trusts the tar reader to have bounded it.
+    fn file(&mut self, size: u64) -> Result<(), RootfsError> {
+        self.bytes = self.bytes.saturating_add(size);
+        if self.bytes > self.bytes_max {
+            return Err(RootfsError::Refused(format!("unpacks to more than {} bytes", self.bytes_max)));
+        }
+        Ok(())
+    }
+}
+
+/// Unpack a tar stream into `root` with the rules in the module docs.
+pub fn unpack(reader: impl Read, root: &Path) -> Result<(), RootfsError> {
+    unpack_entries(reader, root, false, &mut Budget::default())
+}
+
+fn unpack_entries(
+    reader: impl Read,
+    root: &Path,
+    skip_whiteouts: bool,
+    budget: &mut Budget,
+) -> Result<(), RootfsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries().map_err(io("read the rootfs archive"))? {
+        let mut entry = entry.map_err(io("read the rootfs archive"))?;
+        budget.entry()?;
         let relative = safe_relative(&entry.path().map_err(io("read an entry path"))?)?;
         if relative.as_os_str().is_empty() {
             continue;
@@ -488,10 +523,8 @@ fn unpack_entries(reader: impl Read, root: &Path, skip_whiteouts: bool) -> Resul
                     .map_err(io("set a mode"))?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                bytes += entry.header().size().map_err(io("read an entry size"))?;
-                if bytes > UNPACKED_BYTES_MAX {
-                    return Err(RootfsError::Refused(format!("unpacks to more than {UNPACKED_BYTES_MAX} bytes")));
-                }
+                // The size copied below: a PAX header's, where it has one.
+                budget.file(entry.size())?;
                 let mut file = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -657,6 +690,32 @@ mod tests {
         });
         let dir = tempfile::tempdir().unwrap();
         assert!(unpack(hard.as_slice(), dir.path()).is_err());
+    }
+
+    /// A file's size is the one its bytes are copied by: a PAX header's,
+    /// where it has one. The budget used to count the plain header's, which
+    /// an archive can set to 0 beside a PAX size of anything.
+    #[test]
+    fn the_budget_counts_the_pax_size() {
+        let mut archive = tar::Builder::new(Vec::new());
+        archive.append_pax_extensions([("size", &b"3000"[..])]).unwrap();
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_size(0);
+        header.set_path("large").unwrap();
+        header.set_cksum();
+        let mut bytes = archive.into_inner().unwrap();
+        bytes.truncate(bytes.len() - 1024); // the end-of-archive blocks
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(&[b'x'; 3072]);
+        bytes.extend_from_slice(&[0; 1024]);
+        let dir = tempfile::tempdir().unwrap();
+        let mut budget = Budget { bytes_max: 2000, ..Budget::default() };
+        let refused = unpack_entries(bytes.as_slice(), dir.path(), false, &mut budget).unwrap_err();
+        assert!(refused.to_string().contains("unpacks to more than 2000 bytes"), "{refused}");
+        unpack(bytes.as_slice(), dir.path()).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("large")).unwrap(), [b'x'; 3000]);
     }
 }
 

@@ -54,7 +54,7 @@ const DEV_RANDOM_STREAM: u64 = 1;
 /// workload's use (a hole only in what they tell, never in what differs
 /// between runs).
 fn synthetic_proc(memory_mib: u64) -> Vec<(&'static str, String)> {
-    let kib = memory_mib * 1024;
+    let kib = memory_mib.saturating_mul(1024);
     let meminfo = format!(
         "MemTotal:       {kib:8} kB\nMemFree:        {kib:8} kB\nMemAvailable:   {kib:8} kB\n\
          Buffers:               0 kB\nCached:                0 kB\nSwapCached:            0 kB\n\
@@ -276,6 +276,7 @@ pub fn run_cancellable(
     cancel: &AtomicBool,
 ) -> Result<Outcome, CageError> {
     let started = Instant::now();
+    spec.limits.check().map_err(CageError::Spec)?;
     let root = mount_point(&spec.stage_parent.clone().unwrap_or_else(std::env::temp_dir))?;
 
     // Written beside its final path and renamed there when complete: the
@@ -540,7 +541,7 @@ fn plan(
         // verdict; at a hard bound equal to it the kernel would send
         // SIGKILL, which looks like any other kill.
         (libc::RLIMIT_CPU, libc::rlimit { rlim_cur: limits.cpu_secs, rlim_max: limits.cpu_secs.saturating_add(1) }),
-        (libc::RLIMIT_AS, bound(limits.memory_mib << 20)),
+        (libc::RLIMIT_AS, bound(limits.memory_bytes())),
         (libc::RLIMIT_NPROC, bound(limits.processes)),
         (libc::RLIMIT_NOFILE, bound(limits.open_files)),
         (libc::RLIMIT_FSIZE, bound(limits.file_size_bytes)),
@@ -550,7 +551,7 @@ fn plan(
         root: c(root)?,
         root_options: tmpfs_options(&format!(
             "mode=0755,size={},nr_inodes={}",
-            limits.memory_mib << 20,
+            limits.memory_bytes(),
             skeleton.len() + ROOT_FILES_SPARE
         ))?,
         skeleton,
@@ -616,7 +617,7 @@ fn execute(
     // The run's policy is the default one (`run`).
     let blocking = &default_policy()?.blocking;
     let mut supervisor =
-        Supervisor::new(&keeper_fd, &spec.cache, spec.seed, limits.memory_mib << 20, limits.events, blocking);
+        Supervisor::new(&keeper_fd, &spec.cache, spec.seed, limits.memory_bytes(), limits.events, blocking);
     let mut init = None;
     let output = std::thread::scope(|scope| {
         let output = scope.spawn(|| {

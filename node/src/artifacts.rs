@@ -231,6 +231,12 @@ impl ArtifactStore {
             return Ok(Upload { guard, file: None, hasher: Sha3_256::new(), written: size, size, reserved: false });
         }
         let partial = self.partial_bytes(&digest);
+        if partial > size {
+            // One digest has one size: an earlier upload announced more.
+            return Err(StoreError::Invalid(format!(
+                "upload of {digest} already holds {partial} bytes, more than the {size} announced now"
+            )));
+        }
         if offset != partial {
             return Err(StoreError::Invalid(format!(
                 "upload of {digest} must resume at offset {partial}, not {offset}"
@@ -762,6 +768,10 @@ mod tests {
         assert!(matches!(upload.finish(), Err(StoreError::Invalid(_))), "short");
         assert_eq!(store.partial_bytes(&digest), 300);
         assert!(matches!(store.begin(digest, 800, 0), Err(StoreError::Invalid(_))), "must resume at 300");
+        let total = store.total_bytes();
+        let smaller = store.begin(digest, 200, 300).err().expect("a resume announcing fewer bytes than it holds");
+        assert!(smaller.to_string().contains("already holds 300 bytes, more than the 200"), "{smaller}");
+        assert_eq!(store.total_bytes(), total, "nothing reserved or given back");
         let mut resumed = store.begin(digest, 800, 300).unwrap();
         resumed.write(&bytes[300..]).unwrap();
         resumed.finish().unwrap();
