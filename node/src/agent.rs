@@ -21,7 +21,7 @@ use docklock_proto::client::{Client, ClientOptions};
 use docklock_proto::crypto::{Algorithm, KeyPair, PublicKey};
 use docklock_proto::identity::NodeKeyClaim;
 use docklock_proto::ledger::Checkpoint;
-use docklock_raft::network::{NetworkFactory, RaftService};
+use docklock_raft::network::{NetworkFactory, PeerSecret, RaftService};
 use docklock_raft::store::{Identity, Store, StoreConfig};
 use docklock_raft::types::{Command, Outcome, Request};
 use docklock_raft::types::{Node, NodeId, Raft};
@@ -77,6 +77,9 @@ pub struct AgentConfig {
     pub heartbeat_timing: Timing,
     /// Bounds of the artifact store.
     pub store_limits: StoreLimits,
+    /// The secret every member holds to authenticate Raft messages; `None`
+    /// accepts any (a warning at start).
+    pub peer_secret: Option<PeerSecret>,
 }
 
 impl AgentConfig {
@@ -175,7 +178,14 @@ impl Agent {
         // Dial peers from the listen address, so that a partition between
         // addresses (the chaos harness's, or a real one) cuts every path.
         let local_address = (!config.listen.ip().is_unspecified()).then(|| config.listen.ip());
-        let network = NetworkFactory::new(identity.cluster_id.clone(), config.id, local_address);
+        if config.peer_secret.is_none() {
+            tracing::warn!(
+                node = config.id,
+                "no --peer-secret-file: anyone who can reach this port can send Raft messages to this node"
+            );
+        }
+        let network =
+            NetworkFactory::new(identity.cluster_id.clone(), config.id, local_address, config.peer_secret.clone());
         let state = store.state_machine.view();
         let raft = Raft::new(config.id, raft_config, network, store.log.clone(), store.state_machine.clone())
             .await
@@ -195,7 +205,8 @@ impl Agent {
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(node.clone(), store.clone(), listener, stopped));
+        let raft_service = RaftService::new(raft.clone(), identity.cluster_id.clone(), config.id, config.peer_secret);
+        let server = tokio::spawn(serve(node.clone(), raft_service, store.clone(), listener, stopped));
         tokio::spawn(snapshot_by_requests(node.clone(), config.raft.snapshot_requests));
         tokio::spawn(crate::nodes_api::liveness_duty(node.clone()));
         let replica = node.clone();
@@ -438,6 +449,7 @@ async fn ledger_duties(
 
 async fn serve(
     node: Arc<NodeContext>,
+    raft_service: RaftService,
     store: Arc<ArtifactStore>,
     listener: TcpListener,
     stopped: tokio::sync::oneshot::Receiver<()>,
@@ -452,7 +464,7 @@ async fn serve(
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .layer(tower::util::MapResponseLayer::new(crate::status::size_limit_as_resource_exhausted::<tonic::body::Body>))
-        .add_service(RaftService::new(node.raft.clone(), node.cluster_id.clone(), node.id).into_server())
+        .add_service(raft_service.into_server())
         .add_service(ClusterService::server(node.clone()))
         .add_service(VariablesService::server(node.clone()))
         .add_service(IdentitiesService::server(node.clone()))

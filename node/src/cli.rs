@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use docklock_proto::client::{Client, ClientOptions};
 use docklock_proto::v1::{self, cas_request, MemberRole};
+use docklock_raft::network::PeerSecret;
 use docklock_raft::store::StoreConfig;
 use docklock_raft::RaftSettings;
 use serde::Deserialize;
@@ -285,6 +286,12 @@ pub struct AgentArgs {
     /// cluster id, so every initial member must give the same key).
     #[arg(long, env = "DOCKLOCK_ADMIN_KEY")]
     admin_key: Option<PathBuf>,
+    /// File holding the secret (32 bytes or more) every member of the
+    /// cluster holds: Raft messages without its tag are refused. Make one
+    /// with `head -c 32 /dev/urandom > peer.secret` and give every member a
+    /// copy. Without it any process that can reach the port can steer Raft.
+    #[arg(long, env = "DOCKLOCK_PEER_SECRET_FILE")]
+    peer_secret_file: Option<PathBuf>,
     /// Milliseconds between ledger checkpoints while the ledger grows.
     #[arg(long, env = "DOCKLOCK_CHECKPOINT_INTERVAL_MS")]
     checkpoint_interval_ms: Option<u64>,
@@ -360,6 +367,7 @@ struct AgentFile {
     log_entries_kept: Option<u64>,
     cache_bytes: Option<u64>,
     admin_key: Option<PathBuf>,
+    peer_secret_file: Option<PathBuf>,
     checkpoint_interval_ms: Option<u64>,
     no_worker: Option<bool>,
     node_type: Option<String>,
@@ -493,6 +501,12 @@ impl AgentArgs {
         if admin_key.is_some() && matches!(bootstrap, Bootstrap::Join(_)) {
             bail!("--admin-key is for initial members; a joining node learns the admins from the cluster");
         }
+        let peer_secret = self
+            .peer_secret_file
+            .or(file.peer_secret_file)
+            .map(|path| PeerSecret::read(&path))
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
         let checkpoint_interval_ms = self.checkpoint_interval_ms.or(file.checkpoint_interval_ms).unwrap_or(1_000);
         if !(10..=3_600_000).contains(&checkpoint_interval_ms) {
             bail!("--checkpoint-interval-ms must be between 10 and 3600000");
@@ -527,6 +541,7 @@ impl AgentArgs {
             worker,
             heartbeat_timing,
             admin_key,
+            peer_secret,
             checkpoint_interval: Duration::from_millis(checkpoint_interval_ms),
             id,
             listen,

@@ -118,6 +118,9 @@ fn host_of(id: u64) -> anyhow::Result<u8> {
 /// Timing flags that keep elections quick on a loaded two-core machine.
 pub const FAST_TIMING: [&str; 4] = ["--heartbeat-ms", "100", "--election-timeout-ms", "600"];
 
+/// The peer secret's file name in a local cluster's directory.
+const PEER_SECRET_FILE: &str = "peer.secret";
+
 impl LocalCluster {
     /// Describe (without starting) a cluster of `size` initial members on a
     /// random loopback block under `dir`, run from `binary`, each agent given
@@ -142,6 +145,13 @@ impl LocalCluster {
         }
         let initial_cluster =
             nodes.values().map(|node| format!("{}={}", node.id, node.addr)).collect::<Vec<_>>().join(",");
+        // Its members authenticate each other as a real cluster's do.
+        let peer_secret = dir.join(PEER_SECRET_FILE);
+        if !peer_secret.exists() {
+            let secret: [u8; 32] = rand::random();
+            std::fs::write(&peer_secret, secret).with_context(|| format!("cannot write {}", peer_secret.display()))?;
+        }
+        let peer_secret_env = ("DOCKLOCK_PEER_SECRET_FILE".to_owned(), peer_secret.display().to_string());
         Ok(Self {
             binary: binary.to_owned(),
             dir: dir.to_owned(),
@@ -152,10 +162,15 @@ impl LocalCluster {
             initial_args: Vec::new(),
             // Its nodes share one machine, so each serves on one thread
             // (ARCHITECTURE.md, "Threads"); a `--threads` flag overrides it.
-            env: vec![("DOCKLOCK_THREADS".to_owned(), "1".to_owned())],
+            env: vec![("DOCKLOCK_THREADS".to_owned(), "1".to_owned()), peer_secret_env],
             node_env: Vec::new(),
             nodes,
         })
+    }
+
+    /// The peer secret file its members are given.
+    pub fn peer_secret_path(&self) -> PathBuf {
+        self.dir.join(PEER_SECRET_FILE)
     }
 
     /// The IP address node `id` listens on.

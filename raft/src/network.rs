@@ -6,8 +6,18 @@
 //! large for the envelope is `PayloadTooLarge` with a smaller entry count, so
 //! openraft splits the batch; an error the remote Raft returned is a
 //! `RemoteError`, a reply rather than a transport failure.
+//!
+//! Authentication: whoever can call this service can steer the cluster (ask
+//! for votes at a high term, then append or install a snapshot of its
+//! choosing), and the cluster id it checks is public. With a
+//! [`PeerSecret`] every request and reply carries a tag keyed by it, and a
+//! request without the right one is refused before it is decoded. Replays
+//! need no defence here: Raft is correct over a network that duplicates and
+//! reorders messages, and an old message carries an old term.
 
 use std::error::Error;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use docklock_proto::v1::raft_client::RaftClient;
@@ -23,6 +33,7 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use sha3::{Digest as _, Sha3_256};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
@@ -41,6 +52,72 @@ const CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// for twice this closes the connection).
 const KEEPALIVE_MS: u64 = 1_000;
 
+/// Shortest peer secret accepted, in bytes.
+pub const PEER_SECRET_BYTES_MIN: usize = 32;
+/// Longest peer secret file read, in bytes.
+const PEER_SECRET_BYTES_MAX: usize = 4096;
+
+/// The secret the members of one cluster share to authenticate each other's
+/// Raft messages. A tag is SHA3-256 over the secret and the message (SHA3,
+/// unlike SHA-2, has no length extension, so the keyed prefix is a MAC).
+#[derive(Clone)]
+pub struct PeerSecret(Arc<[u8]>);
+
+impl std::fmt::Debug for PeerSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerSecret(..)")
+    }
+}
+
+impl PeerSecret {
+    /// A secret of at least [`PEER_SECRET_BYTES_MIN`] bytes.
+    pub fn new(bytes: &[u8]) -> Result<Self, String> {
+        if !(PEER_SECRET_BYTES_MIN..=PEER_SECRET_BYTES_MAX).contains(&bytes.len()) {
+            return Err(format!(
+                "a peer secret must be {PEER_SECRET_BYTES_MIN} to {PEER_SECRET_BYTES_MAX} bytes, got {} \
+                 (make one with `head -c 32 /dev/urandom > peer.secret`)",
+                bytes.len()
+            ));
+        }
+        Ok(Self(bytes.into()))
+    }
+
+    /// The secret in the file at `path`, its bytes as they are.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        use std::io::Read;
+        let file = std::fs::File::open(path).map_err(|e| format!("peer secret file {}: {e}", path.display()))?;
+        let mut bytes = Vec::new();
+        file.take(PEER_SECRET_BYTES_MAX as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("peer secret file {}: {e}", path.display()))?;
+        Self::new(&bytes).map_err(|e| format!("peer secret file {}: {e}", path.display()))
+    }
+
+    /// The tag of `message` as a request (`reply` false) or reply of `call`.
+    pub fn tag(&self, call: &str, reply: bool, message: &RaftMessage) -> Vec<u8> {
+        let mut hash = Sha3_256::new();
+        let part = |hash: &mut Sha3_256, bytes: &[u8]| {
+            hash.update((bytes.len() as u64).to_be_bytes());
+            hash.update(bytes);
+        };
+        part(&mut hash, b"docklock raft peer tag v1");
+        part(&mut hash, &self.0);
+        part(&mut hash, call.as_bytes());
+        part(&mut hash, &[u8::from(reply)]);
+        part(&mut hash, message.cluster_id.as_bytes());
+        part(&mut hash, &message.from.to_be_bytes());
+        part(&mut hash, &message.payload);
+        hash.finalize().to_vec()
+    }
+
+    /// Whether `message` carries its tag (compared in constant time).
+    fn verifies(&self, call: &str, reply: bool, message: &RaftMessage) -> bool {
+        let expected = self.tag(call, reply, message);
+        expected.len() == message.mac.len()
+            && expected.iter().zip(&message.mac).fold(0u8, |differ, (a, b)| differ | (a ^ b)) == 0
+    }
+}
+
 /// Creates a [`PeerClient`] per target; openraft calls it per replication
 /// stream, per election and per linearizable read round.
 ///
@@ -53,6 +130,7 @@ const KEEPALIVE_MS: u64 = 1_000;
 pub struct NetworkFactory {
     cluster_id: String,
     self_id: NodeId,
+    secret: Option<PeerSecret>,
     local_address: Option<std::net::IpAddr>,
     /// Each peer's channel, with the address it dials.
     channels: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<NodeId, (String, Channel)>>>,
@@ -60,9 +138,15 @@ pub struct NetworkFactory {
 
 impl NetworkFactory {
     /// Transport for node `self_id` of cluster `cluster_id`, dialing peers
-    /// from `local_address` when given (the address the node listens on).
-    pub fn new(cluster_id: String, self_id: NodeId, local_address: Option<std::net::IpAddr>) -> Self {
-        Self { cluster_id, self_id, local_address, channels: Default::default() }
+    /// from `local_address` when given (the address the node listens on),
+    /// tagging its messages with `secret` when given.
+    pub fn new(
+        cluster_id: String,
+        self_id: NodeId,
+        local_address: Option<std::net::IpAddr>,
+        secret: Option<PeerSecret>,
+    ) -> Self {
+        Self { cluster_id, self_id, secret, local_address, channels: Default::default() }
     }
 
     /// The channel to `target` at `addr`: the shared one, or a new one if
@@ -103,6 +187,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             channel: self.channel(target, &node.addr),
             cluster_id: self.cluster_id.clone(),
             self_id: self.self_id,
+            secret: self.secret.clone(),
         }
     }
 }
@@ -114,6 +199,7 @@ pub struct PeerClient {
     channel: Result<Channel, String>,
     cluster_id: String,
     self_id: NodeId,
+    secret: Option<PeerSecret>,
 }
 
 /// Why a call to a peer failed before the peer's Raft answered.
@@ -131,6 +217,17 @@ enum Method {
     AppendEntries,
     Vote,
     InstallSnapshot,
+}
+
+impl Method {
+    /// Its name in a tag: a tagged message of one call is no good for another.
+    fn name(&self) -> &'static str {
+        match self {
+            Method::AppendEntries => "AppendEntries",
+            Method::Vote => "Vote",
+            Method::InstallSnapshot => "InstallSnapshot",
+        }
+    }
 }
 
 impl PeerClient {
@@ -153,7 +250,10 @@ impl PeerClient {
             TransportError::Status { status, .. } if status.code() == Code::ResourceExhausted => {
                 RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(1))
             }
-            TransportError::Status { status, .. } if status.code() == Code::FailedPrecondition => {
+            // Another cluster, or another peer secret: misconfigured, not unreachable.
+            TransportError::Status { status, .. }
+                if matches!(status.code(), Code::FailedPrecondition | Code::Unauthenticated) =>
+            {
                 RPCError::Network(NetworkError::new(&error))
             }
             _ => RPCError::Unreachable(Unreachable::new(&error)),
@@ -173,16 +273,23 @@ impl PeerClient {
         let mut client = RaftClient::new(channel)
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX + 1024);
-        let mut request =
-            Request::new(RaftMessage { cluster_id: self.cluster_id.clone(), from: self.self_id, payload });
+        let mut message = RaftMessage { cluster_id: self.cluster_id.clone(), from: self.self_id, payload, mac: vec![] };
+        if let Some(secret) = &self.secret {
+            message.mac = secret.tag(method.name(), false, &message);
+        }
+        let mut request = Request::new(message);
         request.set_timeout(ttl);
         let reply = match method {
             Method::AppendEntries => client.append_entries(request).await,
             Method::Vote => client.vote(request).await,
             Method::InstallSnapshot => client.install_snapshot(request).await,
         };
-        let reply = reply.map_err(|status| TransportError::Status { addr, status })?;
-        Ok(reply.into_inner().payload)
+        let reply = reply.map_err(|status| TransportError::Status { addr: addr.clone(), status })?.into_inner();
+        if self.secret.as_ref().is_some_and(|secret| !secret.verifies(method.name(), true, &reply)) {
+            let status = Status::unauthenticated("the reply does not carry this cluster's peer tag");
+            return Err(TransportError::Status { addr, status });
+        }
+        Ok(reply.payload)
     }
 }
 
@@ -229,12 +336,14 @@ pub struct RaftService {
     raft: Raft,
     cluster_id: String,
     self_id: NodeId,
+    secret: Option<PeerSecret>,
 }
 
 impl RaftService {
-    /// Serve `raft`, node `self_id`, for peers of `cluster_id`.
-    pub fn new(raft: Raft, cluster_id: String, self_id: NodeId) -> Self {
-        Self { raft, cluster_id, self_id }
+    /// Serve `raft`, node `self_id`, for peers of `cluster_id` (holding
+    /// `secret`, when given).
+    pub fn new(raft: Raft, cluster_id: String, self_id: NodeId, secret: Option<PeerSecret>) -> Self {
+        Self { raft, cluster_id, self_id, secret }
     }
 
     /// The tonic server for this service, with its message bound.
@@ -244,8 +353,15 @@ impl RaftService {
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
     }
 
-    fn open<T: DeserializeOwned>(&self, request: Request<RaftMessage>) -> Result<T, Status> {
+    fn open<T: DeserializeOwned>(&self, method: &Method, request: Request<RaftMessage>) -> Result<T, Status> {
         let message = request.into_inner();
+        if self.secret.as_ref().is_some_and(|secret| !secret.verifies(method.name(), false, &message)) {
+            return Err(Status::unauthenticated(format!(
+                "raft message claiming node {} does not carry this cluster's peer tag \
+                 (every member needs the same --peer-secret-file)",
+                message.from
+            )));
+        }
         if message.cluster_id != self.cluster_id {
             return Err(Status::failed_precondition(format!(
                 "raft message from node {} of cluster {:?}; this node belongs to cluster {:?}",
@@ -256,26 +372,61 @@ impl RaftService {
             .map_err(|e| Status::invalid_argument(format!("undecodable raft message from node {}: {e}", message.from)))
     }
 
-    fn seal<T: Serialize>(&self, reply: &T) -> Result<tonic::Response<RaftMessage>, Status> {
+    fn seal<T: Serialize>(&self, method: &Method, reply: &T) -> Result<tonic::Response<RaftMessage>, Status> {
         let payload = bincode::serialize(reply).map_err(|e| Status::internal(format!("encode raft reply: {e}")))?;
-        Ok(tonic::Response::new(RaftMessage { cluster_id: self.cluster_id.clone(), from: self.self_id, payload }))
+        let mut message = RaftMessage { cluster_id: self.cluster_id.clone(), from: self.self_id, payload, mac: vec![] };
+        if let Some(secret) = &self.secret {
+            message.mac = secret.tag(method.name(), true, &message);
+        }
+        Ok(tonic::Response::new(message))
     }
 }
 
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = self.open(request)?;
-        self.seal(&self.raft.append_entries(rpc).await)
+        let rpc: AppendEntriesRequest<TypeConfig> = self.open(&Method::AppendEntries, request)?;
+        self.seal(&Method::AppendEntries, &self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
-        let rpc: VoteRequest<NodeId> = self.open(request)?;
-        self.seal(&self.raft.vote(rpc).await)
+        let rpc: VoteRequest<NodeId> = self.open(&Method::Vote, request)?;
+        self.seal(&Method::Vote, &self.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
-        let rpc: InstallSnapshotRequest<TypeConfig> = self.open(request)?;
-        self.seal(&self.raft.install_snapshot(rpc).await)
+        let rpc: InstallSnapshotRequest<TypeConfig> = self.open(&Method::InstallSnapshot, request)?;
+        self.seal(&Method::InstallSnapshot, &self.raft.install_snapshot(rpc).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tag names its secret, call, direction and every field; a message
+    /// with any of them changed does not verify.
+    #[test]
+    fn a_tag_verifies_only_its_own_message() {
+        let secret = PeerSecret::new(&[7; 32]).unwrap();
+        let mut message = RaftMessage { cluster_id: "c".into(), from: 2, payload: b"vote".to_vec(), mac: vec![] };
+        message.mac = secret.tag("Vote", false, &message);
+        assert!(secret.verifies("Vote", false, &message));
+        assert!(!secret.verifies("AppendEntries", false, &message), "another call");
+        assert!(!secret.verifies("Vote", true, &message), "a reply");
+        assert!(!PeerSecret::new(&[8; 32]).unwrap().verifies("Vote", false, &message), "another secret");
+        for change in [
+            &(|m: &mut RaftMessage| m.from = 3) as &dyn Fn(&mut RaftMessage),
+            &|m| m.cluster_id.push('x'),
+            &|m| m.payload[0] ^= 1,
+            &|m| m.mac[31] ^= 1,
+            &|m| m.mac.clear(),
+        ] {
+            let mut changed = message.clone();
+            change(&mut changed);
+            assert!(!secret.verifies("Vote", false, &changed));
+        }
+        let short = PeerSecret::new(&[1; 31]).unwrap_err();
+        assert!(short.contains("32 to 4096 bytes, got 31"), "{short}");
     }
 }

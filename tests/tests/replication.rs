@@ -111,14 +111,16 @@ async fn bad_input_gets_precise_statuses() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A peer that knows the cluster id (it is public) can speak the Raft
-/// service. A snapshot stream it sends with a chunk at offset 2^45 made the
-/// receiving node reserve 32 TiB and abort; one whose bytes are not a
-/// snapshot would have stopped its Raft at install. Both are refused to the
-/// sender now, and the node keeps serving.
+/// The Raft service refuses a message without the cluster's peer tag (the
+/// cluster id it also checks is public). And from a member holding the
+/// secret, a snapshot stream with a chunk at offset 2^45 (it made the
+/// receiving node reserve 32 TiB and abort) or bytes that are not a snapshot
+/// (they would have stopped its Raft at install) are refused to the sender;
+/// the node keeps serving.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hostile_snapshot_stream_is_refused_and_the_node_keeps_serving() -> anyhow::Result<()> {
     use docklock_proto::v1::raft_client::RaftClient;
+    use docklock_raft::network::PeerSecret;
     use docklock_raft::types::{SnapshotMeta, TypeConfig};
     use openraft::raft::InstallSnapshotRequest;
     use openraft::{CommittedLeaderId, LogId, StoredMembership, Vote};
@@ -137,8 +139,21 @@ async fn a_hostile_snapshot_stream_is_refused_and_the_node_keeps_serving() -> an
             snapshot_id: "hostile".into(),
         };
         let rpc = InstallSnapshotRequest::<TypeConfig> { vote: Vote::new_committed(term, 1), meta, offset, data, done };
-        v1::RaftMessage { cluster_id: status.cluster_id.clone(), from: 1, payload: bincode::serialize(&rpc).unwrap() }
+        let payload = bincode::serialize(&rpc).unwrap();
+        v1::RaftMessage { cluster_id: status.cluster_id.clone(), from: 1, payload, mac: vec![] }
     };
+    let secret = PeerSecret::read(&cluster.peer_secret_path()).map_err(anyhow::Error::msg)?;
+    let tagged = |secret: &PeerSecret, mut message: v1::RaftMessage| {
+        message.mac = secret.tag("InstallSnapshot", false, &message);
+        message
+    };
+    let untagged = raft.install_snapshot(chunk(0, vec![1; 16], false)).await.unwrap_err();
+    assert_eq!(untagged.code(), Code::Unauthenticated, "{untagged}");
+    let stranger = PeerSecret::new(&[9; 32]).map_err(anyhow::Error::msg)?;
+    let wrong = raft.install_snapshot(tagged(&stranger, chunk(0, vec![1; 16], false))).await.unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong}");
+    assert!(wrong.message().contains("peer tag"), "{wrong}");
+    let chunk = |offset, data, done| tagged(&secret, chunk(offset, data, done));
     let refused = |reply: Result<tonic::Response<v1::RaftMessage>, tonic::Status>| -> anyhow::Result<String> {
         let payload = reply?.into_inner().payload;
         type Reply = Result<
