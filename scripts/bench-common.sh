@@ -62,6 +62,10 @@ process_workspace() {
     pids=()
     trap 'for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' \
         EXIT INT TERM
+    # Agents authenticate their Raft messages as a real cluster's do
+    # (README, "A 3-node cluster by hand"), so the figures include the tag.
+    (umask 077; head -c 32 /dev/urandom > "$work/peer.secret")
+    export DOCKLOCK_PEER_SECRET_FILE="$work/peer.secret"
 }
 
 # Start a 3-node cluster on 127.0.0.1 ports ${PREFIX}1 to ${PREFIX}3 whose
