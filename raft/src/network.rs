@@ -85,12 +85,12 @@ impl PeerSecret {
     /// The secret in the file at `path`, its bytes as they are.
     pub fn read(path: &Path) -> Result<Self, String> {
         use std::io::Read;
-        let file = std::fs::File::open(path).map_err(|e| format!("peer secret file {}: {e}", path.display()))?;
+        let about = |e: &dyn std::fmt::Display| format!("peer secret file {}: {e}", path.display());
         let mut bytes = Vec::new();
-        file.take(PEER_SECRET_BYTES_MAX as u64 + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("peer secret file {}: {e}", path.display()))?;
-        Self::new(&bytes).map_err(|e| format!("peer secret file {}: {e}", path.display()))
+        std::fs::File::open(path)
+            .and_then(|file| file.take(PEER_SECRET_BYTES_MAX as u64 + 1).read_to_end(&mut bytes))
+            .map_err(|e| about(&e))?;
+        Self::new(&bytes).map_err(|e| about(&e))
     }
 
     /// The tag of `message` as a request (`reply` false) or reply of `call`.

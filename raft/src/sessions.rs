@@ -234,9 +234,8 @@ impl Sessions {
     /// Rebuild from a snapshot copy, recomputing the derived indexes.
     pub fn from_state(state: SessionsState) -> Self {
         let by_sequence = state.clients.iter().map(|(name, client)| (client.last_sequence, name.clone())).collect();
-        // Saturating: a snapshot's sizes are a peer's word, and an overflow here would
-        // panic under the state lock.
-        let bytes_total = state.clients.values().fold(0u64, |total, client| total.saturating_add(client.bytes));
+        // Below OUTCOME_BYTES_MAX: a loaded state passed `check_shape`.
+        let bytes_total = state.clients.values().map(|client| client.bytes).sum();
         Self { clients: state.clients, by_sequence, bytes_total }
     }
 
